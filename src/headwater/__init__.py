@@ -1,0 +1,112 @@
+"""headwater: streaming pipelines assembled from plugins.
+
+The public API. Everything is importable from here; attributes are loaded lazily so that
+``import headwater`` stays cheap (no plugin discovery, no pydantic import).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from .markers import hookimpl, hookspec
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .core.api import open_run, run, run_sync
+    from .core.builder import Pipeline
+    from .core.components import (
+        Capability,
+        Component,
+        ComponentKind,
+        action,
+        exporter,
+        sink,
+        transformer,
+    )
+    from .core.context import StreamContext
+    from .core.errors import (
+        ComponentNotFound,
+        HeadwaterError,
+        PipelineCancelled,
+        PipelineFailed,
+        PipelineTimeout,
+        PipelineValidationError,
+        PluginLoadError,
+        StageError,
+        ValidationIssue,
+    )
+    from .core.events import Complete, ErrorEvent, Event, Progress, Status
+    from .core.pipeline import (
+        ComposeSpec,
+        PipelineSpec,
+        RetryPolicy,
+        SinkSpec,
+        SourceSpec,
+        StepSpec,
+        Timeouts,
+        load_pipeline,
+        parse_pipeline,
+    )
+    from .core.plugins import LoadFailure, PluginInfo, PluginManager, get_plugin_manager
+    from .core.runtime import RunHandle, RunResult
+
+_LAZY: dict[str, str] = {
+    "open_run": "core.api",
+    "run": "core.api",
+    "run_sync": "core.api",
+    "Pipeline": "core.builder",
+    "Capability": "core.components",
+    "Component": "core.components",
+    "ComponentKind": "core.components",
+    "action": "core.components",
+    "exporter": "core.components",
+    "sink": "core.components",
+    "transformer": "core.components",
+    "StreamContext": "core.context",
+    "ComponentNotFound": "core.errors",
+    "HeadwaterError": "core.errors",
+    "PipelineCancelled": "core.errors",
+    "PipelineFailed": "core.errors",
+    "PipelineTimeout": "core.errors",
+    "PipelineValidationError": "core.errors",
+    "PluginLoadError": "core.errors",
+    "StageError": "core.errors",
+    "ValidationIssue": "core.errors",
+    "Complete": "core.events",
+    "ErrorEvent": "core.events",
+    "Event": "core.events",
+    "Progress": "core.events",
+    "Status": "core.events",
+    "ComposeSpec": "core.pipeline",
+    "PipelineSpec": "core.pipeline",
+    "RetryPolicy": "core.pipeline",
+    "SinkSpec": "core.pipeline",
+    "SourceSpec": "core.pipeline",
+    "StepSpec": "core.pipeline",
+    "Timeouts": "core.pipeline",
+    "load_pipeline": "core.pipeline",
+    "parse_pipeline": "core.pipeline",
+    "LoadFailure": "core.plugins",
+    "PluginInfo": "core.plugins",
+    "PluginManager": "core.plugins",
+    "get_plugin_manager": "core.plugins",
+    "RunHandle": "core.runtime",
+    "RunResult": "core.runtime",
+}
+
+__all__ = sorted([*_LAZY, "__version__", "hookimpl", "hookspec"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'headwater' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,1 @@
+"""headwater's core: plugin manager, components, pipeline model and runtime."""

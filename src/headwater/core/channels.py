@@ -1,0 +1,224 @@
+"""Bounded, batching channels between pipeline stages.
+
+A :class:`BatchChannel` is a bounded buffer of *items* with one consumer that takes
+everything pending at once. A fast producer that never suspends fills it to capacity
+before the consumer runs, so batches grow to the capacity; a slow producer suspends
+after every item, so the consumer receives each item at once. Batch size adapts to the
+producer with no timer and no per-item await: that is what makes per-item authoring cheap.
+
+Memory is bounded by construction: a producer that finds the channel at capacity waits
+until the consumer takes the pending items (backpressure).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any
+
+import anyio
+
+__all__ = ["BatchChannel", "DownstreamClosed", "ThreadFeed"]
+
+
+class DownstreamClosed(Exception):
+    """The consumer stopped reading (e.g. ``take`` got enough): the producer should stop."""
+
+
+class BatchChannel:
+    """Single-consumer, multi-producer bounded channel of items, read in batches."""
+
+    __slots__ = (
+        "_not_empty",
+        "_not_full",
+        "_producer_scopes",
+        "_reader_closed",
+        "_writers",
+        "capacity",
+        "items",
+        "taken",
+    )
+
+    def __init__(self, capacity: int, writers: int = 1) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.capacity = capacity
+        self.items: list[Any] = []
+        """Pending items; producers may append to it directly, then call :meth:`pushed`."""
+        self.taken = 0
+        """Items handed to the consumer so far."""
+        self._writers = writers
+        self._not_empty: anyio.Event | None = None
+        self._not_full: anyio.Event | None = None
+        self._reader_closed = False
+        self._producer_scopes: list[anyio.CancelScope] = []
+
+    def add_writers(self, count: int) -> None:
+        """Declare ``count`` more producers (``merge`` of several sources)."""
+        self._writers += count
+
+    def add_producer_scope(self, scope: anyio.CancelScope) -> None:
+        """Register a producer's scope, cancelled when the consumer stops reading."""
+        self._producer_scopes.append(scope)
+        if self._reader_closed:
+            scope.cancel()
+
+    # -- producer side ------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Wake a waiting consumer; call after appending to an empty ``items`` list."""
+        waiter = self._not_empty
+        if waiter is not None:
+            self._not_empty = None
+            waiter.set()
+
+    async def pushed(self) -> None:
+        """Call after appending: wakes the consumer, waits while the channel is full."""
+        if self._reader_closed:
+            raise DownstreamClosed
+        self.wake()
+        while len(self.items) >= self.capacity:
+            if self._not_full is None:
+                self._not_full = anyio.Event()
+            await self._not_full.wait()
+            if self._reader_closed:
+                raise DownstreamClosed
+
+    async def put_batch(self, batch: list[Any]) -> None:
+        """Append a whole batch (waiting first while the channel is full)."""
+        if self._reader_closed:
+            raise DownstreamClosed
+        while len(self.items) >= self.capacity:
+            if self._not_full is None:
+                self._not_full = anyio.Event()
+            await self._not_full.wait()
+            if self._reader_closed:
+                raise DownstreamClosed
+        if self.items:
+            self.items.extend(batch)
+        else:
+            self.items.extend(batch)
+            self.wake()
+
+    def close_writer(self) -> None:
+        """One producer is done; the consumer sees the end once all producers are."""
+        self._writers -= 1
+        if self._writers <= 0:
+            self.wake()
+
+    @property
+    def reader_closed(self) -> bool:
+        """True once the consumer stopped reading."""
+        return self._reader_closed
+
+    # -- consumer side ------------------------------------------------------------------
+
+    async def get(self) -> list[Any]:
+        """Take every pending item; raises ``anyio.EndOfStream`` when drained and closed."""
+        items = self.items
+        while not items:
+            if self._writers <= 0:
+                raise anyio.EndOfStream
+            waiter = self._not_empty = anyio.Event()
+            await waiter.wait()
+        batch = items[:]
+        items.clear()
+        self.taken += len(batch)
+        waiter = self._not_full
+        if waiter is not None:
+            self._not_full = None
+            waiter.set()
+        return batch
+
+    def close_reader(self) -> None:
+        """The consumer will read no more: pending items are dropped, producers stop."""
+        if self._reader_closed:
+            return
+        self._reader_closed = True
+        self.items.clear()
+        for scope in self._producer_scopes:
+            scope.cancel()
+        waiter = self._not_full
+        if waiter is not None:
+            self._not_full = None
+            waiter.set()
+
+
+class ThreadFeed:
+    """Carries items from a worker thread (a sync generator) into a :class:`BatchChannel`.
+
+    The thread appends under a lock and wakes the event loop only when the buffer goes
+    from empty to non-empty; it blocks while the buffer is full (backpressure reaches the
+    generator) and stops at the next item once :meth:`stop` was called.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._space = threading.Condition(self._lock)
+        self._items: deque[Any] = deque()
+        self._need_wake = True
+        self._stopped = False
+        self._done = False
+        self.error: BaseException | None = None
+        self._ready = anyio.Event()
+
+    # -- thread side --------------------------------------------------------------------
+
+    def put(self, item: Any) -> bool:
+        """Called in the worker thread; returns False when the run is stopping."""
+        with self._lock:
+            while len(self._items) >= self.capacity and not self._stopped:
+                self._space.wait(0.25)
+            if self._stopped:
+                return False
+            self._items.append(item)
+            ready = self._ready if self._need_wake else None
+            self._need_wake = False
+        if ready is not None:
+            self._wake_from_thread(ready)
+        return True
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """Called in the worker thread when the generator ended (or raised)."""
+        with self._lock:
+            self.error = error
+            self._done = True
+            self._need_wake = False
+            ready = self._ready
+        self._wake_from_thread(ready)
+
+    @staticmethod
+    def _wake_from_thread(ready: anyio.Event) -> None:
+        try:
+            anyio.from_thread.run_sync(ready.set)
+        except RuntimeError:
+            pass  # the event loop is gone: the run was torn down, nobody is waiting
+
+    @property
+    def stopped(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stopped
+
+    # -- event loop side ----------------------------------------------------------------
+
+    async def drain(self) -> tuple[list[Any], bool]:
+        """Wait for items; returns ``(items, done)``."""
+        await self._ready.wait()
+        with self._lock:
+            items = list(self._items)
+            self._items.clear()
+            done = self._done
+            self._ready = anyio.Event()
+            if done:
+                self._ready.set()
+            else:
+                self._need_wake = True
+            self._space.notify_all()
+        return items, done
+
+    def stop(self) -> None:
+        """Ask the thread to stop at its next item and unblock it if it waits for space."""
+        with self._lock:
+            self._stopped = True
+            self._space.notify_all()

@@ -1,0 +1,333 @@
+"""Component declarations: the decorators plugin authors use and the metadata they produce.
+
+A *component* is one named, documented unit a pipeline can use: a stream action (source),
+a transformer, a sink or a metrics exporter. Authors declare one with a decorator; the
+decorator returns a :class:`Component` that carries the wrapped object plus everything
+that can be known without running it (name, params model, capabilities, ...). The
+registering plugin and its distribution are filled in by the plugin manager.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+__all__ = [
+    "Capability",
+    "Component",
+    "ComponentKind",
+    "Delivery",
+    "FunctionShape",
+    "TransformerKind",
+    "action",
+    "exporter",
+    "sink",
+    "transformer",
+]
+
+
+class ComponentKind(StrEnum):
+    """The four kinds of component a plugin can contribute."""
+
+    ACTION = "action"
+    TRANSFORMER = "transformer"
+    SINK = "sink"
+    EXPORTER = "exporter"
+
+
+class Capability(StrEnum):
+    """Capabilities a component can declare; shown by ``headwater describe``."""
+
+    STREAMING = "streaming"
+    """Produces more than one chunk, incrementally."""
+    RESUMABLE = "resumable"
+    """Can restart from a committed position."""
+    PROGRESS = "progress"
+    """Reports progress events (done/total)."""
+    TRANSACTIONAL = "transactional"
+    """A sink that commits data atomically."""
+    STATEFUL = "stateful"
+    """A transformer that keeps state across items."""
+
+
+TransformerKind = Literal["map", "filter", "flat_map", "batch", "stream"]
+"""How a transformer processes data.
+
+``map``, ``filter`` and ``flat_map`` are *item-wise*: a function of one item. ``batch`` is
+a function from a list of items to a list of items (optionally with a ``flush()``); these
+four are fused by the runtime into one loop over each batch. ``stream`` is an async
+generator over an async iterator of items: it may hold items back, emit at any time, and
+see the end of the stream.
+"""
+
+Delivery = Literal["at_least_once", "transactional"]
+"""Delivery guarantee a sink declares."""
+
+FunctionShape = Literal["async_gen", "sync_gen", "coroutine", "function", "class"]
+"""What the author's callable is, detected once at declaration time."""
+
+ITEMWISE_KINDS: frozenset[str] = frozenset({"map", "filter", "flat_map", "batch"})
+
+
+def _shape_of(obj: object) -> FunctionShape:
+    if inspect.isclass(obj):
+        return "class"
+    if inspect.isasyncgenfunction(obj):
+        return "async_gen"
+    if inspect.isgeneratorfunction(obj):
+        return "sync_gen"
+    if inspect.iscoroutinefunction(obj):
+        return "coroutine"
+    if callable(obj):
+        return "function"
+    raise TypeError(f"a component must be a function or a class, not {type(obj).__name__}")
+
+
+def _first_doc_paragraph(obj: object) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.split("\n\n", 1)[0].replace("\n", " ").strip()
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    """A declared component and its discoverable metadata.
+
+    Instances are created by the :func:`action`, :func:`transformer`, :func:`sink` and
+    :func:`exporter` decorators; ``plugin``, ``distribution`` and ``version`` are filled
+    in when a plugin registers the component.
+    """
+
+    kind: ComponentKind
+    name: str
+    obj: Callable[..., Any]
+    shape: FunctionShape
+    params: type[BaseModel] | None = None
+    description: str = ""
+    output: str = ""
+    capabilities: frozenset[Capability] = frozenset()
+    transformer_kind: TransformerKind | None = None
+    factory: bool = False
+    batched: bool = False
+    delivery: Delivery | None = None
+    plugin: str | None = None
+    distribution: str | None = None
+    version: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the wrapped object directly (handy in unit tests of a plugin)."""
+        return self.obj(*args, **kwargs)
+
+    @property
+    def qualified_name(self) -> str:
+        """``plugin:name``, or just the name before registration."""
+        return f"{self.plugin}:{self.name}" if self.plugin else self.name
+
+    @property
+    def itemwise(self) -> bool:
+        """True for transformers the runtime can fuse into a per-batch loop."""
+        return self.transformer_kind in ITEMWISE_KINDS
+
+    def with_origin(self, plugin: str, distribution: str | None, version: str | None) -> Component:
+        """Return a copy attributed to the registering plugin and its distribution."""
+        return replace(self, plugin=plugin, distribution=distribution, version=version)
+
+    def params_schema(self) -> dict[str, Any]:
+        """JSON Schema of the params model (an empty object schema when there is none)."""
+        if self.params is None:
+            return {"type": "object", "properties": {}, "additionalProperties": False}
+        return self.params.model_json_schema()
+
+    def metadata(self) -> dict[str, Any]:
+        """Everything known about the component, JSON-serialisable."""
+        data: dict[str, Any] = {
+            "name": self.name,
+            "kind": str(self.kind),
+            "plugin": self.plugin,
+            "distribution": self.distribution,
+            "version": self.version,
+            "description": self.description,
+            "output": self.output,
+            "capabilities": sorted(str(c) for c in self.capabilities),
+            "params_schema": self.params_schema(),
+        }
+        if self.transformer_kind is not None:
+            data["transformer_kind"] = self.transformer_kind
+        if self.delivery is not None:
+            data["delivery"] = self.delivery
+        return data
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not name.strip() or any(c.isspace() for c in name):
+        raise ValueError(f"component name must be a non-empty string without spaces, got {name!r}")
+    return name
+
+
+def _check_params(params: object) -> None:
+    if params is None:
+        return
+    from pydantic import BaseModel
+
+    if not (inspect.isclass(params) and issubclass(params, BaseModel)):
+        raise TypeError(f"params must be a pydantic BaseModel subclass, got {params!r}")
+
+
+def _caps(values: Any) -> frozenset[Capability]:
+    return frozenset(Capability(v) for v in values)
+
+
+def action(
+    name: str,
+    *,
+    params: type[BaseModel] | None = None,
+    description: str | None = None,
+    output: str = "",
+    capabilities: tuple[str, ...] | list[str] = (),
+    batched: bool = False,
+) -> Callable[[Callable[..., Any]], Component]:
+    """Declare a stream action (a source).
+
+    The decorated callable is called as ``fn(params, ctx)`` (or ``fn(ctx)`` when there is
+    no params model) and may be an async generator, a sync generator (run in a worker
+    thread), a coroutine function or a plain function (their return value becomes a
+    one-chunk stream). With ``batched=True`` every yielded value is a *list* of items,
+    which lets fast sources skip per-item overhead.
+    """
+    _check_name(name)
+    _check_params(params)
+
+    def decorate(fn: Callable[..., Any]) -> Component:
+        shape = _shape_of(fn)
+        if shape == "class":
+            raise TypeError(f"action {name!r} must be a function, not a class")
+        caps = set(_caps(capabilities))
+        if shape in ("async_gen", "sync_gen"):
+            caps.add(Capability.STREAMING)
+        return Component(
+            kind=ComponentKind.ACTION,
+            name=name,
+            obj=fn,
+            shape=shape,
+            params=params,
+            description=description if description is not None else _first_doc_paragraph(fn),
+            output=output,
+            capabilities=frozenset(caps),
+            batched=batched,
+        )
+
+    return decorate
+
+
+def transformer(
+    name: str,
+    *,
+    kind: TransformerKind = "map",
+    params: type[BaseModel] | None = None,
+    description: str | None = None,
+    output: str = "",
+    capabilities: tuple[str, ...] | list[str] = (),
+    factory: bool = False,
+) -> Callable[[Callable[..., Any]], Component]:
+    """Declare a transformer.
+
+    For ``map`` / ``filter`` / ``flat_map`` the decorated function takes one item (and
+    ``params`` as second argument when a params model is declared) and returns the new
+    item / a truth value / an iterable of items. With ``factory=True`` it is instead called
+    once per run as ``fn(params, ctx)`` and returns that per-item function (``batch``
+    transformers are always factories returning ``list -> list``, optionally with a
+    ``flush()`` method called at the end of the stream). ``stream`` transformers are
+    async generator functions ``fn(items, params, ctx)`` over an async iterator.
+    """
+    _check_name(name)
+    _check_params(params)
+
+    def decorate(fn: Callable[..., Any]) -> Component:
+        shape = _shape_of(fn)
+        if kind == "stream" and shape != "async_gen":
+            raise TypeError(f"stream transformer {name!r} must be an async generator function")
+        if kind != "stream" and shape in ("async_gen", "class"):
+            raise TypeError(
+                f"{kind} transformer {name!r} must be a plain function; "
+                "use kind='stream' for async generators"
+            )
+        return Component(
+            kind=ComponentKind.TRANSFORMER,
+            name=name,
+            obj=fn,
+            shape=shape,
+            params=params,
+            description=description if description is not None else _first_doc_paragraph(fn),
+            output=output,
+            capabilities=_caps(capabilities),
+            transformer_kind=kind,
+            factory=factory or kind == "batch",
+        )
+
+    return decorate
+
+
+def sink(
+    name: str,
+    *,
+    params: type[BaseModel] | None = None,
+    description: str | None = None,
+    delivery: Delivery = "at_least_once",
+    capabilities: tuple[str, ...] | list[str] = (),
+) -> Callable[[Callable[..., Any]], Component]:
+    """Declare a sink.
+
+    A sink is either a class or a function. A class is instantiated as ``cls(params, ctx)``
+    (or ``cls(ctx)`` without params model) and may define ``open()``, ``write(batch)`` and
+    ``close(error)``, each sync or async; ``close`` may return the sink's result. A function
+    is called as ``fn(batch, params, ctx)`` (``fn(batch, ctx)`` without params) for every
+    batch. Sinks receive lists of items, never single items.
+    """
+    _check_name(name)
+    _check_params(params)
+
+    def decorate(obj: Callable[..., Any]) -> Component:
+        caps = set(_caps(capabilities))
+        if delivery == "transactional":
+            caps.add(Capability.TRANSACTIONAL)
+        return Component(
+            kind=ComponentKind.SINK,
+            name=name,
+            obj=obj,
+            shape=_shape_of(obj),
+            params=params,
+            description=description if description is not None else _first_doc_paragraph(obj),
+            capabilities=frozenset(caps),
+            delivery=delivery,
+        )
+
+    return decorate
+
+
+def exporter(
+    name: str,
+    *,
+    params: type[BaseModel] | None = None,
+    description: str | None = None,
+) -> Callable[[Callable[..., Any]], Component]:
+    """Declare a metrics exporter (a class or factory receiving metric snapshots)."""
+    _check_name(name)
+    _check_params(params)
+
+    def decorate(obj: Callable[..., Any]) -> Component:
+        return Component(
+            kind=ComponentKind.EXPORTER,
+            name=name,
+            obj=obj,
+            shape=_shape_of(obj),
+            params=params,
+            description=description if description is not None else _first_doc_paragraph(obj),
+        )
+
+    return decorate

@@ -1,0 +1,78 @@
+"""The context object every component receives: identity, progress, cancellation, logs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .events import Event, Progress, Status
+
+__all__ = ["RunIdentity", "StreamContext"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunIdentity:
+    """Who is running: the pipeline name and a unique run id."""
+
+    pipeline: str
+    run_id: str
+
+
+@dataclass(slots=True, eq=False)
+class StreamContext:
+    """Handed to every action, transformer factory and sink of a run.
+
+    It reports progress and status as control events, tells whether the run has been
+    cancelled, and carries a logger named after the pipeline and stage.
+    """
+
+    identity: RunIdentity
+    stage: str
+    plugin: str | None = None
+    _emit: Callable[[Event], None] = field(default=lambda event: None, repr=False)
+    _cancelled: Callable[[], bool] = field(default=lambda: False, repr=False)
+    logger: logging.LoggerAdapter[logging.Logger] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        base = logging.getLogger(f"headwater.run.{self.identity.pipeline}")
+        self.logger = logging.LoggerAdapter(
+            base, {"pipeline": self.identity.pipeline, "stage": self.stage,
+                   "run_id": self.identity.run_id}
+        )
+
+    @property
+    def pipeline(self) -> str:
+        """Name of the running pipeline."""
+        return self.identity.pipeline
+
+    @property
+    def run_id(self) -> str:
+        """Unique id of this run."""
+        return self.identity.run_id
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the run has been asked to stop; long loops should check it."""
+        return self._cancelled()
+
+    def progress(
+        self, done: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        """Report progress of this stage: ``done`` of ``total`` units (total optional).
+
+        Cheap to call often: consumers coalesce progress events, keeping the latest.
+        """
+        self._emit(Progress(self.stage, done, total, message))
+
+    def status(self, message: str, state: str = "running") -> None:
+        """Report a human-readable status message for this stage."""
+        self._emit(Status(state, self.stage, message))
+
+    def child(self, stage: str, plugin: str | None = None) -> StreamContext:
+        """A context for another stage of the same run."""
+        return StreamContext(self.identity, stage, plugin, self._emit, self._cancelled)
+
+    def __reduce__(self) -> Any:  # pragma: no cover - contexts are never pickled
+        raise TypeError("StreamContext cannot be pickled")

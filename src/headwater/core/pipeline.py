@@ -1,0 +1,427 @@
+"""The pipeline model: one pydantic model for YAML files and the Python API alike.
+
+Validation happens in two passes. :meth:`PipelineSpec.model_validate` checks the shape
+(keys, types, references between sources and ``compose``). :func:`resolve` then checks
+the pipeline against the registered components: every name must exist, and every
+``params`` mapping must satisfy its component's own params model. Both passes report
+*every* problem with a path such as ``steps[2].params.pattern``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+
+from .components import Component, ComponentKind
+from .errors import ComponentNotFound, PipelineValidationError, ValidationIssue
+
+__all__ = [
+    "ComposeSpec",
+    "ErrorPolicy",
+    "PipelineSpec",
+    "ResolvedPipeline",
+    "ResolvedStage",
+    "RetryPolicy",
+    "SinkSpec",
+    "SourceSpec",
+    "StepSpec",
+    "Timeouts",
+    "format_loc",
+    "load_pipeline",
+    "parse_pipeline",
+    "resolve",
+]
+
+ErrorPolicy = Literal["fail", "skip", "retry"]
+
+_STRICT = ConfigDict(extra="forbid", frozen=False, arbitrary_types_allowed=True)
+
+
+class RetryPolicy(BaseModel):
+    """Bounded retries with exponential backoff (used when ``on_error: retry``)."""
+
+    model_config = _STRICT
+
+    attempts: PositiveInt = Field(3, description="Total attempts, including the first.")
+    backoff: float = Field(0.05, ge=0, description="Delay before the first retry, seconds.")
+    factor: float = Field(2.0, ge=1, description="Multiplier applied to the delay per retry.")
+    max_backoff: float = Field(5.0, ge=0, description="Upper bound of one delay, seconds.")
+    then: Literal["fail", "skip"] = Field(
+        "fail", description="What to do once every attempt failed."
+    )
+
+    def delay(self, attempt: int) -> float:
+        """Delay before retry number ``attempt`` (1-based)."""
+        return float(min(self.max_backoff, self.backoff * self.factor ** (attempt - 1)))
+
+
+class SourceSpec(BaseModel):
+    """A named source: a stream action and its params."""
+
+    model_config = _STRICT
+
+    action: str = Field(description="Name of a registered stream action.")
+    params: dict[str, Any] = Field(default_factory=dict, description="The action's params.")
+
+
+class ComposeSpec(BaseModel):
+    """How several sources combine: exactly one of ``merge``, ``zip``, ``concat``."""
+
+    model_config = _STRICT
+
+    merge: list[str] | None = Field(None, description="Interleave items as they arrive.")
+    zip: list[str] | None = Field(None, description="Tuples of one item per source.")
+    concat: list[str] | None = Field(None, description="One source after the other.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ComposeSpec:
+        given = [k for k in ("merge", "zip", "concat") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "compose needs exactly one of merge, zip or concat"
+                + (f", got {', '.join(given)}" if given else "")
+            )
+        names = getattr(self, given[0])
+        if len(names) < 1:
+            raise ValueError(f"compose.{given[0]} needs at least one source name")
+        if len(set(names)) != len(names):
+            raise ValueError(f"compose.{given[0]} names a source more than once")
+        return self
+
+    @property
+    def mode(self) -> Literal["merge", "zip", "concat"]:
+        """The composition mode given."""
+        if self.merge is not None:
+            return "merge"
+        if self.zip is not None:
+            return "zip"
+        return "concat"
+
+    @property
+    def names(self) -> list[str]:
+        """The source names, in order."""
+        return list(getattr(self, self.mode))
+
+
+class StepSpec(BaseModel):
+    """One transformer in the chain of steps."""
+
+    model_config = _STRICT
+
+    transformer: str = Field(description="Name of a registered transformer.")
+    params: dict[str, Any] = Field(default_factory=dict, description="The transformer's params.")
+    name: str | None = Field(None, description="Stage name in events and metrics.")
+    on_error: ErrorPolicy = Field("fail", description="fail | skip | retry")
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+
+class SinkSpec(BaseModel):
+    """One sink; several sinks receive every item (fan-out)."""
+
+    model_config = _STRICT
+
+    sink: str = Field(description="Name of a registered sink.")
+    params: dict[str, Any] = Field(default_factory=dict, description="The sink's params.")
+    name: str | None = Field(None, description="Key of this sink's result; defaults to its type.")
+    on_error: ErrorPolicy = Field("fail", description="fail | skip | retry (per batch)")
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+
+class Timeouts(BaseModel):
+    """Run timeouts in seconds; None disables one."""
+
+    model_config = _STRICT
+
+    first_item: PositiveFloat | None = Field(None, description="Until the first item leaves the sources.")
+    idle: PositiveFloat | None = Field(None, description="Longest gap between two items.")
+    total: PositiveFloat | None = Field(None, description="Whole run.")
+
+
+class PluginSettings(BaseModel):
+    """Plugin selection for this pipeline's process."""
+
+    model_config = _STRICT
+
+    disable: list[str] = Field(default_factory=list, description="Plugin or distribution names not to load.")
+
+
+class PipelineSpec(BaseModel):
+    """A pipeline: named sources, optional composition, steps, and one or more sinks."""
+
+    model_config = _STRICT
+
+    name: str = Field(min_length=1, description="Pipeline name, used in events, errors and metrics.")
+    description: str = ""
+    sources: dict[str, SourceSpec] = Field(min_length=1, description="Source name -> action.")
+    compose: ComposeSpec | None = None
+    steps: list[StepSpec] = Field(default_factory=list)
+    sinks: list[SinkSpec] = Field(min_length=1)
+    dead_letter: SinkSpec | None = Field(
+        None, description="Receives items (with their error) that a skip/retry policy dropped."
+    )
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    batch_size: PositiveInt = Field(256, le=65536, description="Items per batch between stages.")
+    buffer: PositiveInt = Field(4, le=1024, description="Batches buffered between two stages.")
+    plugins: PluginSettings = Field(default_factory=PluginSettings)
+
+    @model_validator(mode="after")
+    def _check_composition(self) -> PipelineSpec:
+        if self.compose is None:
+            if len(self.sources) > 1:
+                raise ValueError(
+                    f"{len(self.sources)} sources need a compose (merge, zip or concat)"
+                )
+            return self
+        unknown = [n for n in self.compose.names if n not in self.sources]
+        if unknown:
+            raise ValueError(
+                f"compose.{self.compose.mode} names unknown source(s) {', '.join(map(repr, unknown))}; "
+                f"sources are {', '.join(map(repr, self.sources))}"
+            )
+        unused = [n for n in self.sources if n not in self.compose.names]
+        if unused:
+            raise ValueError(f"source(s) {', '.join(map(repr, unused))} not used by compose")
+        return self
+
+    def source_order(self) -> list[str]:
+        """Source names in composition order."""
+        return self.compose.names if self.compose else list(self.sources)
+
+    def fingerprint(self) -> str:
+        """A stable hash of the definition (used to key checkpoints)."""
+        import hashlib
+        import json
+
+        data = self.model_dump(mode="json", exclude={"description", "plugins"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+
+
+def format_loc(loc: Sequence[int | str]) -> str:
+    """``('steps', 2, 'params', 'pattern')`` -> ``steps[2].params.pattern``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _issues_from(exc: ValidationError, prefix: Sequence[int | str] = ()) -> list[ValidationIssue]:
+    issues = []
+    for err in exc.errors():
+        # pydantic inserts the model/validator name for unions and after-validators
+        loc = [p for p in err["loc"] if p not in ("function-after[_check_composition()]",)]
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        issues.append(ValidationIssue(format_loc([*prefix, *loc]), msg))
+    return issues
+
+
+def parse_pipeline(data: Any, *, source: str | None = None) -> PipelineSpec:
+    """Validate a mapping (e.g. parsed YAML) into a :class:`PipelineSpec`.
+
+    Raises :class:`PipelineValidationError` listing every problem with its path.
+    """
+    if isinstance(data, PipelineSpec):
+        return data
+    if not isinstance(data, Mapping):
+        raise PipelineValidationError(
+            [ValidationIssue("", f"a pipeline must be a mapping, got {type(data).__name__}")],
+            source,
+        )
+    try:
+        return PipelineSpec.model_validate(data)
+    except ValidationError as exc:
+        raise PipelineValidationError(_issues_from(exc), source) from None
+
+
+def load_pipeline(path: str | Path, overrides: Mapping[str, Any] | None = None) -> PipelineSpec:
+    """Read a pipeline YAML file; ``overrides`` maps dotted paths to values (``--set``)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PipelineValidationError(
+            [ValidationIssue("", f"cannot read {path}: {exc.strerror or exc}")], str(path)
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PipelineValidationError(
+            [ValidationIssue("", f"not valid YAML: {where}{problem}")], str(path)
+        ) from None
+    if overrides:
+        if not isinstance(data, dict):
+            data = {}
+        for key, value in overrides.items():
+            apply_override(data, key, value, source=str(path))
+    return parse_pipeline(data, source=str(path))
+
+
+def apply_override(data: dict[str, Any], key: str, value: Any, *, source: str | None = None) -> None:
+    """Set ``data[a][b][0][c] = value`` for ``key = "a.b[0].c"`` (or ``a.b.0.c``)."""
+    import re
+
+    parts: list[str | int] = []
+    for chunk in key.split("."):
+        m = re.fullmatch(r"([^\[\]]*)((?:\[\d+\])*)", chunk)
+        if not m or (not m.group(1) and not m.group(2)):
+            raise PipelineValidationError([ValidationIssue(key, "not a valid --set path")], source)
+        if m.group(1):
+            parts.append(int(m.group(1)) if m.group(1).isdigit() else m.group(1))
+        parts.extend(int(i) for i in re.findall(r"\[(\d+)\]", m.group(2)))
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(node, list) and isinstance(part, int):
+            if part >= len(node):
+                raise PipelineValidationError(
+                    [ValidationIssue(format_loc(parts[: i + 1]), "index out of range for --set")],
+                    source,
+                )
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str):
+            if not isinstance(node.get(part), dict | list):
+                node[part] = [] if isinstance(nxt, int) else {}
+            node = node[part]
+        else:
+            raise PipelineValidationError(
+                [ValidationIssue(format_loc(parts[: i + 1]), "cannot --set inside this value")],
+                source,
+            )
+    last = parts[-1]
+    if isinstance(node, list) and isinstance(last, int) and last < len(node):
+        node[last] = value
+    elif isinstance(node, dict) and isinstance(last, str):
+        node[last] = value
+    else:
+        raise PipelineValidationError([ValidationIssue(key, "cannot --set this path")], source)
+
+
+# ---------------------------------------------------------------------------------------
+# Resolution against the registry
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedStage:
+    """A stage bound to its component, with validated params."""
+
+    stage: str
+    """Stage name used in events/errors, e.g. ``sources.app`` or ``steps[1].regex``."""
+    component: Component
+    params: BaseModel | None
+    on_error: ErrorPolicy = "fail"
+    retry: RetryPolicy | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedPipeline:
+    """A pipeline whose every component was found and whose params validated."""
+
+    spec: PipelineSpec
+    sources: dict[str, ResolvedStage]
+    steps: list[ResolvedStage]
+    sinks: list[ResolvedStage]
+    dead_letter: ResolvedStage | None
+
+
+def _lookup(registry: Any, kind: ComponentKind, name: str, path: str,
+            issues: list[ValidationIssue]) -> Component | None:
+    try:
+        found: Component = registry.get(kind, name)
+    except ComponentNotFound as exc:
+        issues.append(ValidationIssue(path, str(exc)))
+        return None
+    return found
+
+
+def _validate_params(component: Component, params: dict[str, Any], path: str,
+                     issues: list[ValidationIssue]) -> BaseModel | None:
+    if component.params is None:
+        if params:
+            issues.append(ValidationIssue(
+                f"{path}.params",
+                f"{component.kind} {component.name!r} takes no params, got {', '.join(params)}",
+            ))
+        return None
+    try:
+        return component.params.model_validate(params)
+    except ValidationError as exc:
+        for issue in _issues_from(exc, ()):
+            issues.append(ValidationIssue(
+                f"{path}.params" + (f".{issue.path}" if issue.path and not issue.path.startswith("[") else issue.path),
+                issue.message,
+            ))
+        return None
+
+
+def resolve(spec: PipelineSpec, registry: Any, *, source: str | None = None) -> ResolvedPipeline:
+    """Bind every stage of ``spec`` to its component and validate its params.
+
+    ``registry`` is a :class:`~headwater.core.registry.Registry` or a
+    :class:`~headwater.core.plugins.PluginManager`. Raises
+    :class:`PipelineValidationError` listing every problem.
+    """
+    issues: list[ValidationIssue] = []
+    sources: dict[str, ResolvedStage] = {}
+    for name, src in spec.sources.items():
+        path = f"sources.{name}"
+        comp = _lookup(registry, ComponentKind.ACTION, src.action, f"{path}.action", issues)
+        if comp is not None:
+            params = _validate_params(comp, src.params, path, issues)
+            sources[name] = ResolvedStage(path, comp, params)
+    steps: list[ResolvedStage] = []
+    for i, step in enumerate(spec.steps):
+        path = f"steps[{i}]"
+        comp = _lookup(registry, ComponentKind.TRANSFORMER, step.transformer,
+                       f"{path}.transformer", issues)
+        if comp is not None:
+            params = _validate_params(comp, step.params, path, issues)
+            stage = step.name or f"{path}.{step.transformer}"
+            steps.append(ResolvedStage(stage, comp, params, step.on_error, step.retry))
+    sinks: list[ResolvedStage] = []
+    seen: set[str] = set()
+    for i, snk in enumerate(spec.sinks):
+        path = f"sinks[{i}]"
+        comp = _lookup(registry, ComponentKind.SINK, snk.sink, f"{path}.sink", issues)
+        key = snk.name or snk.sink
+        if key in seen:
+            key = f"{key}[{i}]" if snk.name is None else key
+            if key in seen:
+                issues.append(ValidationIssue(f"{path}.name", f"duplicate sink name {key!r}"))
+        seen.add(key)
+        if comp is not None:
+            params = _validate_params(comp, snk.params, path, issues)
+            sinks.append(ResolvedStage(f"sinks.{key}", comp, params, snk.on_error, snk.retry))
+    dead: ResolvedStage | None = None
+    if spec.dead_letter is not None:
+        comp = _lookup(registry, ComponentKind.SINK, spec.dead_letter.sink, "dead_letter.sink",
+                       issues)
+        if comp is not None:
+            params = _validate_params(comp, spec.dead_letter.params, "dead_letter", issues)
+            dead = ResolvedStage("dead_letter", comp, params)
+    if issues:
+        raise PipelineValidationError(issues, source)
+    return ResolvedPipeline(spec, sources, steps, sinks, dead)

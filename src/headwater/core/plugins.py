@@ -1,0 +1,381 @@
+"""Plugin discovery and loading on pluggy, robust to broken plugins.
+
+Recipe: create a pluggy manager, add the hook specifications, then load every entry
+point of the ``headwater`` group (built-ins included: they are entry points of the
+headwater distribution). Each plugin is loaded in isolation: a plugin that fails to
+import, implements an unknown hook, raises in a hook or registers a duplicate name is
+recorded as a :class:`LoadFailure` and skipped, and the rest keep working.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import traceback
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from .. import hookspecs
+from ..markers import PROJECT_NAME
+from .components import Component, ComponentKind
+from .errors import PluginLoadError
+from .registry import Registry
+
+if TYPE_CHECKING:
+    from .errors import StageError
+    from .pipeline import PipelineSpec
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "LoadFailure",
+    "PluginInfo",
+    "PluginManager",
+    "get_plugin_manager",
+    "reset_plugin_manager",
+]
+
+ENTRY_POINT_GROUP = PROJECT_NAME
+DISABLE_ENV = "HEADWATER_DISABLE_PLUGINS"
+STRICT_ENV = "HEADWATER_STRICT_PLUGINS"
+
+log = logging.getLogger("headwater.plugins")
+
+_COLLECTION_HOOKS: dict[str, ComponentKind] = {
+    "register_actions": ComponentKind.ACTION,
+    "register_transformers": ComponentKind.TRANSFORMER,
+    "register_sinks": ComponentKind.SINK,
+    "register_metrics_exporters": ComponentKind.EXPORTER,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LoadFailure:
+    """A plugin that could not be loaded, and why."""
+
+    plugin: str
+    distribution: str | None
+    version: str | None
+    stage: str
+    """``import``, ``register``, ``unknown-hook``, ``hook`` or ``duplicate``."""
+    error: str
+    traceback: str = ""
+
+    def __str__(self) -> str:
+        dist = f" from {self.distribution} {self.version}" if self.distribution else ""
+        return f"plugin {self.plugin!r}{dist} failed to load ({self.stage}): {self.error}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {
+            "plugin": self.plugin,
+            "distribution": self.distribution,
+            "version": self.version,
+            "stage": self.stage,
+            "error": self.error,
+        }
+
+
+@dataclass(slots=True)
+class PluginInfo:
+    """A loaded (or disabled) plugin and the components it contributed."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    module: str | None
+    components: list[str] = field(default_factory=list)
+    disabled: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "module": self.module,
+            "components": list(self.components),
+            "disabled": self.disabled,
+        }
+
+
+def _env_list(name: str) -> list[str]:
+    return [part.strip() for part in os.environ.get(name, "").split(",") if part.strip()]
+
+
+def _strict_default() -> bool:
+    return os.environ.get(STRICT_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _entry_point_order(ep: EntryPoint) -> tuple[int, str, str]:
+    dist = ep.dist.name if ep.dist is not None else ""
+    # Built-ins first so that a third-party duplicate is the one reported and skipped.
+    return (0 if dist == PROJECT_NAME else 1, dist.lower(), ep.name)
+
+
+class PluginManager:
+    """headwater's typed facade over a pluggy manager.
+
+    Loading is lazy and idempotent: nothing happens until :meth:`load` (or the first
+    access to :attr:`registry`). Use one manager per process; tests and embedders may
+    create their own with their own ``entry_points`` and ``disable`` lists.
+    """
+
+    def __init__(
+        self,
+        *,
+        disable: Iterable[str] = (),
+        strict: bool | None = None,
+        entry_points: Sequence[EntryPoint] | None = None,
+        load_entry_points: bool = True,
+    ) -> None:
+        self._pm = pluggy.PluginManager(PROJECT_NAME)
+        self._pm.add_hookspecs(hookspecs)
+        self._disabled = {*_env_list(DISABLE_ENV), *disable}
+        self._strict = _strict_default() if strict is None else strict
+        self._explicit_eps = entry_points
+        self._load_eps = load_entry_points
+        self._loaded = False
+        self.registry = Registry()
+        self.plugins: dict[str, PluginInfo] = {}
+        self.failures: list[LoadFailure] = []
+
+    # -- loading --------------------------------------------------------------------
+
+    def load(self) -> PluginManager:
+        """Discover and load every plugin once; later calls do nothing."""
+        if self._loaded:
+            return self
+        self._loaded = True
+        if self._load_eps:
+            eps = self._explicit_eps
+            if eps is None:
+                eps = entry_points(group=ENTRY_POINT_GROUP)
+            for ep in sorted(eps, key=_entry_point_order):
+                self._load_entry_point(ep)
+        return self
+
+    @property
+    def disabled(self) -> frozenset[str]:
+        """Plugin or distribution names that are not loaded."""
+        return frozenset(self._disabled)
+
+    def _load_entry_point(self, ep: EntryPoint) -> None:
+        dist = ep.dist.name if ep.dist is not None else None
+        version = ep.dist.version if ep.dist is not None else None
+        if ep.name in self._disabled or (dist is not None and dist in self._disabled):
+            self.plugins[ep.name] = PluginInfo(ep.name, dist, version, ep.value, disabled=True)
+            return
+        if ep.name in self.plugins:
+            self._fail(
+                LoadFailure(ep.name, dist, version, "duplicate",
+                            f"a plugin named {ep.name!r} is already loaded from "
+                            f"{self.plugins[ep.name].distribution}"),
+                None,
+            )
+            return
+        try:
+            obj = ep.load()
+        except BaseException as exc:  # noqa: BLE001 - a plugin's import may raise anything
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            self._fail(self._failure(ep.name, dist, version, "import", exc), exc)
+            return
+        self.register(obj, ep.name, distribution=dist, version=version)
+
+    def register(
+        self,
+        plugin: object,
+        name: str | None = None,
+        *,
+        distribution: str | None = None,
+        version: str | None = None,
+    ) -> bool:
+        """Register one plugin object (a module, class or instance) and its components.
+
+        Returns False, recording a :class:`LoadFailure`, when the plugin is broken; the
+        registry is then left exactly as it was.
+        """
+        name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+        if name in self._disabled or (distribution is not None and distribution in self._disabled):
+            self.plugins[name] = PluginInfo(name, distribution, version, _module_name(plugin),
+                                            disabled=True)
+            return False
+        try:
+            self._pm.register(plugin, name=name)
+        except BaseException as exc:  # noqa: BLE001 - pluggy validation or a plugin's own code
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            self._fail(self._failure(name, distribution, version, "register", exc), exc)
+            return False
+
+        unknown = sorted(
+            hc.name for hc in (self._pm.get_hookcallers(plugin) or []) if not hc.has_spec()
+        )
+        if unknown:
+            self._pm.unregister(plugin)
+            known = sorted(_COLLECTION_HOOKS) + ["pipeline_finished", "pipeline_started",
+                                                 "stream_error"]
+            import difflib
+
+            hints = []
+            for hook in unknown:
+                close = difflib.get_close_matches(hook, known, n=1)
+                hints.append(f"{hook!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            err = f"implements unknown hook {', '.join(hints)}"
+            self._fail(LoadFailure(name, distribution, version, "unknown-hook", err), None)
+            return False
+
+        staged: list[Component] = []
+        for hook_name, kind in _COLLECTION_HOOKS.items():
+            caller = getattr(self._pm.hook, hook_name)
+            for impl in caller.get_hookimpls():
+                if impl.plugin is not plugin:
+                    continue
+                problem = self._collect(impl.function, hook_name, kind, name, distribution,
+                                        version, staged)
+                if problem is not None:
+                    self._pm.unregister(plugin)
+                    self._fail(problem[0], problem[1])
+                    return False
+
+        for component in staged:
+            self.registry.add(component)
+        self.plugins[name] = PluginInfo(
+            name, distribution, version, _module_name(plugin),
+            components=[f"{c.kind}:{c.name}" for c in staged],
+        )
+        return True
+
+    def _collect(
+        self,
+        function: Any,
+        hook_name: str,
+        kind: ComponentKind,
+        plugin: str,
+        dist: str | None,
+        version: str | None,
+        staged: list[Component],
+    ) -> tuple[LoadFailure, BaseException | None] | None:
+        problems: list[str] = []
+
+        def register(component: Component) -> None:
+            if not isinstance(component, Component):
+                problems.append(
+                    f"{hook_name} registered {component!r}, which is not a component; "
+                    f"decorate it with @headwater.{kind.value}"
+                )
+                return
+            if component.kind is not kind:
+                problems.append(
+                    f"{hook_name} registered {component.kind} {component.name!r}; "
+                    f"register it from the matching hook instead"
+                )
+                return
+            owner = self.registry.owner_of(kind, component.name)
+            if owner is None and any(c.kind is kind and c.name == component.name for c in staged):
+                owner = plugin
+            if owner is not None:
+                problems.append(
+                    f"{kind} {component.name!r} is already registered by plugin {owner!r}"
+                )
+                return
+            staged.append(component.with_origin(plugin, dist, version))
+
+        try:
+            function(register=register)
+        except BaseException as exc:  # noqa: BLE001 - plugin code may raise anything
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            return self._failure(plugin, dist, version, "hook", exc, f"{hook_name} raised "), exc
+        if problems:
+            stage = "duplicate" if "already registered" in problems[0] else "hook"
+            return LoadFailure(plugin, dist, version, stage, "; ".join(problems)), None
+        return None
+
+    def _failure(
+        self,
+        plugin: str,
+        dist: str | None,
+        version: str | None,
+        stage: str,
+        exc: BaseException,
+        prefix: str = "",
+    ) -> LoadFailure:
+        tb = "".join(traceback.format_exception(exc))
+        return LoadFailure(plugin, dist, version, stage,
+                           f"{prefix}{type(exc).__name__}: {exc}", tb)
+
+    def _fail(self, failure: LoadFailure, exc: BaseException | None) -> None:
+        self.failures.append(failure)
+        log.warning("%s", failure)
+        if self._strict:
+            raise PluginLoadError(str(failure)) from exc
+
+    # -- lookups ----------------------------------------------------------------------
+
+    def get(self, kind: ComponentKind | str, name: str) -> Component:
+        """Look up a component, loading plugins first if needed."""
+        return self.load().registry.get(kind, name)
+
+    # -- lifecycle notifications (isolated per plugin, async-aware) ----------------------
+
+    async def pipeline_started(self, pipeline: PipelineSpec, run_id: str) -> None:
+        """Call every ``pipeline_started`` implementation."""
+        await self._notify("pipeline_started", pipeline=pipeline, run_id=run_id)
+
+    async def pipeline_finished(
+        self, pipeline: PipelineSpec, run_id: str, state: str, summary: dict[str, Any]
+    ) -> None:
+        """Call every ``pipeline_finished`` implementation."""
+        await self._notify("pipeline_finished", pipeline=pipeline, run_id=run_id,
+                           state=state, summary=summary)
+
+    async def stream_error(
+        self, pipeline: PipelineSpec, run_id: str, error: StageError, handled: bool
+    ) -> None:
+        """Call every ``stream_error`` implementation."""
+        await self._notify("stream_error", pipeline=pipeline, run_id=run_id, error=error,
+                           handled=handled)
+
+    def has_listeners(self, hook_name: str) -> bool:
+        """True when at least one plugin implements the lifecycle hook."""
+        return bool(getattr(self._pm.hook, hook_name).get_hookimpls())
+
+    async def _notify(self, hook_name: str, **kwargs: Any) -> None:
+        for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
+            args = {k: kwargs[k] for k in impl.argnames}
+            try:
+                result = impl.function(**args)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("plugin %r raised in %s; ignored", impl.plugin_name, hook_name)
+
+
+def _module_name(plugin: object) -> str | None:
+    if isinstance(plugin, ModuleType):
+        return plugin.__name__
+    return getattr(plugin, "__module__", None)
+
+
+_default: PluginManager | None = None
+
+
+def get_plugin_manager() -> PluginManager:
+    """The process-wide plugin manager, created and loaded on first use."""
+    global _default
+    if _default is None:
+        _default = PluginManager()
+    return _default.load()
+
+
+def reset_plugin_manager(manager: PluginManager | None = None) -> None:
+    """Replace (or forget) the process-wide manager; for tests and embedders."""
+    global _default
+    _default = manager

@@ -1,0 +1,810 @@
+"""The pipeline runtime: stages as anyio tasks joined by bounded batching channels.
+
+Topology of a run::
+
+    source(s) --> [compose] --> ch --> stage --> ch --> ... --> fan-out --> sink tasks
+
+* A *stage* is either a fused run of item-wise steps (one loop per batch, see
+  :mod:`headwater.core.fusion`) or one ``stream`` transformer.
+* Every channel is a :class:`~headwater.core.channels.BatchChannel` with a bound in
+  items, so memory stays flat however long the stream and a slow sink slows the source.
+* A stage that stops reading (``take`` satisfied, ``zip`` shortest input ended) closes
+  its input: the producers upstream are cancelled and clean up, and the run goes on.
+* Any failure (with policy ``fail``), a timeout, or :meth:`RunHandle.cancel` cancels the
+  run's scope; every generator is ``aclose``-d and every sink ``close``-d (shielded).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .channels import BatchChannel, DownstreamClosed, ThreadFeed
+from .components import Component
+from .context import RunIdentity, StreamContext
+from .errors import (
+    PipelineCancelled,
+    PipelineFailed,
+    PipelineTimeout,
+    StageError,
+)
+from .events import Complete, ErrorEvent, Event, RunState, Status
+from .events_queue import EventQueue
+from .fusion import FusedStep, ItemFailure
+from .invoke import params_and_ctx, positional_arity
+from .pipeline import ResolvedPipeline, ResolvedStage
+
+__all__ = ["RunHandle", "RunResult", "StageStats", "create_run", "execute"]
+
+log = logging.getLogger("headwater.runtime")
+
+CLEANUP_GRACE = 10.0
+"""Seconds a generator's ``finally`` or a sink's ``close`` may take after cancellation."""
+
+
+@dataclass(slots=True)
+class StageStats:
+    """Counters of one stage."""
+
+    items_in: int = 0
+    items_out: int = 0
+    errors: int = 0
+    skipped: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        """JSON-serialisable form."""
+        return {"items_in": self.items_in, "items_out": self.items_out,
+                "errors": self.errors, "skipped": self.skipped}
+
+
+@dataclass(slots=True)
+class RunResult:
+    """What a finished run produced."""
+
+    pipeline: str
+    run_id: str
+    state: RunState
+    outputs: dict[str, Any]
+    """Each sink's result (what its ``close`` returned), keyed by sink name."""
+    summary: dict[str, Any]
+    errors: list[BaseException] = field(default_factory=list)
+
+    @property
+    def output(self) -> Any:
+        """The result of the only sink (or of the first one)."""
+        return next(iter(self.outputs.values()), None)
+
+    def raise_for_state(self) -> RunResult:
+        """Raise the matching error unless the run succeeded; returns self otherwise."""
+        if self.state == "succeeded":
+            return self
+        if self.state == "cancelled":
+            timeout = next((e for e in self.errors if isinstance(e, PipelineTimeout)), None)
+            if timeout is not None:
+                raise timeout
+            raise PipelineCancelled(f"pipeline {self.pipeline!r} was cancelled")
+        raise PipelineFailed(self.pipeline, self.errors)
+
+
+class _Stop(Exception):
+    """Internal: a stage failed; the run is being torn down."""
+
+
+class _SinkRuntime:
+    """A sink instance for one run, with sync methods bridged to worker threads."""
+
+    def __init__(self, spec: ResolvedStage, ctx: StreamContext) -> None:
+        comp = spec.component
+        self.spec = spec
+        self.stats = StageStats()
+        self.opened = False
+        self.closed = False
+        lead = params_and_ctx(spec.params, ctx)
+        if comp.shape == "class":
+            instance = comp.obj(*lead[: positional_arity(comp.obj)])
+            self._open: Callable[..., Any] | None = getattr(instance, "open", None)
+            write = getattr(instance, "write", None)
+            if write is None:
+                raise TypeError(f"sink {comp.name!r} has no write(batch) method")
+            self._write: Callable[[list[Any]], Any] = write
+            self._close: Callable[..., Any] | None = getattr(instance, "close", None)
+        else:
+            fn = comp.obj
+            extra = lead[: max(0, positional_arity(fn) - 1)]
+            self._open = None
+            self._close = None
+            if inspect.iscoroutinefunction(fn):
+
+                async def write_async(batch: list[Any]) -> Any:
+                    return await fn(batch, *extra)
+
+                self._write = write_async
+            else:
+
+                def write_sync(batch: list[Any]) -> Any:
+                    return fn(batch, *extra)
+
+                self._write = write_sync
+        self._write_is_async = inspect.iscoroutinefunction(self._write)
+
+    async def open(self) -> None:
+        if self._open is not None:
+            await _call(self._open)
+        self.opened = True
+
+    async def write(self, batch: list[Any]) -> None:
+        if self._write_is_async:
+            await self._write(batch)  # type: ignore[misc]
+        else:
+            await anyio.to_thread.run_sync(self._write, batch)
+
+    async def close(self, error: BaseException | None) -> Any:
+        if self.closed:
+            return None
+        self.closed = True
+        if self._close is None:
+            return None
+        if positional_arity(self._close) >= 1:
+            return await _call(self._close, error)
+        return await _call(self._close)
+
+
+async def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    if inspect.iscoroutinefunction(fn):
+        return await fn(*args)
+    result = await anyio.to_thread.run_sync(lambda: fn(*args))
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+class RunHandle:
+    """A run in progress: iterate its events, cancel it, await its result.
+
+    Obtained from :func:`headwater.open_run`. ``events()`` may be iterated by one
+    consumer; it ends with the :class:`~headwater.Complete` event.
+    """
+
+    def __init__(self, run: _Run) -> None:
+        self._run = run
+
+    @property
+    def run_id(self) -> str:
+        """Unique id of the run."""
+        return self._run.identity.run_id
+
+    @property
+    def pipeline(self) -> str:
+        """Name of the pipeline."""
+        return self._run.identity.pipeline
+
+    @property
+    def state(self) -> RunState:
+        """``pending``, ``running``, ``succeeded``, ``failed`` or ``cancelled``."""
+        return self._run.state
+
+    @property
+    def done(self) -> bool:
+        """True once the run finished, whatever the outcome."""
+        return self._run.finished.is_set()
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Stop the run: every stage stops and cleans up. Safe to call more than once."""
+        self._run.cancel(reason)
+
+    def events(self) -> AsyncIterator[Event]:
+        """The run's control events, ending with :class:`~headwater.Complete`."""
+        return self._run.events.__aiter__()
+
+    async def start(self) -> RunResult:
+        """Execute the run in the calling task (used by :func:`headwater.open_run`)."""
+        return await self._run.execute()
+
+    async def wait(self) -> RunResult:
+        """Wait for the end of the run and return its result (never raises on failure)."""
+        await self._run.finished.wait()
+        assert self._run.result is not None
+        return self._run.result
+
+    @property
+    def stats(self) -> dict[str, StageStats]:
+        """Live per-stage counters."""
+        return self._run.stats
+
+
+class _Run:
+    """State and tasks of one execution of a resolved pipeline."""
+
+    def __init__(self, resolved: ResolvedPipeline, plugins: Any, run_id: str | None = None) -> None:
+        self.resolved = resolved
+        self.spec = resolved.spec
+        self.plugins = plugins
+        self.identity = RunIdentity(self.spec.name, run_id or uuid.uuid4().hex[:12])
+        self.events = EventQueue()
+        self.state: RunState = "pending"
+        self.stats: dict[str, StageStats] = {}
+        self.errors: list[BaseException] = []
+        self.outputs: dict[str, Any] = {}
+        self.result: RunResult | None = None
+        self.finished = anyio.Event()
+        self._scope: anyio.CancelScope | None = None
+        self._cancel_reason: str | None = None
+        self._pending_cancel = False
+        self._first_item_at: float | None = None
+        self._last_item_at = 0.0
+        self._capacity = self.spec.batch_size * self.spec.buffer
+        self._dead: BatchChannel | None = None
+
+    # -- control ------------------------------------------------------------------------
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        if self._cancel_reason is None:
+            self._cancel_reason = reason
+        if self._scope is not None:
+            self._scope.cancel()
+        else:
+            self._pending_cancel = True
+
+    def _is_cancelled(self) -> bool:
+        return self._cancel_reason is not None or bool(self.errors)
+
+    def _ctx(self, stage: str, component: Component | None) -> StreamContext:
+        return StreamContext(self.identity, stage, component.plugin if component else None,
+                             self.events.emit, self._is_cancelled)
+
+    def _stats(self, stage: str) -> StageStats:
+        stats = self.stats.get(stage)
+        if stats is None:
+            stats = self.stats[stage] = StageStats()
+        return stats
+
+    def _stage_error(self, stage: ResolvedStage, position: int | None,
+                     exc: BaseException) -> StageError:
+        if isinstance(exc, StageError):
+            return exc
+        return StageError(pipeline=self.spec.name, stage=stage.stage,
+                          plugin=stage.component.plugin, position=position, cause=exc)
+
+    async def _fail(self, error: BaseException) -> None:
+        """Record a fatal error and tear the run down."""
+        first = not self.errors
+        self.errors.append(error)
+        if isinstance(error, StageError):
+            self._stats(error.stage).errors += 1
+            self.events.emit(ErrorEvent(error.stage, error.to_dict(), handled=False))
+            with anyio.CancelScope(shield=True):
+                await self.plugins.stream_error(self.spec, self.identity.run_id, error, False)
+        if first and self._scope is not None:
+            self._scope.cancel()
+
+    async def _handled_error(self, error: StageError) -> None:
+        self._stats(error.stage).errors += 1
+        self.events.emit(ErrorEvent(error.stage, error.to_dict(), handled=True))
+        await self.plugins.stream_error(self.spec, self.identity.run_id, error, True)
+
+    # -- main ---------------------------------------------------------------------------
+
+    async def execute(self) -> RunResult:
+        started = time.monotonic()
+        self.state = "running"
+        try:
+            await self.plugins.pipeline_started(self.spec, self.identity.run_id)
+            self.events.emit(Status("running", None, f"pipeline {self.spec.name} started"))
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                if self._pending_cancel:
+                    scope.cancel()
+                await self._run_graph()
+        finally:
+            elapsed = time.monotonic() - started
+            if self.errors and not all(isinstance(e, PipelineTimeout) for e in self.errors):
+                state: RunState = "failed"
+            elif self._cancel_reason is not None or self.errors:
+                state = "cancelled"
+            else:
+                state = "succeeded"
+            self.state = state
+            summary = self._summary(state, elapsed)
+            self.result = RunResult(self.spec.name, self.identity.run_id, state,
+                                    dict(self.outputs), summary, list(self.errors))
+            with anyio.CancelScope(shield=True):
+                await self.plugins.pipeline_finished(self.spec, self.identity.run_id, state,
+                                                     summary)
+            self.events.emit(Complete(state, summary))
+            self.finished.set()
+        return self.result
+
+    def _summary(self, state: RunState, elapsed: float) -> dict[str, Any]:
+        produced = sum(self.stats[f"sources.{n}"].items_out for n in self.resolved.sources
+                       if f"sources.{n}" in self.stats)
+        return {
+            "pipeline": self.spec.name,
+            "run_id": self.identity.run_id,
+            "state": state,
+            "elapsed_seconds": elapsed,
+            "items_in": produced,
+            "items_per_second": produced / elapsed if elapsed > 0 else math.inf,
+            "time_to_first_item_seconds": self._first_item_at,
+            "stages": {name: s.to_dict() for name, s in self.stats.items()},
+            "errors": [e.to_dict() if isinstance(e, StageError) else
+                       {"error": type(e).__name__, "message": str(e)} for e in self.errors],
+            "cancel_reason": self._cancel_reason,
+        }
+
+    async def _run_graph(self) -> None:
+        res = self.resolved
+        self._t0 = time.monotonic()
+        self._last_item_at = self._t0
+        sinks = [_SinkRuntime(s, self._ctx(s.stage, s.component)) for s in res.sinks]
+        for s in sinks:
+            self.stats[s.spec.stage] = s.stats
+        dead = None
+        if res.dead_letter is not None:
+            dead = _SinkRuntime(res.dead_letter, self._ctx("dead_letter", res.dead_letter.component))
+            self.stats["dead_letter"] = dead.stats
+        opened: list[_SinkRuntime] = []
+        try:
+            for s in [*sinks, *([dead] if dead else [])]:
+                try:
+                    await s.open()
+                except Exception as exc:
+                    await self._fail(self._stage_error(s.spec, None, exc))
+                    return
+                opened.append(s)
+            watchdog = anyio.CancelScope()
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self._watchdog, watchdog)
+                await self._run_stages(sinks, dead)
+                watchdog.cancel()
+        finally:
+            error = self.errors[0] if self.errors else (
+                PipelineCancelled(self._cancel_reason) if self._cancel_reason else None)
+            with anyio.CancelScope(shield=True):
+                for s in opened:
+                    if not s.closed:
+                        with anyio.move_on_after(CLEANUP_GRACE):
+                            try:
+                                await s.close(error)
+                            except Exception:
+                                log.exception("sink %s raised in close()", s.spec.stage)
+
+    async def _run_stages(self, sinks: list[_SinkRuntime], dead: _SinkRuntime | None) -> None:
+        async with anyio.create_task_group() as dead_tg:
+            if dead is not None:
+                self._dead = BatchChannel(self._capacity)
+                dead_tg.start_soon(self._sink_task, dead, self._dead)
+            async with anyio.create_task_group() as tg:
+                sink_channels = []
+                for s in sinks:
+                    ch = BatchChannel(self._capacity)
+                    sink_channels.append(ch)
+                    tg.start_soon(self._sink_task, s, ch)
+                out: _Output = _FanOut(sink_channels) if len(sink_channels) > 1 else sink_channels[0]
+                head = self._build_stages(tg, out)
+                self._start_sources(tg, head)
+            if self._dead is not None:
+                self._dead.close_writer()
+
+    # -- stages -------------------------------------------------------------------------
+
+    def _build_stages(self, tg: TaskGroup, out: _Output) -> BatchChannel:
+        """Start every step stage, last to first; return the channel sources write to."""
+        groups: list[list[ResolvedStage]] = []
+        for step in self.resolved.steps:
+            if step.component.itemwise and groups and groups[-1][0].component.itemwise:
+                groups[-1].append(step)
+            else:
+                groups.append([step])
+        downstream: _Output = out
+        for group in reversed(groups):
+            inp = BatchChannel(self._capacity)
+            if group[0].component.itemwise:
+                steps = [FusedStep(s, self._ctx(s.stage, s.component)) for s in group]
+                for st in steps:
+                    self.stats[st.stage] = StageStats()
+                tg.start_soon(self._producer, downstream, self._fused_stage, inp, downstream, steps)
+            else:
+                tg.start_soon(self._producer, downstream, self._stream_stage, inp, downstream,
+                              group[0])
+            downstream = inp
+        if not groups:
+            # sources feed the sinks directly through one hop
+            inp = BatchChannel(self._capacity)
+            tg.start_soon(self._producer, downstream, self._fused_stage, inp, downstream, [])
+            downstream = inp
+        assert isinstance(downstream, BatchChannel)
+        return downstream
+
+    async def _producer(self, out: _Output, body: Callable[..., Any], *args: Any) -> None:
+        """Run a producing task in its own scope, so its consumer can stop it."""
+        with anyio.CancelScope() as scope:
+            out.add_producer_scope(scope)
+            try:
+                await body(*args)
+            except DownstreamClosed:
+                pass
+            except _Stop:
+                pass
+        out.close_writer()
+
+    async def _fused_stage(self, inp: BatchChannel, out: _Output, steps: list[FusedStep]) -> None:
+        stats = [self.stats[s.stage] for s in steps]
+        try:
+            exhausted = False
+            while not exhausted:
+                try:
+                    batch = await inp.get()
+                except anyio.EndOfStream:
+                    break
+                batch = await self._apply(steps, stats, 0, batch)
+                if batch:
+                    await out.put_batch(batch)
+                exhausted = any(s.exhausted for s in steps)
+            for i, step in enumerate(steps):
+                if step.flush is not None:
+                    try:
+                        tail = step.flush()
+                    except Exception as exc:
+                        await self._fail(self._stage_error(step.spec, None, exc))
+                        raise _Stop from exc
+                    if tail:
+                        tail = await self._apply(steps, stats, i + 1, list(tail))
+                        if tail:
+                            await out.put_batch(tail)
+        finally:
+            inp.close_reader()
+
+    async def _apply(self, steps: list[FusedStep], stats: list[StageStats], start: int,
+                     batch: list[Any]) -> list[Any]:
+        for i in range(start, len(steps)):
+            step = steps[i]
+            st = stats[i]
+            n = len(batch)
+            st.items_in += n
+            if step.policy == "fail":
+                try:
+                    batch = step.fast(batch)
+                except ItemFailure as failure:
+                    pos = None if failure.index is None else step.n_in + failure.index
+                    await self._fail(self._stage_error(step.spec, pos, failure.cause))
+                    raise _Stop from failure.cause
+            else:
+                batch = await step.guarded(batch, self._on_item_error)
+            step.n_in += n
+            st.items_out += len(batch)
+            if not batch:
+                break
+        return batch
+
+    async def _on_item_error(self, step: FusedStep, position: int | None, items: list[Any],
+                             exc: BaseException, attempt: int) -> bool:
+        spec = step.spec
+        error = self._stage_error(spec, position, exc)
+        retry = spec.retry
+        if spec.on_error == "retry" and retry is not None and attempt < retry.attempts:
+            await self._handled_error(error)
+            await anyio.sleep(retry.delay(attempt))
+            return True
+        if spec.on_error == "skip" or (retry is not None and retry.then == "skip"):
+            await self._handled_error(error)
+            self._stats(spec.stage).skipped += len(items)
+            await self._dead_letter(error, items)
+            return False
+        await self._fail(error)
+        raise _Stop from exc
+
+    async def _dead_letter(self, error: StageError, items: list[Any]) -> None:
+        if self._dead is None:
+            return
+        info = error.to_dict()
+        records = [{**info, "item": item} for item in items]
+        if info["position"] is not None and len(items) > 1:
+            for k, rec in enumerate(records):
+                rec["position"] = info["position"] + k
+        await self._dead.put_batch(records)
+
+    async def _stream_stage(self, inp: BatchChannel, out: _Output, spec: ResolvedStage) -> None:
+        stats = self._stats(spec.stage)
+        ctx = self._ctx(spec.stage, spec.component)
+
+        async def items() -> AsyncIterator[Any]:
+            while True:
+                try:
+                    batch = await inp.get()
+                except anyio.EndOfStream:
+                    return
+                stats.items_in += len(batch)
+                for item in batch:
+                    yield item
+
+        feed = items()
+        lead = params_and_ctx(spec.params, ctx)
+        fn = spec.component.obj
+        try:
+            agen = fn(feed, *lead[: max(0, positional_arity(fn) - 1)])
+            await self._pump_async(agen, out, stats, spec, batched=False)
+        finally:
+            inp.close_reader()
+            with anyio.CancelScope(shield=True):
+                await feed.aclose()
+
+    # -- sources ------------------------------------------------------------------------
+
+    def _start_sources(self, tg: TaskGroup, head: BatchChannel) -> None:
+        spec = self.spec
+        order = spec.source_order()
+        mode = spec.compose.mode if spec.compose else "merge"
+        stages = [self.resolved.sources[n] for n in order]
+        if mode == "merge":
+            head.add_writers(len(stages) - 1)
+            for stage in stages:
+                tg.start_soon(self._producer, head, self._source, stage, head)
+        elif mode == "concat":
+            tg.start_soon(self._producer, head, self._concat, stages, head)
+        else:
+            chans = [BatchChannel(self._capacity) for _ in stages]
+            for stage, ch in zip(stages, chans, strict=True):
+                tg.start_soon(self._producer, ch, self._source, stage, ch)
+            tg.start_soon(self._producer, head, self._zip, chans, head)
+
+    async def _concat(self, stages: list[ResolvedStage], out: BatchChannel) -> None:
+        for stage in stages:
+            await self._source(stage, out)
+
+    async def _zip(self, chans: list[BatchChannel], out: BatchChannel) -> None:
+        from collections import deque
+
+        bufs: list[deque[Any]] = [deque() for _ in chans]
+        try:
+            while True:
+                for buf, ch in zip(bufs, chans, strict=True):
+                    while not buf:
+                        buf.extend(await ch.get())
+                n = min(len(b) for b in bufs)
+                await out.put_batch([tuple(b.popleft() for b in bufs) for _ in range(n)])
+        except anyio.EndOfStream:
+            return
+        finally:
+            for ch in chans:
+                ch.close_reader()
+
+    async def _source(self, stage: ResolvedStage, out: BatchChannel) -> None:
+        comp = stage.component
+        stats = self._stats(stage.stage)
+        ctx = self._ctx(stage.stage, comp)
+        lead = params_and_ctx(stage.params, ctx)
+        args = lead[: positional_arity(comp.obj)]
+        try:
+            if comp.shape == "async_gen":
+                await self._pump_async(comp.obj(*args), out, stats, stage, comp.batched)
+            elif comp.shape == "sync_gen":
+                await self._pump_thread(comp.obj, args, out, stats, stage, comp.batched)
+            else:
+                if comp.shape == "coroutine":
+                    value = await comp.obj(*args)
+                else:
+                    value = await anyio.to_thread.run_sync(lambda: comp.obj(*args))
+                    if inspect.isawaitable(value):
+                        value = await value
+                items = list(value) if comp.batched else [value]
+                self._mark_items(len(items))
+                stats.items_out += len(items)
+                await out.put_batch(items)
+        except (DownstreamClosed, _Stop, anyio.get_cancelled_exc_class()):
+            raise
+        except Exception as exc:
+            await self._fail(self._stage_error(stage, stats.items_out, exc))
+            raise _Stop from exc
+
+    def _mark_items(self, n: int) -> None:
+        now = time.monotonic()
+        if self._first_item_at is None and n:
+            self._first_item_at = now - self._t0
+        self._last_item_at = now
+
+    async def _pump_async(self, agen: Any, out: _Output, stats: StageStats, stage: ResolvedStage,
+                          batched: bool) -> None:
+        """Move an async generator's output into ``out``; always ``aclose`` it."""
+        produced = 0
+        try:
+            if batched or not isinstance(out, BatchChannel):
+                async for chunk in agen:
+                    chunk = list(chunk) if batched else [chunk]
+                    produced += len(chunk)
+                    self._mark_items(len(chunk))
+                    await out.put_batch(chunk)
+            else:
+                items = out.items
+                append = items.append
+                cap = out.capacity
+                async for item in agen:
+                    append(item)
+                    produced += 1
+                    n = len(items)
+                    if n == 1:
+                        self._mark_items(1)
+                        if out.reader_closed:
+                            raise DownstreamClosed
+                        out.wake()
+                    elif n >= cap:
+                        self._mark_items(n)
+                        await out.pushed()
+        except (DownstreamClosed, _Stop, anyio.get_cancelled_exc_class()):
+            raise
+        except Exception as exc:
+            await self._fail(self._stage_error(stage, produced, exc))
+            raise _Stop from exc
+        finally:
+            stats.items_out += produced
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_GRACE):
+                try:
+                    await agen.aclose()
+                except Exception:
+                    log.exception("generator of %s raised while closing", stage.stage)
+
+    async def _pump_thread(self, fn: Callable[..., Any], args: tuple[Any, ...], out: BatchChannel,
+                           stats: StageStats, stage: ResolvedStage, batched: bool) -> None:
+        """Run a sync generator in a worker thread, feeding ``out`` with backpressure."""
+        feed = ThreadFeed(out.capacity)
+
+        def work() -> None:
+            error: BaseException | None = None
+            gen = None
+            try:
+                gen = fn(*args)
+                for item in gen:
+                    if not feed.put(item):
+                        break
+            except BaseException as exc:  # noqa: BLE001 - handed to the event loop side
+                error = exc
+            finally:
+                if gen is not None:
+                    try:
+                        gen.close()
+                    except Exception as exc:
+                        error = error or exc
+                feed.finish(error)
+
+        async with anyio.create_task_group() as inner:
+            inner.start_soon(lambda: anyio.to_thread.run_sync(work, abandon_on_cancel=True))
+            try:
+                while True:
+                    items, done = await feed.drain()
+                    if items:
+                        if batched:
+                            items = [x for chunk in items for x in chunk]
+                        stats.items_out += len(items)
+                        self._mark_items(len(items))
+                        await out.put_batch(items)
+                    if done:
+                        if feed.error is not None:
+                            err = feed.error
+                            if isinstance(err, Exception):
+                                await self._fail(self._stage_error(stage, stats.items_out, err))
+                                raise _Stop from err
+                            raise err
+                        break
+            finally:
+                feed.stop()
+
+    # -- sinks --------------------------------------------------------------------------
+
+    async def _sink_task(self, sink: _SinkRuntime, ch: BatchChannel) -> None:
+        spec = sink.spec
+        try:
+            while True:
+                try:
+                    batch = await ch.get()
+                except anyio.EndOfStream:
+                    break
+                sink.stats.items_in += len(batch)
+                await self._write(sink, batch)
+            with anyio.CancelScope(shield=True):
+                result = await sink.close(None)
+            if spec.stage != "dead_letter":
+                self.outputs[spec.stage.removeprefix("sinks.")] = result
+        except _Stop:
+            pass
+        except Exception as exc:
+            await self._fail(self._stage_error(spec, None, exc))
+        finally:
+            ch.close_reader()
+
+    async def _write(self, sink: _SinkRuntime, batch: list[Any]) -> None:
+        spec = sink.spec
+        attempt = 1
+        while True:
+            try:
+                await sink.write(batch)
+                sink.stats.items_out += len(batch)
+                return
+            except Exception as exc:
+                error = self._stage_error(spec, sink.stats.items_out, exc)
+                retry = spec.retry
+                if spec.on_error == "retry" and retry is not None and attempt < retry.attempts:
+                    await self._handled_error(error)
+                    await anyio.sleep(retry.delay(attempt))
+                    attempt += 1
+                    continue
+                if spec.on_error == "skip" or (spec.on_error == "retry" and retry is not None
+                                               and retry.then == "skip"):
+                    await self._handled_error(error)
+                    sink.stats.skipped += len(batch)
+                    if spec.stage != "dead_letter":
+                        await self._dead_letter(error, batch)
+                    return
+                await self._fail(error)
+                raise _Stop from exc
+
+    # -- timeouts -----------------------------------------------------------------------
+
+    async def _watchdog(self, scope: anyio.CancelScope) -> None:
+        t = self.spec.timeouts
+        if t.first_item is None and t.idle is None and t.total is None:
+            return
+        with scope:
+            while True:
+                now = time.monotonic()
+                deadlines: list[tuple[float, str, float]] = []
+                if t.total is not None:
+                    deadlines.append((self._t0 + t.total, "total", t.total))
+                if t.first_item is not None and self._first_item_at is None:
+                    deadlines.append((self._t0 + t.first_item, "first item", t.first_item))
+                if t.idle is not None:
+                    deadlines.append((self._last_item_at + t.idle, "idle", t.idle))
+                when, which, seconds = min(deadlines)
+                if now >= when:
+                    self.errors.append(PipelineTimeout(self.spec.name, which, seconds))
+                    if self._cancel_reason is None:
+                        self._cancel_reason = f"{which} timeout"
+                    if self._scope is not None:
+                        self._scope.cancel()
+                    return
+                await anyio.sleep(when - now)
+
+
+class _FanOut:
+    """Sends every batch to each sink's channel (each sink sees every item)."""
+
+    def __init__(self, channels: list[BatchChannel]) -> None:
+        self.channels = channels
+        self.capacity = min(c.capacity for c in channels)
+
+    async def put_batch(self, batch: list[Any]) -> None:
+        for ch in self.channels:
+            await ch.put_batch(batch)
+
+    def close_writer(self) -> None:
+        for ch in self.channels:
+            ch.close_writer()
+
+    def add_producer_scope(self, scope: anyio.CancelScope) -> None:
+        for ch in self.channels:
+            ch.add_producer_scope(scope)
+
+
+_Output = BatchChannel | _FanOut
+"""Where a stage writes: one channel, or a fan-out to several sinks' channels."""
+
+
+def create_run(resolved: ResolvedPipeline, plugins: Any, *, run_id: str | None = None) -> RunHandle:
+    """A handle for a run that has not started yet; ``await handle.start()`` runs it."""
+    return RunHandle(_Run(resolved, plugins, run_id))
+
+
+async def execute(resolved: ResolvedPipeline, plugins: Any, *, run_id: str | None = None,
+                  on_handle: Callable[[RunHandle], None] | None = None) -> RunResult:
+    """Run a resolved pipeline to completion and return its result (never raises on failure)."""
+    run = _Run(resolved, plugins, run_id)
+    if on_handle is not None:
+        on_handle(RunHandle(run))
+    return await run.execute()

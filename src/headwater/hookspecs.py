@@ -1,0 +1,156 @@
+"""Every hook a headwater plugin can implement: the plugin contract.
+
+A plugin is a module (or object) whose functions carry the ``@headwater.hookimpl``
+marker and whose names match the specifications below. Declare it in your
+``pyproject.toml`` so headwater discovers it::
+
+    [project.entry-points.headwater]
+    myplugin = "my_package.plugin"
+
+Only marked functions are hooks. A function whose name matches no specification here is
+reported as a load error of its plugin (typos like ``register_actoins`` do not pass
+silently), and the plugin is skipped.
+
+Hooks are called synchronously by pluggy; the lifecycle hooks may also be ``async def``,
+in which case headwater awaits them on the running event loop. Each plugin's hook call is
+isolated: an exception raised by one plugin is recorded against it and never reaches
+other plugins or the pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from .markers import hookspec
+
+if TYPE_CHECKING:
+    from .core.components import Component
+    from .core.errors import StageError
+    from .core.pipeline import PipelineSpec
+
+Register = Callable[["Component"], None]
+"""The callback collection hooks receive: call it once per component."""
+
+# ---------------------------------------------------------------------------------------
+# Collection hooks: contribute components
+# ---------------------------------------------------------------------------------------
+
+
+@hookspec
+def register_actions(register: Register) -> None:
+    """Contribute stream actions (sources).
+
+    Called once, when headwater first loads its plugins. Call ``register`` with each
+    component made by ``@headwater.action``::
+
+        @headwater.hookimpl
+        def register_actions(register):
+            register(count)
+
+    :param register: Adds one action. Its name must be unique across all plugins: a
+        duplicate name makes the *later* plugin fail to load, with an error naming both
+        plugins, while the first keeps working.
+
+    Registering a component of another kind (say a sink) here is an error of the plugin.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def register_transformers(register: Register) -> None:
+    """Contribute transformers (pipeline steps).
+
+    Called once at plugin load. Call ``register`` with each component made by
+    ``@headwater.transformer``. Item-wise transformers (``map``, ``filter``,
+    ``flat_map``, ``batch``) that follow each other in a pipeline are fused into a single
+    loop over each batch; ``stream`` transformers run as their own stage.
+
+    :param register: Adds one transformer; names are unique across plugins.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def register_sinks(register: Register) -> None:
+    """Contribute sinks (where pipeline output goes).
+
+    Called once at plugin load. Call ``register`` with each component made by
+    ``@headwater.sink``. A sink declares its delivery guarantee (``at_least_once`` or
+    ``transactional``).
+
+    :param register: Adds one sink; names are unique across plugins.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def register_metrics_exporters(register: Register) -> None:
+    """Contribute metrics exporters.
+
+    Called once at plugin load. Call ``register`` with each component made by
+    ``@headwater.exporter``. Exporters receive metric snapshots or expose an endpoint.
+
+    :param register: Adds one exporter; names are unique across plugins.
+
+    .. versionadded:: 0.1
+    """
+
+
+# ---------------------------------------------------------------------------------------
+# Lifecycle hooks: observe runs
+# ---------------------------------------------------------------------------------------
+
+
+@hookspec
+def pipeline_started(pipeline: PipelineSpec, run_id: str) -> Awaitable[None] | None:
+    """Called when a run starts, before its first stage runs.
+
+    :param pipeline: The validated pipeline definition being run.
+    :param run_id: The unique id of this run (also on every event and context).
+
+    May be ``async def``. Exceptions are logged against the plugin and do not affect the
+    run.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def pipeline_finished(
+    pipeline: PipelineSpec, run_id: str, state: str, summary: dict[str, Any]
+) -> Awaitable[None] | None:
+    """Called once when a run ends, whatever the outcome, after every stage stopped.
+
+    :param pipeline: The pipeline definition that ran.
+    :param run_id: The run's id.
+    :param state: ``succeeded``, ``failed`` or ``cancelled``.
+    :param summary: Items in/out per stage, errors, elapsed seconds (the same dict as
+        ``RunResult.summary``).
+
+    May be ``async def``. Exceptions are logged against the plugin and ignored.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def stream_error(
+    pipeline: PipelineSpec, run_id: str, error: StageError, handled: bool
+) -> Awaitable[None] | None:
+    """Called for every error raised inside a stage.
+
+    :param pipeline: The pipeline definition being run.
+    :param run_id: The run's id.
+    :param error: The error, with ``stage``, ``plugin``, ``position`` (item index, when
+        known) and the original exception as ``cause``.
+    :param handled: True when the stage's error policy (``skip`` / ``retry``) absorbed the
+        error and the run goes on; False when the error fails the run.
+
+    May be ``async def``. Exceptions are logged against the plugin and ignored.
+
+    .. versionadded:: 0.1
+    """
