@@ -99,5 +99,6 @@ def run_sync(
     backend: Literal["asyncio", "trio"] = "asyncio",
 ) -> RunResult:
     """Blocking convenience for scripts: run a pipeline on a fresh event loop."""
-    return anyio.run(lambda: run(pipeline, plugins=plugins, raise_on_error=raise_on_error),
-                     backend=backend)
+    return anyio.run(
+        lambda: run(pipeline, plugins=plugins, raise_on_error=raise_on_error), backend=backend
+    )

@@ -25,11 +25,17 @@ class Pipeline:
     Each method returns the builder; :meth:`build` validates and returns the model.
     """
 
-    def __init__(self, name: str, *, description: str = "", batch_size: int = 256,
-                 buffer: int = 4) -> None:
+    def __init__(
+        self, name: str, *, description: str = "", batch_size: int = 256, buffer: int = 4
+    ) -> None:
         self._data: dict[str, Any] = {
-            "name": name, "description": description, "batch_size": batch_size,
-            "buffer": buffer, "sources": {}, "steps": [], "sinks": [],
+            "name": name,
+            "description": description,
+            "batch_size": batch_size,
+            "buffer": buffer,
+            "sources": {},
+            "steps": [],
+            "sinks": [],
         }
 
     def source(self, action: str, *, name: str | None = None, **params: Any) -> Pipeline:
@@ -54,9 +60,15 @@ class Pipeline:
         """Emit each source's items in turn."""
         return self.compose("concat", *names)
 
-    def step(self, transformer: str, *, on_error: ErrorPolicy = "fail",
-             retry: RetryPolicy | dict[str, Any] | None = None, name: str | None = None,
-             **params: Any) -> Pipeline:
+    def step(
+        self,
+        transformer: str,
+        *,
+        on_error: ErrorPolicy = "fail",
+        retry: RetryPolicy | dict[str, Any] | None = None,
+        name: str | None = None,
+        **params: Any,
+    ) -> Pipeline:
         """Append a transformer step."""
         step: dict[str, Any] = {"transformer": transformer, "params": params, "on_error": on_error}
         if retry is not None:
@@ -74,8 +86,15 @@ class Pipeline:
         """Append ``filter``: keep items for which ``fn(item)`` is true."""
         return self.step("filter", fn=fn, **kw)
 
-    def sink(self, sink: str, *, name: str | None = None, on_error: ErrorPolicy = "fail",
-             retry: RetryPolicy | dict[str, Any] | None = None, **params: Any) -> Pipeline:
+    def sink(
+        self,
+        sink: str,
+        *,
+        name: str | None = None,
+        on_error: ErrorPolicy = "fail",
+        retry: RetryPolicy | dict[str, Any] | None = None,
+        **params: Any,
+    ) -> Pipeline:
         """Add a sink (several sinks each receive every item)."""
         entry: dict[str, Any] = {"sink": sink, "params": params, "on_error": on_error}
         if name is not None:
@@ -90,8 +109,13 @@ class Pipeline:
         self._data["dead_letter"] = {"sink": sink, "params": params}
         return self
 
-    def timeouts(self, *, first_item: float | None = None, idle: float | None = None,
-                 total: float | None = None) -> Pipeline:
+    def timeouts(
+        self,
+        *,
+        first_item: float | None = None,
+        idle: float | None = None,
+        total: float | None = None,
+    ) -> Pipeline:
         """Set run timeouts in seconds."""
         self._data["timeouts"] = {"first_item": first_item, "idle": idle, "total": total}
         return self

@@ -12,6 +12,7 @@ until the consumer takes the pending items (backpressure).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
 from typing import Any
@@ -124,10 +125,10 @@ class BatchChannel:
         batch = items[:]
         items.clear()
         self.taken += len(batch)
-        waiter = self._not_full
-        if waiter is not None:
+        full_waiter = self._not_full
+        if full_waiter is not None:
             self._not_full = None
-            waiter.set()
+            full_waiter.set()
         return batch
 
     def close_reader(self) -> None:
@@ -190,10 +191,9 @@ class ThreadFeed:
 
     @staticmethod
     def _wake_from_thread(ready: anyio.Event) -> None:
-        try:
+        # RuntimeError: the event loop is gone, the run was torn down and nobody waits
+        with contextlib.suppress(RuntimeError):
             anyio.from_thread.run_sync(ready.set)
-        except RuntimeError:
-            pass  # the event loop is gone: the run was torn down, nobody is waiting
 
     @property
     def stopped(self) -> bool:

@@ -38,8 +38,12 @@ class StreamContext:
     def __post_init__(self) -> None:
         base = logging.getLogger(f"headwater.run.{self.identity.pipeline}")
         self.logger = logging.LoggerAdapter(
-            base, {"pipeline": self.identity.pipeline, "stage": self.stage,
-                   "run_id": self.identity.run_id}
+            base,
+            {
+                "pipeline": self.identity.pipeline,
+                "stage": self.stage,
+                "run_id": self.identity.run_id,
+            },
         )
 
     @property
@@ -57,9 +61,7 @@ class StreamContext:
         """True once the run has been asked to stop; long loops should check it."""
         return self._cancelled()
 
-    def progress(
-        self, done: float, total: float | None = None, message: str | None = None
-    ) -> None:
+    def progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
         """Report progress of this stage: ``done`` of ``total`` units (total optional).
 
         Cheap to call often: consumers coalesce progress events, keeping the latest.

@@ -83,8 +83,7 @@ class StageError(HeadwaterError):
         at = f" at item {position}" if position is not None else ""
         by = f" (plugin {plugin})" if plugin else ""
         super().__init__(
-            f"pipeline {pipeline!r}, stage {stage}{by}{at}: "
-            f"{type(cause).__name__}: {cause}"
+            f"pipeline {pipeline!r}, stage {stage}{by}{at}: {type(cause).__name__}: {cause}"
         )
 
     def to_dict(self) -> dict[str, object]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
 from collections.abc import AsyncIterator
@@ -49,10 +50,9 @@ class EventQueue:
             if threading.get_ident() == self._loop_thread:
                 waiter.set()
             else:
-                try:
+                # RuntimeError: not an anyio worker thread, or the loop is gone
+                with contextlib.suppress(RuntimeError):
                     anyio.from_thread.run_sync(waiter.set)
-                except RuntimeError:
-                    pass  # not an anyio worker thread, or the loop is gone
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         """Yield events until (and including) the final :class:`Complete`."""

@@ -35,13 +35,18 @@ class OnItemError(Protocol):
     """Runtime callback deciding what happens to a failed item: returns True to retry."""
 
     def __call__(
-        self, step: FusedStep, position: int | None, items: list[Any], exc: BaseException,
+        self,
+        step: FusedStep,
+        position: int | None,
+        items: list[Any],
+        exc: BaseException,
         attempt: int,
     ) -> Awaitable[bool]: ...
 
 
 def _failing_index(batch_len: int, it: Any) -> int:
-    return batch_len - it.__length_hint__() - 1
+    remaining: int = it.__length_hint__()
+    return batch_len - remaining - 1
 
 
 class FusedStep:
@@ -59,6 +64,7 @@ class FusedStep:
         "spec",
         "stage",
         "state",
+        "tick",
     )
 
     def __init__(self, spec: ResolvedStage, ctx: StreamContext) -> None:
@@ -86,7 +92,16 @@ class FusedStep:
         self.item_fn: Callable[..., Any] = fn
         self.state = fn
         self.flush: Callable[[], list[Any]] | None = getattr(fn, "flush", None)
+        self.tick: Callable[[], list[Any]] | None = getattr(fn, "tick", None)
         self.fast = self._compile(fn)
+
+    @property
+    def tick_interval(self) -> float | None:
+        """Seconds between calls of ``tick()`` for time-driven ``batch`` steps, else None."""
+        if self.tick is None:
+            return None
+        value = getattr(self.state, "tick_interval", None)
+        return float(value) if value else None
 
     @property
     def exhausted(self) -> bool:

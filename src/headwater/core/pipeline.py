@@ -144,7 +144,9 @@ class Timeouts(BaseModel):
 
     model_config = _STRICT
 
-    first_item: PositiveFloat | None = Field(None, description="Until the first item leaves the sources.")
+    first_item: PositiveFloat | None = Field(
+        None, description="Until the first item leaves the sources."
+    )
     idle: PositiveFloat | None = Field(None, description="Longest gap between two items.")
     total: PositiveFloat | None = Field(None, description="Whole run.")
 
@@ -154,7 +156,9 @@ class PluginSettings(BaseModel):
 
     model_config = _STRICT
 
-    disable: list[str] = Field(default_factory=list, description="Plugin or distribution names not to load.")
+    disable: list[str] = Field(
+        default_factory=list, description="Plugin or distribution names not to load."
+    )
 
 
 class PipelineSpec(BaseModel):
@@ -162,7 +166,9 @@ class PipelineSpec(BaseModel):
 
     model_config = _STRICT
 
-    name: str = Field(min_length=1, description="Pipeline name, used in events, errors and metrics.")
+    name: str = Field(
+        min_length=1, description="Pipeline name, used in events, errors and metrics."
+    )
     description: str = ""
     sources: dict[str, SourceSpec] = Field(min_length=1, description="Source name -> action.")
     compose: ComposeSpec | None = None
@@ -187,8 +193,8 @@ class PipelineSpec(BaseModel):
         unknown = [n for n in self.compose.names if n not in self.sources]
         if unknown:
             raise ValueError(
-                f"compose.{self.compose.mode} names unknown source(s) {', '.join(map(repr, unknown))}; "
-                f"sources are {', '.join(map(repr, self.sources))}"
+                f"compose.{self.compose.mode} names unknown source(s) "
+                f"{', '.join(map(repr, unknown))}; sources are {', '.join(map(repr, self.sources))}"
             )
         unused = [n for n in self.sources if n not in self.compose.names]
         if unused:
@@ -205,7 +211,9 @@ class PipelineSpec(BaseModel):
         import json
 
         data = self.model_dump(mode="json", exclude={"description", "plugins"})
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=repr).encode()).hexdigest()[
+            :16
+        ]
 
 
 def format_loc(loc: Sequence[int | str]) -> str:
@@ -279,7 +287,9 @@ def load_pipeline(path: str | Path, overrides: Mapping[str, Any] | None = None) 
     return parse_pipeline(data, source=str(path))
 
 
-def apply_override(data: dict[str, Any], key: str, value: Any, *, source: str | None = None) -> None:
+def apply_override(
+    data: dict[str, Any], key: str, value: Any, *, source: str | None = None
+) -> None:
     """Set ``data[a][b][0][c] = value`` for ``key = "a.b[0].c"`` (or ``a.b.0.c``)."""
     import re
 
@@ -311,9 +321,9 @@ def apply_override(data: dict[str, Any], key: str, value: Any, *, source: str | 
                 source,
             )
     last = parts[-1]
-    if isinstance(node, list) and isinstance(last, int) and last < len(node):
-        node[last] = value
-    elif isinstance(node, dict) and isinstance(last, str):
+    in_list = isinstance(node, list) and isinstance(last, int) and last < len(node)
+    in_dict = isinstance(node, dict) and isinstance(last, str)
+    if in_list or in_dict:
         node[last] = value
     else:
         raise PipelineValidationError([ValidationIssue(key, "cannot --set this path")], source)
@@ -347,8 +357,9 @@ class ResolvedPipeline:
     dead_letter: ResolvedStage | None
 
 
-def _lookup(registry: Any, kind: ComponentKind, name: str, path: str,
-            issues: list[ValidationIssue]) -> Component | None:
+def _lookup(
+    registry: Any, kind: ComponentKind, name: str, path: str, issues: list[ValidationIssue]
+) -> Component | None:
     try:
         found: Component = registry.get(kind, name)
     except ComponentNotFound as exc:
@@ -357,23 +368,33 @@ def _lookup(registry: Any, kind: ComponentKind, name: str, path: str,
     return found
 
 
-def _validate_params(component: Component, params: dict[str, Any], path: str,
-                     issues: list[ValidationIssue]) -> BaseModel | None:
+def _validate_params(
+    component: Component, params: dict[str, Any], path: str, issues: list[ValidationIssue]
+) -> BaseModel | None:
     if component.params is None:
         if params:
-            issues.append(ValidationIssue(
-                f"{path}.params",
-                f"{component.kind} {component.name!r} takes no params, got {', '.join(params)}",
-            ))
+            issues.append(
+                ValidationIssue(
+                    f"{path}.params",
+                    f"{component.kind} {component.name!r} takes no params, got {', '.join(params)}",
+                )
+            )
         return None
     try:
         return component.params.model_validate(params)
     except ValidationError as exc:
         for issue in _issues_from(exc, ()):
-            issues.append(ValidationIssue(
-                f"{path}.params" + (f".{issue.path}" if issue.path and not issue.path.startswith("[") else issue.path),
-                issue.message,
-            ))
+            issues.append(
+                ValidationIssue(
+                    f"{path}.params"
+                    + (
+                        f".{issue.path}"
+                        if issue.path and not issue.path.startswith("[")
+                        else issue.path
+                    ),
+                    issue.message,
+                )
+            )
         return None
 
 
@@ -395,8 +416,9 @@ def resolve(spec: PipelineSpec, registry: Any, *, source: str | None = None) -> 
     steps: list[ResolvedStage] = []
     for i, step in enumerate(spec.steps):
         path = f"steps[{i}]"
-        comp = _lookup(registry, ComponentKind.TRANSFORMER, step.transformer,
-                       f"{path}.transformer", issues)
+        comp = _lookup(
+            registry, ComponentKind.TRANSFORMER, step.transformer, f"{path}.transformer", issues
+        )
         if comp is not None:
             params = _validate_params(comp, step.params, path, issues)
             stage = step.name or f"{path}.{step.transformer}"
@@ -417,8 +439,9 @@ def resolve(spec: PipelineSpec, registry: Any, *, source: str | None = None) -> 
             sinks.append(ResolvedStage(f"sinks.{key}", comp, params, snk.on_error, snk.retry))
     dead: ResolvedStage | None = None
     if spec.dead_letter is not None:
-        comp = _lookup(registry, ComponentKind.SINK, spec.dead_letter.sink, "dead_letter.sink",
-                       issues)
+        comp = _lookup(
+            registry, ComponentKind.SINK, spec.dead_letter.sink, "dead_letter.sink", issues
+        )
         if comp is not None:
             params = _validate_params(comp, spec.dead_letter.params, "dead_letter", issues)
             dead = ResolvedStage("dead_letter", comp, params)

@@ -173,15 +173,20 @@ class PluginManager:
             return
         if ep.name in self.plugins:
             self._fail(
-                LoadFailure(ep.name, dist, version, "duplicate",
-                            f"a plugin named {ep.name!r} is already loaded from "
-                            f"{self.plugins[ep.name].distribution}"),
+                LoadFailure(
+                    ep.name,
+                    dist,
+                    version,
+                    "duplicate",
+                    f"a plugin named {ep.name!r} is already loaded from "
+                    f"{self.plugins[ep.name].distribution}",
+                ),
                 None,
             )
             return
         try:
             obj = ep.load()
-        except BaseException as exc:  # noqa: BLE001 - a plugin's import may raise anything
+        except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             self._fail(self._failure(ep.name, dist, version, "import", exc), exc)
@@ -203,12 +208,13 @@ class PluginManager:
         """
         name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
         if name in self._disabled or (distribution is not None and distribution in self._disabled):
-            self.plugins[name] = PluginInfo(name, distribution, version, _module_name(plugin),
-                                            disabled=True)
+            self.plugins[name] = PluginInfo(
+                name, distribution, version, _module_name(plugin), disabled=True
+            )
             return False
         try:
             self._pm.register(plugin, name=name)
-        except BaseException as exc:  # noqa: BLE001 - pluggy validation or a plugin's own code
+        except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             self._fail(self._failure(name, distribution, version, "register", exc), exc)
@@ -219,8 +225,12 @@ class PluginManager:
         )
         if unknown:
             self._pm.unregister(plugin)
-            known = sorted(_COLLECTION_HOOKS) + ["pipeline_finished", "pipeline_started",
-                                                 "stream_error"]
+            known = [
+                *sorted(_COLLECTION_HOOKS),
+                "pipeline_finished",
+                "pipeline_started",
+                "stream_error",
+            ]
             import difflib
 
             hints = []
@@ -237,8 +247,9 @@ class PluginManager:
             for impl in caller.get_hookimpls():
                 if impl.plugin is not plugin:
                     continue
-                problem = self._collect(impl.function, hook_name, kind, name, distribution,
-                                        version, staged)
+                problem = self._collect(
+                    impl.function, hook_name, kind, name, distribution, version, staged
+                )
                 if problem is not None:
                     self._pm.unregister(plugin)
                     self._fail(problem[0], problem[1])
@@ -247,7 +258,10 @@ class PluginManager:
         for component in staged:
             self.registry.add(component)
         self.plugins[name] = PluginInfo(
-            name, distribution, version, _module_name(plugin),
+            name,
+            distribution,
+            version,
+            _module_name(plugin),
             components=[f"{c.kind}:{c.name}" for c in staged],
         )
         return True
@@ -289,7 +303,7 @@ class PluginManager:
 
         try:
             function(register=register)
-        except BaseException as exc:  # noqa: BLE001 - plugin code may raise anything
+        except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             return self._failure(plugin, dist, version, "hook", exc, f"{hook_name} raised "), exc
@@ -308,8 +322,7 @@ class PluginManager:
         prefix: str = "",
     ) -> LoadFailure:
         tb = "".join(traceback.format_exception(exc))
-        return LoadFailure(plugin, dist, version, stage,
-                           f"{prefix}{type(exc).__name__}: {exc}", tb)
+        return LoadFailure(plugin, dist, version, stage, f"{prefix}{type(exc).__name__}: {exc}", tb)
 
     def _fail(self, failure: LoadFailure, exc: BaseException | None) -> None:
         self.failures.append(failure)
@@ -333,15 +346,17 @@ class PluginManager:
         self, pipeline: PipelineSpec, run_id: str, state: str, summary: dict[str, Any]
     ) -> None:
         """Call every ``pipeline_finished`` implementation."""
-        await self._notify("pipeline_finished", pipeline=pipeline, run_id=run_id,
-                           state=state, summary=summary)
+        await self._notify(
+            "pipeline_finished", pipeline=pipeline, run_id=run_id, state=state, summary=summary
+        )
 
     async def stream_error(
         self, pipeline: PipelineSpec, run_id: str, error: StageError, handled: bool
     ) -> None:
         """Call every ``stream_error`` implementation."""
-        await self._notify("stream_error", pipeline=pipeline, run_id=run_id, error=error,
-                           handled=handled)
+        await self._notify(
+            "stream_error", pipeline=pipeline, run_id=run_id, error=error, handled=handled
+        )
 
     def has_listeners(self, hook_name: str) -> bool:
         """True when at least one plugin implements the lifecycle hook."""

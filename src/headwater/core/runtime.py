@@ -21,7 +21,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,8 +62,12 @@ class StageStats:
 
     def to_dict(self) -> dict[str, int]:
         """JSON-serialisable form."""
-        return {"items_in": self.items_in, "items_out": self.items_out,
-                "errors": self.errors, "skipped": self.skipped}
+        return {
+            "items_in": self.items_in,
+            "items_out": self.items_out,
+            "errors": self.errors,
+            "skipped": self.skipped,
+        }
 
 
 @dataclass(slots=True)
@@ -143,7 +147,7 @@ class _SinkRuntime:
 
     async def write(self, batch: list[Any]) -> None:
         if self._write_is_async:
-            await self._write(batch)  # type: ignore[misc]
+            await self._write(batch)
         else:
             await anyio.to_thread.run_sync(self._write, batch)
 
@@ -258,8 +262,13 @@ class _Run:
         return self._cancel_reason is not None or bool(self.errors)
 
     def _ctx(self, stage: str, component: Component | None) -> StreamContext:
-        return StreamContext(self.identity, stage, component.plugin if component else None,
-                             self.events.emit, self._is_cancelled)
+        return StreamContext(
+            self.identity,
+            stage,
+            component.plugin if component else None,
+            self.events.emit,
+            self._is_cancelled,
+        )
 
     def _stats(self, stage: str) -> StageStats:
         stats = self.stats.get(stage)
@@ -267,12 +276,18 @@ class _Run:
             stats = self.stats[stage] = StageStats()
         return stats
 
-    def _stage_error(self, stage: ResolvedStage, position: int | None,
-                     exc: BaseException) -> StageError:
+    def _stage_error(
+        self, stage: ResolvedStage, position: int | None, exc: BaseException
+    ) -> StageError:
         if isinstance(exc, StageError):
             return exc
-        return StageError(pipeline=self.spec.name, stage=stage.stage,
-                          plugin=stage.component.plugin, position=position, cause=exc)
+        return StageError(
+            pipeline=self.spec.name,
+            stage=stage.stage,
+            plugin=stage.component.plugin,
+            position=position,
+            cause=exc,
+        )
 
     async def _fail(self, error: BaseException) -> None:
         """Record a fatal error and tear the run down."""
@@ -314,18 +329,28 @@ class _Run:
                 state = "succeeded"
             self.state = state
             summary = self._summary(state, elapsed)
-            self.result = RunResult(self.spec.name, self.identity.run_id, state,
-                                    dict(self.outputs), summary, list(self.errors))
+            self.result = RunResult(
+                self.spec.name,
+                self.identity.run_id,
+                state,
+                dict(self.outputs),
+                summary,
+                list(self.errors),
+            )
             with anyio.CancelScope(shield=True):
-                await self.plugins.pipeline_finished(self.spec, self.identity.run_id, state,
-                                                     summary)
+                await self.plugins.pipeline_finished(
+                    self.spec, self.identity.run_id, state, summary
+                )
             self.events.emit(Complete(state, summary))
             self.finished.set()
         return self.result
 
     def _summary(self, state: RunState, elapsed: float) -> dict[str, Any]:
-        produced = sum(self.stats[f"sources.{n}"].items_out for n in self.resolved.sources
-                       if f"sources.{n}" in self.stats)
+        produced = sum(
+            self.stats[f"sources.{n}"].items_out
+            for n in self.resolved.sources
+            if f"sources.{n}" in self.stats
+        )
         return {
             "pipeline": self.spec.name,
             "run_id": self.identity.run_id,
@@ -335,8 +360,12 @@ class _Run:
             "items_per_second": produced / elapsed if elapsed > 0 else math.inf,
             "time_to_first_item_seconds": self._first_item_at,
             "stages": {name: s.to_dict() for name, s in self.stats.items()},
-            "errors": [e.to_dict() if isinstance(e, StageError) else
-                       {"error": type(e).__name__, "message": str(e)} for e in self.errors],
+            "errors": [
+                e.to_dict()
+                if isinstance(e, StageError)
+                else {"error": type(e).__name__, "message": str(e)}
+                for e in self.errors
+            ],
             "cancel_reason": self._cancel_reason,
         }
 
@@ -349,7 +378,9 @@ class _Run:
             self.stats[s.spec.stage] = s.stats
         dead = None
         if res.dead_letter is not None:
-            dead = _SinkRuntime(res.dead_letter, self._ctx("dead_letter", res.dead_letter.component))
+            dead = _SinkRuntime(
+                res.dead_letter, self._ctx("dead_letter", res.dead_letter.component)
+            )
             self.stats["dead_letter"] = dead.stats
         opened: list[_SinkRuntime] = []
         try:
@@ -366,8 +397,11 @@ class _Run:
                 await self._run_stages(sinks, dead)
                 watchdog.cancel()
         finally:
-            error = self.errors[0] if self.errors else (
-                PipelineCancelled(self._cancel_reason) if self._cancel_reason else None)
+            error = (
+                self.errors[0]
+                if self.errors
+                else (PipelineCancelled(self._cancel_reason) if self._cancel_reason else None)
+            )
             with anyio.CancelScope(shield=True):
                 for s in opened:
                     if not s.closed:
@@ -388,7 +422,9 @@ class _Run:
                     ch = BatchChannel(self._capacity)
                     sink_channels.append(ch)
                     tg.start_soon(self._sink_task, s, ch)
-                out: _Output = _FanOut(sink_channels) if len(sink_channels) > 1 else sink_channels[0]
+                out: _Output = (
+                    _FanOut(sink_channels) if len(sink_channels) > 1 else sink_channels[0]
+                )
                 head = self._build_stages(tg, out)
                 self._start_sources(tg, head)
             if self._dead is not None:
@@ -413,8 +449,9 @@ class _Run:
                     self.stats[st.stage] = StageStats()
                 tg.start_soon(self._producer, downstream, self._fused_stage, inp, downstream, steps)
             else:
-                tg.start_soon(self._producer, downstream, self._stream_stage, inp, downstream,
-                              group[0])
+                tg.start_soon(
+                    self._producer, downstream, self._stream_stage, inp, downstream, group[0]
+                )
             downstream = inp
         if not groups:
             # sources feed the sinks directly through one hop
@@ -438,13 +475,32 @@ class _Run:
 
     async def _fused_stage(self, inp: BatchChannel, out: _Output, steps: list[FusedStep]) -> None:
         stats = [self.stats[s.stage] for s in steps]
+        ticking = [(i, s) for i, s in enumerate(steps) if s.tick is not None]
+        next_tick = math.inf
         try:
             exhausted = False
             while not exhausted:
-                try:
-                    batch = await inp.get()
-                except anyio.EndOfStream:
-                    break
+                if ticking:
+                    interval = min((s.tick_interval or math.inf) for _, s in ticking)
+                    now = time.monotonic()
+                    if next_tick == math.inf and interval != math.inf:
+                        next_tick = now + interval
+                    batch = None
+                    with anyio.move_on_after(max(0.0, next_tick - now)):
+                        try:
+                            batch = await inp.get()
+                        except anyio.EndOfStream:
+                            break
+                    if time.monotonic() >= next_tick:
+                        next_tick = math.inf
+                        await self._run_ticks(steps, stats, ticking, out)
+                    if batch is None:
+                        continue
+                else:
+                    try:
+                        batch = await inp.get()
+                    except anyio.EndOfStream:
+                        break
                 batch = await self._apply(steps, stats, 0, batch)
                 if batch:
                     await out.put_batch(batch)
@@ -463,8 +519,29 @@ class _Run:
         finally:
             inp.close_reader()
 
-    async def _apply(self, steps: list[FusedStep], stats: list[StageStats], start: int,
-                     batch: list[Any]) -> list[Any]:
+    async def _run_ticks(
+        self,
+        steps: list[FusedStep],
+        stats: list[StageStats],
+        ticking: list[tuple[int, FusedStep]],
+        out: _Output,
+    ) -> None:
+        for i, step in ticking:
+            assert step.tick is not None
+            try:
+                due = step.tick()
+            except Exception as exc:
+                await self._fail(self._stage_error(step.spec, None, exc))
+                raise _Stop from exc
+            if due:
+                stats[i].items_out += len(due)
+                due = await self._apply(steps, stats, i + 1, list(due))
+                if due:
+                    await out.put_batch(due)
+
+    async def _apply(
+        self, steps: list[FusedStep], stats: list[StageStats], start: int, batch: list[Any]
+    ) -> list[Any]:
         for i in range(start, len(steps)):
             step = steps[i]
             st = stats[i]
@@ -485,8 +562,14 @@ class _Run:
                 break
         return batch
 
-    async def _on_item_error(self, step: FusedStep, position: int | None, items: list[Any],
-                             exc: BaseException, attempt: int) -> bool:
+    async def _on_item_error(
+        self,
+        step: FusedStep,
+        position: int | None,
+        items: list[Any],
+        exc: BaseException,
+        attempt: int,
+    ) -> bool:
         spec = step.spec
         error = self._stage_error(spec, position, exc)
         retry = spec.retry
@@ -507,16 +590,16 @@ class _Run:
             return
         info = error.to_dict()
         records = [{**info, "item": item} for item in items]
-        if info["position"] is not None and len(items) > 1:
+        if error.position is not None and len(items) > 1:
             for k, rec in enumerate(records):
-                rec["position"] = info["position"] + k
+                rec["position"] = error.position + k
         await self._dead.put_batch(records)
 
     async def _stream_stage(self, inp: BatchChannel, out: _Output, spec: ResolvedStage) -> None:
         stats = self._stats(spec.stage)
         ctx = self._ctx(spec.stage, spec.component)
 
-        async def items() -> AsyncIterator[Any]:
+        async def items() -> AsyncGenerator[Any, None]:
             while True:
                 try:
                     batch = await inp.get()
@@ -611,8 +694,9 @@ class _Run:
             self._first_item_at = now - self._t0
         self._last_item_at = now
 
-    async def _pump_async(self, agen: Any, out: _Output, stats: StageStats, stage: ResolvedStage,
-                          batched: bool) -> None:
+    async def _pump_async(
+        self, agen: Any, out: _Output, stats: StageStats, stage: ResolvedStage, batched: bool
+    ) -> None:
         """Move an async generator's output into ``out``; always ``aclose`` it."""
         produced = 0
         try:
@@ -651,8 +735,15 @@ class _Run:
                 except Exception:
                     log.exception("generator of %s raised while closing", stage.stage)
 
-    async def _pump_thread(self, fn: Callable[..., Any], args: tuple[Any, ...], out: BatchChannel,
-                           stats: StageStats, stage: ResolvedStage, batched: bool) -> None:
+    async def _pump_thread(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        out: BatchChannel,
+        stats: StageStats,
+        stage: ResolvedStage,
+        batched: bool,
+    ) -> None:
         """Run a sync generator in a worker thread, feeding ``out`` with backpressure."""
         feed = ThreadFeed(out.capacity)
 
@@ -664,7 +755,7 @@ class _Run:
                 for item in gen:
                     if not feed.put(item):
                         break
-            except BaseException as exc:  # noqa: BLE001 - handed to the event loop side
+            except BaseException as exc:  # handed to the event loop side
                 error = exc
             finally:
                 if gen is not None:
@@ -710,8 +801,7 @@ class _Run:
                 await self._write(sink, batch)
             with anyio.CancelScope(shield=True):
                 result = await sink.close(None)
-            if spec.stage != "dead_letter":
-                self.outputs[spec.stage.removeprefix("sinks.")] = result
+            self.outputs[spec.stage.removeprefix("sinks.")] = result
         except _Stop:
             pass
         except Exception as exc:
@@ -735,8 +825,9 @@ class _Run:
                     await anyio.sleep(retry.delay(attempt))
                     attempt += 1
                     continue
-                if spec.on_error == "skip" or (spec.on_error == "retry" and retry is not None
-                                               and retry.then == "skip"):
+                if spec.on_error == "skip" or (
+                    spec.on_error == "retry" and retry is not None and retry.then == "skip"
+                ):
                     await self._handled_error(error)
                     sink.stats.skipped += len(batch)
                     if spec.stage != "dead_letter":
@@ -801,8 +892,13 @@ def create_run(resolved: ResolvedPipeline, plugins: Any, *, run_id: str | None =
     return RunHandle(_Run(resolved, plugins, run_id))
 
 
-async def execute(resolved: ResolvedPipeline, plugins: Any, *, run_id: str | None = None,
-                  on_handle: Callable[[RunHandle], None] | None = None) -> RunResult:
+async def execute(
+    resolved: ResolvedPipeline,
+    plugins: Any,
+    *,
+    run_id: str | None = None,
+    on_handle: Callable[[RunHandle], None] | None = None,
+) -> RunResult:
     """Run a resolved pipeline to completion and return its result (never raises on failure)."""
     run = _Run(resolved, plugins, run_id)
     if on_handle is not None:
