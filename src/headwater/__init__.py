@@ -9,8 +9,6 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from .markers import hookimpl, hookspec
-
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
@@ -51,8 +49,11 @@ if TYPE_CHECKING:
     )
     from .core.plugins import LoadFailure, PluginInfo, PluginManager, get_plugin_manager
     from .core.runtime import RunHandle, RunResult
+    from .markers import hookimpl, hookspec
 
 _LAZY: dict[str, str] = {
+    "hookimpl": "markers",
+    "hookspec": "markers",
     "open_run": "core.api",
     "run": "core.api",
     "run_sync": "core.api",
