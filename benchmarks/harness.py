@@ -163,6 +163,9 @@ class ScenarioReport:
     targets: list[TargetResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    show_descriptions: bool = False
+    """Add a column with each implementation's description (when rows measure different
+    things, as in ``first-item``)."""
 
     def median(self, impl: str, metric: str) -> float | None:
         """The median of ``metric`` for ``impl``, or None if it was not measured."""
@@ -187,8 +190,18 @@ class ScenarioReport:
             return TargetResult(label, f"n/a ({missing} not measured)", goal, None)
         return TargetResult(label, f"{value:.2f}x", goal, value >= at_least)
 
-    def target_below(self, label: str, impl: str, metric: str, limit: float,
-                     fmt: Callable[[float], str]) -> TargetResult:
+    def target_ratio_below(self, impl: str, other: str, metric: str, below: float) -> TargetResult:
+        """A ``impl < below x other`` target on ``metric`` (lower is better)."""
+        label = f"{impl} vs {other} ({metric})"
+        goal = f"< {below:g}x"
+        value = self.ratio(impl, other, metric)
+        if value is None:
+            return TargetResult(label, "n/a (not measured)", goal, None)
+        return TargetResult(label, f"{value:.2f}x", goal, value < below)
+
+    def target_below(
+        self, label: str, impl: str, metric: str, limit: float, fmt: Callable[[float], str]
+    ) -> TargetResult:
         """A ``median(impl, metric) < limit`` target (lower is better)."""
         value = self.median(impl, metric)
         goal = f"< {fmt(limit)}"
@@ -214,8 +227,9 @@ def timed(fn: Callable[[], Any]) -> Sample:
     return Sample({"seconds": seconds}, result)
 
 
-def _check(reference: tuple[str, Any] | None, impl: Implementation, sample: Sample,
-           phase: str) -> tuple[str, Any] | None:
+def _check(
+    reference: tuple[str, Any] | None, impl: Implementation, sample: Sample, phase: str
+) -> tuple[str, Any] | None:
     if not impl.compare:
         return reference
     if reference is None:
@@ -333,20 +347,26 @@ def _cell(stat: Stat | None, column: Column) -> str:
 def render(report: ScenarioReport) -> str:
     """The scenario's table, targets and notes as plain text."""
     lines: list[str] = []
-    params = ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}"
-                       for k, v in report.params.items())
+    params = ", ".join(
+        f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in report.params.items()
+    )
     lines.append(f"== {report.name}: {report.title}")
     if params:
         lines.append(f"   {params}")
     header = ["implementation", *(c.header for c in report.columns)]
+    if report.show_descriptions:
+        header.insert(1, "what")
     use_ratio = report.baseline is not None and report.ratio_metric is not None
     if use_ratio:
         header.append(report.ratio_header or f"vs {report.baseline}")
     rows: list[list[str]] = []
     for impl, metrics in report.stats.items():
         row = [impl, *(_cell(metrics.get(c.metric), c) for c in report.columns)]
+        if report.show_descriptions:
+            row.insert(1, report.descriptions.get(impl, ""))
         if use_ratio:
-            assert report.baseline is not None and report.ratio_metric is not None
+            assert report.baseline is not None
+            assert report.ratio_metric is not None
             value = report.ratio(impl, report.baseline, report.ratio_metric)
             row.append("-" if value is None else f"{value:.2f}x")
         rows.append(row)
@@ -354,9 +374,13 @@ def render(report: ScenarioReport) -> str:
         rows.append([impl, f"skipped ({reason})", *([""] * (len(header) - 2))])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
+    left = 2 if report.show_descriptions else 1
+
     def line(cells: list[str]) -> str:
-        out = [cells[0].ljust(widths[0])]
-        out += [c.rjust(w) if c else " " * w for c, w in zip(cells[1:], widths[1:], strict=True)]
+        out = [c.ljust(w) for c, w in zip(cells[:left], widths[:left], strict=True)]
+        out += [
+            c.rjust(w) if c else " " * w for c, w in zip(cells[left:], widths[left:], strict=True)
+        ]
         return "  ".join(out).rstrip()
 
     lines.append(line(header))

@@ -206,14 +206,16 @@ def anyio_per_item(n: int) -> int:
                 for x in numbers(n):
                     await out.send(x)
 
-        async def mapper(inp: MemoryObjectReceiveStream[int],
-                         out: MemoryObjectSendStream[int]) -> None:
+        async def mapper(
+            inp: MemoryObjectReceiveStream[int], out: MemoryObjectSendStream[int]
+        ) -> None:
             async with inp, out:
                 async for x in inp:
                     await out.send(double(x))
 
-        async def filterer(inp: MemoryObjectReceiveStream[int],
-                           out: MemoryObjectSendStream[int]) -> None:
+        async def filterer(
+            inp: MemoryObjectReceiveStream[int], out: MemoryObjectSendStream[int]
+        ) -> None:
             async with inp, out:
                 async for x in inp:
                     if not_div3(x):
@@ -238,8 +240,9 @@ def anyio_per_item(n: int) -> int:
 # -- scenario --------------------------------------------------------------------------
 
 
-def _impl(name: str, fn: Callable[[int], int], n: int, description: str,
-          requires: tuple[str, ...] = ()) -> Implementation:
+def _impl(
+    name: str, fn: Callable[[int], int], n: int, description: str, requires: tuple[str, ...] = ()
+) -> Implementation:
     return Implementation(
         name,
         run=lambda: timed(lambda: fn(n)),
@@ -283,8 +286,14 @@ def run(settings: Settings, progress: Progress) -> ScenarioReport:
     rounds = settings.pick_rounds(full=5, quick=3)
     warmup = settings.pick_warmup(1)
     impls = implementations(n)
-    stats, skipped = measure(impls, rounds=rounds, warmup=warmup, derive=_derive(n),
-                             expected=expected_sum(n), progress=progress)
+    stats, skipped = measure(
+        impls,
+        rounds=rounds,
+        warmup=warmup,
+        derive=_derive(n),
+        expected=expected_sum(n),
+        progress=progress,
+    )
     report = ScenarioReport(
         name="throughput",
         title=TITLE,

@@ -1,10 +1,27 @@
-"""Built-in sinks."""
+"""Built-in sinks.
+
+Sync methods of a sink class (``open``, ``write``, ``close``) are run by the runtime in a
+worker thread, so the blocking file and database I/O below never stalls the event loop.
+The runtime never calls two methods of one sink at the same time.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 import headwater
+from headwater.core.context import StreamContext
+
+if TYPE_CHECKING:
+    import sqlite3
 
 
 @headwater.sink("collect")
@@ -15,9 +32,11 @@ class CollectSink:
         self.items: list[Any] = []
 
     async def write(self, batch: list[Any]) -> None:
+        """Append the batch to the collected items."""
         self.items.extend(batch)
 
     async def close(self, error: BaseException | None) -> list[Any]:
+        """Return every item received."""
         return self.items
 
 
@@ -29,10 +48,418 @@ class NullSink:
         self.count = 0
 
     async def write(self, batch: list[Any]) -> None:
+        """Count the batch and drop it."""
         self.count += len(batch)
 
     async def close(self, error: BaseException | None) -> int:
+        """Return the number of items received."""
         return self.count
+
+
+# ---------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------
+
+
+def _fspath(value: Any) -> Any:
+    """Accept ``os.PathLike`` objects where a path string is expected."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+def _type_name(obj: object) -> str:
+    """``set`` for builtins, ``module.Class`` otherwise."""
+    cls = type(obj)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _json_default(obj: Any) -> Any:
+    """JSON fallback: pydantic models and dataclass instances become objects."""
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    raise TypeError(f"object of type {_type_name(obj)} is not JSON-serialisable")
+
+
+def _json_encoder(ensure_ascii: bool) -> json.JSONEncoder:
+    """A compact encoder (no spaces) that also handles pydantic models and dataclasses."""
+    return json.JSONEncoder(ensure_ascii=ensure_ascii, separators=(",", ":"), default=_json_default)
+
+
+def _encode_batch(encode: Callable[[Any], str], batch: list[Any], first: int) -> list[str]:
+    """Encode every item; on failure, raise naming the item's position and type."""
+    try:
+        return [encode(item) for item in batch]
+    except (TypeError, ValueError):
+        pass
+    for index, item in enumerate(batch):  # slow path: find the offending item
+        try:
+            encode(item)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(
+                f"item {first + index} ({_type_name(item)}) cannot be written as JSON: {exc}"
+            ) from exc
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------------------
+# stdout
+# ---------------------------------------------------------------------------------------
+
+
+class StdoutParams(BaseModel):
+    """Params of ``stdout``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["auto", "json", "str", "repr"] = Field(
+        "auto",
+        description="How items are written: auto (str items as they are, anything else as "
+        "JSON), json (every item as JSON, strings quoted), str (str(item)) or repr "
+        "(repr(item)).",
+    )
+
+
+@headwater.sink("stdout", params=StdoutParams)
+class StdoutSink:
+    """Write each item to standard output, one per line, flushing after every batch.
+
+    The output of the sink is the number of items written.
+    """
+
+    def __init__(self, params: StdoutParams, ctx: StreamContext) -> None:
+        self.format = params.format
+        self.count = 0
+        self._encode = _json_encoder(ensure_ascii=False).encode
+        renderers: dict[str, Callable[[Any], str]] = {
+            "auto": self._auto,
+            "json": self._encode,
+            "str": str,
+            "repr": repr,
+        }
+        self._render = renderers[params.format]
+
+    def _auto(self, item: Any) -> str:
+        """Strings as they are, anything else as JSON."""
+        return item if isinstance(item, str) else self._encode(item)
+
+    def write(self, batch: list[Any]) -> None:
+        """Write the batch, one item per line, and flush (runs in a worker thread)."""
+        if not batch:
+            return
+        out = sys.stdout
+        if out is None:
+            raise RuntimeError("stdout: this process has no standard output")
+        if self.format in ("json", "auto"):
+            lines = _encode_batch(self._render, batch, self.count)
+        else:
+            lines = [self._render(item) for item in batch]
+        lines.append("")
+        out.write("\n".join(lines))
+        out.flush()
+        self.count += len(batch)
+
+    async def close(self, error: BaseException | None) -> int:
+        """Return the number of items written."""
+        return self.count
+
+
+# ---------------------------------------------------------------------------------------
+# jsonl
+# ---------------------------------------------------------------------------------------
+
+
+class JsonlParams(BaseModel):
+    """Params of ``jsonl``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="File to write (relative to the working directory).")
+    append: bool = Field(False, description="Append to an existing file instead of truncating it.")
+    ensure_ascii: bool = Field(
+        False, description="Escape non-ASCII characters (\\uXXXX) instead of writing UTF-8."
+    )
+    flush_every_batch: bool = Field(
+        True, description="Flush the file after every batch, so readers see it at once."
+    )
+    fsync: bool = Field(
+        False,
+        description="Also fsync after every flushed batch and at close (durable, slower).",
+    )
+
+    _path = field_validator("path", mode="before")(_fspath)
+
+
+@headwater.sink("jsonl", params=JsonlParams)
+class JsonlSink:
+    """Write each item as one compact JSON object per line (JSON Lines), in UTF-8.
+
+    The file is opened (truncated unless ``append``) before the first item and closed at
+    the end; the output is ``{"path": ..., "items": n}``. An item that is not
+    JSON-serialisable fails the batch before any of it is written, naming its type.
+    """
+
+    def __init__(self, params: JsonlParams, ctx: StreamContext) -> None:
+        self.params = params
+        self.path = params.path
+        self.items = 0
+        self._file: IO[str] | None = None
+        self._encode = _json_encoder(params.ensure_ascii).encode
+
+    def open(self) -> None:
+        """Open (and truncate, unless ``append``) the file."""
+        mode = "a" if self.params.append else "w"
+        path = os.path.expanduser(self.path)
+        self._file = open(path, mode, encoding="utf-8", newline="\n")  # noqa: SIM115
+
+    def write(self, batch: list[Any]) -> None:
+        """Encode the whole batch, then write it with one call (runs in a worker thread)."""
+        if not batch:
+            return
+        file = self._file
+        if file is None:
+            raise RuntimeError("jsonl: write() before open()")
+        lines = _encode_batch(self._encode, batch, self.items)
+        lines.append("")
+        file.write("\n".join(lines))
+        if self.params.flush_every_batch:
+            file.flush()
+            if self.params.fsync:
+                os.fsync(file.fileno())
+        self.items += len(batch)
+
+    def close(self, error: BaseException | None) -> dict[str, Any]:
+        """Flush (and fsync if asked) and close the file; returns ``{"path", "items"}``."""
+        file, self._file = self._file, None
+        if file is not None:
+            try:
+                file.flush()
+                if self.params.fsync:
+                    os.fsync(file.fileno())
+            finally:
+                file.close()
+        return {"path": self.path, "items": self.items}
+
+
+# ---------------------------------------------------------------------------------------
+# sqlite
+# ---------------------------------------------------------------------------------------
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_identifier(value: str, what: str = "identifier") -> str:
+    """Return ``value`` if it is a plain SQL identifier; raise ``ValueError`` otherwise."""
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
+        raise ValueError(
+            f"{what} {value!r} is not a valid SQL identifier "
+            "(letters, digits and _, not starting with a digit)"
+        )
+    return value
+
+
+def _quote(identifier: str) -> str:
+    """Quote an identifier already checked by :func:`_check_identifier`."""
+    return f'"{identifier}"'
+
+
+class SqliteParams(BaseModel):
+    """Params of ``sqlite``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="SQLite database file (created if missing).")
+    table: str = Field(description="Table to write to (letters, digits and _).")
+    columns: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Column names, in order. Default: the keys of the first item (a dict). "
+        "When given, dict items may carry extra keys (ignored) and sequence items must "
+        "have exactly this many values.",
+    )
+    primary_key: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Columns of the PRIMARY KEY of a table this sink creates (useful with "
+        "mode: replace).",
+    )
+    create: bool = Field(
+        True, description="CREATE TABLE IF NOT EXISTS with untyped columns before writing."
+    )
+    mode: Literal["insert", "replace"] = Field(
+        "insert", description="insert (INSERT) or replace (INSERT OR REPLACE, an upsert)."
+    )
+    timeout: float = Field(
+        5.0, ge=0, description="Seconds to wait for a lock held by another connection."
+    )
+
+    _path = field_validator("path", mode="before")(_fspath)
+
+    @field_validator("table")
+    @classmethod
+    def _table_ok(cls, value: str) -> str:
+        return _check_identifier(value, "table")
+
+    @field_validator("columns", "primary_key")
+    @classmethod
+    def _names_ok(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        for name in value:
+            _check_identifier(name, "column")
+        if len(set(value)) != len(value):
+            raise ValueError("column names must be unique")
+        return value
+
+    @model_validator(mode="after")
+    def _key_in_columns(self) -> SqliteParams:
+        if self.primary_key and self.columns:
+            missing = [k for k in self.primary_key if k not in self.columns]
+            if missing:
+                raise ValueError(f"primary_key names unknown column(s) {', '.join(missing)}")
+        return self
+
+
+@headwater.sink("sqlite", params=SqliteParams, delivery="transactional")
+class SqliteSink:
+    """Insert items as rows of an SQLite table, one transaction per batch.
+
+    Items are dicts (keyed by column) or sequences of values in column order. Each batch
+    is written with ``executemany`` inside ``BEGIN IMMEDIATE`` / ``COMMIT``: a batch is
+    either entirely in the table or not at all, and committed batches stay when the run
+    later fails. The database uses WAL journaling, so readers are never blocked. The
+    output is ``{"path": ..., "table": ..., "rows": n}``.
+    """
+
+    def __init__(self, params: SqliteParams, ctx: StreamContext) -> None:
+        self.params = params
+        self.rows = 0
+        self.columns: list[str] | None = list(params.columns) if params.columns else None
+        self._conn: sqlite3.Connection | None = None
+        self._sql: str | None = None
+        self._ignore_extra = params.columns is not None
+
+    def open(self) -> None:
+        """Connect, switch to WAL, and create the table when the columns are known."""
+        import sqlite3
+
+        path = self.params.path
+        if path != ":memory:":
+            path = os.path.expanduser(path)
+        # isolation_level=None: no implicit transactions, we issue BEGIN/COMMIT ourselves.
+        # check_same_thread=False: each call may run on another worker thread; the runtime
+        # never calls two methods of a sink concurrently.
+        conn = sqlite3.connect(
+            path, timeout=self.params.timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            if self.columns is not None:
+                self._prepare(conn, self.columns)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _prepare(self, conn: sqlite3.Connection, columns: list[str]) -> None:
+        """Create the table (if asked) and build the INSERT statement."""
+        table = _quote(self.params.table)
+        names = ", ".join(_quote(c) for c in columns)
+        if self.params.create:
+            key = self.params.primary_key
+            if key:
+                missing = [k for k in key if k not in columns]
+                if missing:
+                    raise ValueError(
+                        f"primary_key names column(s) not in the items: {', '.join(missing)}"
+                    )
+            pk = f", PRIMARY KEY ({', '.join(_quote(k) for k in key)})" if key else ""
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({names}{pk})")
+        verb = "INSERT OR REPLACE" if self.params.mode == "replace" else "INSERT"
+        marks = ", ".join("?" * len(columns))
+        self._sql = f"{verb} INTO {table} ({names}) VALUES ({marks})"
+
+    def _infer_columns(self, first: Any) -> list[str]:
+        """The keys of the first item, which must be a dict."""
+        if not isinstance(first, Mapping):
+            raise TypeError(
+                f"sqlite: item 0 is a {_type_name(first)}; without the columns param, "
+                "items must be dicts (their keys name the columns)"
+            )
+        if not first:
+            raise ValueError("sqlite: item 0 is an empty dict; cannot infer the columns")
+        for key in first:
+            _check_identifier(key, "column (a key of item 0)")
+        return list(first)
+
+    def _to_rows(self, batch: list[Any]) -> list[Sequence[Any]]:
+        """Turn items into value sequences in column order; errors name the item."""
+        columns = self.columns
+        assert columns is not None
+        width = len(columns)
+        known = frozenset(columns)
+        strict = not self._ignore_extra
+        rows: list[Sequence[Any]] = []
+        append = rows.append
+        for index, item in enumerate(batch):
+            if isinstance(item, Mapping):
+                if strict and not known.issuperset(item):
+                    extra = ", ".join(repr(k) for k in item if k not in known)
+                    raise ValueError(
+                        f"item {self.rows + index} has key(s) {extra} that are not columns of "
+                        f"{self.params.table!r} ({', '.join(columns)}); pass the columns "
+                        "param to choose the columns and ignore other keys"
+                    )
+                get = item.get
+                append([get(c) for c in columns])
+            elif isinstance(item, Sequence) and not isinstance(item, str | bytes | bytearray):
+                if len(item) != width:
+                    raise ValueError(
+                        f"item {self.rows + index} has {len(item)} values, expected {width} "
+                        f"({', '.join(columns)})"
+                    )
+                append(item)
+            else:
+                raise TypeError(
+                    f"item {self.rows + index} is a {_type_name(item)}; sqlite needs dicts "
+                    "or sequences of column values"
+                )
+        return rows
+
+    def write(self, batch: list[Any]) -> None:
+        """Insert the batch in one transaction (runs in a worker thread)."""
+        if not batch:
+            return
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("sqlite: write() before open()")
+        if self._sql is None:
+            self.columns = self._infer_columns(batch[0])
+            self._prepare(conn, self.columns)
+        assert self._sql is not None
+        rows = self._to_rows(batch)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(self._sql, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self.rows += len(rows)
+
+    def close(self, error: BaseException | None) -> dict[str, Any]:
+        """Roll back an unfinished transaction, close; returns ``{"path", "table", "rows"}``."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            finally:
+                conn.close()
+        return {"path": self.params.path, "table": self.params.table, "rows": self.rows}
 
 
 @headwater.hookimpl
@@ -40,3 +467,6 @@ def register_sinks(register: Any) -> None:
     """Register the built-in sinks."""
     register(CollectSink)
     register(NullSink)
+    register(StdoutSink)
+    register(JsonlSink)
+    register(SqliteSink)

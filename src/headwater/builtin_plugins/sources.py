@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import io
 import os
+import queue
 import sys
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
+from threading import Event, Thread
 from typing import IO, Any
 
 import anyio
@@ -100,15 +101,6 @@ def _check_errors(value: str) -> str:
     return value
 
 
-def _strip_eol(line: str) -> str:
-    r"""Remove one trailing ``\n`` or ``\r\n``."""
-    if line.endswith("\n"):
-        line = line[:-1]
-        if line.endswith("\r"):
-            line = line[:-1]
-    return line
-
-
 class FileLinesParams(BaseModel):
     """Params of ``file.lines``."""
 
@@ -142,26 +134,74 @@ class FileLinesParams(BaseModel):
     _errors = field_validator("errors")(_check_errors)
 
 
-class _LineReader:
-    r"""Blocking, block-wise line splitter; every method runs in a worker thread.
+class _LineSplitter:
+    r"""Incremental decoding and line splitting, fed with blocks of any size.
 
-    Reads ``block_size`` bytes at a time, decodes them incrementally (a multi-byte
-    character cut by a block boundary is fine) and splits the text on ``\n``; the
-    unfinished last line of a block is carried over to the next one. Memory is one block
-    plus the longest line.
+    Bytes are decoded incrementally (a multi-byte character cut by a block boundary is
+    fine) and the text is split on ``\n``; the unfinished last line of a block is carried
+    over to the next one. Memory is one block plus the longest line.
     """
+
+    def __init__(self, encoding: str, errors: str, strip_newline: bool) -> None:
+        self._decoder = codecs.getincrementaldecoder(encoding)(errors)
+        self.strip = strip_newline
+        self._carry: list[str] = []
+
+    def feed(self, data: bytes, final: bool = False) -> list[str]:
+        """Decode ``data``; return the lines it completes (and the last one if ``final``)."""
+        return self.feed_text(self._decoder.decode(data, final), final)
+
+    def feed_text(self, text: str, final: bool = False) -> list[str]:
+        """Like :meth:`feed`, for input that is already text."""
+        carry = self._carry
+        if "\n" not in text:
+            if text:
+                carry.append(text)
+            if final and carry:
+                last = "".join(carry)
+                carry.clear()
+                return [last]
+            return []
+        parts = text.split("\n")
+        if carry:
+            parts[0] = "".join(carry) + parts[0]
+            carry.clear()
+        tail = parts.pop()
+        if tail:
+            carry.append(tail)
+        if self.strip:
+            if "\r" in text:
+                parts = [p[:-1] if p.endswith("\r") else p for p in parts]
+            elif parts[0].endswith("\r"):  # the "\r" ended the previous block
+                parts[0] = parts[0][:-1]
+        else:
+            parts = [p + "\n" for p in parts]
+        if final and carry:
+            parts.append("".join(carry))
+            carry.clear()
+        return parts
+
+
+def _decode_error(what: str, encoding: str, offset: int, exc: UnicodeDecodeError) -> ValueError:
+    """A readable error for undecodable input, with the approximate byte offset."""
+    return ValueError(
+        f"{what} is not valid {encoding} near byte {offset + max(0, exc.start)}: "
+        f"{exc.reason} (set errors: replace to substitute bad bytes)"
+    )
+
+
+class _LineReader:
+    """Blocking, block-wise reader of a file's lines; every method runs in a worker thread."""
 
     def __init__(self, params: FileLinesParams) -> None:
         self.path = params.path
         self.encoding = params.encoding
         self.block_size = params.block_size
-        self.strip = params.strip_newline
-        self.decoder = codecs.getincrementaldecoder(params.encoding)(params.errors)
+        self.splitter = _LineSplitter(params.encoding, params.errors, params.strip_newline)
         self.file: IO[bytes] | None = None
         self.size = 0
         self.bytes_read = 0
         self.eof = False
-        self._carry: list[str] = []
 
     def open(self) -> None:
         """Open the file; errors name the path."""
@@ -189,43 +229,12 @@ class _LineReader:
         data = self.file.read(self.block_size)
         final = not data
         try:
-            text = self.decoder.decode(data, final)
+            lines = self.splitter.feed(data, final)
         except UnicodeDecodeError as exc:
-            where = self.bytes_read + max(0, exc.start)
-            raise ValueError(
-                f"{self.path!r} is not valid {self.encoding} near byte {where}: "
-                f"{exc.reason} (set errors: replace to substitute bad bytes)"
-            ) from exc
+            raise _decode_error(repr(self.path), self.encoding, self.bytes_read, exc) from exc
         self.bytes_read += len(data)
-        if final:
-            self.eof = True
-        carry = self._carry
-        if "\n" not in text:
-            if text:
-                carry.append(text)
-            if final and carry:
-                last = "".join(carry)
-                carry.clear()
-                return [last]
-            return []
-        parts = text.split("\n")
-        if carry:
-            parts[0] = "".join(carry) + parts[0]
-            carry.clear()
-        tail = parts.pop()
-        if tail:
-            carry.append(tail)
-        if self.strip:
-            if "\r" in text:
-                parts = [p[:-1] if p.endswith("\r") else p for p in parts]
-            elif parts[0].endswith("\r"):  # "\r" ended the previous block
-                parts[0] = parts[0][:-1]
-        else:
-            parts = [p + "\n" for p in parts]
-        if final and carry:
-            parts.append("".join(carry))
-            carry.clear()
-        return parts
+        self.eof = final
+        return lines
 
 
 @headwater.action(
@@ -268,6 +277,60 @@ async def file_lines_source(
         reader.close()
 
 
+_EOF = object()
+"""Sentinel: the reader thread reached the end of the input."""
+
+_STDIN_CHUNK = 64 * 1024
+"""Most bytes taken from standard input at once (``read1``: whatever is available)."""
+
+
+def _read_stdin(
+    stream: Any, splitter: _LineSplitter, encoding: str, out: queue.Queue[Any], stop: Event
+) -> None:
+    """Reader thread: put lists of lines, then ``_EOF`` or the exception, into ``out``."""
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.25)
+            except queue.Full:
+                continue
+            return True
+        return False
+
+    try:
+        buffer = getattr(stream, "buffer", None)
+        read1 = getattr(buffer, "read1", None)
+        offset = 0
+        while not stop.is_set():
+            if read1 is not None:
+                # read1 returns as soon as *some* input is there: a line typed at a
+                # terminal, or a pipe's pending bytes; b"" only at the end of the input.
+                data = read1(_STDIN_CHUNK)
+                final = not data
+                try:
+                    lines = splitter.feed(data, final)
+                except UnicodeDecodeError as exc:
+                    raise _decode_error("stdin", encoding, offset, exc) from exc
+                offset += len(data)
+            else:  # a text stream without binary buffer (e.g. io.StringIO)
+                text = stream.readline()
+                final = not text
+                lines = splitter.feed_text(text, final)
+            if lines and not put(lines):
+                return
+            if final:
+                put(_EOF)
+                return
+    except BaseException as exc:  # handed over to the event loop side
+        put(exc)
+
+
+def _take(chunks: queue.Queue[Any]) -> Any:
+    """Block (in a worker thread) until the reader thread hands something over."""
+    return chunks.get()
+
+
 class StdinParams(BaseModel):
     """Params of ``stdin``."""
 
@@ -292,36 +355,43 @@ class StdinParams(BaseModel):
     params=StdinParams,
     output="the lines of standard input, as str, each as soon as it arrives",
     capabilities=("streaming",),
+    batched=True,
 )
-def stdin_source(params: StdinParams, ctx: StreamContext) -> Iterator[str]:
-    """Stream the lines of standard input, each one as soon as it is complete.
+async def stdin_source(params: StdinParams, ctx: StreamContext) -> AsyncIterator[list[str]]:
+    r"""Stream the lines of standard input, each one as soon as it is complete.
 
-    Runs in a worker thread (the runtime runs sync generators off the event loop), so a
-    slow or interactive producer never blocks the pipeline, and every line is delivered
-    at once rather than waiting for a full batch.
+    Lines are split like ``file.lines`` does. A typed line is delivered at once (no
+    waiting for a full batch); piped input is taken in large chunks, so it is fast too.
+    Input is read by a daemon thread: a run that is cancelled while stdin is idle ends at
+    once and never keeps the process from exiting.
     """
     stream = sys.stdin
     if stream is None:
-        raise RuntimeError("stdin: this process has no standard input")
-    buffer = getattr(stream, "buffer", None)
-    wrapper: io.TextIOWrapper | None = None
-    if buffer is not None:
-        # Our own text layer over the shared binary buffer: honours ``encoding`` and
-        # splits on "\n" only; detached (not closed) at the end, so stdin stays open.
-        wrapper = io.TextIOWrapper(
-            buffer, encoding=params.encoding, errors=params.errors, newline="\n"
-        )
-    lines: Iterable[str] = wrapper if wrapper is not None else stream
+        raise RuntimeError("this process has no standard input")
+    splitter = _LineSplitter(params.encoding, params.errors, params.strip_newline)
+    chunks: queue.Queue[Any] = queue.Queue(maxsize=4)
+    stop = Event()
+    reader = Thread(
+        target=_read_stdin,
+        args=(stream, splitter, params.encoding, chunks, stop),
+        name="headwater-stdin",
+        daemon=True,
+    )
+    reader.start()
     try:
-        if params.strip_newline:
-            for line in lines:
-                yield _strip_eol(line)
-        else:
-            yield from lines
+        while True:
+            # abandon_on_cancel: cancellation does not wait for input; the abandoned
+            # worker is released by the sentinel put below.
+            item = await anyio.to_thread.run_sync(_take, chunks, abandon_on_cancel=True)
+            if item is _EOF:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
     finally:
-        if wrapper is not None:
-            with contextlib.suppress(ValueError):  # already detached or closed
-                wrapper.detach()
+        stop.set()
+        with contextlib.suppress(queue.Full):
+            chunks.put_nowait(_EOF)
 
 
 @headwater.hookimpl

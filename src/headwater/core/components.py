@@ -240,10 +240,13 @@ def transformer(
     For ``map`` / ``filter`` / ``flat_map`` the decorated function takes one item (and
     ``params`` as second argument when a params model is declared) and returns the new
     item / a truth value / an iterable of items. With ``factory=True`` it is instead called
-    once per run as ``fn(params, ctx)`` and returns that per-item function (``batch``
-    transformers are always factories returning ``list -> list``, optionally with a
-    ``flush()`` method called at the end of the stream). ``stream`` transformers are
-    async generator functions ``fn(items, params, ctx)`` over an async iterator.
+    once per run as ``fn(params, ctx)`` and returns that per-item function; ``batch``
+    transformers are always factories returning ``list -> list``. The function a factory
+    returns may also carry ``flush()`` (items emitted at the end of the stream),
+    ``exhausted`` (True once it accepts no more input: upstream is stopped), and
+    ``tick()`` with ``tick_interval`` seconds (items due by time, called even while no
+    input arrives). ``stream`` transformers are async generator functions
+    ``fn(items, params, ctx)`` over an async iterator.
     """
     _check_name(name)
     _check_params(params)

@@ -67,7 +67,9 @@ class LoadFailure:
     traceback: str = ""
 
     def __str__(self) -> str:
-        dist = f" from {self.distribution} {self.version}" if self.distribution else ""
+        dist = f" from {self.distribution}" if self.distribution else ""
+        if self.distribution and self.version:
+            dist += f" {self.version}"
         return f"plugin {self.plugin!r}{dist} failed to load ({self.stage}): {self.error}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -212,11 +214,15 @@ class PluginManager:
                 name, distribution, version, _module_name(plugin), disabled=True
             )
             return False
+        known_before = self._pm.has_plugin(name) or self._pm.is_registered(plugin)
         try:
             self._pm.register(plugin, name=name)
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise
+            if not known_before and self._pm.is_registered(plugin):
+                # pluggy < 1.7 leaves a plugin half-registered when a hookimpl fails validation
+                self._pm.unregister(plugin)
             self._fail(self._failure(name, distribution, version, "register", exc), exc)
             return False
 
@@ -225,12 +231,7 @@ class PluginManager:
         )
         if unknown:
             self._pm.unregister(plugin)
-            known = [
-                *sorted(_COLLECTION_HOOKS),
-                "pipeline_finished",
-                "pipeline_started",
-                "stream_error",
-            ]
+            known = sorted(n for n, hc in vars(self._pm.hook).items() if hc.has_spec())
             import difflib
 
             hints = []
@@ -302,11 +303,19 @@ class PluginManager:
             staged.append(component.with_origin(plugin, dist, version))
 
         try:
-            function(register=register)
+            returned = function(register=register)
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             return self._failure(plugin, dist, version, "hook", exc, f"{hook_name} raised "), exc
+        if inspect.iscoroutine(returned):
+            returned.close()  # never awaited: close it rather than leak a RuntimeWarning
+            problems.append(f"{hook_name} must be a plain function, not async def")
+        elif returned is not None:
+            problems.append(
+                f"{hook_name} returned {type(returned).__name__}; call register(component) "
+                "for each component instead of returning them"
+            )
         if problems:
             stage = "duplicate" if "already registered" in problems[0] else "hook"
             return LoadFailure(plugin, dist, version, stage, "; ".join(problems)), None

@@ -494,7 +494,8 @@ class _Run:
                     if time.monotonic() >= next_tick:
                         next_tick = math.inf
                         await self._run_ticks(steps, stats, ticking, out)
-                    if batch is None:
+                        exhausted = any(s.exhausted for s in steps)
+                    if batch is None or exhausted:
                         continue
                 else:
                     try:

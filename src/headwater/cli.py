@@ -1,0 +1,1182 @@
+"""The ``headwater`` command: run, validate and inspect pipelines; list plugins.
+
+Commands::
+
+    headwater run FILE [--set KEY=VALUE]... [--progress | --no-progress] [--json]
+    headwater validate FILE [--set KEY=VALUE]...
+    headwater plugins [--json]
+    headwater describe NAME [--kind KIND] [--json]
+    headwater schema
+
+Global options (before or after the command): ``--disable-plugin NAME`` (repeatable, also
+``-p no:NAME`` as in pytest, and the ``HEADWATER_DISABLE_PLUGINS`` variable),
+``--strict-plugins`` (a plugin that fails to load is an error), ``-v`` (logging, and
+tracebacks of unexpected errors), ``--version``.
+
+Output: data goes to stdout (``--json`` documents, sinks such as ``stdout``); progress,
+messages, summaries and errors go to stderr. Errors are one readable paragraph, never a
+traceback unless ``-v`` is given.
+
+Exit codes: 0 success; 1 the pipeline failed, was cancelled or timed out (or an
+unexpected error); 2 bad input (missing file, invalid YAML, validation errors, unknown
+component, a plugin failure in strict mode); 130 / 143 the run was interrupted by
+SIGINT / SIGTERM.
+
+Heavy modules (rich, anyio, pydantic, the plugin machinery) are imported inside the
+command functions so that ``headwater --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
+    from rich.console import Console, RenderableType
+    from rich.progress import Progress as RichProgress
+    from rich.progress import TaskID
+
+    from .core.components import Component
+    from .core.events import Complete, ErrorEvent, Event
+    from .core.events import Progress as ProgressEvent
+    from .core.pipeline import PipelineSpec, ResolvedPipeline
+    from .core.plugins import PluginManager
+    from .core.runtime import RunHandle, RunResult
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_SIGINT",
+    "EXIT_SIGTERM",
+    "EXIT_USAGE",
+    "CLIError",
+    "build_parser",
+    "main",
+    "parse_overrides",
+]
+
+EXIT_OK = 0
+"""The command did what was asked (the pipeline succeeded)."""
+EXIT_FAILED = 1
+"""The pipeline failed, was cancelled or timed out; or an unexpected error."""
+EXIT_USAGE = 2
+"""Bad input: missing file, invalid YAML, validation errors, unknown component."""
+EXIT_SIGINT = 130
+"""The run was interrupted by SIGINT (Ctrl-C): 128 + 2."""
+EXIT_SIGTERM = 143
+"""The run was stopped by SIGTERM: 128 + 15."""
+
+KINDS = ("action", "transformer", "sink", "exporter")
+
+_MAX_ERROR_LINES = 5
+"""Handled errors printed per stage while a run goes on; the rest are only counted."""
+_MAX_OUTPUT_REPR = 160
+"""Longest sink output shown verbatim in the human summary."""
+_MAX_OUTPUT_JSON = 10_000
+"""Longest sink output (JSON characters) included verbatim in ``run --json``."""
+
+_EPILOG = """\
+exit codes:
+  0    success
+  1    the pipeline failed, was cancelled or timed out
+  2    bad input: missing file, invalid YAML or pipeline, unknown component,
+       a plugin that failed to load with --strict-plugins
+  130  interrupted (SIGINT, Ctrl-C); 143 on SIGTERM
+
+environment:
+  HEADWATER_DISABLE_PLUGINS=a,b   plugins (or distributions) not to load
+  HEADWATER_STRICT_PLUGINS=1      same as --strict-plugins
+"""
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one paragraph on stderr, exits with ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------------------------------
+# Argument parsing
+# ---------------------------------------------------------------------------------------
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, suffix: str = "") -> None:
+    """Options accepted before the command (``suffix=""``) and after it (``"_sub"``).
+
+    argparse gives every sub-command a fresh namespace that overwrites the parent's, so
+    the copies after the command use their own destinations and are merged afterwards.
+    """
+    sub = bool(suffix)
+    group = parser.add_argument_group("global options")
+    group.add_argument(
+        "--disable-plugin",
+        dest=f"disable{suffix}",
+        action="append",
+        metavar="NAME",
+        default=argparse.SUPPRESS if sub else [],
+        help="do not load this plugin or distribution (repeatable)",
+    )
+    group.add_argument(
+        "-p",
+        dest=f"plugin_opts{suffix}",
+        action="append",
+        metavar="no:NAME",
+        default=argparse.SUPPRESS if sub else [],
+        help="pytest-style spelling of --disable-plugin NAME",
+    )
+    group.add_argument(
+        "--strict-plugins",
+        dest=f"strict{suffix}",
+        action="store_true",
+        default=argparse.SUPPRESS if sub else False,
+        help="fail when any plugin fails to load (default: report it and go on)",
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        dest=f"verbose{suffix}",
+        action="count",
+        default=argparse.SUPPRESS if sub else 0,
+        help="log more (-vv for debug); show tracebacks of unexpected errors",
+    )
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a value of the pipeline file, e.g. sources.app.params.path=x.log or "
+        "steps.0.params.size=10 (also steps[0].params.size=10, quoted for the shell); VALUE "
+        "is read as YAML: 10 is a number, '10' a string, [a, b] a list, an empty VALUE is "
+        "null; repeatable",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``headwater`` command."""
+    parser = argparse.ArgumentParser(
+        prog="headwater",
+        description="Streaming pipelines assembled from plugins.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"headwater {__version__}")
+    _add_global_options(parser)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_options(common, suffix="_sub")
+
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser(
+        "run",
+        parents=[common],
+        help="run a pipeline file with live progress",
+        description="Run a pipeline YAML file. Progress bars and the summary go to stderr; "
+        "stdout is left to sinks (and to --json). Ctrl-C cancels the run cleanly.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("file", metavar="FILE", help="pipeline YAML file")
+    _add_overrides(run)
+    shown = run.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="show live progress bars even when stderr is not a terminal",
+    )
+    shown.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no live progress bars (the default when stderr is not a terminal)",
+    )
+    run.add_argument(
+        "--json",
+        action="store_true",
+        help="print the run summary as JSON on stdout at the end",
+    )
+    run.add_argument(
+        "--backend",
+        choices=("asyncio", "trio"),
+        default="asyncio",
+        help="event loop to run on (trio needs the 'trio' extra); default: asyncio",
+    )
+    run.set_defaults(func=_cmd_run)
+
+    validate = commands.add_parser(
+        "validate",
+        parents=[common],
+        help="check a pipeline file: its shape, its components and their params",
+        description="Validate a pipeline YAML file against the pipeline schema and the "
+        "installed components; print OK or every problem with its path.",
+    )
+    validate.add_argument("file", metavar="FILE", help="pipeline YAML file")
+    _add_overrides(validate)
+    validate.set_defaults(func=_cmd_validate)
+
+    plugins = commands.add_parser(
+        "plugins",
+        parents=[common],
+        help="list plugins, their components and load errors",
+        description="List the installed plugins (loaded and disabled), the components "
+        "they contribute and the plugins that failed to load.",
+    )
+    plugins.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"plugins": [...], "components": [...], "failures": [...]}',
+    )
+    plugins.set_defaults(func=_cmd_plugins)
+
+    describe = commands.add_parser(
+        "describe",
+        parents=[common],
+        help="show one component's metadata and params",
+        description="Show a component's metadata and the JSON Schema of its params.",
+    )
+    describe.add_argument("name", metavar="NAME", help="component name, e.g. range")
+    describe.add_argument("--kind", choices=KINDS, help="only look among this kind")
+    describe.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    describe.set_defaults(func=_cmd_describe)
+
+    schema = commands.add_parser(
+        "schema",
+        parents=[common],
+        help="print the JSON Schema of pipeline files",
+        description="Print the JSON Schema of the pipeline YAML format.",
+    )
+    schema.set_defaults(func=_cmd_schema)
+    return parser
+
+
+def _merged(args: argparse.Namespace, name: str, empty: Any) -> Any:
+    before = getattr(args, name, empty)
+    after = getattr(args, f"{name}_sub", empty)
+    return before + after
+
+
+def _disabled_plugins(args: argparse.Namespace) -> list[str]:
+    names = list(_merged(args, "disable", []))
+    for opt in _merged(args, "plugin_opts", []):
+        if not opt.startswith("no:") or not opt[3:].strip():
+            raise CLIError(f"-p expects no:NAME (to disable the plugin NAME), got {opt!r}")
+        names.append(opt[3:].strip())
+    return names
+
+
+def _verbosity(args: argparse.Namespace) -> int:
+    return int(_merged(args, "verbose", 0))
+
+
+def _strict(args: argparse.Namespace) -> bool:
+    """``--strict-plugins`` given, or ``HEADWATER_STRICT_PLUGINS`` set to a true value."""
+    if getattr(args, "strict", False) or getattr(args, "strict_sub", False):
+        return True
+    value = os.environ.get("HEADWATER_STRICT_PLUGINS", "")
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
+    """Parse ``--set KEY=VALUE`` options into ``{KEY: value}``.
+
+    VALUE is read as a YAML scalar (``10`` is an int, ``true`` a bool, ``'10'`` a string,
+    an empty VALUE is null). Bracketed flow collections (``[a, b]``, ``{k: v}``) become
+    lists and mappings; any other text, including text YAML would read as a mapping such
+    as ``ERROR: (.*)``, stays the literal string.
+    """
+    import yaml
+
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise CLIError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, dict | list) and not raw.lstrip().startswith(("[", "{")):
+            value = raw
+        overrides[key] = value
+    return overrides
+
+
+# ---------------------------------------------------------------------------------------
+# Shared helpers
+# ---------------------------------------------------------------------------------------
+
+
+def _forced_terminal(args: argparse.Namespace) -> bool | None:
+    """True when ``run --progress`` asks for live output even off a terminal."""
+    return True if getattr(args, "progress", None) else None
+
+
+@functools.cache
+def _consoles(*, force_terminal: bool | None = None) -> tuple[Console, Console]:
+    """Rich consoles for stdout and stderr (one pair per process, shared by all output).
+
+    No emoji codes and no guessing at highlights. The stderr console never wraps printed
+    lines: the lines a sink writes to a terminal stdout are routed through it while
+    progress bars are live, and must stay intact.
+    """
+    from rich.console import Console
+
+    out = Console(highlight=False, emoji=False)
+    err = Console(
+        stderr=True, highlight=False, emoji=False, soft_wrap=True, force_terminal=force_terminal
+    )
+    return out, err
+
+
+def _plugin_manager(
+    args: argparse.Namespace, extra_disable: Iterable[str] = (), *, strict: bool | None = None
+) -> PluginManager:
+    """A loaded plugin manager honouring the CLI options; it becomes the process default."""
+    from .core.plugins import PluginManager, reset_plugin_manager
+
+    if strict is None:
+        strict = _strict(args)
+    manager = PluginManager(disable=[*_disabled_plugins(args), *extra_disable], strict=strict)
+    reset_plugin_manager(manager)
+    return manager.load()
+
+
+def _load_spec(args: argparse.Namespace) -> PipelineSpec:
+    from pathlib import Path
+
+    from .core.pipeline import load_pipeline
+
+    path = Path(args.file)
+    if not path.exists():
+        raise CLIError(f"no such file: {args.file}")
+    if path.is_dir():
+        raise CLIError(f"{args.file} is a directory, not a pipeline file")
+    overrides = parse_overrides(args.overrides)
+    return load_pipeline(path, overrides)
+
+
+def _prepare(
+    args: argparse.Namespace, spec: PipelineSpec
+) -> tuple[ResolvedPipeline, PluginManager]:
+    """Resolve ``spec`` against the plugins; validation errors name the file."""
+    from .core.api import prepare
+    from .core.errors import PipelineValidationError
+
+    manager = _plugin_manager(args, spec.plugins.disable)
+    try:
+        resolved, manager = prepare(spec, plugins=manager)
+    except PipelineValidationError as exc:
+        raise PipelineValidationError(exc.issues, exc.source or args.file) from None
+    return resolved, manager
+
+
+def _stage_order(resolved: ResolvedPipeline) -> list[str]:
+    names = [s.stage for s in resolved.sources.values()]
+    names += [s.stage for s in resolved.steps]
+    names += [s.stage for s in resolved.sinks]
+    if resolved.dead_letter is not None:
+        names.append(resolved.dead_letter.stage)
+    return names
+
+
+def _sink_keys(resolved: ResolvedPipeline) -> list[str]:
+    return [s.stage.removeprefix("sinks.") for s in resolved.sinks]
+
+
+def _in_order(mapping: Mapping[str, Any], order: Sequence[str]) -> dict[str, Any]:
+    """``mapping`` with the keys listed in ``order`` first, in that order."""
+    ordered = {key: mapping[key] for key in order if key in mapping}
+    ordered.update((key, value) for key, value in mapping.items() if key not in ordered)
+    return ordered
+
+
+def _num(value: float) -> str:
+    """``1234`` -> ``1,234``; non-integers keep two decimals."""
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:,.2f}"
+
+
+def _rate(value: Any) -> str:
+    if not isinstance(value, int | float) or value != value or value in (float("inf"),):
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+
+
+def _json_safe(value: Any) -> Any:
+    """A JSON-serialisable copy: non-finite floats become null, unknown objects repr()."""
+    import math
+    from pathlib import PurePath
+
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, PurePath):
+        return str(value)
+    return repr(value)
+
+
+def _describe_value(value: Any) -> str:
+    """A short description of a value too large to show: ``list of 10,000 items``."""
+    if isinstance(value, list | tuple | set | frozenset):
+        return f"{type(value).__name__} of {len(value):,} items"
+    if isinstance(value, Mapping):
+        return f"{type(value).__name__} with {len(value):,} keys"
+    return f"{type(value).__name__} object"
+
+
+def _output_for_json(value: Any) -> Any:
+    import json
+
+    safe = _json_safe(value)
+    if len(json.dumps(safe)) <= _MAX_OUTPUT_JSON:
+        return safe
+    return f"<{_describe_value(value)}>"
+
+
+def _print_json(data: Any) -> None:
+    import json
+
+    sys.stdout.write(json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------------------
+# headwater run
+# ---------------------------------------------------------------------------------------
+
+
+class _RunView:
+    """Shows a run on stderr: live progress bars on a terminal, plain lines otherwise.
+
+    One bar per stage that reports progress (``done/total`` and a percentage when the
+    total is known, a spinner and a count when not), plus a line for the whole run with
+    the number of items that entered it, the number delivered and the rate. Stage status
+    messages and the first handled errors of each stage are printed above the bars.
+    """
+
+    def __init__(self, console: Console, resolved: ResolvedPipeline, *, live: bool) -> None:
+        self.console = console
+        self.resolved = resolved
+        self.live = live
+        self.handle: RunHandle | None = None
+        self._progress: RichProgress | None = None
+        self._run_task: TaskID | None = None
+        self._tasks: dict[str, TaskID] = {}
+        self._errors: dict[str, int] = {}
+        self._policies = {s.stage: s.on_error for s in [*resolved.steps, *resolved.sinks]}
+        self._sinks = [s.stage for s in resolved.sinks]
+        first = resolved.steps[0] if resolved.steps else None
+        self._entry = first.stage if first else (self._sinks[0] if self._sinks else None)
+
+    # -- output helpers ---------------------------------------------------------------
+
+    def line(self, text: str, style: str | None = None) -> None:
+        """Print one line above the live display (or plainly)."""
+        from rich.text import Text
+
+        self.console.print(Text(text, style=style or ""), soft_wrap=True)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self, handle: RunHandle) -> None:
+        """Announce the run and start the live display."""
+        self.handle = handle
+        spec = self.resolved.spec
+        sources = ", ".join(spec.source_order())
+        compose = f" {spec.compose.mode}d" if spec.compose and len(spec.sources) > 1 else ""
+        sinks = ", ".join(s.stage.removeprefix("sinks.") for s in self.resolved.sinks)
+        self.line(
+            f"running pipeline {spec.name!r} (run {handle.run_id}): sources {sources}{compose}"
+            f" -> {len(spec.steps)} step{'s' if len(spec.steps) != 1 else ''} -> {sinks}",
+            "bold",
+        )
+        if self.live:
+            self._progress = _make_progress(self.console)
+            self._run_task = self._progress.add_task(spec.name, total=None, message="")
+            self._progress.start()
+
+    def stop(self) -> None:
+        """Stop the live display (idempotent)."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def _count(self, stage: str | None, attr: str) -> int:
+        if self.handle is None or stage is None:
+            return 0
+        stats = self.handle.stats.get(stage)
+        return int(getattr(stats, attr)) if stats is not None else 0
+
+    def tick(self) -> None:
+        """Refresh the run line from the live counters.
+
+        It counts the items entering the first stage after the sources (sources only
+        publish their counters when they end) and those delivered to the first sink.
+        """
+        if self._progress is None or self._run_task is None:
+            return
+        task = self._progress.tasks[self._run_task]
+        count = self._count(self._entry, "items_in")
+        delivered = self._count(self._sinks[0] if self._sinks else None, "items_out")
+        elapsed = task.elapsed or 0.0
+        rate = f" · {_rate(count / elapsed)} items/s" if elapsed > 0 else ""
+        self._progress.update(
+            self._run_task, completed=count, message=f"{delivered:,} delivered{rate}"
+        )
+
+    async def refresh(self) -> None:
+        """Keep the run line current until cancelled."""
+        import anyio
+
+        while True:
+            self.tick()
+            await anyio.sleep(0.1)
+
+    # -- events -----------------------------------------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        """Render one control event."""
+        from .core.events import Complete, ErrorEvent, Progress, Status
+
+        if isinstance(event, Progress):
+            self._on_progress(event)
+        elif isinstance(event, Status):
+            if event.stage is not None and event.message:
+                self.line(f"  {event.stage}: {event.message}", "dim")
+        elif isinstance(event, ErrorEvent):
+            if event.handled:
+                self._on_handled_error(event)
+        elif isinstance(event, Complete):
+            self._on_complete(event)
+
+    def _on_progress(self, event: ProgressEvent) -> None:
+        if self._progress is None:
+            return
+        task = self._tasks.get(event.stage)
+        if task is None:
+            self._tasks[event.stage] = self._progress.add_task(
+                event.stage, total=event.total, message=event.message or ""
+            )
+            self._progress.update(self._tasks[event.stage], completed=event.done)
+        elif event.message is None:
+            self._progress.update(task, completed=event.done, total=event.total)
+        else:
+            self._progress.update(
+                task, completed=event.done, total=event.total, message=event.message
+            )
+
+    def _on_handled_error(self, event: ErrorEvent) -> None:
+        count = self._errors[event.stage] = self._errors.get(event.stage, 0) + 1
+        if count > _MAX_ERROR_LINES:
+            return
+        err = event.error
+        at = f" at item {err['position']}" if err.get("position") is not None else ""
+        policy = self._policies.get(event.stage, "skip")
+        more = (
+            f" (further errors of {event.stage} are only counted)"
+            if count == _MAX_ERROR_LINES
+            else ""
+        )
+        self.line(
+            f"  warning: {event.stage}{at}: {err.get('error')}: {err.get('message')} "
+            f"[on_error: {policy}]{more}",
+            "yellow",
+        )
+
+    def _on_complete(self, event: Complete) -> None:
+        progress = self._progress
+        if progress is None:
+            return
+        self.tick()
+        if event.state == "succeeded":
+            # Complete the bars whose total was unknown, still showing only their count.
+            for task in progress.tasks:
+                if task.total is None:
+                    progress.update(task.id, total=task.completed, unknown_total=True)
+        for task in progress.tasks:
+            progress.stop_task(task.id)
+        self.stop()
+
+
+def _make_progress(console: Console) -> RichProgress:
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        ProgressColumn,
+        SpinnerColumn,
+        Task,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+    from rich.text import Text
+
+    def total_known(task: Task) -> bool:
+        return task.total is not None and not task.fields.get("unknown_total")
+
+    class CountColumn(ProgressColumn):
+        """``done/total``, or just ``done`` when the total is unknown."""
+
+        def render(self, task: Task) -> Text:
+            if not total_known(task):
+                return Text(_num(task.completed), style="progress.download")
+            assert task.total is not None
+            return Text(f"{_num(task.completed)}/{_num(task.total)}", style="progress.download")
+
+    class PercentColumn(ProgressColumn):
+        """The percentage done, when the total is known."""
+
+        def render(self, task: Task) -> Text:
+            if not total_known(task):
+                return Text("")
+            return Text(f"{task.percentage:>3.0f}%", style="progress.percentage")
+
+    return Progress(
+        SpinnerColumn(finished_text=" "),
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        CountColumn(),
+        PercentColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[message]}", style="dim", markup=False),
+        console=console,
+        transient=False,
+        # Lines a sink prints to a terminal stdout appear above the bars; a redirected
+        # stdout is never touched.
+        redirect_stdout=sys.stdout.isatty(),
+        redirect_stderr=False,
+    )
+
+
+async def _watch_signals(
+    handle: RunHandle,
+    view: _RunView,
+    received: list[int],
+    *,
+    task_status: TaskStatus[None],
+) -> None:
+    """Cancel the run on the first SIGINT/SIGTERM; exit at once on the second."""
+    import signal
+
+    import anyio
+
+    try:
+        receiver = anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
+        signals = receiver.__enter__()
+    except NotImplementedError:  # e.g. asyncio on Windows: Ctrl-C raises KeyboardInterrupt
+        task_status.started()
+        return
+    try:
+        task_status.started()
+        async for signum in signals:
+            received.append(int(signum))
+            name = signal.Signals(signum).name
+            if len(received) == 1:
+                view.line(
+                    f"{name}: cancelling the run, cleaning up (send it again to exit now)",
+                    "yellow",
+                )
+                handle.cancel("interrupted" if signum == signal.SIGINT else "terminated")
+            else:
+                view.stop()
+                view.line(f"{name} again: exiting without cleanup", "red")
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(128 + int(signum))
+    finally:
+        receiver.__exit__(None, None, None)
+
+
+async def _execute(
+    spec: PipelineSpec, manager: PluginManager, view: _RunView
+) -> tuple[RunResult, int | None]:
+    """Run the pipeline, rendering its events; return its result and any signal number."""
+    import anyio
+
+    from .core.api import open_run
+
+    received: list[int] = []
+    async with open_run(spec, plugins=manager) as handle:
+        async with anyio.create_task_group() as tg:
+            await tg.start(_watch_signals, handle, view, received)
+            view.start(handle)
+            if view.live:
+                tg.start_soon(view.refresh)
+            try:
+                async for event in handle.events():
+                    view.on_event(event)
+            finally:
+                tg.cancel_scope.cancel()
+        result = await handle.wait()
+    return result, (received[0] if received else None)
+
+
+def _print_summary(console: Console, result: RunResult, resolved: ResolvedPipeline) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    summary = result.summary
+    items = int(summary.get("items_in") or 0)
+    elapsed = float(summary.get("elapsed_seconds") or 0.0)
+    rate = _rate(summary.get("items_per_second"))
+    name = result.pipeline
+    counts = f"{items:,} item{'s' if items != 1 else ''} in {elapsed:.2f}s ({rate} items/s)"
+    if result.state == "succeeded":
+        head = Text(f"pipeline {name!r} succeeded: {counts}", style="bold green")
+    elif result.state == "cancelled":
+        reason = summary.get("cancel_reason") or "cancelled"
+        head = Text(f"pipeline {name!r} cancelled ({reason}): {counts}", style="bold yellow")
+    else:
+        head = Text(f"pipeline {name!r} failed: {counts}", style="bold red")
+    console.print(head, soft_wrap=True)
+
+    stages: dict[str, dict[str, int]] = _in_order(
+        summary.get("stages") or {}, _stage_order(resolved)
+    )
+    order = list(stages)
+    if order:
+        table = Table(box=None, pad_edge=False, padding=(0, 2), show_edge=False)
+        table.add_column("stage", no_wrap=True)
+        for col in ("in", "out", "errors", "skipped"):
+            table.add_column(col, justify="right")
+        for stage in order:
+            st = stages[stage]
+            table.add_row(
+                Text(stage),
+                "" if stage.startswith("sources.") else f"{st.get('items_in', 0):,}",
+                f"{st.get('items_out', 0):,}",
+                Text(f"{st.get('errors', 0):,}", style="red" if st.get("errors") else ""),
+                f"{st.get('skipped', 0):,}",
+            )
+        console.print(table)
+
+    for sink, output in _in_order(result.outputs, _sink_keys(resolved)).items():
+        if output is None:
+            continue
+        shown = repr(output)
+        if len(shown) > _MAX_OUTPUT_REPR:
+            shown = _describe_value(output)
+        console.print(Text(f"output of {sink}: {shown}"), soft_wrap=True)
+    for error in result.errors:
+        console.print(Text(f"error: {error}", style="red"), soft_wrap=True)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    import anyio
+
+    if args.backend == "trio" and importlib.util.find_spec("trio") is None:
+        raise CLIError("the trio backend needs trio: pip install 'headwater[trio]'")
+    spec = _load_spec(args)
+    resolved, manager = _prepare(args, spec)
+    _, err = _consoles(force_terminal=_forced_terminal(args))
+    live = sys.stderr.isatty() if args.progress is None else bool(args.progress)
+    view = _RunView(err, resolved, live=live)
+    try:
+        result, signum = anyio.run(_execute, spec, manager, view, backend=args.backend)
+    finally:
+        view.stop()
+    _print_summary(err, result, resolved)
+    if args.json:
+        outputs = _in_order(result.outputs, _sink_keys(resolved))
+        summary = dict(result.summary)
+        summary["stages"] = _in_order(summary.get("stages") or {}, _stage_order(resolved))
+        summary["outputs"] = {k: _output_for_json(v) for k, v in outputs.items()}
+        _print_json(summary)
+    if result.state == "succeeded":
+        return EXIT_OK
+    if signum is not None:
+        return 128 + signum
+    return EXIT_FAILED
+
+
+# ---------------------------------------------------------------------------------------
+# headwater validate / schema
+# ---------------------------------------------------------------------------------------
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    spec = _load_spec(args)
+    resolved, _ = _prepare(args, spec)
+    n_src, n_steps, n_sinks = len(resolved.sources), len(resolved.steps), len(resolved.sinks)
+    compose = f", {spec.compose.mode}d" if spec.compose and n_src > 1 else ""
+    print(
+        f"OK: pipeline {spec.name!r} in {args.file} is valid "
+        f"({n_src} source{'s' if n_src != 1 else ''}{compose}, "
+        f"{n_steps} step{'s' if n_steps != 1 else ''}, "
+        f"{n_sinks} sink{'s' if n_sinks != 1 else ''})"
+    )
+    return EXIT_OK
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from .core.pipeline import PipelineSpec
+
+    _print_json(PipelineSpec.model_json_schema())
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------
+# headwater plugins / describe
+# ---------------------------------------------------------------------------------------
+
+
+def _metadata(component: Component) -> dict[str, Any]:
+    """``component.metadata()``, still describing a component whose schema fails."""
+    try:
+        return component.metadata()
+    except Exception as exc:  # a params model pydantic cannot turn into JSON Schema
+        return {
+            "name": component.name,
+            "kind": str(component.kind),
+            "plugin": component.plugin,
+            "distribution": component.distribution,
+            "version": component.version,
+            "description": component.description,
+            "output": component.output,
+            "capabilities": sorted(str(c) for c in component.capabilities),
+            "params_schema": None,
+            "params_schema_error": f"{type(exc).__name__}: {exc}",
+        }
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    """List plugins. JSON structure (stable)::
+
+    {"plugins": [{"name", "distribution", "version", "module", "components": ["kind:name"],
+                  "disabled": bool}],
+     "components": [{"name", "kind", "plugin", "distribution", "version", "description",
+                     "output", "capabilities", "params_schema", ...}],
+     "failures": [{"plugin", "distribution", "version", "stage", "error"}]}
+    """
+    # Load everything even in strict mode so the listing is complete; strictness decides
+    # the exit code instead.
+    manager = _plugin_manager(args, strict=False)
+    failures = manager.failures
+    strict = _strict(args)
+    if args.json:
+        plugins = sorted(manager.plugins.values(), key=lambda p: p.name)
+        _print_json(
+            {
+                "plugins": [p.to_dict() for p in plugins],
+                "components": [_metadata(c) for c in manager.registry],
+                "failures": [f.to_dict() for f in failures],
+            }
+        )
+        return EXIT_USAGE if strict and failures else EXIT_OK
+
+    _print_plugins(_consoles()[0], manager, verbose=_verbosity(args) > 0)
+    if strict and failures:
+        _error("a plugin failed to load and strict plugin loading is on")
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _print_plugins(out: Console, manager: PluginManager, *, verbose: bool) -> None:
+    """Human listing: each plugin with its components, then disabled ones, then failures."""
+    from rich.padding import Padding
+    from rich.table import Table
+    from rich.text import Text
+
+    plugins = sorted(manager.plugins.values(), key=lambda p: p.name)
+    loaded = [p for p in plugins if not p.disabled]
+    disabled = [p for p in plugins if p.disabled]
+    failures = manager.failures
+    n_comp = len(manager.registry)
+    out.print(
+        Text(
+            f"{len(loaded)} plugin{'s' if len(loaded) != 1 else ''} loaded "
+            f"({n_comp} component{'s' if n_comp != 1 else ''}), {len(disabled)} disabled, "
+            f"{len(failures)} failed to load",
+            style="bold",
+        )
+    )
+
+    max_name = max((len(c.name) for c in manager.registry), default=0)
+
+    def origin(dist: str | None, version: str | None) -> str:
+        return f"{dist} {version or ''}".rstrip() if dist else "(not from a distribution)"
+
+    for plugin in loaded:
+        out.print()
+        out.print(
+            Text.assemble(
+                (plugin.name, "bold"), "  ", (origin(plugin.distribution, plugin.version), "dim")
+            )
+        )
+        refs = [ref.partition(":")[::2] for ref in plugin.components]
+        width_kind = max((len(k) for k, _ in refs), default=0)
+        room = max(20, out.width - 2 - width_kind - 2 - max_name - 2)
+        table = Table.grid(padding=(0, 2))
+        table.add_column(no_wrap=True)
+        table.add_column(no_wrap=True, style="cyan", min_width=max_name)
+        table.add_column(no_wrap=True)
+        for kind, name in refs:
+            try:
+                description = Text(manager.registry.get(kind, name).description)
+            except LookupError:
+                description = Text()
+            description.truncate(room, overflow="ellipsis")
+            table.add_row(kind, Text(name), description)
+        if not refs:
+            table.add_row(Text("(no components)", style="dim"), "", "")
+        out.print(Padding(table, (0, 0, 0, 2), expand=False))
+    if disabled:
+        out.print()
+        out.print(Text("disabled", style="bold"))
+        for plugin in disabled:
+            out.print(Text(f"  {plugin.name}  {origin(plugin.distribution, plugin.version)}"))
+    if failures:
+        out.print()
+        out.print(Text("LOAD ERRORS", style="bold red"))
+        for failure in failures:
+            out.print(Text(f"  {failure}", style="red"), soft_wrap=True)
+            if verbose and failure.traceback:
+                out.print(Text(failure.traceback.rstrip()), soft_wrap=True)
+    out.print()
+    out.print(Text("headwater describe NAME shows a component's params", style="dim"))
+
+
+def _suggest(name: str, candidates: Iterable[str]) -> list[str]:
+    import difflib
+
+    return difflib.get_close_matches(name, sorted(set(candidates)), n=3, cutoff=0.6)
+
+
+def _cmd_describe(args: argparse.Namespace) -> int:
+    manager = _plugin_manager(args)
+    registry = manager.registry
+    found = registry.find(args.name)
+    if args.kind:
+        found = [c for c in found if str(c.kind) == args.kind]
+    if not found:
+        kinds = [args.kind] if args.kind else list(KINDS)
+        names = [n for k in kinds for n in registry.names(k)]
+        message = f"no {args.kind or 'component'} named {args.name!r}"
+        elsewhere = [str(c.kind) for c in registry.find(args.name)]
+        if elsewhere:
+            message += f"; {args.name!r} is a{'n' if elsewhere[0][0] in 'ae' else ''} "
+            message += " and a ".join(elsewhere)
+        suggestions = _suggest(args.name, names)
+        if suggestions:
+            message += f"; did you mean {' or '.join(repr(s) for s in suggestions)}?"
+        elif not elsewhere:
+            message += " (headwater plugins lists every component)"
+        raise CLIError(message)
+    if args.json:
+        if len(found) > 1:
+            several = ", ".join(str(c.kind) for c in found)
+            raise CLIError(f"{args.name!r} names several components ({several}); pass --kind")
+        _print_json(_metadata(found[0]))
+        return EXIT_OK
+    out, _ = _consoles()
+    for i, component in enumerate(found):
+        if i:
+            out.print()
+        _print_component(out, component)
+    return EXIT_OK
+
+
+def _schema_type(prop: Mapping[str, Any]) -> str:
+    if "type" in prop:
+        kind = prop["type"]
+        if kind == "array" and isinstance(prop.get("items"), Mapping):
+            return f"array of {_schema_type(prop['items'])}"
+        return " | ".join(kind) if isinstance(kind, list) else str(kind)
+    for key in ("anyOf", "oneOf"):
+        if key in prop:
+            return " | ".join(_schema_type(p) for p in prop[key])
+    if "$ref" in prop:
+        return str(prop["$ref"]).rsplit("/", 1)[-1]
+    if "enum" in prop:
+        return " | ".join(repr(v) for v in prop["enum"])
+    if "const" in prop:
+        return repr(prop["const"])
+    return "any"
+
+
+def _print_component(out: Console, component: Component) -> None:
+    """Human description: metadata, a table of params, then the params JSON Schema."""
+    import json
+    import textwrap
+
+    from rich.padding import Padding
+    from rich.table import Table
+    from rich.text import Text
+
+    def indented(renderable: RenderableType) -> Padding:
+        return Padding(renderable, (0, 0, 0, 2), expand=False)
+
+    meta = _metadata(component)
+    out.print(Text.assemble((meta["name"], "bold"), f"  ({meta['kind']})"))
+    if meta["description"]:
+        out.print(indented(Text(meta["description"])))
+    info = Table.grid(padding=(0, 2))
+    info.add_column(style="dim", no_wrap=True)
+    info.add_column(overflow="fold")
+    origin = meta["plugin"] or "-"
+    if meta["distribution"]:
+        origin += f" ({meta['distribution']} {meta['version'] or ''}".rstrip() + ")"
+    rows: list[tuple[str, str]] = [("plugin", origin)]
+    if meta.get("output"):
+        rows.append(("output", meta["output"]))
+    rows.append(("capabilities", ", ".join(meta["capabilities"]) or "-"))
+    if meta.get("transformer_kind"):
+        rows.append(("transformer kind", meta["transformer_kind"]))
+    if meta.get("delivery"):
+        rows.append(("delivery", meta["delivery"]))
+    for key, value in rows:
+        info.add_row(key, Text(value))
+    out.print(indented(info))
+    out.print()
+    schema = meta.get("params_schema")
+    if schema is None:
+        out.print(Text(f"params schema unavailable: {meta.get('params_schema_error')}"))
+        return
+    props: Mapping[str, Any] = schema.get("properties") or {}
+    required = set(schema.get("required") or ())
+    if not props:
+        out.print(Text("params: none"))
+        return
+    out.print(Text("params", style="bold"))
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="cyan", no_wrap=True)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
+    table.add_column(overflow="fold")
+    for pname, prop in props.items():
+        if pname in required:
+            default = Text("required", style="bold")
+        elif "default" in prop:
+            default = Text(f"default {json.dumps(prop['default'])}")
+        else:
+            default = Text("optional")
+        table.add_row(
+            Text(pname), Text(_schema_type(prop)), default, Text(str(prop.get("description", "")))
+        )
+    out.print(indented(table))
+    out.print()
+    out.print(Text("params JSON schema", style="bold"))
+    out.print(Text(textwrap.indent(json.dumps(schema, indent=2), "  ")), soft_wrap=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"headwater: error: {message}\n")
+    sys.stderr.flush()
+
+
+def _setup_logging(verbosity: int, console: Console) -> None:
+    """Send log records through the stderr console (above any live progress bars).
+
+    Warnings and errors are always shown (a plugin that failed to load, say) as
+    ``headwater: warning: ...``; ``-v`` adds info records and ``-vv`` debug ones, with the
+    logger's name and tracebacks.
+    """
+    import logging
+
+    from rich.text import Text
+
+    class ConsoleHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                message = record.getMessage()
+                if verbosity:
+                    message = f"{message} [{record.name}]"
+                    if record.exc_info:
+                        message += "\n" + logging.Formatter().formatException(record.exc_info)
+                level = record.levelname.lower()
+                style = "red" if record.levelno >= logging.ERROR else "yellow"
+                if record.levelno < logging.WARNING:
+                    style = "dim"
+                console.print(Text(f"headwater: {level}: {message}", style=style))
+            except Exception:
+                self.handleError(record)
+
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_headwater_cli", False)]:
+        root.removeHandler(old)
+    handler = ConsoleHandler()
+    handler._headwater_cli = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(
+        logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``headwater`` command with ``argv`` (default: ``sys.argv[1:]``).
+
+    Returns the exit code; usage errors exit through argparse with code 2.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    verbosity = _verbosity(args)
+    command: Callable[[argparse.Namespace], int] = args.func
+    try:
+        _setup_logging(verbosity, _consoles(force_terminal=_forced_terminal(args))[1])
+        return int(command(args))
+    except CLIError as exc:
+        _error(str(exc))
+        return exc.code
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return EXIT_SIGINT
+    except BrokenPipeError:
+        # The reader of our stdout went away (``headwater plugins | head``): stay quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
+    except Exception as caught:
+        return _unexpected(caught, verbosity)
+
+
+def _unexpected(caught: BaseException, verbosity: int) -> int:
+    """Report an exception that escaped a command; return the exit code."""
+    import traceback
+
+    from .core.errors import HeadwaterError, PipelineValidationError
+
+    exc = caught
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]  # a task group's wrapper around one error
+    if isinstance(exc, HeadwaterError):
+        if verbosity and not isinstance(exc, PipelineValidationError):
+            traceback.print_exception(caught)
+        _error(str(exc))
+        return EXIT_USAGE
+    if verbosity:
+        traceback.print_exception(caught)
+        _error(f"unexpected {type(exc).__name__}: {exc}")
+    else:
+        _error(f"unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)")
+    return EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover - use ``python -m headwater``
+    sys.exit(main())
