@@ -29,6 +29,7 @@ from typing import Any
 __all__ = [
     "Column",
     "Implementation",
+    "Measured",
     "ResultMismatch",
     "Sample",
     "ScenarioReport",
@@ -36,6 +37,7 @@ __all__ = [
     "Stat",
     "TargetResult",
     "available",
+    "children_cpu_seconds",
     "fmt_bytes",
     "fmt_count",
     "fmt_ns",
@@ -124,6 +126,18 @@ class Stat:
         return cls(statistics.median(values), min(values), max(values), len(values))
 
 
+@dataclass(slots=True)
+class Measured:
+    """What :func:`measure` returns."""
+
+    stats: dict[str, dict[str, Stat]]
+    """Implementation -> metric -> summary over the measured rounds."""
+    samples: dict[str, list[dict[str, float]]]
+    """Implementation -> the metrics of each measured round, in round order."""
+    skipped: dict[str, str]
+    """Implementations left out (a peer is not installed) -> why."""
+
+
 @dataclass(frozen=True, slots=True)
 class Column:
     """One metric shown in a scenario's table, with its formatter."""
@@ -153,7 +167,7 @@ class ScenarioReport:
     name: str
     title: str
     params: dict[str, Any]
-    stats: dict[str, dict[str, Stat]]
+    measured: Measured
     columns: list[Column]
     descriptions: dict[str, str] = field(default_factory=dict)
     baseline: str | None = None
@@ -162,10 +176,19 @@ class ScenarioReport:
     ratio_higher_is_better: bool = True
     targets: list[TargetResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
     show_descriptions: bool = False
     """Add a column with each implementation's description (when rows measure different
     things, as in ``first-item``)."""
+
+    @property
+    def stats(self) -> dict[str, dict[str, Stat]]:
+        """Implementation -> metric -> summary."""
+        return self.measured.stats
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """Implementations that were not run, and why."""
+        return self.measured.skipped
 
     def median(self, impl: str, metric: str) -> float | None:
         """The median of ``metric`` for ``impl``, or None if it was not measured."""
@@ -173,22 +196,48 @@ class ScenarioReport:
         return None if stat is None else stat.median
 
     def ratio(self, impl: str, other: str, metric: str) -> float | None:
-        """``median(impl) / median(other)`` for ``metric``; None if either is missing."""
-        a = self.median(impl, metric)
-        b = self.median(other, metric)
-        if a is None or b is None or b == 0:
-            return None
-        return a / b
+        """``impl / other`` for ``metric``: the median of the per-round ratios.
 
-    def target_ratio(self, impl: str, other: str, metric: str, at_least: float) -> TargetResult:
-        """A ``impl >= at_least x other`` target on ``metric`` (higher is better)."""
+        Each round measures ``impl`` and ``other`` within seconds of each other, so the
+        per-round ratio cancels most of the machine's drift; its median is steadier than
+        the ratio of the two medians (used only when the rounds do not pair up). None if
+        either was not measured.
+        """
+        rows_a = self.measured.samples.get(impl, [])
+        rows_b = self.measured.samples.get(other, [])
+        if rows_a and len(rows_a) == len(rows_b):
+            pairs = [
+                a[metric] / b[metric]
+                for a, b in zip(rows_a, rows_b, strict=True)
+                if metric in a and metric in b and b[metric] != 0
+            ]
+            if len(pairs) == len(rows_a):
+                return statistics.median(pairs)
+        a_med = self.median(impl, metric)
+        b_med = self.median(other, metric)
+        if a_med is None or b_med is None or b_med == 0:
+            return None
+        return a_med / b_med
+
+    def target_ratio(
+        self, impl: str, other: str, metric: str, at_least: float, also: str | None = None
+    ) -> TargetResult:
+        """A ``impl >= at_least x other`` target on ``metric`` (higher is better).
+
+        ``also`` names a second metric whose ratio is shown next to it for information
+        (e.g. the CPU-time figure when the machine is busy); only ``metric`` decides.
+        """
         label = f"{impl} vs {other} ({metric})"
         goal = f">= {at_least:g}x"
         value = self.ratio(impl, other, metric)
         if value is None:
             missing = other if other in self.skipped or other not in self.stats else impl
             return TargetResult(label, f"n/a ({missing} not measured)", goal, None)
-        return TargetResult(label, f"{value:.2f}x", goal, value >= at_least)
+        measured = f"{value:.2f}x"
+        extra = None if also is None else self.ratio(impl, other, also)
+        if extra is not None:
+            measured += f" ({also}: {extra:.2f}x)"
+        return TargetResult(label, measured, goal, value >= at_least)
 
     def target_ratio_below(self, impl: str, other: str, metric: str, below: float) -> TargetResult:
         """A ``impl < below x other`` target on ``metric`` (lower is better)."""
@@ -219,12 +268,31 @@ def available(module: str) -> bool:
 
 
 def timed(fn: Callable[[], Any]) -> Sample:
-    """Call ``fn`` once after a garbage collection; ``seconds`` is its wall time."""
+    """Call ``fn`` once after a garbage collection.
+
+    Metrics: ``seconds`` (wall) and ``cpu_seconds`` (this process's CPU time, which other
+    processes competing for the CPU do not inflate).
+    """
     gc.collect()
+    cpu = time.process_time()
     start = time.perf_counter()
     result = fn()
     seconds = time.perf_counter() - start
-    return Sample({"seconds": seconds}, result)
+    cpu_seconds = time.process_time() - cpu
+    return Sample({"seconds": seconds, "cpu_seconds": cpu_seconds}, result)
+
+
+def children_cpu_seconds() -> float | None:
+    """CPU time (user + system) of every child process reaped so far; None if unknown.
+
+    The difference across one ``subprocess.run`` is that child's CPU time.
+    """
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _check(
@@ -251,14 +319,14 @@ def measure(
     derive: Callable[[dict[str, float]], dict[str, float]] | None = None,
     expected: Any = _NO_EXPECTATION,
     progress: Callable[[str], None] | None = None,
-) -> tuple[dict[str, dict[str, Stat]], dict[str, str]]:
-    """Run the implementations alternately; return ``(stats, skipped)``.
+) -> Measured:
+    """Run the implementations alternately and summarise each metric.
 
     ``derive`` maps one sample's metrics to the full metric set (e.g. adds
     ``ns_per_item`` from ``seconds``); it is applied per sample, before summarising.
     ``expected``, when given, is the result every comparable implementation must produce
     in the measured rounds (on top of agreeing with each other).
-    ``skipped`` maps each implementation left out to the reason.
+    Implementations whose ``requires`` are not importable are skipped, with the reason.
     Raises :class:`ResultMismatch` as soon as two results differ.
     """
     active: list[Implementation] = []
@@ -296,7 +364,7 @@ def measure(
             continue
         keys = list(rows[0])
         stats[name] = {k: Stat.of([row[k] for row in rows]) for k in keys}
-    return stats, skipped
+    return Measured(stats, samples, skipped)
 
 
 # -- formatting ------------------------------------------------------------------------

@@ -62,8 +62,13 @@ async def _measure(n: int, seed: int) -> dict[str, float]:
     started = time.perf_counter()
     async with Scheduler(concurrency=CONCURRENCY, resources=RESOURCES, plugins=plugins) as s:
         for job in jobs:
-            s.submit(job["name"], spec, priority=job["priority"],
-                     depends_on=job["depends_on"], resources=job["resources"])
+            s.submit(
+                job["name"],
+                spec,
+                priority=job["priority"],
+                depends_on=job["depends_on"],
+                resources=job["resources"],
+            )
         submitted = time.perf_counter()
     seconds = time.perf_counter() - started
     counts = s.counts_by_state()

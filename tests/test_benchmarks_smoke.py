@@ -145,10 +145,11 @@ def test_rounds_alternate_and_mismatch_aborts(harness: Any) -> None:
 
         return harness.Implementation(name, run)
 
-    stats, skipped = harness.measure([impl("a", 1), impl("b", 1)], rounds=3, warmup=1)
+    measured = harness.measure([impl("a", 1), impl("b", 1)], rounds=3, warmup=1)
     assert calls == ["a", "b"] * 4
-    assert stats["a"]["seconds"].rounds == 3
-    assert skipped == {}
+    assert measured.stats["a"]["seconds"].rounds == 3
+    assert len(measured.samples["b"]) == 3
+    assert measured.skipped == {}
 
     with pytest.raises(harness.ResultMismatch, match="b produced 2"):
         harness.measure([impl("a", 1), impl("b", 2)], rounds=1, warmup=0)
@@ -162,9 +163,9 @@ def test_missing_peer_is_skipped(harness: Any) -> None:
         lambda: pytest.fail("must not run"),
         requires=("no_such_module_for_headwater_bench",),
     )
-    stats, skipped = harness.measure([never], rounds=1, warmup=1)
-    assert stats == {}
-    assert "no_such_module_for_headwater_bench" in skipped["ghost"]
+    measured = harness.measure([never], rounds=1, warmup=1)
+    assert measured.stats == {}
+    assert "no_such_module_for_headwater_bench" in measured.skipped["ghost"]
 
 
 def test_parse_importtime(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -177,3 +178,25 @@ def test_parse_importtime(monkeypatch: pytest.MonkeyPatch) -> None:
         "import time:      2000 |      12345 | headwater\n"
     )
     assert parse_importtime(stderr) == pytest.approx(0.012345)
+
+
+def test_ratio_pairs_rounds(harness: Any) -> None:
+    # the machine got 3x slower in round 2: per-round ratios stay 2.0
+    samples = {"a": [{"s": 1.0}, {"s": 3.0}, {"s": 1.1}], "b": [{"s": 2.0}, {"s": 6.0}, {"s": 2.2}]}
+    stats = {k: {"s": harness.Stat.of([r["s"] for r in v])} for k, v in samples.items()}
+    report = harness.ScenarioReport(
+        name="t",
+        title="t",
+        params={},
+        measured=harness.Measured(stats, samples, {}),
+        columns=[harness.Column("s", "s", harness.fmt_seconds)],
+        baseline="a",
+        ratio_metric="s",
+    )
+    assert report.ratio("b", "a", "s") == pytest.approx(2.0)
+    target = report.target_ratio("b", "a", "s", 2.5)
+    assert target.met is False
+    report.targets.append(target)
+    text = harness.render(report)
+    assert "NOT MET" in text
+    assert "2.00x" in text

@@ -221,6 +221,34 @@ async def test_max_lines_stops_reading_early(tmp_path: Path) -> None:
     assert progress[-1].total == size
 
 
+@pytest.mark.anyio
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX named pipes")
+async def test_named_pipe_has_unknown_total(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "wb") as w:
+            for i in range(3):
+                w.write(f"chunk {i}\n".encode())
+                w.flush()
+                time.sleep(0.05)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    spec = headwater.Pipeline("f").source("file.lines", path=str(fifo)).sink("collect")
+    progress = []
+    async with headwater.open_run(spec) as handle:
+        async for event in handle.events():
+            if isinstance(event, headwater.Progress):
+                progress.append(event)
+    writer.join(timeout=10)
+    assert (await handle.wait()).output == ["chunk 0", "chunk 1", "chunk 2"]
+    assert progress
+    assert all(e.total is None for e in progress)
+    assert progress[-1].done == len(b"chunk 0\n") * 3
+
+
 # -- file.lines: errors -------------------------------------------------------------------
 
 
@@ -269,9 +297,9 @@ def test_bad_params_are_validation_errors(tmp_path: Path) -> None:
         spec.run_sync()
     paths = {issue.path for issue in info.value.issues}
     assert paths == {
-        "sources.file.lines.params.encoding",
-        "sources.file.lines.params.errors",
-        "sources.file.lines.params.start_line",
+        "sources['file.lines'].params.encoding",
+        "sources['file.lines'].params.errors",
+        "sources['file.lines'].params.start_line",
     }
     assert "no-such-codec" in str(info.value)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import queue
@@ -193,6 +194,9 @@ def test_run_failing_pipeline_exits_1_with_the_stage_error(tmp_path: Path) -> No
     assert summary["state"] == "failed"
     assert summary["errors"][0]["stage"] == "steps[0].map"
     assert summary["errors"][0]["position"] == 0
+    verbose = hw("run", pipeline, "-v", cwd=tmp_path)
+    assert verbose.returncode == 1
+    assert "Traceback" in verbose.stderr  # -v shows where the error came from
 
 
 def test_run_skipped_errors_are_reported_and_counted(tmp_path: Path) -> None:
@@ -288,15 +292,27 @@ class _Lines:
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.parametrize(
-    ("signum", "code", "reason"),
-    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+    ("signum", "code", "reason", "backend"),
+    [
+        (signal.SIGINT, 130, "interrupted", "asyncio"),
+        (signal.SIGTERM, 143, "terminated", "asyncio"),
+        pytest.param(
+            signal.SIGINT,
+            130,
+            "interrupted",
+            "trio",
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec("trio") is None, reason="trio not installed"
+            ),
+        ),
+    ],
 )
 def test_signal_cancels_the_run_cleanly(
-    tmp_path: Path, signum: signal.Signals, code: int, reason: str
+    tmp_path: Path, signum: signal.Signals, code: int, reason: str, backend: str
 ) -> None:
     pipeline = write(tmp_path, "p.yaml", ENDLESS)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "headwater", "run", str(pipeline), "--json"],
+        [sys.executable, "-m", "headwater", "run", str(pipeline), "--json", "--backend", backend],
         cwd=tmp_path,
         env=_env(),
         stdout=subprocess.PIPE,
@@ -402,7 +418,9 @@ def _plugins_json(tmp_path: Path, *args: str, env: Mapping[str, str] | None = No
 
 def _owner(tmp_path: Path, kind: str, name: str) -> str:
     data = _plugins_json(tmp_path)
-    return next(c["plugin"] for c in data["components"] if (c["kind"], c["name"]) == (kind, name))
+    return str(
+        next(c["plugin"] for c in data["components"] if (c["kind"], c["name"]) == (kind, name))
+    )
 
 
 def test_plugins_json_structure(tmp_path: Path) -> None:
@@ -465,11 +483,12 @@ def test_disable_plugin_option_and_env(tmp_path: Path) -> None:
     owner = _owner(tmp_path, "sink", "collect")
     pipeline = write(tmp_path, "p.yaml", SIMPLE)
     assert hw("validate", pipeline, cwd=tmp_path).returncode == 0
-    for args, env in [
+    cases: list[tuple[list[str | Path], dict[str, str] | None]] = [
         (["--disable-plugin", owner, "validate", pipeline], None),
         (["validate", pipeline, "-p", f"no:{owner}"], None),
         (["validate", pipeline], {"HEADWATER_DISABLE_PLUGINS": f"nothing,{owner}"}),
-    ]:
+    ]
+    for args, env in cases:
         proc = hw(*args, cwd=tmp_path, env=env)
         assert_clean_error(proc)
         assert "sinks[0].sink: no sink 'collect'" in proc.stderr

@@ -222,9 +222,31 @@ def test_load_pipeline_reports_unreadable_documents(
     assert f"invalid pipeline in {path} (1 problem)" in str(info.value)
 
 
-def test_load_pipeline_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(headwater.PipelineValidationError, match="cannot read"):
+def test_load_pipeline_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(headwater.PipelineValidationError, match=r"cannot read .*nope\.yaml"):
         headwater.load_pipeline(tmp_path / "nope.yaml")
+    with pytest.raises(headwater.PipelineValidationError, match="cannot read"):
+        headwater.load_pipeline(tmp_path)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfename: x\n")
+    with pytest.raises(headwater.PipelineValidationError, match="not UTF-8 text"):
+        headwater.load_pipeline(binary)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(st.sampled_from("ab:-[]{}, \n\t'\"!&*#|>%@`0.1?"), max_size=40))
+def test_arbitrary_yaml_text_only_ever_raises_validation_errors(
+    tmp_path_factory: pytest.TempPathFactory, text: str
+) -> None:
+    path = tmp_path_factory.mktemp("yaml") / "p.yaml"
+    path.write_text(text, encoding="utf-8")
+    try:
+        headwater.load_pipeline(path)
+    except headwater.PipelineValidationError as exc:
+        error = exc
+    else:
+        return
+    assert error.issues
 
 
 # ---------------------------------------------------------------------------------------
@@ -475,6 +497,7 @@ def test_overrides_are_validated_like_the_file(tmp_path: Path) -> None:
     ("key", "path", "message"),
     [
         ("steps[9].params.size", "steps[9]", "index out of range"),
+        ("steps.¹.x", "steps.¹", "cannot --set inside this value"),
         ("steps.first.x", "steps.first", "cannot --set inside this value"),
         ("steps..x", "steps..x", "not a valid --set path"),
         ("steps[9]", "steps[9]", "cannot --set this path"),
@@ -616,7 +639,14 @@ def test_random_input_only_ever_raises_validation_errors(data: Any) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(data=anything | near_valid, overrides=st.dictionaries(st.text(max_size=12), anything))
+@given(
+    data=anything | near_valid,
+    overrides=st.dictionaries(
+        # path-like keys, including digits int() rejects (superscripts) and accepts (٣)
+        st.lists(st.sampled_from([*"ab0¹٣.[]_", *KNOWN_KEYS]), max_size=8).map("".join),
+        anything,
+    ),
+)
 def test_random_overrides_only_ever_raise_validation_errors(
     tmp_path_factory: pytest.TempPathFactory, data: Any, overrides: dict[str, Any]
 ) -> None:

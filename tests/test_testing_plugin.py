@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import headwater
+from headwater.core import plugins as plugins_module
 from headwater.hookspecs import Register
 from headwater.testing import RegisterPlugin, builtin_plugin_manager, run_pipeline
 
@@ -146,6 +147,13 @@ def test_run_pipeline_from_yaml(tmp_path: Path, headwater_plugins: headwater.Plu
         run_pipeline({"name": "x"})
 
 
+@pytest.fixture
+def _keep_default_manager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process pytester runs below replace the process-wide manager: restore it."""
+    monkeypatch.setattr(plugins_module, "_default", plugins_module._default)
+
+
+@pytest.mark.usefixtures("_keep_default_manager")
 def test_fixtures_in_a_plugin_authors_project(pytester: pytest.Pytester) -> None:
     """The fixtures work with no set-up; state is restored and plugins unregistered."""
     pytester.makepyfile(
@@ -204,6 +212,7 @@ def test_fixtures_in_a_plugin_authors_project(pytester: pytest.Pytester) -> None
     result.assert_outcomes(passed=4)
 
 
+@pytest.mark.usefixtures("_keep_default_manager")
 def test_function_scoped_fixture_restores_the_previous_manager(
     pytester: pytest.Pytester,
 ) -> None:

@@ -31,6 +31,7 @@ from ..harness import (
     ScenarioReport,
     Settings,
     available,
+    children_cpu_seconds,
     fmt_seconds,
     measure,
 )
@@ -164,15 +165,24 @@ def plugins_command(python: Path) -> tuple[list[str], str | None]:
     )
 
 
+def _with_cpu(metrics: dict[str, float], before: float | None) -> dict[str, float]:
+    after = children_cpu_seconds()
+    if before is not None and after is not None:
+        metrics["cpu_seconds"] = after - before
+    return metrics
+
+
 def timed_listing(
     argv: list[str], env: dict[str, str], cwd: Path, expected: list[str]
 ) -> Callable[[], Sample]:
     """Time ``argv`` to exit; check that exactly the ``expected`` bench plugins loaded."""
 
     def run() -> Sample:
+        cpu = children_cpu_seconds()
         start = time.perf_counter()
         proc = _run(argv, env=env, cwd=cwd)
         seconds = time.perf_counter() - start
+        metrics = _with_cpu({"seconds": seconds}, cpu)
         data = json.loads(proc.stdout)
         text = json.dumps(data.get("plugins", []))
         found = sorted({m for m in expected if m in text})
@@ -181,7 +191,7 @@ def timed_listing(
             raise ResultMismatch(
                 f"{len(found)} of {len(expected)} generated plugins listed; failures: {ours}"
             )
-        return Sample({"seconds": seconds}, len(found))
+        return Sample(metrics, len(found))
 
     return run
 
@@ -246,7 +256,7 @@ def run(settings: Settings, progress: Progress) -> ScenarioReport:
                 description="python -c pass in the venv",
             ),
         ]
-        stats, skipped = measure(impls, rounds=rounds, warmup=warmup, progress=progress)
+        measured = measure(impls, rounds=rounds, warmup=warmup, progress=progress)
     report = ScenarioReport(
         name="discovery",
         title=TITLE.replace("50", str(count)),
@@ -256,14 +266,16 @@ def run(settings: Settings, progress: Progress) -> ScenarioReport:
             "warm-up": warmup,
             "pip install": fmt_seconds(setup),
         },
-        stats=stats,
-        columns=[Column("seconds", "time", fmt_seconds)],
+        measured=measured,
+        columns=[
+            Column("seconds", "time", fmt_seconds),
+            Column("cpu_seconds", "process cpu", fmt_seconds, spread=False),
+        ],
         descriptions={i.name: i.description for i in impls},
         baseline="no_plugins",
         ratio_metric="seconds",
         ratio_header="vs no_plugins",
         ratio_higher_is_better=False,
-        skipped=skipped,
         show_descriptions=True,
     )
     report.targets.append(
@@ -276,8 +288,9 @@ def run(settings: Settings, progress: Progress) -> ScenarioReport:
 
 def _python_pass(python: Path, env: dict[str, str], cwd: Path) -> Callable[[], Sample]:
     def run() -> Sample:
+        cpu = children_cpu_seconds()
         start = time.perf_counter()
         _run([str(python), "-c", "pass"], env=env, cwd=cwd)
-        return Sample({"seconds": time.perf_counter() - start})
+        return Sample(_with_cpu({"seconds": time.perf_counter() - start}, cpu))
 
     return run

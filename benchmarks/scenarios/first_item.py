@@ -33,6 +33,7 @@ from ..harness import (
     ScenarioReport,
     Settings,
     available,
+    children_cpu_seconds,
     fmt_seconds,
     measure,
 )
@@ -104,6 +105,7 @@ def first_chunk(argv: list[str], env: dict[str, str], cwd: Path) -> Callable[[],
 
     def run() -> Sample:
         with tempfile.TemporaryFile() as errors:
+            cpu_before = children_cpu_seconds()
             start = time.perf_counter()
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, env=env, cwd=cwd)
             killer = threading.Timer(CHILD_TIMEOUT, proc.kill)
@@ -125,6 +127,7 @@ def first_chunk(argv: list[str], env: dict[str, str], cwd: Path) -> Callable[[],
                     proc.kill()
                     proc.wait()
             total = time.perf_counter() - start
+            cpu = _cpu_since(cpu_before)
             errors.seek(0)
             stderr = errors.read().decode(errors="replace").strip()
         if code != 0 or first is None:
@@ -137,7 +140,7 @@ def first_chunk(argv: list[str], env: dict[str, str], cwd: Path) -> Callable[[],
             raise ResultMismatch(
                 f"the sink wrote {len(got)} lines, not the {ITEMS} expected (first: {got[:3]})"
             )
-        return Sample({"seconds": first, "exit_seconds": total}, len(got))
+        return Sample({"seconds": first, "exit_seconds": total, **cpu}, len(got))
 
     return run
 
@@ -146,14 +149,21 @@ def wall(argv: list[str], env: dict[str, str], cwd: Path) -> Callable[[], Sample
     """Spawn ``argv`` and time it to exit."""
 
     def run() -> Sample:
+        cpu_before = children_cpu_seconds()
         start = time.perf_counter()
         subprocess.run(
             argv, env=env, cwd=cwd, check=True, timeout=CHILD_TIMEOUT, stdout=subprocess.DEVNULL
         )
         seconds = time.perf_counter() - start
-        return Sample({"seconds": seconds, "exit_seconds": seconds})
+        return Sample({"seconds": seconds, "exit_seconds": seconds, **_cpu_since(cpu_before)})
 
     return run
+
+
+def _cpu_since(before: float | None) -> dict[str, float]:
+    """``{"cpu_seconds": ...}`` of the child reaped since ``before`` (empty if unknown)."""
+    after = children_cpu_seconds()
+    return {} if before is None or after is None else {"cpu_seconds": after - before}
 
 
 def parse_importtime(stderr: str, module: str = "headwater") -> float:
@@ -223,7 +233,7 @@ def run(settings: Settings, progress: Progress) -> ScenarioReport:
                 description="python -c pass",
             ),
         ]
-        stats, skipped = measure(impls, rounds=rounds, warmup=warmup, progress=progress)
+        measured = measure(impls, rounds=rounds, warmup=warmup, progress=progress)
     report = ScenarioReport(
         name="first-item",
         title=TITLE,
@@ -232,17 +242,17 @@ def run(settings: Settings, progress: Progress) -> ScenarioReport:
             "warm-up": warmup,
             "pipeline": f"range({ITEMS}) -> map -> bench.lines (stdout)",
         },
-        stats=stats,
+        measured=measured,
         columns=[
             Column("seconds", "time", fmt_seconds),
             Column("exit_seconds", "process exit", fmt_seconds, spread=False),
+            Column("cpu_seconds", "process cpu", fmt_seconds, spread=False),
         ],
         descriptions={i.name: i.description for i in impls},
         baseline="python_pass",
         ratio_metric="seconds",
         ratio_header="vs python -c pass",
         ratio_higher_is_better=False,
-        skipped=skipped,
         show_descriptions=True,
     )
     report.targets = [

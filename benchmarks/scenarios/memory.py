@@ -93,12 +93,12 @@ def run(settings: Settings, progress: Progress) -> ScenarioReport:
             "plain_loop", _child("plain_loop", n, None), description="for-loop, same work"
         ),
     ]
-    stats, skipped = measure(impls, rounds=rounds, warmup=warmup, expected=kept, progress=progress)
+    measured = measure(impls, rounds=rounds, warmup=warmup, expected=kept, progress=progress)
     report = ScenarioReport(
         name="memory",
         title=TITLE,
         params={"N": n, "rounds": rounds, "slow sink delay": "1 ms/batch"},
-        stats=stats,
+        measured=measured,
         columns=[
             Column("rss_bytes", "peak RSS", fmt_bytes),
             Column("seconds", "work time", fmt_seconds, spread=False),
@@ -107,7 +107,6 @@ def run(settings: Settings, progress: Progress) -> ScenarioReport:
         baseline="import_headwater",
         ratio_metric="rss_bytes",
         ratio_header="RSS vs import_headwater",
-        skipped=skipped,
     )
     report.targets = [
         report.target_below(

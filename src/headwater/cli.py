@@ -74,6 +74,7 @@ EXIT_SIGTERM = 143
 """The run was stopped by SIGTERM: 128 + 15."""
 
 KINDS = ("action", "transformer", "sink", "exporter")
+"""The values of ``ComponentKind``, spelled out so that ``--help`` imports no core module."""
 
 _MAX_ERROR_LINES = 5
 """Handled errors printed per stage while a run goes on; the rest are only counted."""
@@ -183,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         parents=[common],
         help="run a pipeline file with live progress",
-        description="Run a pipeline YAML file. Progress bars and the summary go to stderr; "
+        description="Run a pipeline YAML file. Progress bars and the summary go to stderr;\n"
         "stdout is left to sinks (and to --json). Ctrl-C cancels the run cleanly.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -413,7 +414,10 @@ def _num(value: float) -> str:
 
 
 def _rate(value: Any) -> str:
-    if not isinstance(value, int | float) or value != value or value in (float("inf"),):
+    """An items-per-second figure, or ``-`` when there is none (no time elapsed)."""
+    import math
+
+    if not isinstance(value, int | float) or not math.isfinite(value):
         return "-"
     return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
 
@@ -731,7 +735,10 @@ async def _execute(
     return result, (received[0] if received else None)
 
 
-def _print_summary(console: Console, result: RunResult, resolved: ResolvedPipeline) -> None:
+def _print_summary(
+    console: Console, result: RunResult, resolved: ResolvedPipeline, *, verbose: bool = False
+) -> None:
+    """The end of a run on stderr: outcome, per-stage counts, sink outputs, errors."""
     from rich.table import Table
     from rich.text import Text
 
@@ -779,9 +786,15 @@ def _print_summary(console: Console, result: RunResult, resolved: ResolvedPipeli
         console.print(Text(f"output of {sink}: {shown}"), soft_wrap=True)
     for error in result.errors:
         console.print(Text(f"error: {error}", style="red"), soft_wrap=True)
+        cause = getattr(error, "cause", None)
+        if verbose and isinstance(cause, BaseException):
+            import traceback
+
+            console.print(Text("".join(traceback.format_exception(cause)).rstrip(), style="dim"))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    """``headwater run``: run a pipeline file with progress, a summary and exit code."""
     import importlib.util
 
     import anyio
@@ -797,7 +810,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         result, signum = anyio.run(_execute, spec, manager, view, backend=args.backend)
     finally:
         view.stop()
-    _print_summary(err, result, resolved)
+    _print_summary(err, result, resolved, verbose=_verbosity(args) > 0)
     if args.json:
         outputs = _in_order(result.outputs, _sink_keys(resolved))
         summary = dict(result.summary)
@@ -817,6 +830,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    """``headwater validate``: check shape, components and params; print OK."""
     spec = _load_spec(args)
     resolved, _ = _prepare(args, spec)
     n_src, n_steps, n_sinks = len(resolved.sources), len(resolved.steps), len(resolved.sinks)
@@ -831,6 +845,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
+    """``headwater schema``: the JSON Schema of pipeline files."""
     from .core.pipeline import PipelineSpec
 
     _print_json(PipelineSpec.model_json_schema())
@@ -843,22 +858,16 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _metadata(component: Component) -> dict[str, Any]:
-    """``component.metadata()``, still describing a component whose schema fails."""
+    """``component.metadata()``; a params model without a JSON Schema does not break it."""
+    import dataclasses
+
     try:
         return component.metadata()
-    except Exception as exc:  # a params model pydantic cannot turn into JSON Schema
-        return {
-            "name": component.name,
-            "kind": str(component.kind),
-            "plugin": component.plugin,
-            "distribution": component.distribution,
-            "version": component.version,
-            "description": component.description,
-            "output": component.output,
-            "capabilities": sorted(str(c) for c in component.capabilities),
-            "params_schema": None,
-            "params_schema_error": f"{type(exc).__name__}: {exc}",
-        }
+    except Exception as exc:  # e.g. a params field of a type pydantic cannot describe
+        meta = dataclasses.replace(component, params=None).metadata()
+        meta["params_schema"] = None
+        meta["params_schema_error"] = f"{type(exc).__name__}: {exc}"
+        return meta
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
@@ -965,6 +974,7 @@ def _suggest(name: str, candidates: Iterable[str]) -> list[str]:
 
 
 def _cmd_describe(args: argparse.Namespace) -> int:
+    """``headwater describe``: one component's metadata and params schema."""
     manager = _plugin_manager(args)
     registry = manager.registry
     found = registry.find(args.name)
@@ -976,8 +986,8 @@ def _cmd_describe(args: argparse.Namespace) -> int:
         message = f"no {args.kind or 'component'} named {args.name!r}"
         elsewhere = [str(c.kind) for c in registry.find(args.name)]
         if elsewhere:
-            message += f"; {args.name!r} is a{'n' if elsewhere[0][0] in 'ae' else ''} "
-            message += " and a ".join(elsewhere)
+            kinds_found = " and ".join(f"a{'n' * (k[0] in 'ae')} {k}" for k in elsewhere)
+            message += f"; {args.name!r} is {kinds_found}"
         suggestions = _suggest(args.name, names)
         if suggestions:
             message += f"; did you mean {' or '.join(repr(s) for s in suggestions)}?"

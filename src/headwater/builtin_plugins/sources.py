@@ -6,6 +6,7 @@ import codecs
 import contextlib
 import os
 import queue
+import stat
 import sys
 from collections.abc import AsyncIterator, Iterable
 from threading import Event, Thread
@@ -199,7 +200,8 @@ class _LineReader:
         self.block_size = params.block_size
         self.splitter = _LineSplitter(params.encoding, params.errors, params.strip_newline)
         self.file: IO[bytes] | None = None
-        self.size = 0
+        self.size: int | None = 0
+        """Size of a regular file at open (None for pipes and devices)."""
         self.bytes_read = 0
         self.eof = False
 
@@ -208,14 +210,17 @@ class _LineReader:
         path = os.path.expanduser(self.path)
         where = "" if os.path.isabs(path) else f" (resolved to {os.path.abspath(path)!r})"
         try:
-            self.file = open(path, "rb")  # noqa: SIM115 - closed by close()
+            # unbuffered: one read() syscall per block, which also returns promptly with
+            # what is there on a FIFO or a character device
+            self.file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
         except FileNotFoundError:
             raise FileNotFoundError(f"no such file: {self.path!r}{where}") from None
         except IsADirectoryError:
             raise IsADirectoryError(f"{self.path!r} is a directory, not a file{where}") from None
         except OSError as exc:
             raise type(exc)(f"cannot open {self.path!r}{where}: {exc.strerror or exc}") from exc
-        self.size = os.fstat(self.file.fileno()).st_size
+        info = os.fstat(self.file.fileno())
+        self.size = info.st_size if stat.S_ISREG(info.st_mode) else None
 
     def close(self) -> None:
         """Close the file (idempotent)."""
@@ -260,7 +265,8 @@ async def file_lines_source(
         remaining = params.max_lines
         while not reader.eof and remaining != 0:
             lines = await anyio.to_thread.run_sync(reader.read_block)
-            ctx.progress(reader.bytes_read, max(reader.size, reader.bytes_read))
+            size = reader.size
+            ctx.progress(reader.bytes_read, None if size is None else max(size, reader.bytes_read))
             if skip:
                 if skip >= len(lines):
                     skip -= len(lines)

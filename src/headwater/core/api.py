@@ -9,7 +9,7 @@ from typing import Any, Literal, Protocol
 
 import anyio
 
-from .pipeline import PipelineSpec, load_pipeline, parse_pipeline, resolve
+from .pipeline import PipelineSpec, ResolvedPipeline, load_pipeline, parse_pipeline, resolve
 from .plugins import PluginManager, get_plugin_manager
 from .runtime import RunHandle, RunResult, create_run, execute
 
@@ -39,15 +39,26 @@ def _to_spec(pipeline: PipelineLike) -> tuple[PipelineSpec, str | None]:
     raise TypeError(f"not a pipeline: {pipeline!r}")
 
 
-def prepare(pipeline: PipelineLike, plugins: PluginManager | None = None) -> Any:
-    """Validate a pipeline against the registered components (raises on any problem)."""
-    spec, source = _to_spec(pipeline)
-    if plugins is None:
-        if spec.plugins.disable:
-            plugins = PluginManager(disable=spec.plugins.disable).load()
-        else:
-            plugins = get_plugin_manager()
-    return resolve(spec, plugins.load(), source=source), plugins
+def prepare(
+    pipeline: PipelineLike,
+    plugins: PluginManager | None = None,
+    *,
+    source: str | None = None,
+) -> tuple[ResolvedPipeline, PluginManager]:
+    """Validate a pipeline against the registered components (raises on any problem).
+
+    When the pipeline disables plugins (``plugins: {disable: [...]}``) that are loaded in
+    ``plugins`` (default: the process-wide manager), a new manager is loaded with both
+    lists of disabled plugins and the same strictness. ``source`` names the file in
+    error messages.
+    """
+    spec, origin = _to_spec(pipeline)
+    base = plugins if plugins is not None else get_plugin_manager()
+    wanted = set(spec.plugins.disable)
+    if wanted - base.disabled:
+        base = PluginManager(disable=base.disabled | wanted, strict=base.strict)
+    manager = base.load()
+    return resolve(spec, manager, source=source or origin), manager
 
 
 async def run(

@@ -148,6 +148,8 @@ class BatchChannel:
 class ThreadFeed:
     """Carries items from a worker thread (a sync generator) into a :class:`BatchChannel`.
 
+    Create it on the event loop; the producing thread may be any thread.
+
     The thread appends under a lock and wakes the event loop only when the buffer goes
     from empty to non-empty; it blocks while the buffer is full (backpressure reaches the
     generator) and stops at the next item once :meth:`stop` was called.
@@ -163,6 +165,9 @@ class ThreadFeed:
         self._done = False
         self.error: BaseException | None = None
         self._ready = anyio.Event()
+        # must be created on the event loop: the worker is a plain daemon thread, which
+        # needs the loop's token to call back into it
+        self._token = anyio.lowlevel.current_token()
 
     # -- thread side --------------------------------------------------------------------
 
@@ -189,11 +194,10 @@ class ThreadFeed:
             ready = self._ready
         self._wake_from_thread(ready)
 
-    @staticmethod
-    def _wake_from_thread(ready: anyio.Event) -> None:
+    def _wake_from_thread(self, ready: anyio.Event) -> None:
         # RuntimeError: the event loop is gone, the run was torn down and nobody waits
         with contextlib.suppress(RuntimeError):
-            anyio.from_thread.run_sync(ready.set)
+            anyio.from_thread.run_sync(ready.set, token=self._token)
 
     @property
     def stopped(self) -> bool:

@@ -266,6 +266,11 @@ def load_pipeline(path: str | Path, overrides: Mapping[str, Any] | None = None) 
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        problem = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+        raise PipelineValidationError(
+            [ValidationIssue("", f"cannot read {path}: {problem}")], str(path)
+        ) from None
     except OSError as exc:
         raise PipelineValidationError(
             [ValidationIssue("", f"cannot read {path}: {exc.strerror or exc}")], str(path)
@@ -280,8 +285,13 @@ def load_pipeline(path: str | Path, overrides: Mapping[str, Any] | None = None) 
             [ValidationIssue("", f"not valid YAML: {where}{problem}")], str(path)
         ) from None
     if overrides:
-        if not isinstance(data, dict):
+        if data is None:
             data = {}
+        if not isinstance(data, dict):
+            raise PipelineValidationError(
+                [ValidationIssue("", f"a pipeline must be a mapping, got {type(data).__name__}")],
+                str(path),
+            )
         for key, value in overrides.items():
             apply_override(data, key, value, source=str(path))
     return parse_pipeline(data, source=str(path))
@@ -299,7 +309,7 @@ def apply_override(
         if not m or (not m.group(1) and not m.group(2)):
             raise PipelineValidationError([ValidationIssue(key, "not a valid --set path")], source)
         if m.group(1):
-            parts.append(int(m.group(1)) if m.group(1).isdigit() else m.group(1))
+            parts.append(int(m.group(1)) if m.group(1).isdecimal() else m.group(1))
         parts.extend(int(i) for i in re.findall(r"\[(\d+)\]", m.group(2)))
     node: Any = data
     for i, part in enumerate(parts[:-1]):
@@ -408,11 +418,11 @@ def resolve(spec: PipelineSpec, registry: Any, *, source: str | None = None) -> 
     issues: list[ValidationIssue] = []
     sources: dict[str, ResolvedStage] = {}
     for name, src in spec.sources.items():
-        path = f"sources.{name}"
+        path = f"sources.{name}" if name.isidentifier() else f"sources[{name!r}]"
         comp = _lookup(registry, ComponentKind.ACTION, src.action, f"{path}.action", issues)
         if comp is not None:
             params = _validate_params(comp, src.params, path, issues)
-            sources[name] = ResolvedStage(path, comp, params)
+            sources[name] = ResolvedStage(f"sources.{name}", comp, params)
     steps: list[ResolvedStage] = []
     for i, step in enumerate(spec.steps):
         path = f"steps[{i}]"

@@ -163,6 +163,11 @@ class PluginManager:
         return self
 
     @property
+    def strict(self) -> bool:
+        """True when a plugin that fails to load raises :class:`PluginLoadError`."""
+        return self._strict
+
+    @property
     def disabled(self) -> frozenset[str]:
         """Plugin or distribution names that are not loaded."""
         return frozenset(self._disabled)
@@ -335,9 +340,9 @@ class PluginManager:
 
     def _fail(self, failure: LoadFailure, exc: BaseException | None) -> None:
         self.failures.append(failure)
-        log.warning("%s", failure)
         if self._strict:
             raise PluginLoadError(str(failure)) from exc
+        log.warning("%s", failure)
 
     # -- lookups ----------------------------------------------------------------------
 

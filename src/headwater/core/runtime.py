@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import threading
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -310,6 +311,7 @@ class _Run:
 
     async def execute(self) -> RunResult:
         started = time.monotonic()
+        self.events.bind_loop()
         self.state = "running"
         try:
             await self.plugins.pipeline_started(self.spec, self.identity.run_id)
@@ -357,7 +359,7 @@ class _Run:
             "state": state,
             "elapsed_seconds": elapsed,
             "items_in": produced,
-            "items_per_second": produced / elapsed if elapsed > 0 else math.inf,
+            "items_per_second": produced / elapsed if elapsed > 0 else None,
             "time_to_first_item_seconds": self._first_item_at,
             "stages": {name: s.to_dict() for name, s in self.stats.items()},
             "errors": [
@@ -462,7 +464,12 @@ class _Run:
         return downstream
 
     async def _producer(self, out: _Output, body: Callable[..., Any], *args: Any) -> None:
-        """Run a producing task in its own scope, so its consumer can stop it."""
+        """Run a producing task in its own scope, so its consumer can stop it.
+
+        The end of the stream is signalled downstream only when the producer finished
+        cleanly (or was stopped by its consumer), never when the run is failing: a sink
+        must not mistake a failure for a complete stream.
+        """
         with anyio.CancelScope() as scope:
             out.add_producer_scope(scope)
             try:
@@ -470,8 +477,9 @@ class _Run:
             except DownstreamClosed:
                 pass
             except _Stop:
-                pass
-        out.close_writer()
+                return
+        if not self.errors:
+            out.close_writer()
 
     async def _fused_stage(self, inp: BatchChannel, out: _Output, steps: list[FusedStep]) -> None:
         stats = [self.stats[s.stage] for s in steps]
@@ -700,28 +708,34 @@ class _Run:
     ) -> None:
         """Move an async generator's output into ``out``; always ``aclose`` it."""
         produced = 0
+        base = stats.items_out
         try:
             if batched or not isinstance(out, BatchChannel):
+                base = stats.items_out
                 async for chunk in agen:
                     chunk = list(chunk) if batched else [chunk]
                     produced += len(chunk)
+                    stats.items_out = base + produced
                     self._mark_items(len(chunk))
                     await out.put_batch(chunk)
             else:
                 items = out.items
                 append = items.append
                 cap = out.capacity
+                base = stats.items_out
                 async for item in agen:
                     append(item)
                     produced += 1
                     n = len(items)
                     if n == 1:
                         self._mark_items(1)
+                        stats.items_out = base + produced
                         if out.reader_closed:
                             raise DownstreamClosed
                         out.wake()
                     elif n >= cap:
                         self._mark_items(n)
+                        stats.items_out = base + produced
                         await out.pushed()
         except (DownstreamClosed, _Stop, anyio.get_cancelled_exc_class()):
             raise
@@ -729,7 +743,7 @@ class _Run:
             await self._fail(self._stage_error(stage, produced, exc))
             raise _Stop from exc
         finally:
-            stats.items_out += produced
+            stats.items_out = base + produced
             with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_GRACE):
                 try:
                     await agen.aclose()
@@ -766,27 +780,28 @@ class _Run:
                         error = error or exc
                 feed.finish(error)
 
-        async with anyio.create_task_group() as inner:
-            inner.start_soon(lambda: anyio.to_thread.run_sync(work, abandon_on_cancel=True))
-            try:
-                while True:
-                    items, done = await feed.drain()
-                    if items:
-                        if batched:
-                            items = [x for chunk in items for x in chunk]
-                        stats.items_out += len(items)
-                        self._mark_items(len(items))
-                        await out.put_batch(items)
-                    if done:
-                        if feed.error is not None:
-                            err = feed.error
-                            if isinstance(err, Exception):
-                                await self._fail(self._stage_error(stage, stats.items_out, err))
-                                raise _Stop from err
-                            raise err
-                        break
-            finally:
-                feed.stop()
+        # A daemon thread rather than an anyio worker: a generator blocked on input (a pipe,
+        # a socket) must not keep the process alive after its run was cancelled.
+        threading.Thread(target=work, name=f"headwater {stage.stage}", daemon=True).start()
+        try:
+            while True:
+                items, done = await feed.drain()
+                if items:
+                    if batched:
+                        items = [x for chunk in items for x in chunk]
+                    stats.items_out += len(items)
+                    self._mark_items(len(items))
+                    await out.put_batch(items)
+                if done:
+                    if feed.error is not None:
+                        err = feed.error
+                        if isinstance(err, Exception):
+                            await self._fail(self._stage_error(stage, stats.items_out, err))
+                            raise _Stop from err
+                        raise err
+                    break
+        finally:
+            feed.stop()
 
     # -- sinks --------------------------------------------------------------------------
 
@@ -800,6 +815,8 @@ class _Run:
                     break
                 sink.stats.items_in += len(batch)
                 await self._write(sink, batch)
+            if self.errors or self._cancel_reason is not None:
+                return  # the run is ending abnormally: closed with its error by _run_graph
             with anyio.CancelScope(shield=True):
                 result = await sink.close(None)
             self.outputs[spec.stage.removeprefix("sinks.")] = result

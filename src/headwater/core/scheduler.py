@@ -204,6 +204,7 @@ class ScheduledRun:
         prepared: tuple[ResolvedPipeline, Any] | None,
         data: dict[str, Any] | None,
         inputs: dict[str, str],
+        first_sink: str,
     ) -> None:
         self._scheduler = scheduler
         self.name: str = request.name
@@ -232,11 +233,14 @@ class ScheduledRun:
         """The latest :class:`~headwater.Progress` of each stage of the running pipeline."""
         self.last_progress: Progress | None = None
         """The most recent progress event of any stage."""
+        self.first_sink = first_sink
+        """Result key of the pipeline's first declared sink (what :attr:`output` reads)."""
         self._state: ScheduledState = "pending"
         self._prepared = prepared
         self._data = data
         self._inputs = inputs
         self._handle: RunHandle | None = None
+        self._run_id: str | None = None
         self._history: list[RunStateChanged] = []
         self._subscribers: list[_Subscriber] = []
         self._done: anyio.Event | None = None
@@ -263,8 +267,27 @@ class ScheduledRun:
 
     @property
     def handle(self) -> RunHandle | None:
-        """The underlying :class:`~headwater.RunHandle` once the run started."""
+        """The underlying :class:`~headwater.RunHandle` while the pipeline runs.
+
+        Released when the run ends (``result`` keeps what it produced), so that many
+        finished runs cost little memory.
+        """
         return self._handle
+
+    @property
+    def output(self) -> Any:
+        """The result of the pipeline's first declared sink (None until it succeeded).
+
+        This is what a ``{from_run: NAME}`` source of a dependent run reads.
+        """
+        if self.result is None:
+            return None
+        return self.result.outputs.get(self.first_sink)
+
+    @property
+    def run_id(self) -> str | None:
+        """The pipeline run's id (as in events and hooks) once it started."""
+        return self.result.run_id if self.result is not None else self._run_id
 
     @property
     def effective_priority(self) -> float:
@@ -464,8 +487,14 @@ class Scheduler:
         if exc is not None:
             self._shutdown(f"scheduler closed ({type(exc).__name__})")
         self._closed = True
+        unwrap = False
         try:
             suppress = await tg.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # the task group wraps the body's own exception: hand it back as it was
+            if exc is None or len(group.exceptions) != 1 or group.exceptions[0] is not exc:
+                raise
+            unwrap = True
         finally:
             self._tg = None
             # A task cancelled before it ever ran (asyncio) never settled its run.
@@ -473,6 +502,9 @@ class Scheduler:
                 if not run.done:
                     why = run._cancel_reason or "scheduler closed"
                     self._finish(run, "cancelled", reason=why, error=PipelineCancelled(why))
+        if unwrap:
+            assert exc is not None
+            raise exc
         if caught is not None and not suppress:
             raise caught
         return suppress
@@ -532,7 +564,7 @@ class Scheduler:
             if not issues:
                 order, cycle_issues = self._order(names)
                 issues.extend(cycle_issues)
-        prepared: dict[str, tuple[Any, Any, Any, dict[str, str]]] = {}
+        prepared: dict[str, tuple[Any, Any, Any, dict[str, str], str]] = {}
         if not issues:
             for req in batch:
                 entry, problems = self._prepare(req)
@@ -547,7 +579,7 @@ class Scheduler:
         try:
             for name in order:
                 req = names[name]
-                resolved, pm, data, inputs = prepared[name]
+                resolved, pm, data, inputs, first_sink = prepared[name]
                 run = ScheduledRun(
                     self,
                     req,
@@ -555,6 +587,7 @@ class Scheduler:
                     (resolved, pm) if resolved is not None else None,
                     data,
                     inputs,
+                    first_sink,
                 )
                 self._register(run)
                 created[name] = run
@@ -670,8 +703,8 @@ class Scheduler:
 
     def _prepare(
         self, req: RunRequest
-    ) -> tuple[tuple[Any, Any, Any, dict[str, str]] | None, list[ValidationIssue]]:
-        """Validate the pipeline; returns ``(resolved, pm, data, inputs)`` or the issues.
+    ) -> tuple[tuple[Any, Any, Any, dict[str, str], str] | None, list[ValidationIssue]]:
+        """Validate the pipeline; returns ``(resolved, pm, data, inputs, first_sink)``.
 
         A pipeline without ``from_run`` sources is resolved once, here. One with
         ``from_run`` sources is validated with a placeholder and resolved again, with the
@@ -742,9 +775,10 @@ class Scheduler:
             return None, [ValidationIssue(f"{name}.pipeline", str(exc))]
         if issues:
             return None, issues
+        first_sink = resolved.sinks[0].stage.removeprefix("sinks.")
         if inputs:
-            return (None, pm, data_for_start, inputs), []
-        return (resolved, pm, None, inputs), []
+            return (None, pm, data_for_start, inputs, first_sink), []
+        return (resolved, pm, None, inputs, first_sink), []
 
     def _register(self, run: ScheduledRun) -> None:
         self._runs[run.name] = run
@@ -964,6 +998,7 @@ class Scheduler:
             current.reason = why
             current.finished_at = time.monotonic()
             current._entry = None
+            current._handle = current._prepared = current._data = None
             if new == "failed":
                 current._root_cause = f"{current.name!r} failed"
             elif new == "cancelled":
@@ -1093,7 +1128,7 @@ class Scheduler:
         sources = dict(run._data["sources"])
         for sname, upstream in run._inputs.items():
             up = self._runs[upstream]
-            output = up.result.output if up.result is not None else None
+            output = up.output
             if isinstance(output, str | bytes | Mapping) or not isinstance(output, Iterable):
                 shown = type(output).__name__ if output is not None else "nothing"
                 raise SchedulerError(
@@ -1116,6 +1151,7 @@ class Scheduler:
             resolved, pm = self._resolve(run)
             handle = create_run(resolved, pm)
             run._handle = handle
+            run._run_id = handle.run_id
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._forward, run, handle)
                 result = await handle.start()

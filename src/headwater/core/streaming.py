@@ -354,6 +354,7 @@ class _Stream:
         "last_push",
         "metadata",
         "pending_error",
+        "pressure",
         "replay",
         "replay_bytes",
         "seq",
@@ -382,6 +383,8 @@ class _Stream:
         self.last_push = anyio.current_time()
         self.timer: anyio.CancelScope | None = None
         self.pending_error: StreamError | None = None
+        self.pressure = False
+        """A client queue is at least half full: the pusher should let drain tasks run."""
         self.stats = _Counters()
         self.metadata = dict(metadata)
         self.created_at = time.time()
@@ -851,7 +854,10 @@ class StreamingManager:
         payload = self._encode_chunk(stream, data)
         if stream.blocking:
             await self._wait_for_room(stream)
-        return self._publish(stream, payload)
+        seq = self._publish(stream, payload)
+        if stream.pressure:
+            await self._yield_to_clients(stream)
+        return seq
 
     async def push_many(self, stream_id: str, chunks: Iterable[Any]) -> int:
         """Push several chunks in order (one ``seq`` each); returns the last ``seq``.
@@ -870,6 +876,8 @@ class StreamingManager:
             elif stream.closed:
                 raise self._gone(stream.id)
             seq = self._publish(stream, payload)
+            if stream.pressure:
+                await self._yield_to_clients(stream)
         return seq
 
     async def forward_event(self, stream_id: str, event: Event) -> None:
@@ -1100,6 +1108,19 @@ class StreamingManager:
         if stream.blocking:
             await self._wait_for_room(stream)
         self._enqueue(stream, frame)
+        if stream.pressure:
+            await self._yield_to_clients(stream)
+
+    async def _yield_to_clients(self, stream: _Stream) -> None:
+        """Let the drain tasks run before the next push.
+
+        A pusher that never suspends would fill every queue, fast clients' included,
+        before any drain task runs. Once a queue is half full, the pusher yields once per
+        push: clients that keep up empty their queues, and only those that really lag
+        reach the slow-consumer policy.
+        """
+        stream.pressure = False
+        await anyio.lowlevel.checkpoint()
 
     def _enqueue(self, stream: _Stream, frame: Frame) -> None:
         slow: list[_Subscriber] | None = None
@@ -1118,6 +1139,8 @@ class StreamingManager:
                 # "block": the pusher waited for room; another pusher may have taken it
                 # in between only through a bug, so accept being one over.
             queue.append(frame)
+            if 2 * len(queue) >= sub.capacity:
+                stream.pressure = True
             if sub.data_waiter is not None:
                 sub.wake()
         if slow:
