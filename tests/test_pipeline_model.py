@@ -307,8 +307,8 @@ def test_empty_sources_and_sinks_are_rejected() -> None:
 
 def test_several_sources_need_a_compose() -> None:
     data = minimal(sources={"a": {"action": "range"}, "b": {"action": "range"}})
-    [(_, message)] = issues_of(data)
-    assert message == "2 sources need a compose (merge, zip or concat)"
+    [(path, message)] = issues_of(data)
+    assert (path, message) == ("compose", "2 sources need a compose (merge, zip or concat)")
 
 
 def test_compose_referencing_unknown_sources() -> None:
@@ -316,8 +316,8 @@ def test_compose_referencing_unknown_sources() -> None:
         sources={"a": {"action": "range"}, "b": {"action": "range"}},
         compose={"merge": ["a", "c"]},
     )
-    [(_, message)] = issues_of(data)
-    assert message == "compose.merge names unknown source(s) 'c'; sources are 'a', 'b'"
+    [(path, message)] = issues_of(data)
+    assert (path, message) == ("compose.merge", "names unknown source(s) 'c'; sources are 'a', 'b'")
 
 
 def test_compose_must_use_every_source() -> None:

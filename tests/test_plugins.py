@@ -970,10 +970,25 @@ def test_every_hookspec_has_a_test(name: str) -> None:
 
 
 def test_every_hookspec_is_known_to_the_manager() -> None:
-    """Unknown-hook suggestions and the typed facade cover every specification."""
+    """Every specification is added, so implementations of it are validated."""
     pm = headwater.PluginManager(load_entry_points=False)
     for name, _ in hookspec_functions():
         assert pm._pm.hook.__dict__[name].has_spec()  # white-box: pluggy's hook relay
+
+
+@pytest.mark.parametrize("name", [name for name, _ in hookspec_functions()])
+def test_every_hookspec_is_reachable_through_the_typed_facade(name: str) -> None:
+    """Core code never calls ``pm.hook.x(...)`` untyped (tox's facade, one method per hook).
+
+    Collection hooks are called by the manager itself when a plugin registers; every other
+    hook needs a :class:`headwater.PluginManager` method with the specification's arguments.
+    """
+    if name in plugins_module._COLLECTION_HOOKS:
+        return
+    method = getattr(headwater.PluginManager, name, None)
+    assert callable(method), f"PluginManager has no method for hook {name!r}"
+    spec_args = list(inspect.signature(getattr(hookspecs, name)).parameters)
+    assert list(inspect.signature(method).parameters)[1:] == spec_args
 
 
 @pytest.mark.parametrize("name", [name for name, _ in hookspec_functions()])

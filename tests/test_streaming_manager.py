@@ -321,6 +321,26 @@ async def test_register_and_deregister() -> None:
         assert await mgr.deregister_all("a") == []
 
 
+async def test_resubscribing_keeps_messages_in_order() -> None:
+    async with StreamingManager(config()) as mgr:
+        await mgr.create_stream("s")
+        client = MemoryClient()
+        client.stall()
+        await mgr.register_client("s", "c", client, ref="first")
+        await settle()  # stuck sending the first `subscribed`
+        await mgr.deregister_client("s", "c", ref="bye")
+        await mgr.register_client("s", "c", client, ref="again")
+        await mgr.push("s", 1)
+        client.release()
+        await client.wait_for(lambda c: c.seqs() == [1])
+        assert client.types() == ["subscribed", "unsubscribed", "subscribed", "stream_update"]
+        assert [m["ref"] for m in client.messages[:3]] == ["first", "bye", "again"]
+        with pytest.raises(ValueError, match="queue_size"):
+            await mgr.register_client("s", "d", MemoryClient(), queue_size=0)
+        with pytest.raises(ValueError, match="since"):
+            await mgr.register_client("s", "d", MemoryClient(), since=-1)
+
+
 async def test_silent_deregistration_cancels_a_stalled_send() -> None:
     async with StreamingManager(config()) as mgr:
         await mgr.create_stream("s")
@@ -965,6 +985,20 @@ async def test_shutdown_gives_up_on_stalled_clients() -> None:
             await mgr.register_client("s", "stuck", stuck)
             await mgr.push("s", 1)
     assert stuck.messages == []
+
+
+async def test_cancelling_the_enclosing_scope() -> None:
+    stuck = MemoryClient("stuck")
+    stuck.stall()
+    with anyio.fail_after(WAIT), anyio.CancelScope() as scope:
+        async with StreamingManager(config(shutdown_grace=0.05)) as mgr:
+            await mgr.create_stream("s")
+            await mgr.register_client("s", "stuck", stuck)
+            await mgr.push("s", 1)
+            scope.cancel()
+            await anyio.sleep_forever()
+    assert scope.cancelled_caught
+    assert not mgr.running
 
 
 async def test_explicit_shutdown_is_idempotent() -> None:

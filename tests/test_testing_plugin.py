@@ -111,6 +111,37 @@ def test_register_plugin_refuses_a_disabled_plugin(
         register_plugin(CountPlugin(), "off")
 
 
+def test_register_plugin_with_a_lenient_manager(pytester: pytest.Pytester) -> None:
+    """An overridden, non-strict ``headwater_plugins`` still makes broken plugins raise."""
+    pytester.makeconftest(
+        """
+        import pytest
+        from headwater.testing import builtin_plugin_manager
+
+        @pytest.fixture
+        def headwater_plugins():
+            return builtin_plugin_manager(strict=False)
+        """
+    )
+    pytester.makepyfile(
+        """
+        import headwater
+        import pytest
+
+        class Broken:
+            @headwater.hookimpl
+            def register_actoins(self, register):
+                pass
+
+        def test_broken(register_plugin, headwater_plugins):
+            with pytest.raises(headwater.PluginLoadError, match="did you mean"):
+                register_plugin(Broken(), "broken")
+            assert headwater_plugins.failures[0].stage == "unknown-hook"
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
 def test_run_pipeline_with_plugin_objects() -> None:
     result = run_pipeline(PIPELINE, plugins=[CountPlugin()])
     assert result.output == [0, 1, 2]

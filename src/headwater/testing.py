@@ -110,20 +110,7 @@ def builtin_plugin_manager(*, strict: bool = True, disable: Iterable[str] = ()) 
 
 def _unregister(manager: PluginManager, name: str) -> None:
     """Remove a plugin and every component it contributed from ``manager``."""
-    # The manager has no public unregister yet; this reaches into its pluggy manager and
-    # registry, which this module (part of headwater) is allowed to do.
-    from .core.components import ComponentKind
-
-    info = manager.plugins.pop(name, None)
-    if manager._pm.get_plugin(name) is not None:
-        manager._pm.unregister(name=name)
-    if info is None:
-        return
-    for entry in info.components:
-        kind, _, component = entry.partition(":")
-        table = manager.registry._by_kind[ComponentKind(kind)]
-        if component in table and table[component].plugin == name:
-            del table[component]
+    manager.unregister(name)
 
 
 @pytest.fixture
@@ -168,10 +155,14 @@ def register_plugin(headwater_plugins: PluginManager) -> Iterator[RegisterPlugin
         if not headwater_plugins.register(
             plugin, plugin_name, distribution=distribution, version=version
         ):
-            # Only reached when the plugin is disabled: failures raise in strict mode.
+            # A strict manager has raised already; a non-strict one (an overridden
+            # ``headwater_plugins``) records the failure, or the plugin is disabled.
             from .core.errors import PluginLoadError
 
-            raise PluginLoadError(f"plugin {plugin_name!r} is disabled")
+            info = headwater_plugins.plugins.get(plugin_name)
+            if info is not None and info.disabled:
+                raise PluginLoadError(f"plugin {plugin_name!r} is disabled")
+            raise PluginLoadError(str(headwater_plugins.failures[-1]))
         registered.append(plugin_name)
         return headwater_plugins.plugins[plugin_name]
 

@@ -9,6 +9,7 @@ the pipeline against the registered components: every name must exist, and every
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,18 +188,21 @@ class PipelineSpec(BaseModel):
         if self.compose is None:
             if len(self.sources) > 1:
                 raise ValueError(
-                    f"{len(self.sources)} sources need a compose (merge, zip or concat)"
+                    f"compose: {len(self.sources)} sources need a compose (merge, zip or concat)"
                 )
             return self
         unknown = [n for n in self.compose.names if n not in self.sources]
         if unknown:
             raise ValueError(
-                f"compose.{self.compose.mode} names unknown source(s) "
+                f"compose.{self.compose.mode}: names unknown source(s) "
                 f"{', '.join(map(repr, unknown))}; sources are {', '.join(map(repr, self.sources))}"
             )
         unused = [n for n in self.sources if n not in self.compose.names]
         if unused:
-            raise ValueError(f"source(s) {', '.join(map(repr, unused))} not used by compose")
+            raise ValueError(
+                f"compose.{self.compose.mode}: source(s) {', '.join(map(repr, unused))} "
+                "not used by compose"
+            )
         return self
 
     def source_order(self) -> list[str]:
@@ -237,7 +241,19 @@ def _issues_from(exc: ValidationError, prefix: Sequence[int | str] = ()) -> list
             msg = "unknown key"
         elif err["type"] == "missing":
             msg = "required key is missing"
-        issues.append(ValidationIssue(format_loc([*prefix, *loc]), msg))
+        elif (
+            err["type"] == "string_type"
+            and err.get("input") is None
+            and loc
+            and loc[-1] in ("action", "transformer", "sink")
+        ):
+            msg += " (an unquoted null in YAML means nothing: write 'null' in quotes)"
+        path = format_loc([*prefix, *loc])
+        # model-level validators prefix their message with the path they are about
+        where = re.match(r"(compose(?:\.\w+)?): ", msg) if not loc else None
+        if where:
+            path, msg = format_loc([*prefix, *where.group(1).split(".")]), msg[where.end() :]
+        issues.append(ValidationIssue(path, msg))
     return issues
 
 

@@ -272,6 +272,20 @@ class PluginManager:
         )
         return True
 
+    def unregister(self, name: str) -> bool:
+        """Remove a plugin and every component it contributed; False if it was not loaded."""
+        info = self.plugins.pop(name, None)
+        if self._pm.get_plugin(name) is not None:
+            self._pm.unregister(name=name)
+        if info is None:
+            return False
+        for entry in info.components:
+            kind, _, component = entry.partition(":")
+            found = self.registry.find(component)
+            if any(c.kind == kind and c.plugin == name for c in found):
+                self.registry.remove(kind, component)
+        return True
+
     def _collect(
         self,
         function: Any,

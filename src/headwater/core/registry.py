@@ -32,6 +32,10 @@ class Registry:
             )
         table[component.name] = component
 
+    def remove(self, kind: ComponentKind | str, name: str) -> Component | None:
+        """Remove and return a component (None when it is not registered)."""
+        return self._by_kind[ComponentKind(kind)].pop(name, None)
+
     def owner_of(self, kind: ComponentKind, name: str) -> str | None:
         """The plugin owning ``kind``/``name``, or None when the name is free."""
         found = self._by_kind[kind].get(name)

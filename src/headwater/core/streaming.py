@@ -403,11 +403,13 @@ class _Subscriber:
         "capacity",
         "client_id",
         "data_waiter",
+        "done",
         "error_logged",
         "finishing",
         "head",
         "missed",
         "policy",
+        "predecessor",
         "queue",
         "scope",
         "space_waiter",
@@ -446,6 +448,10 @@ class _Subscriber:
         self.scope = anyio.CancelScope()
         self.data_waiter: anyio.Event | None = None
         self.space_waiter: anyio.Event | None = None
+        self.done = anyio.Event()
+        self.predecessor: _Subscriber | None = None
+        """The same client's previous subscription to the same stream id, still sending
+        its last messages: this one starts sending only after it finished."""
 
     @property
     def full(self) -> bool:
@@ -507,7 +513,9 @@ class StreamingManager:
 
     Methods that change state are coroutines; queries are plain methods. Registration is
     atomic with respect to :meth:`push` (no suspension between taking the replay snapshot
-    and attaching the client), which is what makes resumption gap-free.
+    and attaching the client), which is what makes resumption gap-free. Like every anyio
+    object, a manager belongs to its event loop: from a worker thread, call it through
+    ``anyio.from_thread.run``.
 
     ``encoder`` turns chunk data into JSON bytes (default :func:`encode_json`); it is
     called once per chunk, whatever the number of clients.
@@ -529,6 +537,7 @@ class StreamingManager:
         self._busy = 0
         self._idle: anyio.Event | None = None
         self._draining: set[_Subscriber] = set()
+        self._last: dict[tuple[str, str], _Subscriber] = {}
         self._totals = _Counters()
         self._streams_created = 0
         self._streams_closed = 0
@@ -730,12 +739,19 @@ class StreamingManager:
             )
         if since is not None and since < 0:
             raise ValueError("since must be >= 0")
+        if queue_size is not None and queue_size < 1:
+            raise ValueError("queue_size must be >= 1")
         # From here to the end, nothing suspends: the snapshot of the replay buffer and
         # the attachment to the live fan-out happen between the same two pushes.
         policy = slow_consumer or self.config.slow_consumer
         sub = _Subscriber(
             stream, client_id, transport, policy, queue_size or self.config.client_queue_size
         )
+        key = (stream.id, client_id)
+        previous = self._last.get(key)
+        if previous is not None and not previous.done.is_set():
+            sub.predecessor = previous
+        self._last[key] = sub
         gap: ReplayGap | None = None
         replay: list[Frame] = []
         if since is not None:
@@ -1264,6 +1280,10 @@ class StreamingManager:
         limit = self.config.coalesce_max
         try:
             with sub.scope:
+                if sub.predecessor is not None:
+                    # e.g. `unsubscribed` then `subscribed` again: keep them in order
+                    await sub.predecessor.done.wait()
+                    sub.predecessor = None
                 while True:
                     frames = sub.take(limit)
                     if not frames:
@@ -1277,6 +1297,10 @@ class StreamingManager:
         finally:
             self._draining.discard(sub)
             sub.data_waiter = None
+            sub.done.set()
+            key = (sub.stream.id, sub.client_id)
+            if self._last.get(key) is sub:
+                del self._last[key]
 
     def _deadline(self) -> contextlib.AbstractContextManager[Any]:
         timeout = self.config.send_timeout

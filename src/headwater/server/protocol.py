@@ -19,6 +19,8 @@ models (encode once, share among clients); they validate against them.
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Annotated, Any, Final, Literal, Self, TypeAlias, get_args
 
 from pydantic import (
@@ -530,9 +532,26 @@ def _load(raw: str | bytes, max_bytes: int | None) -> Any:
             "too_large", f"a message may not exceed {max_bytes} bytes (got {len(data)})"
         )
     try:
-        return from_json(data, allow_inf_nan=False)
+        value = from_json(data, allow_inf_nan=False)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError("bad_json", f"not valid JSON: {exc}") from None
+    if _BIG_EXPONENT.search(data) is not None and not _finite(value):
+        raise ProtocolError("bad_json", "not valid JSON: a number is out of range")
+    return value
+
+
+_BIG_EXPONENT: Final = re.compile(rb"[0-9][eE][+-]?[0-9]{3}")
+"""A number that may overflow a float (1e400 parses as infinity)."""
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return True
 
 
 def _ref_of(obj: dict[str, Any]) -> str | int | None:
