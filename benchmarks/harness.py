@@ -173,7 +173,6 @@ class ScenarioReport:
     baseline: str | None = None
     ratio_metric: str | None = None
     ratio_header: str = ""
-    ratio_higher_is_better: bool = True
     targets: list[TargetResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     show_descriptions: bool = False

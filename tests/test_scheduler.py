@@ -183,6 +183,25 @@ async def test_equal_priority_is_first_come_first_served(pm: PluginManager) -> N
     assert gates.started == ["block", "a", "b", "c", "d"]
 
 
+@pytest.mark.parametrize("aging", [None, 10])
+async def test_ties_go_to_the_run_that_became_ready_first(
+    pm: PluginManager, aging: int | None
+) -> None:
+    async with Scheduler(concurrency=2, aging=aging, plugins=pm) as s:
+        s.submit("block", gated("block"))
+        s.submit("dep", gated("dep"))
+        early = s.submit("early", instant("early"), depends_on=["dep"])  # submitted first
+        late = s.submit("late", gated("late"))  # but ready first
+        await gates.wait_started("dep")
+        assert (early.state, late.state) == ("pending", "waiting")
+        gates.release("dep")
+        await gates.wait_started("late")
+        assert early.state == "waiting"
+        gates.release("late")
+        gates.release("block")
+    assert gates.started[-2:] == ["late", "early"]
+
+
 async def test_concurrency_limit(pm: PluginManager) -> None:
     rec = Recorder()
     async with Scheduler(concurrency=2, plugins=pm, on_change=rec) as s:

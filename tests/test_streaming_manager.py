@@ -51,6 +51,8 @@ class MemoryClient:
         """While set to an unset event, ``send`` waits on it (a stalled connection)."""
         self.fail_on: Callable[[dict[str, Any]], bool] = lambda message: False
         self.sends = 0
+        self.abandoned = 0
+        """Sends cancelled while stalled."""
         self._changed = anyio.Event()
 
     def _notify(self) -> None:
@@ -70,7 +72,12 @@ class MemoryClient:
         assert isinstance(frame, bytes)
         message = json.loads(frame)
         if self.gate is not None:
-            await self.gate.wait()
+            try:
+                await self.gate.wait()
+            except anyio.get_cancelled_exc_class():
+                self.abandoned += 1
+                self._notify()
+                raise
         if self.fail_on(message):
             raise ConnectionResetError(f"{self.name} is gone")
         self.frames.append(frame)
@@ -590,6 +597,24 @@ async def test_send_timeout_counts_as_a_failure() -> None:
         assert "timed out" in stuck.closed[1]
         assert mgr.client_count("s") == 0
         assert mgr.stats("s")["send_errors"] == 1
+
+
+async def test_send_timeout_with_log_and_continue() -> None:
+    settings = config(send_timeout=0.05, on_send_error="log_and_continue")
+    async with StreamingManager(settings) as mgr:
+        await mgr.create_stream("s")
+        client = MemoryClient()
+        await mgr.register_client("s", "c", client)
+        await client.wait_type("subscribed")
+        client.stall()  # the next send hangs, and is abandoned after 0.05 s
+        await mgr.push("s", 1)
+        await client.wait_for(lambda c: c.abandoned == 1)
+        assert mgr.stats("s")["send_errors"] == 1
+        client.release()
+        await mgr.push("s", 2)
+        await client.wait_for(lambda c: c.data() == [2])
+        assert mgr.client_count("s") == 1
+        assert client.closed is None
 
 
 # -- slow consumers ---------------------------------------------------------------------

@@ -275,7 +275,6 @@ def run(settings: Settings, progress: Progress) -> ScenarioReport:
         baseline="no_plugins",
         ratio_metric="seconds",
         ratio_header="vs no_plugins",
-        ratio_higher_is_better=False,
         show_descriptions=True,
     )
     report.targets.append(

@@ -252,7 +252,6 @@ def run(settings: Settings, progress: Progress) -> ScenarioReport:
         baseline="python_pass",
         ratio_metric="seconds",
         ratio_header="vs python -c pass",
-        ratio_higher_is_better=False,
         show_descriptions=True,
     )
     report.targets = [

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     )
     from .core.plugins import LoadFailure, PluginInfo, PluginManager, get_plugin_manager
     from .core.runtime import RunHandle, RunResult
+    from .core.streaming import ClientTransport, StreamError, StreamingConfig, StreamingManager
     from .markers import hookimpl, hookspec
 
 _LAZY: dict[str, str] = {
@@ -95,10 +96,15 @@ _LAZY: dict[str, str] = {
     "get_plugin_manager": "core.plugins",
     "RunHandle": "core.runtime",
     "RunResult": "core.runtime",
+    "ClientTransport": "core.streaming",
+    "StreamError": "core.streaming",
+    "StreamingConfig": "core.streaming",
+    "StreamingManager": "core.streaming",
 }
 
 __all__ = [
     "Capability",
+    "ClientTransport",
     "Complete",
     "Component",
     "ComponentKind",
@@ -127,6 +133,9 @@ __all__ = [
     "Status",
     "StepSpec",
     "StreamContext",
+    "StreamError",
+    "StreamingConfig",
+    "StreamingManager",
     "Timeouts",
     "ValidationIssue",
     "__version__",

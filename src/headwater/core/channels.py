@@ -45,7 +45,8 @@ class BatchChannel:
             raise ValueError("capacity must be >= 1")
         self.capacity = capacity
         self.items: list[Any] = []
-        """Pending items; producers may append to it directly, then call :meth:`pushed`."""
+        """Pending items. Producers may append to it directly (then call :meth:`pushed`),
+        re-reading the attribute after every suspension: :meth:`get` replaces the list."""
         self.taken = 0
         """Items handed to the consumer so far."""
         self._writers = writers
@@ -86,7 +87,10 @@ class BatchChannel:
                 raise DownstreamClosed
 
     async def put_batch(self, batch: list[Any]) -> None:
-        """Append a whole batch (waiting first while the channel is full)."""
+        """Append a whole batch (waiting first while the channel is full).
+
+        The channel may keep ``batch`` itself: the caller must not use it afterwards.
+        """
         if self._reader_closed:
             raise DownstreamClosed
         while len(self.items) >= self.capacity:
@@ -98,7 +102,8 @@ class BatchChannel:
         if self.items:
             self.items.extend(batch)
         else:
-            self.items.extend(batch)
+            # adopt the list rather than copy it: the producer hands it over for good
+            self.items = batch
             self.wake()
 
     def close_writer(self) -> None:
@@ -116,14 +121,13 @@ class BatchChannel:
 
     async def get(self) -> list[Any]:
         """Take every pending item; raises ``anyio.EndOfStream`` when drained and closed."""
-        items = self.items
-        while not items:
+        while not self.items:
             if self._writers <= 0:
                 raise anyio.EndOfStream
             waiter = self._not_empty = anyio.Event()
             await waiter.wait()
-        batch = items[:]
-        items.clear()
+        batch = self.items
+        self.items = []
         self.taken += len(batch)
         full_waiter = self._not_full
         if full_waiter is not None:

@@ -711,20 +711,21 @@ class _Run:
         base = stats.items_out
         try:
             if batched or not isinstance(out, BatchChannel):
-                base = stats.items_out
                 async for chunk in agen:
-                    chunk = list(chunk) if batched else [chunk]
+                    if not batched:
+                        chunk = [chunk]
+                    elif type(chunk) is not list:
+                        chunk = list(chunk)
                     produced += len(chunk)
                     stats.items_out = base + produced
                     self._mark_items(len(chunk))
                     await out.put_batch(chunk)
             else:
-                items = out.items
-                append = items.append
                 cap = out.capacity
-                base = stats.items_out
                 async for item in agen:
-                    append(item)
+                    # re-read every time: the consumer swaps the list when it takes it
+                    items = out.items
+                    items.append(item)
                     produced += 1
                     n = len(items)
                     if n == 1:
@@ -889,8 +890,10 @@ class _FanOut:
         self.capacity = min(c.capacity for c in channels)
 
     async def put_batch(self, batch: list[Any]) -> None:
-        for ch in self.channels:
-            await ch.put_batch(batch)
+        last = len(self.channels) - 1
+        for i, ch in enumerate(self.channels):
+            # a channel may adopt the list it is given, so each but the last gets a copy
+            await ch.put_batch(batch if i == last else batch.copy())
 
     def close_writer(self) -> None:
         for ch in self.channels:

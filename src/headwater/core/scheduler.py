@@ -21,12 +21,12 @@ submission, the end of a run, a cancellation): there is no polling loop and no t
 so the order of decisions is deterministic.
 
 **Order.** Among *waiting* runs, the highest effective priority starts first (ties: the
-run that became ready first, then submission order). **Aging**: a waiting run gains one
-priority point per ``aging`` runs started while it waits, so a steady stream of
-higher-priority work delays it by a bounded number of starts. Because every waiting run
-ages at the same rate, the effective priority ``priority + started_since / aging`` orders
-waiting runs exactly like the constant ``priority * aging - started_before``; the queue
-is therefore a plain heap and a decision costs ``O(log n)``.
+run that became ready first). **Aging**: a waiting run gains one priority point per
+``aging`` runs started while it waits, so a steady stream of higher-priority work delays
+it by a bounded number of starts. Because every waiting run ages at the same rate, the
+effective priority ``priority + started_since / aging`` orders waiting runs exactly like
+the constant ``priority * aging - started_before``; the queue is therefore a plain heap
+and a decision costs ``O(log n)``.
 
 **Resources.** Each run may claim named resource units (``{"db": 1}``) against the
 scheduler's capacities, plus one of ``concurrency`` slots. A lower-priority run may start
@@ -163,6 +163,10 @@ class RunRequest:
     """Where the pipeline comes from (a file name), shown in validation errors."""
 
 
+_Entry: TypeAlias = "tuple[int, int, ScheduledRun]"
+"""A queue entry: ``(-score, order in which runs became ready, run)``."""
+
+
 class _Subscriber:
     """The buffer of one ``events()`` consumer; progress is coalesced per stage."""
 
@@ -247,7 +251,7 @@ class ScheduledRun:
         self._blockers: set[str] = set()
         self._dependents: list[ScheduledRun] = []
         self._entered = 0
-        self._entry: tuple[int, int, ScheduledRun] | None = None
+        self._entry: _Entry | None = None
         self._cancel_reason: str | None = None
         self._root_cause: str | None = None
 
@@ -396,7 +400,8 @@ class Scheduler:
     scheduler's task group. Leaving the block normally waits for every run (like a task
     group); leaving it with an exception, or being cancelled, cancels every unfinished
     run and waits for their cleanup. Runs may be submitted before entering the block;
-    they start on entry.
+    they start on entry. A scheduler is not thread-safe: use it from its event loop's
+    thread.
 
     Args:
         concurrency: How many runs may be running at once.
@@ -443,10 +448,11 @@ class Scheduler:
         """How many runs this scheduler has started (the clock of aging)."""
         self._observers: list[ChangeObserver] = [on_change] if on_change is not None else []
         self._runs: dict[str, ScheduledRun] = {}
-        self._plain: list[tuple[int, int, ScheduledRun]] = []
-        self._needy: list[tuple[int, int, ScheduledRun]] = []
+        self._plain: list[_Entry] = []
+        self._needy: list[_Entry] = []
         self._in_use: dict[str, int] = dict.fromkeys(capacity, 0)
         self._running = 0
+        self._readied = 0
         self._unfinished = 0
         self._counts: dict[ScheduledState, int] = dict.fromkeys(STATES, 0)
         self._tg: TaskGroup | None = None
@@ -558,19 +564,19 @@ class Scheduler:
                 continue
             names[req.name] = req
         order: list[str] = []
-        if not issues:
-            for req in batch:
-                issues.extend(self._check_request(req, names))
-            if not issues:
-                order, cycle_issues = self._order(names)
-                issues.extend(cycle_issues)
         prepared: dict[str, tuple[Any, Any, Any, dict[str, str], str]] = {}
         if not issues:
+            graph_ok = True
             for req in batch:
-                entry, problems = self._prepare(req)
-                issues.extend(problems)
+                problems = self._check_request(req, names)
+                graph_ok = graph_ok and not problems
+                entry, pipeline_problems = self._prepare(req)
+                issues.extend([*problems, *pipeline_problems])
                 if entry is not None:
                     prepared[req.name] = entry
+            if graph_ok:  # cycles are looked for once every dependency is known
+                order, cycle_issues = self._order(names)
+                issues.extend(cycle_issues)
         if issues:
             raise RunRejected(issues)
 
@@ -714,6 +720,9 @@ class Scheduler:
         pipeline: Any = req.pipeline
         source = req.source
         issues: list[ValidationIssue] = []
+        deps = req.depends_on
+        if isinstance(deps, str | bytes) or not isinstance(deps, Sequence):
+            deps = ()
         if isinstance(pipeline, str | Path):
             source = source or str(pipeline)
             data, problem = _read_yaml(Path(pipeline))
@@ -743,12 +752,12 @@ class Scheduler:
                                 + ", ".join(map(str, extra)),
                             )
                         )
-                    if not isinstance(upstream, str) or upstream not in req.depends_on:
-                        deps = ", ".join(map(str, req.depends_on)) or "none"
+                    if not isinstance(upstream, str) or upstream not in deps:
+                        listed = ", ".join(map(str, deps)) or "none"
                         issues.append(
                             ValidationIssue(
                                 f"{path}.from_run",
-                                f"{upstream!r} is not among this run's depends_on ({deps}); "
+                                f"{upstream!r} is not among this run's depends_on ({listed}); "
                                 "a run can only read the output of a run it depends on",
                             )
                         )
@@ -950,7 +959,8 @@ class Scheduler:
     def _enqueue(self, run: ScheduledRun) -> None:
         run._entered = self.decisions
         score = run.priority * self.aging - run._entered if self.aging else run.priority
-        entry = (-score, run.seq, run)
+        self._readied += 1
+        entry = (-score, self._readied, run)
         run._entry = entry
         heapq.heappush(self._needy if run.resources else self._plain, entry)
         self._set_state(run, run._state, "waiting", None)
@@ -1059,9 +1069,7 @@ class Scheduler:
         finally:
             self._dispatching = False
 
-    def _top(
-        self, heap: list[tuple[int, int, ScheduledRun]]
-    ) -> tuple[int, int, ScheduledRun] | None:
+    def _top(self, heap: list[_Entry]) -> _Entry | None:
         """The best live entry of ``heap`` (stale entries are dropped)."""
         while heap:
             entry = heap[0]
@@ -1077,7 +1085,7 @@ class Scheduler:
         plain, needy = self._plain, self._needy
         claimed = dict(self._in_use)
         capacity = self.capacity
-        deferred: list[tuple[int, int, ScheduledRun]] = []
+        deferred: list[_Entry] = []
         saturated = False
         for _ in range(len(plain) + len(needy)):
             if free <= 0 or self._paused:

@@ -29,7 +29,6 @@ UTF-8 JSON text, one message per frame. Transports must send them as *text* mess
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import secrets
 import time
@@ -400,6 +399,7 @@ class _Subscriber:
     __slots__ = (
         "attached",
         "batch_send",
+        "cancelled",
         "capacity",
         "client_id",
         "data_waiter",
@@ -407,14 +407,17 @@ class _Subscriber:
         "error_logged",
         "finishing",
         "head",
+        "inflight",
         "missed",
         "policy",
         "predecessor",
         "queue",
         "scope",
+        "sending_since",
         "space_waiter",
         "stream",
         "tail",
+        "timed_out",
         "transport",
     )
 
@@ -449,6 +452,13 @@ class _Subscriber:
         self.data_waiter: anyio.Event | None = None
         self.space_waiter: anyio.Event | None = None
         self.done = anyio.Event()
+        self.cancelled = False
+        """The manager stopped this client's task on purpose (not a send timeout)."""
+        self.sending_since: float | None = None
+        """When the send in progress started (watched by the send watchdog)."""
+        self.timed_out = False
+        self.inflight = 0
+        """Messages of the send in progress not yet confirmed sent."""
         self.predecessor: _Subscriber | None = None
         """The same client's previous subscription to the same stream id, still sending
         its last messages: this one starts sending only after it finished."""
@@ -456,6 +466,11 @@ class _Subscriber:
     @property
     def full(self) -> bool:
         return len(self.queue) >= self.capacity
+
+    def cancel(self) -> None:
+        """Stop the drain task, a send in progress included."""
+        self.cancelled = True
+        self.scope.cancel()
 
     def wake(self) -> None:
         waiter = self.data_waiter
@@ -537,6 +552,7 @@ class StreamingManager:
         self._busy = 0
         self._idle: anyio.Event | None = None
         self._draining: set[_Subscriber] = set()
+        self._watchdog = anyio.CancelScope()
         self._last: dict[tuple[str, str], _Subscriber] = {}
         self._totals = _Counters()
         self._streams_created = 0
@@ -551,6 +567,8 @@ class StreamingManager:
         await tg.__aenter__()
         self._tg = tg
         self._state = "running"
+        if self.config.send_timeout is not None:
+            tg.start_soon(self._watch_sends, self.config.send_timeout)  # not in _busy
         return self
 
     async def __aexit__(
@@ -592,7 +610,8 @@ class StreamingManager:
                 waiter = self._idle = anyio.Event()
                 await waiter.wait()
         for sub in list(self._draining):
-            sub.scope.cancel()
+            sub.cancel()
+        self._watchdog.cancel()
         self._state = "stopped"
 
     # -- streams ------------------------------------------------------------------------
@@ -834,7 +853,7 @@ class StreamingManager:
             sub.finishing = True
             sub.wake()
         else:
-            sub.scope.cancel()
+            sub.cancel()
 
     async def deregister_all(self, client_id: str) -> list[str]:
         """Remove a client from every stream, silently (its connection closed).
@@ -848,7 +867,7 @@ class StreamingManager:
             if sub is not None:
                 self._detach(sub)
                 sub.queue.clear()
-                sub.scope.cancel()
+                sub.cancel()
         self._clients.pop(client_id, None)
         return streams
 
@@ -1174,7 +1193,7 @@ class StreamingManager:
         self._count(stream, "disconnects")
         self._detach(sub)
         sub.queue.clear()
-        sub.scope.cancel()
+        sub.cancel()
         self._start(
             self._close_transport,
             sub.transport,
@@ -1277,58 +1296,95 @@ class StreamingManager:
 
     async def _drain(self, sub: _Subscriber) -> None:
         """The client's own task: sends its queued messages, in order, until the end."""
-        limit = self.config.coalesce_max
         try:
-            with sub.scope:
-                if sub.predecessor is not None:
-                    # e.g. `unsubscribed` then `subscribed` again: keep them in order
-                    await sub.predecessor.done.wait()
-                    sub.predecessor = None
-                while True:
-                    frames = sub.take(limit)
-                    if not frames:
-                        if sub.finishing:
-                            return
-                        waiter = sub.data_waiter = anyio.Event()
-                        await waiter.wait()
-                        continue
-                    if not await self._send(sub, frames):
-                        return
+            while True:
+                with sub.scope:
+                    await self._drain_until_done(sub)
+                    return
+                # The scope was cancelled: by the manager (deregistration, slow client,
+                # shutdown), or by the watchdog because a send took too long.
+                if sub.cancelled or not sub.timed_out:
+                    return
+                sub.timed_out = False
+                sub.sending_since = None
+                lost, sub.inflight = sub.inflight, 0
+                if not self._send_failed(sub, TimeoutError(), lost):
+                    return
+                sub.scope = anyio.CancelScope()
         finally:
             self._draining.discard(sub)
             sub.data_waiter = None
+            sub.sending_since = None
             sub.done.set()
             key = (sub.stream.id, sub.client_id)
             if self._last.get(key) is sub:
                 del self._last[key]
 
-    def _deadline(self) -> contextlib.AbstractContextManager[Any]:
-        timeout = self.config.send_timeout
-        return anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext()
+    async def _drain_until_done(self, sub: _Subscriber) -> None:
+        if sub.predecessor is not None:
+            # e.g. `unsubscribed` then `subscribed` again: keep them in order
+            await sub.predecessor.done.wait()
+            sub.predecessor = None
+        limit = self.config.coalesce_max
+        while True:
+            frames = sub.take(limit)
+            if not frames:
+                if sub.finishing:
+                    return
+                waiter = sub.data_waiter = anyio.Event()
+                await waiter.wait()
+                continue
+            if not await self._send(sub, frames):
+                return
 
     async def _send(self, sub: _Subscriber, frames: list[Frame]) -> bool:
-        """Send frames to one client; False when the client must stop receiving."""
+        """Send frames to one client; False when the client must stop receiving.
+
+        No cancel scope per send (they cost more than the send itself): the start time is
+        recorded and :meth:`_watch_sends` cancels the client's scope if it gets too old.
+        """
         sent = nbytes = 0
+        sub.inflight = len(frames)
+        sub.sending_since = anyio.current_time()
         try:
             try:
                 if sub.batch_send is not None and len(frames) > 1:
-                    with self._deadline():
-                        await sub.batch_send(frames)
+                    await sub.batch_send(frames)
                     sent, nbytes = len(frames), sum(map(len, frames))
                 else:
                     send = sub.transport.send
                     for frame in frames:
-                        with self._deadline():
-                            await send(frame)
+                        await send(frame)
                         sent += 1
                         nbytes += len(frame)
+                        sub.inflight -= 1
             finally:
+                sub.sending_since = None
                 if sent:
                     self._count(sub.stream, "messages_sent", sent)
                     self._count(sub.stream, "bytes_sent", nbytes)
         except Exception as exc:
+            sub.inflight = 0
             return self._send_failed(sub, exc, len(frames) - sent)
+        sub.inflight = 0
         return True
+
+    async def _watch_sends(self, limit: float) -> None:
+        """Cancel sends older than ``limit``; sleeps until the oldest one would expire."""
+        with self._watchdog:
+            while True:
+                now = anyio.current_time()
+                wake = now + limit
+                for sub in self._draining:
+                    since = sub.sending_since
+                    if since is None or sub.timed_out:
+                        continue
+                    if now - since >= limit:
+                        sub.timed_out = True
+                        sub.scope.cancel()
+                    else:
+                        wake = min(wake, since + limit)
+                await anyio.sleep(wake - now)
 
     def _send_failed(self, sub: _Subscriber, exc: Exception, lost: int) -> bool:
         stream = sub.stream
