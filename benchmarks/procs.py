@@ -28,6 +28,10 @@ def child_env(extra_path: Sequence[Path | str] = (), **overrides: str) -> dict[s
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env["PYTHONUNBUFFERED"] = "1"
     env.pop("PYTHONSTARTUP", None)
+    # Measure what users get: an installed package has its bytecode cached. With
+    # PYTHONDONTWRITEBYTECODE inherited (CI sets it), every child would compile
+    # headwater's modules from source on each start.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update(overrides)
     return env
 

@@ -112,7 +112,7 @@ def _encode_batch(encode: Callable[[Any], str], batch: list[Any], first: int) ->
 class StdoutParams(BaseModel):
     """Params of ``stdout``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     format: Literal["auto", "json", "str", "repr"] = Field(
         "auto",
@@ -174,7 +174,7 @@ class StdoutSink:
 class JsonlParams(BaseModel):
     """Params of ``jsonl``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     path: str = Field(description="File to write (relative to the working directory).")
     append: bool = Field(False, description="Append to an existing file instead of truncating it.")
@@ -268,7 +268,7 @@ def _quote(identifier: str) -> str:
 class SqliteParams(BaseModel):
     """Params of ``sqlite``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     path: str = Field(description="SQLite database file (created if missing).")
     table: str = Field(description="Table to write to (letters, digits and _).")

@@ -22,7 +22,7 @@ from headwater.core.context import StreamContext
 class RangeParams(BaseModel):
     """Params of ``range``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     start: int = Field(0, description="First value.")
     stop: int = Field(description="End value (exclusive).")
@@ -52,7 +52,7 @@ async def range_source(params: RangeParams, ctx: StreamContext) -> AsyncIterator
 class IterableParams(BaseModel):
     """Params of ``iterable``."""
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", defer_build=True, arbitrary_types_allowed=True)
 
     items: Any = Field(description="Any Python iterable or async iterable (embedding only).")
 
@@ -105,7 +105,7 @@ def _check_errors(value: str) -> str:
 class FileLinesParams(BaseModel):
     """Params of ``file.lines``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     path: str = Field(description="Path of the text file to read (relative to the working dir).")
     encoding: str = Field("utf-8", description="Text encoding of the file, e.g. utf-8, latin-1.")
@@ -340,7 +340,7 @@ def _take(chunks: queue.Queue[Any]) -> Any:
 class StdinParams(BaseModel):
     """Params of ``stdin``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     strip_newline: bool = Field(
         True, description="Remove the line terminator (\\n or \\r\\n) from each line."

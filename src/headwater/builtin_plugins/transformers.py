@@ -34,7 +34,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ImportString,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -42,6 +41,7 @@ from pydantic import (
 
 import headwater
 from headwater.core.context import StreamContext
+from headwater.core.types import CallableRef
 
 __all__ = [
     "AggregateParams",
@@ -71,7 +71,7 @@ FieldPath = Annotated[
 ]
 """A field of dict items: a key, or a dotted path such as ``user.id``."""
 
-_STRICT = ConfigDict(extra="forbid")
+_STRICT = ConfigDict(extra="forbid", defer_build=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -183,9 +183,9 @@ def _tick_interval(period: float) -> float:
 class CallableParams(BaseModel):
     """A function given as an importable path ``pkg.mod:fn`` or, from Python, a callable."""
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", defer_build=True, arbitrary_types_allowed=True)
 
-    fn: ImportString[Callable[..., Any]] = Field(
+    fn: CallableRef = Field(
         description="Importable callable, e.g. 'mypkg.transforms:clean' (or a callable "
         "when building the pipeline in Python)."
     )
@@ -777,9 +777,9 @@ def window_transformer(params: WindowParams) -> _CountWindows | _TimeWindows:
 class ReduceParams(BaseModel):
     """Params of ``reduce``."""
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", defer_build=True, arbitrary_types_allowed=True)
 
-    fn: ImportString[Callable[..., Any]] = Field(
+    fn: CallableRef = Field(
         description="Importable function fn(accumulator, item) -> new accumulator, e.g. "
         "'operator:add' (or a callable when building the pipeline in Python)."
     )

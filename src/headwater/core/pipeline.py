@@ -19,8 +19,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PositiveFloat,
-    PositiveInt,
     ValidationError,
     model_validator,
 )
@@ -55,7 +53,7 @@ class RetryPolicy(BaseModel):
 
     model_config = _STRICT
 
-    attempts: PositiveInt = Field(3, description="Total attempts, including the first.")
+    attempts: int = Field(3, gt=0, description="Total attempts, including the first.")
     backoff: float = Field(0.05, ge=0, description="Delay before the first retry, seconds.")
     factor: float = Field(2.0, ge=1, description="Multiplier applied to the delay per retry.")
     max_backoff: float = Field(5.0, ge=0, description="Upper bound of one delay, seconds.")
@@ -145,11 +143,11 @@ class Timeouts(BaseModel):
 
     model_config = _STRICT
 
-    first_item: PositiveFloat | None = Field(
-        None, description="Until the first item leaves the sources."
+    first_item: float | None = Field(
+        None, gt=0, description="Until the first item leaves the sources."
     )
-    idle: PositiveFloat | None = Field(None, description="Longest gap between two items.")
-    total: PositiveFloat | None = Field(None, description="Whole run.")
+    idle: float | None = Field(None, gt=0, description="Longest gap between two items.")
+    total: float | None = Field(None, gt=0, description="Whole run.")
 
 
 class PluginSettings(BaseModel):
@@ -179,8 +177,8 @@ class PipelineSpec(BaseModel):
         None, description="Receives items (with their error) that a skip/retry policy dropped."
     )
     timeouts: Timeouts = Field(default_factory=Timeouts)
-    batch_size: PositiveInt = Field(256, le=65536, description="Items per batch between stages.")
-    buffer: PositiveInt = Field(4, le=1024, description="Batches buffered between two stages.")
+    batch_size: int = Field(256, gt=0, le=65536, description="Items per batch between stages.")
+    buffer: int = Field(4, gt=0, le=1024, description="Batches buffered between two stages.")
     plugins: PluginSettings = Field(default_factory=PluginSettings)
 
     @model_validator(mode="after")
