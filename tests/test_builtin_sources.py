@@ -307,7 +307,7 @@ def test_bad_params_are_validation_errors(tmp_path: Path) -> None:
 def test_metadata() -> None:
     pm = headwater.get_plugin_manager()
     lines = pm.get("action", "file.lines").metadata()
-    assert set(lines["capabilities"]) == {"streaming", "progress"}
+    assert set(lines["capabilities"]) == {"streaming", "progress", "resumable"}
     assert lines["description"]
     props = lines["params_schema"]["properties"]
     assert {"path", "encoding", "errors", "strip_newline", "start_line", "max_lines"} <= set(props)

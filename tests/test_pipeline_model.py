@@ -566,10 +566,12 @@ def test_json_schema() -> None:
     assert step["properties"]["on_error"]["enum"] == ["fail", "skip", "retry"]
 
 
-def test_fingerprint_ignores_description_and_plugins() -> None:
+def test_fingerprint_covers_sources_and_steps_only() -> None:
     a = headwater.parse_pipeline(minimal())
-    b = headwater.parse_pipeline(minimal(description="x", plugins={"disable": ["p"]}))
-    c = headwater.parse_pipeline(minimal(batch_size=7))
+    b = headwater.parse_pipeline(
+        minimal(description="x", plugins={"disable": ["p"]}, batch_size=7, sinks=[{"sink": "x"}])
+    )
+    c = headwater.parse_pipeline(minimal(sources={"nums": {"action": "range", "params": {}}}))
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
 
 

@@ -645,11 +645,13 @@ def test_builtins_are_discovered_through_the_entry_point_group() -> None:
         for ep in entry_points(group="headwater")
         if ep.dist is not None and ep.dist.name == "headwater"
     }
-    assert declared == {
+    assert {
         "headwater.sources": "headwater.builtin_plugins.sources",
         "headwater.transformers": "headwater.builtin_plugins.transformers",
         "headwater.sinks": "headwater.builtin_plugins.sinks",
-    }
+        "headwater.stores": "headwater.builtin_plugins.stores",
+    }.items() <= declared.items()
+    assert all(module.startswith("headwater.builtin_plugins.") for module in declared.values())
 
     pm = headwater.PluginManager().load()
     for name, module in declared.items():
@@ -1007,3 +1009,66 @@ def test_a_typo_of_every_hookspec_is_suggested(name: str) -> None:
 def test_collection_hook_kinds_match_components() -> None:
     assert set(plugins_module._COLLECTION_HOOKS.values()) == set(ComponentKind)
     assert isinstance(count, Component)
+
+
+def test_register_checkpoint_stores_contributes_a_store(
+    pm: headwater.PluginManager, tmp_path: Path
+) -> None:
+    from headwater.core.checkpoints import Checkpoint
+
+    saved: list[Checkpoint] = []
+
+    @headwater.checkpoint_store("memory")
+    class MemoryStore:
+        """Keeps checkpoints in a dict."""
+
+        def __init__(self) -> None:
+            self.data: dict[str, Checkpoint] = {}
+
+        def load(self, pipeline: str) -> Checkpoint | None:
+            return self.data.get(pipeline)
+
+        def save(self, checkpoint: Checkpoint) -> None:
+            saved.append(checkpoint)
+            self.data[checkpoint.pipeline] = checkpoint
+
+        def list(self) -> list[Checkpoint]:
+            return list(self.data.values())
+
+        def reset(self, pipeline: str) -> bool:
+            return self.data.pop(pipeline, None) is not None
+
+        def close(self) -> None:
+            pass
+
+    class StorePlugin:
+        @staticmethod
+        @headwater.hookimpl
+        def register_checkpoint_stores(register: Any) -> None:
+            register(MemoryStore)
+
+    for name, module in (
+        ("headwater.sources", builtin_sources),
+        ("headwater.transformers", builtin_transformers),
+        ("headwater.sinks", builtin_sinks),
+    ):
+        assert pm.register(module, name)
+    assert pm.register(StorePlugin, "memstore", distribution="hw-mem", version="1.0")
+    store = pm.registry.get("checkpoint_store", "memory")
+    assert (store.plugin, store.distribution, store.kind) == (
+        "memstore",
+        "hw-mem",
+        "checkpoint_store",
+    )
+    result = headwater.run_sync(
+        {
+            "name": "ck",
+            "sources": {"n": {"action": "range", "params": {"stop": 50, "chunk": 10}}},
+            "sinks": [{"sink": "collect"}],
+            "checkpoint": {"store": "memory", "every_items": 20},
+        },
+        plugins=pm,
+    )
+    assert result.output == list(range(50))
+    assert [c.items for c in saved] == [20, 40, 50]
+    assert saved[-1].completed and saved[-1].positions == {"n": 50}

@@ -14,11 +14,13 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from .core.api import open_run, run, run_sync
     from .core.builder import Pipeline
+    from .core.checkpoints import Checkpoint, CheckpointError, CheckpointStore
     from .core.components import (
         Capability,
         Component,
         ComponentKind,
         action,
+        checkpoint_store,
         exporter,
         sink,
         transformer,
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
         ValidationIssue,
     )
     from .core.events import Complete, ErrorEvent, Event, Progress, Status
+    from .core.jobs import JobsFile, JobsFileError, run_jobs, validate_jobs
     from .core.pipeline import (
         ComposeSpec,
         PipelineSpec,
@@ -49,7 +52,17 @@ if TYPE_CHECKING:
     )
     from .core.plugins import LoadFailure, PluginInfo, PluginManager, get_plugin_manager
     from .core.runtime import RunHandle, RunResult
+    from .core.scheduler import (
+        RunRejected,
+        RunRequest,
+        RunSkipped,
+        RunStateChanged,
+        ScheduledRun,
+        Scheduler,
+        SchedulerError,
+    )
     from .core.streaming import ClientTransport, StreamError, StreamingConfig, StreamingManager
+    from .core.types import CallableRef
     from .markers import hookimpl, hookspec
 
 _LAZY: dict[str, str] = {
@@ -64,6 +77,11 @@ _LAZY: dict[str, str] = {
     "ComponentKind": "core.components",
     "action": "core.components",
     "exporter": "core.components",
+    "checkpoint_store": "core.components",
+    "Checkpoint": "core.checkpoints",
+    "CheckpointError": "core.checkpoints",
+    "CheckpointStore": "core.checkpoints",
+    "CallableRef": "core.types",
     "sink": "core.components",
     "transformer": "core.components",
     "StreamContext": "core.context",
@@ -96,6 +114,17 @@ _LAZY: dict[str, str] = {
     "get_plugin_manager": "core.plugins",
     "RunHandle": "core.runtime",
     "RunResult": "core.runtime",
+    "JobsFile": "core.jobs",
+    "JobsFileError": "core.jobs",
+    "run_jobs": "core.jobs",
+    "validate_jobs": "core.jobs",
+    "RunRejected": "core.scheduler",
+    "RunRequest": "core.scheduler",
+    "RunSkipped": "core.scheduler",
+    "RunStateChanged": "core.scheduler",
+    "ScheduledRun": "core.scheduler",
+    "Scheduler": "core.scheduler",
+    "SchedulerError": "core.scheduler",
     "ClientTransport": "core.streaming",
     "StreamError": "core.streaming",
     "StreamingConfig": "core.streaming",
@@ -103,7 +132,11 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "CallableRef",
     "Capability",
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointStore",
     "ClientTransport",
     "Complete",
     "Component",
@@ -113,6 +146,8 @@ __all__ = [
     "ErrorEvent",
     "Event",
     "HeadwaterError",
+    "JobsFile",
+    "JobsFileError",
     "LoadFailure",
     "Pipeline",
     "PipelineCancelled",
@@ -126,7 +161,14 @@ __all__ = [
     "Progress",
     "RetryPolicy",
     "RunHandle",
+    "RunRejected",
+    "RunRequest",
     "RunResult",
+    "RunSkipped",
+    "RunStateChanged",
+    "ScheduledRun",
+    "Scheduler",
+    "SchedulerError",
     "SinkSpec",
     "SourceSpec",
     "StageError",
@@ -140,6 +182,7 @@ __all__ = [
     "ValidationIssue",
     "__version__",
     "action",
+    "checkpoint_store",
     "exporter",
     "get_plugin_manager",
     "hookimpl",
@@ -148,9 +191,11 @@ __all__ = [
     "open_run",
     "parse_pipeline",
     "run",
+    "run_jobs",
     "run_sync",
     "sink",
     "transformer",
+    "validate_jobs",
 ]
 
 

@@ -7,6 +7,8 @@ Commands::
     headwater plugins [--json]
     headwater describe NAME [--kind KIND] [--json]
     headwater schema
+    headwater serve [--config FILE] [--host HOST] [--port PORT]
+    headwater tail URL STREAM [--since N] [--token TOKEN] [--json]
 
 Global options (before or after the command): ``--disable-plugin NAME`` (repeatable, also
 ``-p no:NAME`` as in pytest, and the ``HEADWATER_DISABLE_PLUGINS`` variable),
@@ -261,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the JSON Schema of the pipeline YAML format.",
     )
     schema.set_defaults(func=_cmd_schema)
+    _add_server_commands(commands, common)
     return parser
 
 
@@ -801,6 +804,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.backend == "trio" and importlib.util.find_spec("trio") is None:
         raise CLIError("the trio backend needs trio: pip install 'headwater[trio]'")
+    from .core.jobs import is_jobs_path
+
+    if is_jobs_path(args.file):
+        return _cmd_run_jobs(args)
     spec = _load_spec(args)
     resolved, manager = _prepare(args, spec)
     _, err = _consoles(force_terminal=_forced_terminal(args))
@@ -824,6 +831,66 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
+async def _stop_on_signals(
+    stop: Any, console: Console, received: list[int], *, task_status: TaskStatus[None]
+) -> None:
+    """Set ``stop`` on the first SIGINT/SIGTERM; exit at once on the second."""
+    import signal
+
+    import anyio
+
+    try:
+        receiver = anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
+        signals = receiver.__enter__()
+    except NotImplementedError:  # e.g. asyncio on Windows: Ctrl-C raises KeyboardInterrupt
+        task_status.started()
+        return
+    try:
+        task_status.started()
+        async for signum in signals:
+            received.append(int(signum))
+            name = signal.Signals(signum).name
+            if len(received) == 1:
+                console.print(
+                    f"{name}: cancelling every job, cleaning up (send it again to exit now)",
+                    style="yellow",
+                )
+                stop.set()
+            else:
+                console.print(f"{name} again: exiting without cleanup", style="red")
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(128 + int(signum))
+    finally:
+        receiver.__exit__(None, None, None)
+
+
+def _cmd_run_jobs(args: argparse.Namespace) -> int:
+    """``headwater run JOBS.yaml``: run every job of a jobs file on the scheduler."""
+    import anyio
+
+    from .core.jobs import run_jobs, validate_jobs
+
+    if args.overrides or args.json:
+        raise CLIError("--set and --json apply to pipeline files, not to jobs files")
+    manager = _plugin_manager(args)
+    validate_jobs(args.file, plugins=manager)  # every problem, before the event loop starts
+    _, err = _consoles(force_terminal=_forced_terminal(args))
+    live = sys.stderr.isatty() if args.progress is None else bool(args.progress)
+    received: list[int] = []
+
+    async def main() -> int:
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            await tg.start(_stop_on_signals, stop, err, received)
+            code = await run_jobs(args.file, progress=live, console=err, plugins=manager, stop=stop)
+            tg.cancel_scope.cancel()
+        return code
+
+    code = anyio.run(main, backend=args.backend)
+    return 128 + received[0] if received else code
+
+
 # ---------------------------------------------------------------------------------------
 # headwater validate / schema
 # ---------------------------------------------------------------------------------------
@@ -831,6 +898,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     """``headwater validate``: check shape, components and params; print OK."""
+    from .core.jobs import is_jobs_path, validate_jobs
+
+    if is_jobs_path(args.file):
+        if args.overrides:
+            raise CLIError("--set applies to pipeline files, not to jobs files")
+        n = len(validate_jobs(args.file, plugins=_plugin_manager(args)).jobs)
+        print(f"OK: jobs file {args.file} is valid ({n} job{'s' if n != 1 else ''})")
+        return EXIT_OK
     spec = _load_spec(args)
     resolved, _ = _prepare(args, spec)
     n_src, n_steps, n_sinks = len(resolved.sources), len(resolved.steps), len(resolved.sinks)
@@ -1089,6 +1164,225 @@ def _print_component(out: Console, component: Component) -> None:
     out.print()
     out.print(Text("params JSON schema", style="bold"))
     out.print(Text(textwrap.indent(json.dumps(schema, indent=2), "  ")), soft_wrap=True)
+
+
+# ---------------------------------------------------------------------------------------
+# headwater serve / tail
+# ---------------------------------------------------------------------------------------
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is between 0 and 65535, got {port}")
+    return port
+
+
+def _add_server_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """The ``serve`` and ``tail`` sub-commands."""
+    serve = commands.add_parser(
+        "serve",
+        parents=[common],
+        help="serve streams and named pipelines over WebSockets (and HTTP)",
+        description="Serve protocol v1 over WebSockets and /healthz, /api/streams,\n"
+        "/api/components over HTTP, on one port. Without authentication (auth.tokens or\n"
+        "HEADWATER_TOKENS) it binds 127.0.0.1 only. Ctrl-C (SIGINT) or SIGTERM shuts it\n"
+        "down cleanly: every client is told, then disconnected.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--config", metavar="FILE", help="server configuration (YAML)")
+    serve.add_argument("--host", help="address to bind (overrides the configuration)")
+    serve.add_argument(
+        "--port", type=_port, help="port to listen on; 0 picks a free one (default 8765)"
+    )
+    serve.set_defaults(func=_cmd_serve)
+
+    tail = commands.add_parser(
+        "tail",
+        parents=[common],
+        help="print a stream's chunks as they arrive",
+        description="Follow one stream of a headwater server: each chunk is printed on\n"
+        "stdout (strings as they are, anything else as JSON), progress and status on\n"
+        "stderr. Ends when the stream ends (exit 1 if it ended with an error).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tail.add_argument("url", metavar="URL", help="server URL, e.g. ws://127.0.0.1:8765/")
+    tail.add_argument("stream", metavar="STREAM", help="stream id")
+    tail.add_argument(
+        "--since",
+        type=int,
+        metavar="N",
+        help="first print the buffered chunks after seq N (0: everything buffered)",
+    )
+    tail.add_argument(
+        "--token", help="bearer token (default: the HEADWATER_TOKEN environment variable)"
+    )
+    tail.add_argument(
+        "--json", action="store_true", help="print every protocol message as JSON on stdout"
+    )
+    tail.set_defaults(func=_cmd_tail)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """``headwater serve``: run the server until SIGINT or SIGTERM."""
+    from pathlib import Path
+
+    import anyio
+
+    from .server.config import ServerConfig, load_server_config
+
+    base_dir: Path | None = None
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise CLIError(f"no such file: {args.config}")
+        config = load_server_config(path)
+        base_dir = path.parent
+    else:
+        config = ServerConfig()
+    updates: dict[str, Any] = {}
+    if args.host:
+        updates["host"] = args.host
+    if args.port is not None:
+        updates["port"] = args.port
+    if updates:
+        config = config.model_copy(update=updates)
+    manager = _plugin_manager(args)
+    _, err = _consoles()
+    try:
+        return int(anyio.run(_serve, config, manager, base_dir, err, backend="asyncio"))
+    except OSError as exc:
+        raise CLIError(
+            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", EXIT_FAILED
+        ) from None
+
+
+async def _serve(config: Any, manager: PluginManager, base_dir: Any, err: Console) -> int:
+    import signal
+
+    import anyio
+    from rich.text import Text
+
+    from .server.app import Server
+
+    async with Server(config, plugins=manager, base_dir=base_dir) as server:
+        names = ", ".join(sorted(server.pipelines)) or "none"
+        err.print(
+            Text(f"headwater: serving on {server.http_url} (WebSocket {server.url})"),
+            soft_wrap=True,
+        )
+        err.print(Text(f"headwater: pipelines: {names}; Ctrl-C to stop"), soft_wrap=True)
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as tg:
+
+                async def on_signal() -> None:
+                    async for signum in signals:
+                        name = signal.Signals(signum).name
+                        err.print(Text(f"headwater: {name}: shutting down"), soft_wrap=True)
+                        await server.shutdown()
+                        return
+
+                tg.start_soon(on_signal)
+                await server.serve_forever()
+                tg.cancel_scope.cancel()
+    err.print(Text("headwater: server stopped"), soft_wrap=True)
+    return EXIT_OK
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    """``headwater tail``: follow one stream."""
+    import anyio
+
+    if args.since is not None and args.since < 0:
+        raise CLIError("--since must be >= 0")
+    token = args.token or os.environ.get("HEADWATER_TOKEN") or None
+    return int(anyio.run(_tail, args, token, backend="asyncio"))
+
+
+async def _tail(args: argparse.Namespace, token: str | None) -> int:
+    import json
+
+    from rich.text import Text
+
+    from websockets.exceptions import InvalidURI
+
+    from .client import ConnectFailed, RequestFailed, connect
+
+    _, err = _consoles()
+    stream = args.stream
+
+    def note(text: str, style: str = "dim") -> None:
+        err.print(Text(text, style=style), soft_wrap=True)
+
+    def emit(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    try:
+        async with connect(args.url, token=token) as client:
+            try:
+                sub = await client.subscribe(stream, since=args.since)
+            except RequestFailed as exc:
+                raise CLIError(f"cannot follow stream {stream!r}: {exc}", EXIT_FAILED) from None
+            if args.json:
+                emit(sub.model_dump_json())
+            replayed = f", {sub.replayed} buffered chunk(s) first" if sub.replayed else ""
+            note(f"following stream {stream!r} at seq {sub.seq}{replayed}")
+            async for message in client:
+                if getattr(message, "stream", stream) != stream:
+                    continue
+                if args.json:
+                    emit(message.model_dump_json())
+                if message.type == "stream_update":
+                    if not args.json:
+                        data = message.data
+                        emit(
+                            data
+                            if isinstance(data, str)
+                            else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+                        )
+                elif message.type == "progress":
+                    total = f"/{_num(message.total)}" if message.total is not None else ""
+                    text = f" {message.message}" if message.message else ""
+                    note(f"progress {message.stage}: {_num(message.done)}{total}{text}")
+                elif message.type == "status":
+                    where = message.stage or "run"
+                    note(f"status {where}: {message.state} {message.message or ''}".rstrip())
+                elif message.type == "stream_error":
+                    note(f"error: {json.dumps(message.error)}", "red")
+                elif message.type == "dropped":
+                    note(f"warning: {message.count} message(s) dropped (too slow)", "yellow")
+                elif message.type == "replay_gap":
+                    note(
+                        f"warning: chunks after {message.since} are not all buffered "
+                        f"({message.reason}); continuing from {message.first_available}",
+                        "yellow",
+                    )
+                elif message.type == "error":
+                    note(f"error: {message.code}: {message.message}", "red")
+                elif message.type == "stream_complete":
+                    failed = message.reason in ("failed", "error")
+                    note(
+                        f"stream {stream!r} ended: {message.reason} (last seq {message.last_seq})",
+                        "red" if failed else "bold",
+                    )
+                    return EXIT_FAILED if failed else EXIT_OK
+            code, reason = client.close_code, client.close_reason
+    except ConnectFailed as exc:
+        raise CLIError(str(exc), EXIT_USAGE if exc.status in (401, 403) else EXIT_FAILED) from None
+    except OSError as exc:
+        raise CLIError(
+            f"cannot connect to {args.url}: {exc.strerror or exc}", EXIT_FAILED
+        ) from None
+    except InvalidURI as exc:
+        raise CLIError(f"not a WebSocket URL: {args.url} ({exc})") from None
+    raise CLIError(
+        f"the connection closed before the stream ended (code {code}: {reason or 'no reason'})",
+        EXIT_FAILED,
+    )
 
 
 # ---------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .core.components import Component
     from .core.errors import StageError
     from .core.pipeline import PipelineSpec
+    from .server.auth import AuthRequest
 
 Register = Callable[["Component"], None]
 """The callback collection hooks receive: call it once per component."""
@@ -100,6 +101,22 @@ def register_metrics_exporters(register: Register) -> None:
     """
 
 
+@hookspec
+def register_checkpoint_stores(register: Register) -> None:
+    """Contribute checkpoint stores (where resumable runs keep their progress).
+
+    Called once at plugin load. Call ``register`` with each component made by
+    ``@headwater.checkpoint_store``: a class instantiated with its params whose instances
+    implement ``load``, ``save``, ``list``, ``reset`` and ``close`` (see
+    :class:`headwater.core.checkpoints.CheckpointStore`). A pipeline picks one with
+    ``checkpoint: {store: NAME, params: {...}}``; the built-in store is ``sqlite``.
+
+    :param register: Adds one checkpoint store; names are unique across plugins.
+
+    .. versionadded:: 0.1
+    """
+
+
 # ---------------------------------------------------------------------------------------
 # Lifecycle hooks: observe runs
 # ---------------------------------------------------------------------------------------
@@ -151,6 +168,68 @@ def stream_error(
         error and the run goes on; False when the error fails the run.
 
     May be ``async def``. Exceptions are logged against the plugin and ignored.
+
+    .. versionadded:: 0.1
+    """
+
+
+# ---------------------------------------------------------------------------------------
+# Security hooks: who is connecting, and what may they do (used by ``headwater serve``)
+# ---------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def authenticate(token: str | None, request: AuthRequest) -> Any:
+    """Map the credentials of a connection to a principal, or reject it.
+
+    Called by the server for every WebSocket upgrade and every ``/api`` request, *before*
+    the upgrade: a rejected connection gets HTTP 401 and never becomes a WebSocket.
+    Implementations are called one after the other (the last registered first, as in
+    pluggy; ``tryfirst`` / ``trylast`` are honoured) and **the first non-None result
+    wins**; the rest are not called.
+
+    Return a *principal* (any object other than None and False: a user name, or a richer
+    object that your ``authorize`` implementation understands) to accept the connection,
+    ``False`` to reject it, or ``None`` to leave the decision to other plugins. When every
+    implementation returns None, the connection is anonymous: accepted when the server
+    runs without authentication (``auth.required`` false, bound to localhost), rejected
+    otherwise. An implementation that raises rejects the connection (an error in an
+    authentication plugin never lets anybody in); the error is logged.
+
+    May be ``async def`` (it is awaited on the server's event loop).
+
+    :param token: The bearer token of the request: the ``Authorization: Bearer TOKEN``
+        header, else the ``token`` query parameter (``ws://host:port/?token=TOKEN``), else
+        None.
+    :param request: What else is known about the request: ``path``, ``headers``,
+        ``remote`` address, ``origin`` and ``auth`` (the server's ``auth`` settings, so a
+        plugin configured from the server configuration can read its section).
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def authorize(principal: Any, action: str, target: str) -> bool | Awaitable[bool | None] | None:
+    """Decide whether a principal may subscribe to a stream, run a pipeline, or cancel a run.
+
+    Called by the server before it acts on a ``subscribe``, ``run`` or ``cancel`` request
+    and to filter ``/api/streams``. Implementations are called one after the other (the
+    last registered first) and **the first non-None result wins**: ``True`` allows,
+    ``False`` denies (the client gets an ``unauthorized`` error), ``None`` leaves the
+    decision to other plugins. When every implementation returns None, the request is
+    allowed if the server runs without authentication and denied otherwise. The
+    principal that started a run may always subscribe to its stream and cancel it. An
+    implementation that raises (or returns something other than a bool or None) denies
+    the request; the error is logged.
+
+    May be ``async def`` (it is awaited on the server's event loop).
+
+    :param principal: What ``authenticate`` returned for the connection (None for an
+        anonymous connection to a server without authentication).
+    :param action: ``subscribe`` (target: a stream id), ``run`` (target: a pipeline name
+        from the server configuration) or ``cancel`` (target: the stream id of a run).
+    :param target: The stream id or pipeline name the request is about.
 
     .. versionadded:: 0.1
     """

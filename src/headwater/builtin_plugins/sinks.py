@@ -199,6 +199,12 @@ class JsonlSink:
     The file is opened (truncated unless ``append``) before the first item and closed at
     the end; the output is ``{"path": ..., "items": n}``. An item that is not
     JSON-serialisable fails the batch before any of it is written, naming its type.
+
+    Delivery is at-least-once: in a checkpointed run the file is flushed and fsynced at
+    every checkpoint, and a resumed run appends after truncating a torn last line (one
+    cut short by a crash), so every line stays valid JSON. Lines written after the last
+    checkpoint before a crash are written again on resume: duplicates are bounded by one
+    checkpoint interval.
     """
 
     def __init__(self, params: JsonlParams, ctx: StreamContext) -> None:
@@ -207,12 +213,22 @@ class JsonlSink:
         self.items = 0
         self._file: IO[str] | None = None
         self._encode = _json_encoder(params.ensure_ascii).encode
+        self._resuming = bool(getattr(ctx, "resuming", False))
 
     def open(self) -> None:
-        """Open (and truncate, unless ``append``) the file."""
-        mode = "a" if self.params.append else "w"
+        """Open (and truncate, unless ``append`` or resuming) the file."""
         path = os.path.expanduser(self.path)
+        if self._resuming:
+            _truncate_torn_line(path)
+        mode = "a" if self.params.append or self._resuming else "w"
         self._file = open(path, mode, encoding="utf-8", newline="\n")  # noqa: SIM115
+
+    def commit_checkpoint(self, checkpoint: Any) -> None:
+        """Make every line written so far durable before the checkpoint is acknowledged."""
+        file = self._file
+        if file is not None:
+            file.flush()
+            os.fsync(file.fileno())
 
     def write(self, batch: list[Any]) -> None:
         """Encode the whole batch, then write it with one call (runs in a worker thread)."""
@@ -241,6 +257,31 @@ class JsonlSink:
             finally:
                 file.close()
         return {"path": self.path, "items": self.items}
+
+
+def _truncate_torn_line(path: str) -> None:
+    """Cut a file back to its last newline (a crash may have left half a line)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return
+    try:
+        size = os.fstat(fd).st_size
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            os.lseek(fd, start, os.SEEK_SET)
+            block = os.read(fd, end - start)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                end = start + newline + 1
+                break
+            end = start
+        if end != size:
+            os.ftruncate(fd, end)
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------
@@ -340,6 +381,9 @@ class SqliteSink:
         self._conn: sqlite3.Connection | None = None
         self._sql: str | None = None
         self._ignore_extra = params.columns is not None
+        self._deferred = bool(getattr(ctx, "checkpointing", False))
+        """In a checkpointed run, rows stay in an open transaction until the checkpoint
+        that covers them commits with them (exactly-once)."""
 
     def open(self) -> None:
         """Connect, switch to WAL, and create the table when the columns are known."""
@@ -356,6 +400,13 @@ class SqliteSink:
         )
         try:
             conn.execute("PRAGMA journal_mode=WAL")
+            if self._deferred:
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS headwater_sink_checkpoints ("
+                    " pipeline TEXT NOT NULL, sink_table TEXT NOT NULL, seq INTEGER NOT NULL,"
+                    " data TEXT NOT NULL, PRIMARY KEY (pipeline, sink_table))"
+                )
             if self.columns is not None:
                 self._prepare(conn, self.columns)
         except BaseException:
@@ -440,6 +491,12 @@ class SqliteSink:
             self._prepare(conn, self.columns)
         assert self._sql is not None
         rows = self._to_rows(batch)
+        if self._deferred:
+            if not conn.in_transaction:
+                conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(self._sql, rows)  # committed by commit_checkpoint()
+            self.rows += len(rows)
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany(self._sql, rows)
@@ -449,6 +506,36 @@ class SqliteSink:
                 conn.execute("ROLLBACK")
             raise
         self.rows += len(rows)
+
+    def commit_checkpoint(self, checkpoint: Any) -> None:
+        """Commit the rows written since the last checkpoint together with ``checkpoint``."""
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("sqlite: commit_checkpoint() before open()")
+        if not conn.in_transaction:
+            conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "INSERT OR REPLACE INTO headwater_sink_checkpoints VALUES (?, ?, ?, ?)",
+                (checkpoint.pipeline, self.params.table, checkpoint.seq, checkpoint.to_json()),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def load_checkpoint(self) -> str | None:
+        """The checkpoint committed with this table's rows (JSON), for resuming."""
+        conn = self._conn
+        if conn is None or not self._deferred:
+            return None
+        row = conn.execute(
+            "SELECT data FROM headwater_sink_checkpoints WHERE sink_table = ?"
+            " ORDER BY seq DESC LIMIT 1",
+            (self.params.table,),
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def close(self, error: BaseException | None) -> dict[str, Any]:
         """Roll back an unfinished transaction, close; returns ``{"path", "table", "rows"}``."""
@@ -462,6 +549,109 @@ class SqliteSink:
         return {"path": self.params.path, "table": self.params.table, "rows": self.rows}
 
 
+# ---------------------------------------------------------------------------------------
+# websocket
+# ---------------------------------------------------------------------------------------
+
+
+class WebsocketParams(BaseModel):
+    """Params of ``websocket``."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    stream: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="Stream to publish to. Default: the stream of the run when a client "
+        "started it with `run`, else the pipeline's name.",
+    )
+    create: bool = Field(
+        True, description="Create the stream if it is not open (else fail with unknown_stream)."
+    )
+    close: bool | None = Field(
+        None,
+        description="Close the stream when the sink closes. Default: only if this sink "
+        "created it. A run's own stream is always closed by the server, with the run's "
+        "final state.",
+    )
+    reason: str = Field(
+        "completed", min_length=1, description="`stream_complete` reason when the sink closes it."
+    )
+
+
+@headwater.sink("websocket", params=WebsocketParams)
+class WebsocketSink:
+    """Publish each item as one chunk of a stream of the headwater server in this process.
+
+    Clients subscribed to the stream receive every item as a ``stream_update`` (protocol
+    v1); items must be JSON-serialisable (pydantic models, dataclasses and datetimes
+    are). The server is the one ``headwater serve`` (or an embedder's
+    ``headwater.server.Server``) runs in this process; the sink fails at open, with a
+    clear message, when none is running. The output is ``{"stream", "chunks",
+    "last_seq"}``.
+    """
+
+    def __init__(self, params: WebsocketParams, ctx: StreamContext) -> None:
+        self.params = params
+        self.ctx = ctx
+        self.stream: str | None = None
+        self.chunks = 0
+        self.last_seq = 0
+        self._server: Any = None
+        self._owned = False
+        self._run_stream = False
+
+    async def open(self) -> None:
+        """Find the running server and the stream (creating it if asked)."""
+        from headwater.server.registry import current_server
+
+        server = current_server()
+        manager = server.manager
+        stream = self.params.stream
+        if stream is None:
+            stream = server.stream_of_run(self.ctx.run_id)
+            self._run_stream = stream is not None
+            if stream is None:
+                stream = self.ctx.pipeline
+        else:
+            self._run_stream = server.stream_of_run(self.ctx.run_id) == stream
+        if not manager.has_stream(stream) and self.params.create:
+            metadata = {"pipeline": self.ctx.pipeline, "run": self.ctx.run_id}
+            await server.call(_create_stream, manager, stream, metadata)
+            self._owned = True
+        self._server = server
+        self.stream = stream
+
+    async def write(self, batch: list[Any]) -> None:
+        """Push the batch to the stream, one chunk per item (encoded once for all clients)."""
+        if not batch:
+            return
+        assert self._server is not None
+        assert self.stream is not None
+        self.last_seq = await self._server.call(self._server.manager.push_many, self.stream, batch)
+        self.chunks += len(batch)
+
+    async def close(self, error: BaseException | None) -> dict[str, Any]:
+        """Close the stream if this sink owns it; returns ``{"stream", "chunks", "last_seq"}``."""
+        server, stream = self._server, self.stream
+        close = self.params.close if self.params.close is not None else self._owned
+        if server is not None and stream is not None and close and not self._run_stream:
+            manager = server.manager
+            if manager.has_stream(stream):
+                if error is not None:
+                    await server.call(manager.handle_stream_error, stream, error)
+                else:
+                    await server.call(manager.close_stream, stream, self.params.reason)
+        return {"stream": stream, "chunks": self.chunks, "last_seq": self.last_seq}
+
+
+async def _create_stream(manager: Any, stream: str, metadata: dict[str, Any]) -> None:
+    """Create ``stream`` unless somebody else created it meanwhile."""
+    if not manager.has_stream(stream):
+        await manager.create_stream(stream, metadata=metadata)
+
+
 @headwater.hookimpl
 def register_sinks(register: Any) -> None:
     """Register the built-in sinks."""
@@ -470,3 +660,4 @@ def register_sinks(register: Any) -> None:
     register(StdoutSink)
     register(JsonlSink)
     register(SqliteSink)
+    register(WebsocketSink)

@@ -34,19 +34,37 @@ class RangeParams(BaseModel):
     "range",
     params=RangeParams,
     output="integers from start to stop (exclusive)",
-    capabilities=("streaming", "progress"),
+    capabilities=("streaming", "progress", "resumable"),
     batched=True,
 )
 async def range_source(params: RangeParams, ctx: StreamContext) -> AsyncIterator[list[int]]:
-    """Count from ``start`` to ``stop`` like Python's range(), in batches."""
+    """Count from ``start`` to ``stop`` like Python's range(), in batches.
+
+    Resumable: the position is the number of values emitted.
+    """
     if params.step == 0:
         raise ValueError("range step must not be zero")
     values = range(params.start, params.stop, params.step)
     total = len(values)
     chunk = params.chunk
-    for offset in range(0, total, chunk):
-        yield list(values[offset : offset + chunk])
-        ctx.progress(min(offset + chunk, total), total)
+    first = _resume_index(ctx.resume_position, total)
+    ctx.checkpoint(first)
+    for offset in range(first, total, chunk):
+        end = min(offset + chunk, total)
+        yield list(values[offset:end])
+        ctx.checkpoint(end)
+        ctx.progress(end, total)
+
+
+def _resume_index(position: Any, total: int) -> int:
+    """The index a resumed ``range`` continues from."""
+    if position is None:
+        return 0
+    if not isinstance(position, int) or isinstance(position, bool) or not 0 <= position <= total:
+        raise ValueError(
+            f"range cannot resume from position {position!r}: expected an index in 0..{total}"
+        )
+    return position
 
 
 class IterableParams(BaseModel):
@@ -145,8 +163,16 @@ class _LineSplitter:
 
     def __init__(self, encoding: str, errors: str, strip_newline: bool) -> None:
         self._decoder = codecs.getincrementaldecoder(encoding)(errors)
+        self.encoding = encoding
+        self.errors = errors
         self.strip = strip_newline
         self._carry: list[str] = []
+
+    def pending(self) -> tuple[int, bool]:
+        """Bytes fed but not yet returned as lines (decoder buffer + unfinished line)."""
+        buffered, _ = self._decoder.getstate()
+        carried = "".join(self._carry).encode(self.encoding, self.errors) if self._carry else b""
+        return len(buffered) + len(carried), bool(self._carry)
 
     def feed(self, data: bytes, final: bool = False) -> list[str]:
         """Decode ``data``; return the lines it completes (and the last one if ``final``)."""
@@ -222,6 +248,34 @@ class _LineReader:
         info = os.fstat(self.file.fileno())
         self.size = info.st_size if stat.S_ISREG(info.st_mode) else None
 
+    def resume(self, position: Any) -> int:
+        """Seek to a committed position; returns the number of lines read before it."""
+        if (
+            not isinstance(position, dict)
+            or not isinstance(position.get("offset"), int)
+            or not isinstance(position.get("line"), int)
+        ):
+            raise ValueError(
+                f"file.lines cannot resume from position {position!r}: expected "
+                '{"offset": int, "line": int}'
+            )
+        assert self.file is not None
+        offset = position["offset"]
+        if self.size is not None and offset > self.size:
+            raise ValueError(
+                f"{self.path!r} is shorter ({self.size} bytes) than the committed position "
+                f"({offset} bytes): the file was truncated or replaced since the checkpoint; "
+                "reset the checkpoint to read it from the start"
+            )
+        self.file.seek(offset)
+        self.bytes_read = offset
+        return int(position["line"])
+
+    def line_offset(self) -> int:
+        """Byte offset just after the last complete line returned so far."""
+        pending, _ = self.splitter.pending()
+        return self.bytes_read - pending
+
     def close(self) -> None:
         """Close the file (idempotent)."""
         if self.file is not None:
@@ -246,7 +300,7 @@ class _LineReader:
     "file.lines",
     params=FileLinesParams,
     output="the lines of a text file, as str (without line terminators by default)",
-    capabilities=("streaming", "progress"),
+    capabilities=("streaming", "progress", "resumable"),
     batched=True,
 )
 async def file_lines_source(
@@ -257,19 +311,31 @@ async def file_lines_source(
     Lines end at ``\n``; a ``\r`` right before it belongs to the terminator, a lone
     ``\r`` is content. A last line without terminator is emitted too. The file is read
     in large blocks in a worker thread, so the event loop never blocks on disk.
+
+    Resumable: the position is ``{"offset": byte offset after the last whole line read,
+    "line": lines read so far}``; resuming seeks there (exact for encodings whose text
+    re-encodes to the same bytes, such as UTF-8 read with ``errors: strict``).
     """
     reader = _LineReader(params)
     await anyio.to_thread.run_sync(reader.open)
     try:
-        skip = params.start_line - 1
+        consumed = 0
+        if ctx.resume_position is not None:
+            consumed = await anyio.to_thread.run_sync(reader.resume, ctx.resume_position)
+        skip = max(0, params.start_line - 1 - consumed)
         remaining = params.max_lines
+        if remaining is not None:
+            remaining = max(0, remaining - max(0, consumed - (params.start_line - 1)))
+        ctx.checkpoint({"offset": reader.line_offset(), "line": consumed})
         while not reader.eof and remaining != 0:
             lines = await anyio.to_thread.run_sync(reader.read_block)
+            consumed += len(lines)
             size = reader.size
             ctx.progress(reader.bytes_read, None if size is None else max(size, reader.bytes_read))
             if skip:
                 if skip >= len(lines):
                     skip -= len(lines)
+                    ctx.checkpoint({"offset": reader.line_offset(), "line": consumed})
                     continue
                 lines = lines[skip:]
                 skip = 0
@@ -279,6 +345,7 @@ async def file_lines_source(
                 remaining -= len(lines)
             if lines:
                 yield lines
+            ctx.checkpoint({"offset": reader.line_offset(), "line": consumed})
     finally:
         reader.close()
 

@@ -66,21 +66,30 @@ async def run(
     *,
     plugins: PluginManager | None = None,
     raise_on_error: bool = True,
+    resume: bool = False,
+    force: bool = False,
 ) -> RunResult:
     """Run a pipeline to completion on the current event loop and return its result.
+
+    With ``resume``, a pipeline with a ``checkpoint`` section continues from its last
+    committed checkpoint (``force`` accepts one taken by a changed definition).
 
     Raises :class:`~headwater.PipelineFailed` (or ``PipelineCancelled`` /
     ``PipelineTimeout``) unless ``raise_on_error`` is False, in which case the returned
     result's ``state`` tells the outcome.
     """
     resolved, pm = prepare(pipeline, plugins)
-    result = await execute(resolved, pm)
+    result = await execute(resolved, pm, resume=resume, force=force)
     return result.raise_for_state() if raise_on_error else result
 
 
 @asynccontextmanager
 async def open_run(
-    pipeline: PipelineLike, *, plugins: PluginManager | None = None
+    pipeline: PipelineLike,
+    *,
+    plugins: PluginManager | None = None,
+    resume: bool = False,
+    force: bool = False,
 ) -> AsyncIterator[RunHandle]:
     """Start a run in the background and yield its :class:`RunHandle`.
 
@@ -92,7 +101,7 @@ async def open_run(
         result = await handle.wait()
     """
     resolved, pm = prepare(pipeline, plugins)
-    handle = create_run(resolved, pm)
+    handle = create_run(resolved, pm, resume=resume, force=force)
     async with anyio.create_task_group() as tg:
         tg.start_soon(handle.start)
         try:
@@ -108,8 +117,13 @@ def run_sync(
     plugins: PluginManager | None = None,
     raise_on_error: bool = True,
     backend: Literal["asyncio", "trio"] = "asyncio",
+    resume: bool = False,
+    force: bool = False,
 ) -> RunResult:
     """Blocking convenience for scripts: run a pipeline on a fresh event loop."""
     return anyio.run(
-        lambda: run(pipeline, plugins=plugins, raise_on_error=raise_on_error), backend=backend
+        lambda: run(
+            pipeline, plugins=plugins, raise_on_error=raise_on_error, resume=resume, force=force
+        ),
+        backend=backend,
     )

@@ -30,6 +30,7 @@ class BatchChannel:
     """Single-consumer, multi-producer bounded channel of items, read in batches."""
 
     __slots__ = (
+        "_markers",
         "_not_empty",
         "_not_full",
         "_producer_scopes",
@@ -54,6 +55,7 @@ class BatchChannel:
         self._not_full: anyio.Event | None = None
         self._reader_closed = False
         self._producer_scopes: list[anyio.CancelScope] = []
+        self._markers: list[tuple[int, Any]] = []
 
     def add_writers(self, count: int) -> None:
         """Declare ``count`` more producers (``merge`` of several sources)."""
@@ -106,6 +108,29 @@ class BatchChannel:
             self.items = batch
             self.wake()
 
+    def put_marker(self, marker: Any) -> None:
+        """Place a checkpoint marker after every item put so far (it travels with them)."""
+        if self._reader_closed:
+            return
+        self._markers.append((self.taken + len(self.items), marker))
+        self.wake()
+
+    def pop_markers(self, base: int) -> list[tuple[int, Any]]:
+        """Markers taken with the last batch, as ``(offset in that batch, marker)``.
+
+        ``base`` is the value of :attr:`taken` before the batch was taken.
+        """
+        markers = self._markers
+        if not markers:
+            return markers
+        self._markers = []
+        return [(index - base, marker) for index, marker in markers]
+
+    @property
+    def has_markers(self) -> bool:
+        """True when markers wait to be popped."""
+        return bool(self._markers)
+
     def close_writer(self) -> None:
         """One producer is done; the consumer sees the end once all producers are."""
         self._writers -= 1
@@ -121,7 +146,7 @@ class BatchChannel:
 
     async def get(self) -> list[Any]:
         """Take every pending item; raises ``anyio.EndOfStream`` when drained and closed."""
-        while not self.items:
+        while not self.items and not self._markers:
             if self._writers <= 0:
                 raise anyio.EndOfStream
             waiter = self._not_empty = anyio.Event()

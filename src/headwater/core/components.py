@@ -26,6 +26,7 @@ __all__ = [
     "FunctionShape",
     "TransformerKind",
     "action",
+    "checkpoint_store",
     "exporter",
     "sink",
     "transformer",
@@ -39,6 +40,7 @@ class ComponentKind(StrEnum):
     TRANSFORMER = "transformer"
     SINK = "sink"
     EXPORTER = "exporter"
+    CHECKPOINT_STORE = "checkpoint_store"
 
 
 class Capability(StrEnum):
@@ -329,6 +331,32 @@ def exporter(
             name=name,
             obj=obj,
             shape=_shape_of(obj),
+            params=params,
+            description=description if description is not None else _first_doc_paragraph(obj),
+        )
+
+    return decorate
+
+
+def checkpoint_store(
+    name: str,
+    *,
+    params: type[BaseModel] | None = None,
+    description: str | None = None,
+) -> Callable[[Callable[..., Any]], Component]:
+    """Declare a checkpoint store: a class instantiated as ``cls(params)`` (or ``cls()``)
+    whose instances implement :class:`~headwater.core.checkpoints.CheckpointStore`."""
+    _check_name(name)
+    _check_params(params)
+
+    def decorate(obj: Callable[..., Any]) -> Component:
+        if not inspect.isclass(obj):
+            raise TypeError(f"checkpoint store {name!r} must be a class")
+        return Component(
+            kind=ComponentKind.CHECKPOINT_STORE,
+            name=name,
+            obj=obj,
+            shape="class",
             params=params,
             description=description if description is not None else _first_doc_paragraph(obj),
         )

@@ -33,6 +33,14 @@ class StreamContext:
     plugin: str | None = None
     _emit: Callable[[Event], None] = field(default=lambda event: None, repr=False)
     _cancelled: Callable[[], bool] = field(default=lambda: False, repr=False)
+    resume_position: Any = None
+    """For a resumable source: the committed position to continue from (None: start)."""
+    checkpointing: bool = False
+    """True when the run commits checkpoints (transactional sinks then defer commits to
+    ``commit_checkpoint``)."""
+    resuming: bool = False
+    """True when the run continues from a checkpoint (e.g. a file sink appends)."""
+    _position: Callable[[Any], None] = field(default=lambda position: None, repr=False)
     logger: logging.LoggerAdapter[logging.Logger] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -68,13 +76,31 @@ class StreamContext:
         """
         self._emit(Progress(self.stage, done, total, message))
 
+    def checkpoint(self, position: Any) -> None:
+        """Report, from a resumable source, the position *after* the items yielded so far.
+
+        Call it whenever the source is at a clean point (after each chunk or item) and
+        after its last item; the runtime decides when to commit, and on resume the source
+        receives the last committed value as ``ctx.resume_position``. The position must
+        be JSON-serialisable (an offset, a line number, a cursor string, ...).
+        """
+        self._position(position)
+
     def status(self, message: str, state: str = "running") -> None:
         """Report a human-readable status message for this stage."""
         self._emit(Status(state, self.stage, message))
 
     def child(self, stage: str, plugin: str | None = None) -> StreamContext:
         """A context for another stage of the same run."""
-        return StreamContext(self.identity, stage, plugin, self._emit, self._cancelled)
+        return StreamContext(
+            self.identity,
+            stage,
+            plugin,
+            self._emit,
+            self._cancelled,
+            checkpointing=self.checkpointing,
+            resuming=self.resuming,
+        )
 
     def __reduce__(self) -> Any:  # pragma: no cover - contexts are never pickled
         raise TypeError("StreamContext cannot be pickled")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,18 @@ __all__ = ["call_flexible", "maybe_await_in_thread", "positional_arity"]
 
 def positional_arity(fn: Callable[..., Any]) -> int:
     """How many positional arguments ``fn`` accepts (a large number for ``*args``)."""
+    try:
+        return _cached_arity(fn)
+    except TypeError:  # an unhashable callable object
+        return _arity(fn)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_arity(fn: Callable[..., Any]) -> int:
+    return _arity(fn)
+
+
+def _arity(fn: Callable[..., Any]) -> int:
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):

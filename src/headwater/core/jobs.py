@@ -68,6 +68,7 @@ __all__ = [
     "load_jobs",
     "parse_jobs",
     "run_jobs",
+    "scheduler_for",
     "submit_jobs",
     "validate_jobs",
 ]

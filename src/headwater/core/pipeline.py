@@ -27,6 +27,7 @@ from .components import Component, ComponentKind
 from .errors import ComponentNotFound, PipelineValidationError, ValidationIssue
 
 __all__ = [
+    "CheckpointSpec",
     "ComposeSpec",
     "ErrorPolicy",
     "PipelineSpec",
@@ -150,6 +151,21 @@ class Timeouts(BaseModel):
     total: float | None = Field(None, gt=0, description="Whole run.")
 
 
+class CheckpointSpec(BaseModel):
+    """Checkpointing of a resumable pipeline (see docs: delivery and checkpoints)."""
+
+    model_config = _STRICT
+
+    store: str = Field("sqlite", description="Name of a registered checkpoint store.")
+    params: dict[str, Any] = Field(default_factory=dict, description="The store's params.")
+    every_items: int | None = Field(
+        10_000, gt=0, description="Checkpoint at least every this many source items."
+    )
+    every_seconds: float | None = Field(
+        5.0, gt=0, description="Checkpoint at least every this many seconds."
+    )
+
+
 class PluginSettings(BaseModel):
     """Plugin selection for this pipeline's process."""
 
@@ -177,6 +193,9 @@ class PipelineSpec(BaseModel):
         None, description="Receives items (with their error) that a skip/retry policy dropped."
     )
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    checkpoint: CheckpointSpec | None = Field(
+        None, description="Commit progress so that the run can resume (--resume)."
+    )
     batch_size: int = Field(256, gt=0, le=65536, description="Items per batch between stages.")
     buffer: int = Field(4, gt=0, le=1024, description="Batches buffered between two stages.")
     plugins: PluginSettings = Field(default_factory=PluginSettings)
@@ -208,14 +227,27 @@ class PipelineSpec(BaseModel):
         return self.compose.names if self.compose else list(self.sources)
 
     def fingerprint(self) -> str:
-        """A stable hash of the definition (used to key checkpoints)."""
+        """A stable hash of what a checkpoint depends on: the sources and the steps.
+
+        Sinks, timeouts, batch sizes and the checkpoint settings may change between a run
+        and its resumption; a change of a source or a step makes old positions and states
+        meaningless, and resuming is refused. Callables count by their import path.
+        """
         import hashlib
         import json
 
-        data = self.model_dump(mode="json", exclude={"description", "plugins"})
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=repr).encode()).hexdigest()[
-            :16
-        ]
+        data = self.model_dump(mode="python", include={"sources", "compose", "steps"})
+        text = json.dumps(data, sort_keys=True, default=_stable_repr)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _stable_repr(value: Any) -> str:
+    """A representation that is the same in every process (no memory addresses)."""
+    if callable(value):
+        module = getattr(value, "__module__", None) or ""
+        name = getattr(value, "__qualname__", None) or type(value).__qualname__
+        return f"{module}:{name}"
+    return f"{type(value).__module__}.{type(value).__qualname__}"
 
 
 def format_loc(loc: Sequence[int | str]) -> str:
@@ -379,6 +411,7 @@ class ResolvedPipeline:
     steps: list[ResolvedStage]
     sinks: list[ResolvedStage]
     dead_letter: ResolvedStage | None
+    checkpoint_store: ResolvedStage | None = None
 
 
 def _lookup(
@@ -469,6 +502,55 @@ def resolve(spec: PipelineSpec, registry: Any, *, source: str | None = None) -> 
         if comp is not None:
             params = _validate_params(comp, spec.dead_letter.params, "dead_letter", issues)
             dead = ResolvedStage("dead_letter", comp, params)
+    store: ResolvedStage | None = None
+    if spec.checkpoint is not None:
+        store = _resolve_checkpointing(spec, registry, sources, steps, issues)
     if issues:
         raise PipelineValidationError(issues, source)
-    return ResolvedPipeline(spec, sources, steps, sinks, dead)
+    return ResolvedPipeline(spec, sources, steps, sinks, dead, store)
+
+
+def _resolve_checkpointing(
+    spec: PipelineSpec,
+    registry: Any,
+    sources: dict[str, ResolvedStage],
+    steps: list[ResolvedStage],
+    issues: list[ValidationIssue],
+) -> ResolvedStage | None:
+    from .components import Capability
+
+    assert spec.checkpoint is not None
+    if len(spec.sources) != 1:
+        issues.append(
+            ValidationIssue(
+                "checkpoint",
+                "checkpointing needs exactly one source (positions of merged or zipped "
+                "sources cannot be committed consistently); split the pipeline",
+            )
+        )
+    for name, stage in sources.items():
+        if Capability.RESUMABLE not in stage.component.capabilities:
+            issues.append(
+                ValidationIssue(
+                    f"sources.{name}.action",
+                    f"action {stage.component.name!r} is not resumable, so it cannot be "
+                    "checkpointed; remove the checkpoint section or use a resumable source",
+                )
+            )
+    for i, step in enumerate(steps):
+        comp = step.component
+        if comp.transformer_kind == "stream" and Capability.STATEFUL in comp.capabilities:
+            issues.append(
+                ValidationIssue(
+                    f"steps[{i}].transformer",
+                    f"stream transformer {comp.name!r} keeps state it cannot snapshot, so "
+                    "the pipeline cannot be checkpointed",
+                )
+            )
+    store = _lookup(
+        registry, ComponentKind.CHECKPOINT_STORE, spec.checkpoint.store, "checkpoint.store", issues
+    )
+    if store is None:
+        return None
+    params = _validate_params(store, spec.checkpoint.params, "checkpoint", issues)
+    return ResolvedStage("checkpoint", store, params)

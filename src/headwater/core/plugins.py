@@ -28,6 +28,7 @@ from .errors import PluginLoadError
 from .registry import Registry
 
 if TYPE_CHECKING:
+    from ..server.auth import AuthRequest
     from .errors import StageError
     from .pipeline import PipelineSpec
 
@@ -51,6 +52,7 @@ _COLLECTION_HOOKS: dict[str, ComponentKind] = {
     "register_transformers": ComponentKind.TRANSFORMER,
     "register_sinks": ComponentKind.SINK,
     "register_metrics_exporters": ComponentKind.EXPORTER,
+    "register_checkpoint_stores": ComponentKind.CHECKPOINT_STORE,
 }
 
 
@@ -385,6 +387,68 @@ class PluginManager:
         await self._notify(
             "stream_error", pipeline=pipeline, run_id=run_id, error=error, handled=handled
         )
+
+    # -- security decisions (first non-None result wins; an error denies) ---------------
+
+    async def authenticate(self, token: str | None, request: AuthRequest) -> Any:
+        """The principal of a connection: the first non-None ``authenticate`` result.
+
+        Implementations are called in pluggy's order (the last registered first). Returns
+        None when no implementation had an opinion, ``False`` when the connection is
+        rejected. An implementation that raises rejects the connection (``False``): a
+        broken authentication plugin never lets anybody in.
+        """
+        for impl in self._call_order("authenticate"):
+            args = {"token": token, "request": request}
+            try:
+                result = impl.function(**{k: args[k] for k in impl.argnames})
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception:
+                log.exception(
+                    "plugin %r raised in authenticate: connection rejected", impl.plugin_name
+                )
+                return False
+            if result is not None:
+                return result
+        return None
+
+    async def authorize(self, principal: Any, action: str, target: str) -> bool | None:
+        """May ``principal`` do ``action`` on ``target``? The first non-None answer wins.
+
+        Implementations are called in pluggy's order (the last registered first). Returns
+        None when no implementation had an opinion. An implementation that raises, or
+        answers something other than a bool or None, denies (``False``).
+        """
+        args = {"principal": principal, "action": action, "target": target}
+        for impl in self._call_order("authorize"):
+            try:
+                result = impl.function(**{k: args[k] for k in impl.argnames})
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception:
+                log.exception(
+                    "plugin %r raised in authorize(%s %r): denied",
+                    impl.plugin_name,
+                    action,
+                    target,
+                )
+                return False
+            if result is None:
+                continue
+            if not isinstance(result, bool):
+                log.error(
+                    "plugin %r returned %r from authorize, not True, False or None: denied",
+                    impl.plugin_name,
+                    result,
+                )
+                return False
+            return result
+        return None
+
+    def _call_order(self, hook_name: str) -> list[pluggy.HookImpl]:
+        """Implementations of a hook in the order pluggy would call them."""
+        return list(reversed(getattr(self._pm.hook, hook_name).get_hookimpls()))
 
     def has_listeners(self, hook_name: str) -> bool:
         """True when at least one plugin implements the lifecycle hook."""

@@ -16,6 +16,7 @@ Topology of a run::
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -30,7 +31,9 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .channels import BatchChannel, DownstreamClosed, ThreadFeed
-from .components import Component
+from .checkpoints import Checkpoint, CheckpointError
+from .commit import Checkpointer, Marker
+from .components import Capability, Component
 from .context import RunIdentity, StreamContext
 from .errors import (
     PipelineCancelled,
@@ -122,11 +125,15 @@ class _SinkRuntime:
                 raise TypeError(f"sink {comp.name!r} has no write(batch) method")
             self._write: Callable[[list[Any]], Any] = write
             self._close: Callable[..., Any] | None = getattr(instance, "close", None)
+            self._commit: Callable[..., Any] | None = getattr(instance, "commit_checkpoint", None)
+            self._load: Callable[..., Any] | None = getattr(instance, "load_checkpoint", None)
         else:
             fn = comp.obj
             extra = lead[: max(0, positional_arity(fn) - 1)]
             self._open = None
             self._close = None
+            self._commit = None
+            self._load = None
             if inspect.iscoroutinefunction(fn):
 
                 async def write_async(batch: list[Any]) -> Any:
@@ -151,6 +158,20 @@ class _SinkRuntime:
             await self._write(batch)
         else:
             await anyio.to_thread.run_sync(self._write, batch)
+
+    async def commit_checkpoint(self, checkpoint: Checkpoint) -> None:
+        if self._commit is not None:
+            await _call(self._commit, checkpoint)
+
+    async def load_checkpoint(self) -> Checkpoint | None:
+        if self._load is None:
+            return None
+        held = await _call(self._load)
+        if held is None or isinstance(held, Checkpoint):
+            return held
+        if isinstance(held, str):
+            return Checkpoint.from_json(held)
+        return Checkpoint(**held)
 
     async def close(self, error: BaseException | None) -> Any:
         if self.closed:
@@ -229,8 +250,20 @@ class RunHandle:
 class _Run:
     """State and tasks of one execution of a resolved pipeline."""
 
-    def __init__(self, resolved: ResolvedPipeline, plugins: Any, run_id: str | None = None) -> None:
+    def __init__(
+        self,
+        resolved: ResolvedPipeline,
+        plugins: Any,
+        run_id: str | None = None,
+        *,
+        resume: bool = False,
+        force: bool = False,
+    ) -> None:
         self.resolved = resolved
+        self.resume = resume
+        self.force = force
+        self.checkpointer: Checkpointer | None = None
+        self._resuming = False
         self.spec = resolved.spec
         self.plugins = plugins
         self.identity = RunIdentity(self.spec.name, run_id or uuid.uuid4().hex[:12])
@@ -269,6 +302,8 @@ class _Run:
             component.plugin if component else None,
             self.events.emit,
             self._is_cancelled,
+            checkpointing=self.resolved.checkpoint_store is not None,
+            resuming=self._resuming,
         )
 
     def _stats(self, stage: str) -> StageStats:
@@ -320,7 +355,18 @@ class _Run:
                 self._scope = scope
                 if self._pending_cancel:
                     scope.cancel()
-                await self._run_graph()
+                try:
+                    await self._run_graph()
+                except anyio.get_cancelled_exc_class():
+                    # an enclosing scope (not this run's) cancelled us
+                    if self._cancel_reason is None:
+                        self._cancel_reason = "cancelled by the caller"
+                    raise
+                except Exception as exc:
+                    # not a stage's error (those are recorded where they happen): a bug or
+                    # a broken store; record it so that the run fails with it, not crashes
+                    log.exception("pipeline %s: unexpected error", self.spec.name)
+                    self.errors.append(exc)
         finally:
             elapsed = time.monotonic() - started
             if self.errors and not all(isinstance(e, PipelineTimeout) for e in self.errors):
@@ -335,7 +381,7 @@ class _Run:
                 self.spec.name,
                 self.identity.run_id,
                 state,
-                dict(self.outputs),
+                self._ordered_outputs(),
                 summary,
                 list(self.errors),
             )
@@ -369,12 +415,47 @@ class _Run:
                 for e in self.errors
             ],
             "cancel_reason": self._cancel_reason,
+            "checkpoint": self._checkpoint_summary(),
+        }
+
+    def _ordered_outputs(self) -> dict[str, Any]:
+        """Sink outputs in declaration order (sinks finish in any order)."""
+        keys = [s.stage.removeprefix("sinks.") for s in self.resolved.sinks] + ["dead_letter"]
+        return {k: self.outputs[k] for k in keys if k in self.outputs}
+
+    def _checkpoint_summary(self) -> dict[str, Any] | None:
+        ckpt = self.checkpointer
+        note = getattr(self, "resume_note", None)
+        if ckpt is None:
+            return {"note": note} if note else None
+        committed = ckpt.committed
+        return {
+            "resumed": self._resuming,
+            "committed_seq": committed.seq if committed else None,
+            "committed_items": committed.items if committed else None,
+            "saved": ckpt.saved,
+            "note": note,
         }
 
     async def _run_graph(self) -> None:
         res = self.resolved
         self._t0 = time.monotonic()
         self._last_item_at = self._t0
+        store = None
+        if res.checkpoint_store is not None:
+            try:
+                store, start = await self._load_checkpoint(res.checkpoint_store)
+            except CheckpointError as exc:
+                self.errors.append(exc)
+                self.events.emit(
+                    ErrorEvent(
+                        "checkpoint",
+                        {"error": "CheckpointError", "message": str(exc)},
+                        handled=False,
+                    )
+                )
+                return
+            self._resuming = start is not None
         sinks = [_SinkRuntime(s, self._ctx(s.stage, s.component)) for s in res.sinks]
         for s in sinks:
             self.stats[s.spec.stage] = s.stats
@@ -393,6 +474,22 @@ class _Run:
                     await self._fail(self._stage_error(s.spec, None, exc))
                     return
                 opened.append(s)
+            if store is not None:
+                start = await self._newest_checkpoint(start, sinks)
+                if start is not None and start.completed:
+                    self._skipped_completed(start)
+                    return
+                self.checkpointer = Checkpointer(
+                    pipeline=self.spec.name,
+                    fingerprint=self.spec.fingerprint(),
+                    store=store,
+                    every_items=self.spec.checkpoint.every_items if self.spec.checkpoint else None,
+                    every_seconds=(
+                        self.spec.checkpoint.every_seconds if self.spec.checkpoint else None
+                    ),
+                    start=start,
+                    sinks=[s.spec.stage for s in sinks],
+                )
             watchdog = anyio.CancelScope()
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self._watchdog, watchdog)
@@ -412,6 +509,64 @@ class _Run:
                                 await s.close(error)
                             except Exception:
                                 log.exception("sink %s raised in close()", s.spec.stage)
+                if store is not None:
+                    with contextlib.suppress(Exception):
+                        await anyio.to_thread.run_sync(store.close)
+
+    async def _load_checkpoint(self, stage: ResolvedStage) -> tuple[Any, Checkpoint | None]:
+        """Instantiate the checkpoint store; with ``resume``, load and check the checkpoint."""
+        comp = stage.component
+        store = comp.obj(*(() if stage.params is None else (stage.params,)))
+        start: Checkpoint | None = await anyio.to_thread.run_sync(store.load, self.spec.name)
+        if not self.resume:
+            if start is not None:
+                self.events.emit(
+                    Status(
+                        "running",
+                        None,
+                        f"starting over: checkpoint {start.seq} of {self.spec.name} will be "
+                        "replaced (resume to continue from it instead)",
+                    )
+                )
+            return store, None
+        if start is not None and start.fingerprint != self.spec.fingerprint() and not self.force:
+            await anyio.to_thread.run_sync(store.close)
+            raise CheckpointError(
+                f"pipeline {self.spec.name!r} changed since its checkpoint {start.seq} was "
+                "taken (its sources or steps differ), so the committed positions and states "
+                "may not fit it any more; resume with force to use them anyway, or reset the "
+                f"checkpoint (headwater checkpoints reset {self.spec.name}) to start over"
+            )
+        return store, start
+
+    async def _newest_checkpoint(
+        self, start: Checkpoint | None, sinks: list[_SinkRuntime]
+    ) -> Checkpoint | None:
+        """A transactional sink may hold a newer checkpoint than the store (it commits the
+        checkpoint with its data, before every sink acknowledged it): prefer the newest."""
+        if not self.resume:
+            return start
+        for sink in sinks:
+            held = await sink.load_checkpoint()
+            if held is None:
+                continue
+            candidate = held
+            if candidate.pipeline != self.spec.name:
+                continue
+            if start is None or candidate.seq > start.seq:
+                start = candidate
+        return start
+
+    def _skipped_completed(self, start: Checkpoint) -> None:
+        self.events.emit(
+            Status(
+                "running",
+                None,
+                f"pipeline {self.spec.name} already completed (checkpoint {start.seq}); "
+                "nothing to resume",
+            )
+        )
+        self.resume_note = f"already completed at checkpoint {start.seq}"
 
     async def _run_stages(self, sinks: list[_SinkRuntime], dead: _SinkRuntime | None) -> None:
         async with anyio.create_task_group() as dead_tg:
@@ -483,6 +638,12 @@ class _Run:
 
     async def _fused_stage(self, inp: BatchChannel, out: _Output, steps: list[FusedStep]) -> None:
         stats = [self.stats[s.stage] for s in steps]
+        held: list[Marker] = []
+        try:
+            self._restore_states(steps)
+        except CheckpointError as exc:
+            await self._fail(exc)
+            raise _Stop from exc
         ticking = [(i, s) for i, s in enumerate(steps) if s.tick is not None]
         next_tick = math.inf
         try:
@@ -494,11 +655,17 @@ class _Run:
                     if next_tick == math.inf and interval != math.inf:
                         next_tick = now + interval
                     batch = None
+                    base = inp.taken
                     with anyio.move_on_after(max(0.0, next_tick - now)):
                         try:
                             batch = await inp.get()
                         except anyio.EndOfStream:
                             break
+                    if batch is not None and inp.has_markers:
+                        await self._apply_marked(
+                            steps, stats, batch, inp.pop_markers(base), out, held
+                        )
+                        batch = []
                     if time.monotonic() >= next_tick:
                         next_tick = math.inf
                         await self._run_ticks(steps, stats, ticking, out)
@@ -506,10 +673,17 @@ class _Run:
                     if batch is None or exhausted:
                         continue
                 else:
+                    base = inp.taken
                     try:
                         batch = await inp.get()
                     except anyio.EndOfStream:
                         break
+                    if inp.has_markers:
+                        await self._apply_marked(
+                            steps, stats, batch, inp.pop_markers(base), out, held
+                        )
+                        exhausted = any(s.exhausted for s in steps)
+                        continue
                 batch = await self._apply(steps, stats, 0, batch)
                 if batch:
                     await out.put_batch(batch)
@@ -525,8 +699,61 @@ class _Run:
                         tail = await self._apply(steps, stats, i + 1, list(tail))
                         if tail:
                             await out.put_batch(tail)
+            for marker in held:
+                self._snapshot_states(steps, marker)
+                out.put_marker(marker)
         finally:
             inp.close_reader()
+
+    async def _apply_marked(
+        self,
+        steps: list[FusedStep],
+        stats: list[StageStats],
+        batch: list[Any],
+        marks: list[tuple[int, Any]],
+        out: _Output,
+        held: list[Marker],
+    ) -> None:
+        """Process a batch that carries checkpoint markers, splitting it at each one."""
+        start = 0
+        for offset, marker in marks:
+            part = batch[start:offset]
+            start = offset
+            if part:
+                part = await self._apply(steps, stats, 0, part)
+                if part:
+                    await out.put_batch(part)
+            if marker.final:
+                held.append(marker)  # forwarded after the steps flushed, at the end
+            else:
+                self._snapshot_states(steps, marker)
+                out.put_marker(marker)
+        rest = batch[start:]
+        if rest:
+            rest = await self._apply(steps, stats, 0, rest)
+            if rest:
+                await out.put_batch(rest)
+
+    def _snapshot_states(self, steps: list[FusedStep], marker: Marker) -> None:
+        for step in steps:
+            snapshot = getattr(step.state, "snapshot", None)
+            if snapshot is not None:
+                marker.states[step.stage] = snapshot()
+
+    def _restore_states(self, steps: list[FusedStep]) -> None:
+        ckpt = self.checkpointer
+        if ckpt is None:
+            return
+        for step in steps:
+            restore = getattr(step.state, "restore", None)
+            stateful = Capability.STATEFUL in step.component.capabilities
+            if stateful and (restore is None or not hasattr(step.state, "snapshot")):
+                raise CheckpointError(
+                    f"stage {step.stage}: transformer {step.component.name!r} is stateful "
+                    "but cannot snapshot its state, so the pipeline cannot be checkpointed"
+                )
+            if restore is not None and step.stage in ckpt.states:
+                restore(ckpt.states[step.stage])
 
     async def _run_ticks(
         self,
@@ -608,14 +835,32 @@ class _Run:
         stats = self._stats(spec.stage)
         ctx = self._ctx(spec.stage, spec.component)
 
+        held: list[Marker] = []
+
         async def items() -> AsyncGenerator[Any, None]:
             while True:
+                base = inp.taken
                 try:
                     batch = await inp.get()
                 except anyio.EndOfStream:
                     return
                 stats.items_in += len(batch)
-                for item in batch:
+                if not inp.has_markers:
+                    for item in batch:
+                        yield item
+                    continue
+                start = 0
+                for offset, marker in inp.pop_markers(base):
+                    for item in batch[start:offset]:
+                        yield item
+                    start = offset
+                    # the transformer asked for the next item: its output for every item
+                    # before the marker is downstream already
+                    if marker.final:
+                        held.append(marker)
+                    else:
+                        out.put_marker(marker)
+                for item in batch[start:]:
                     yield item
 
         feed = items()
@@ -624,6 +869,8 @@ class _Run:
         try:
             agen = fn(feed, *lead[: max(0, positional_arity(fn) - 1)])
             await self._pump_async(agen, out, stats, spec, batched=False)
+            for marker in held:
+                out.put_marker(marker)
         finally:
             inp.close_reader()
             with anyio.CancelScope(shield=True):
@@ -673,6 +920,18 @@ class _Run:
         comp = stage.component
         stats = self._stats(stage.stage)
         ctx = self._ctx(stage.stage, comp)
+        ckpt = self.checkpointer
+        name = stage.stage.removeprefix("sources.")
+        if ckpt is not None:
+            if ckpt.committed is not None:
+                ctx.resume_position = ckpt.committed.positions.get(name)
+
+            def report(position: Any) -> None:
+                marker = ckpt.report(name, position, out.taken + len(out.items))
+                if marker is not None:
+                    out.put_marker(marker)
+
+            ctx._position = report
         lead = params_and_ctx(stage.params, ctx)
         args = lead[: positional_arity(comp.obj)]
         try:
@@ -691,6 +950,8 @@ class _Run:
                 self._mark_items(len(items))
                 stats.items_out += len(items)
                 await out.put_batch(items)
+            if ckpt is not None and not out.reader_closed:
+                out.put_marker(ckpt.final(out.taken + len(out.items)))
         except (DownstreamClosed, _Stop, anyio.get_cancelled_exc_class()):
             raise
         except Exception as exc:
@@ -810,12 +1071,23 @@ class _Run:
         spec = sink.spec
         try:
             while True:
+                base = ch.taken
                 try:
                     batch = await ch.get()
                 except anyio.EndOfStream:
                     break
                 sink.stats.items_in += len(batch)
-                await self._write(sink, batch)
+                if not ch.has_markers:
+                    await self._write(sink, batch)
+                    continue
+                start = 0
+                for offset, marker in ch.pop_markers(base):
+                    if offset > start:
+                        await self._write(sink, batch[start:offset])
+                    start = offset
+                    await self._acknowledge(sink, marker)
+                if start < len(batch):
+                    await self._write(sink, batch[start:])
             if self.errors or self._cancel_reason is not None:
                 return  # the run is ending abnormally: closed with its error by _run_graph
             with anyio.CancelScope(shield=True):
@@ -827,6 +1099,18 @@ class _Run:
             await self._fail(self._stage_error(spec, None, exc))
         finally:
             ch.close_reader()
+
+    async def _acknowledge(self, sink: _SinkRuntime, marker: Marker) -> None:
+        """The sink wrote every item before ``marker``: let it commit, then acknowledge."""
+        ckpt = self.checkpointer
+        if ckpt is None or sink.spec.stage == "dead_letter":
+            return
+        try:
+            await sink.commit_checkpoint(ckpt.checkpoint_for(marker))
+        except Exception as exc:
+            await self._fail(self._stage_error(sink.spec, sink.stats.items_out, exc))
+            raise _Stop from exc
+        await ckpt.ack(marker, sink.spec.stage)
 
     async def _write(self, sink: _SinkRuntime, batch: list[Any]) -> None:
         spec = sink.spec
@@ -899,6 +1183,10 @@ class _FanOut:
         for ch in self.channels:
             ch.close_writer()
 
+    def put_marker(self, marker: Any) -> None:
+        for ch in self.channels:
+            ch.put_marker(marker)
+
     def add_producer_scope(self, scope: anyio.CancelScope) -> None:
         for ch in self.channels:
             ch.add_producer_scope(scope)
@@ -908,9 +1196,20 @@ _Output = BatchChannel | _FanOut
 """Where a stage writes: one channel, or a fan-out to several sinks' channels."""
 
 
-def create_run(resolved: ResolvedPipeline, plugins: Any, *, run_id: str | None = None) -> RunHandle:
-    """A handle for a run that has not started yet; ``await handle.start()`` runs it."""
-    return RunHandle(_Run(resolved, plugins, run_id))
+def create_run(
+    resolved: ResolvedPipeline,
+    plugins: Any,
+    *,
+    run_id: str | None = None,
+    resume: bool = False,
+    force: bool = False,
+) -> RunHandle:
+    """A handle for a run that has not started yet; ``await handle.start()`` runs it.
+
+    With ``resume``, a checkpointed pipeline continues from its last committed
+    checkpoint; ``force`` accepts a checkpoint taken by a different definition.
+    """
+    return RunHandle(_Run(resolved, plugins, run_id, resume=resume, force=force))
 
 
 async def execute(
@@ -919,9 +1218,11 @@ async def execute(
     *,
     run_id: str | None = None,
     on_handle: Callable[[RunHandle], None] | None = None,
+    resume: bool = False,
+    force: bool = False,
 ) -> RunResult:
     """Run a resolved pipeline to completion and return its result (never raises on failure)."""
-    run = _Run(resolved, plugins, run_id)
+    run = _Run(resolved, plugins, run_id, resume=resume, force=force)
     if on_handle is not None:
         on_handle(RunHandle(run))
     return await run.execute()

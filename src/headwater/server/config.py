@@ -1,0 +1,414 @@
+"""The configuration of ``headwater serve``: a YAML file validated by pydantic.
+
+Every problem is reported with its path (``pipelines.count.params.stop``,
+``limits.max_frame_bytes``), never as a traceback. The shape::
+
+    host: 127.0.0.1
+    port: 8765
+    pipelines:
+      count:                              # long form: a pipeline and the params clients set
+        pipeline: {name: count, sources: {numbers: {action: range, params: {stop: 10}}},
+                   sinks: [{sink: websocket}]}
+        params: {stop: sources.numbers.params.stop}
+      errors: pipelines/errors.yaml       # short forms: a path (relative to this file) ...
+      evens: {name: evens, sources: ..., sinks: ...}   # ... or an inline pipeline
+    streaming: {inactivity_timeout: 300, client_queue_size: 1024}   # StreamingConfig
+    auth: {tokens: {s3cret: alice, t0ken: {principal: bob, streams: ["errors*"]}}}
+    origins: ["https://dashboard.example.com"]
+    limits: {max_frame_bytes: 65536, max_subscriptions: 100, rate: 50, burst: 100}
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from headwater.core.errors import HeadwaterError, PipelineValidationError, ValidationIssue
+from headwater.core.pipeline import apply_override, format_loc, parse_pipeline
+from headwater.core.streaming import StreamingConfig
+
+from .auth import TOKENS_ENV, AuthSettings, TokenGrant, parse_tokens_env
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "AuthConfig",
+    "LimitsConfig",
+    "NamedPipeline",
+    "PipelineEntry",
+    "ServerConfig",
+    "ServerConfigError",
+    "TokenConfig",
+    "load_server_config",
+    "parse_server_config",
+]
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 8765
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class ServerConfigError(HeadwaterError):
+    """The server configuration is invalid; ``issues`` lists every problem with its path."""
+
+    def __init__(self, issues: list[ValidationIssue], source: str | None = None) -> None:
+        self.issues = issues
+        self.source = source
+        where = f" in {source}" if source else ""
+        lines = "\n".join(f"  {issue}" for issue in issues)
+        count = f"{len(issues)} problem{'s' if len(issues) != 1 else ''}"
+        super().__init__(f"invalid server configuration{where} ({count}):\n{lines}")
+
+
+class TokenConfig(BaseModel):
+    """A static token's principal and the streams and pipelines it may reach."""
+
+    model_config = _STRICT
+
+    principal: str = Field(min_length=1, description="Name of the principal the token is for.")
+    streams: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Patterns (fnmatch) of the stream ids it may subscribe to and cancel.",
+    )
+    pipelines: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Patterns (fnmatch) of the pipeline names it may run.",
+    )
+
+
+class AuthConfig(BaseModel):
+    """Authentication of clients."""
+
+    model_config = _STRICT
+
+    required: bool | None = Field(
+        None,
+        description=(
+            "Reject connections that no `authenticate` plugin accepts. Default: true when "
+            "static tokens are configured (here or in HEADWATER_TOKENS), else false. Set it "
+            "to true when a third-party plugin authenticates clients."
+        ),
+    )
+    tokens: dict[str, str | TokenConfig] = Field(
+        default_factory=dict,
+        description="Static bearer tokens: token -> principal name, or -> {principal, "
+        "streams, pipelines}.",
+    )
+    env: bool = Field(True, description=f"Also read static tokens from {TOKENS_ENV}.")
+
+    @field_validator("tokens")
+    @classmethod
+    def _non_empty_tokens(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for token in value:
+            if not token.strip() or any(c.isspace() for c in token):
+                raise ValueError("a token must be non-empty and contain no spaces")
+        return value
+
+    def settings(self, environ: Mapping[str, str] | None = None) -> AuthSettings:
+        """The effective settings: these tokens plus ``HEADWATER_TOKENS`` (unless ``env``
+        is false); tokens given here win over the environment's."""
+        env = os.environ if environ is None else environ
+        grants: dict[str, TokenGrant] = {}
+        raw = env.get(TOKENS_ENV, "") if self.env else ""
+        if raw.strip():
+            grants.update(parse_tokens_env(raw))
+        for token, spec in self.tokens.items():
+            if isinstance(spec, str):
+                grants[token] = TokenGrant(spec)
+            else:
+                grants[token] = TokenGrant(
+                    spec.principal, tuple(spec.streams) or ("*",), tuple(spec.pipelines) or ("*",)
+                )
+        required = self.required if self.required is not None else bool(grants)
+        return AuthSettings(required=required, tokens=grants)
+
+
+class LimitsConfig(BaseModel):
+    """Per-connection limits; breaking one earns an `error` with a documented code."""
+
+    model_config = _STRICT
+
+    max_frame_bytes: int = Field(
+        64 * 1024,
+        ge=256,
+        description=(
+            "Largest client frame accepted; larger ones get `too_large`. Frames over 4x "
+            "this size close the connection (WebSocket code 1009)."
+        ),
+    )
+    max_subscriptions: int = Field(
+        100, ge=1, description="Streams one connection may be subscribed to at once."
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="Open WebSocket connections; more get HTTP 503."
+    )
+    max_runs: int = Field(16, ge=1, description="Runs started by clients going at once.")
+    rate: float = Field(
+        50.0, gt=0, description="Messages per second a connection may send, on average."
+    )
+    burst: int = Field(100, ge=1, description="Messages a connection may send in a burst.")
+
+
+class PipelineEntry(BaseModel):
+    """A named pipeline clients may ``run``, and the params they may set."""
+
+    model_config = _STRICT
+
+    pipeline: dict[str, Any] | str = Field(
+        description="The pipeline: an inline mapping, or the path of a YAML file (relative "
+        "to the configuration file)."
+    )
+    params: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Params a client's `run` may set: param name -> dotted path in the pipeline "
+            "(e.g. `stop: sources.numbers.params.stop`). Anything else is rejected."
+        ),
+    )
+    description: str = ""
+
+
+class ServerConfig(BaseModel):
+    """Everything ``headwater serve`` needs: address, pipelines, limits, security."""
+
+    model_config = _STRICT
+
+    host: str = Field(
+        DEFAULT_HOST,
+        min_length=1,
+        description="Address to bind. Without authentication only loopback is allowed.",
+    )
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="Port (0: any free port).")
+    pipelines: dict[str, PipelineEntry] = Field(
+        default_factory=dict, description="Pipelines clients may run, by name."
+    )
+    streaming: StreamingConfig = Field(default_factory=StreamingConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    origins: list[str] | None = Field(
+        None,
+        description=(
+            "Origins (`https://host[:port]`) of browser pages allowed to connect; `*` allows "
+            "any. Default: the server's own origin. Clients that send no Origin header "
+            "(non-browser) are always allowed."
+        ),
+    )
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    compression: bool = Field(
+        False,
+        description="Enable permessage-deflate (saves bandwidth, costs 20-45% throughput).",
+    )
+    ping_interval: float | None = Field(
+        20.0, gt=0, description="Seconds between keepalive pings (None: no pings)."
+    )
+    ping_timeout: float | None = Field(
+        20.0, gt=0, description="Seconds to wait for a pong before closing the connection."
+    )
+
+    @field_validator("pipelines", mode="before")
+    @classmethod
+    def _short_forms(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        out: dict[Any, Any] = {}
+        for name, entry in value.items():
+            if isinstance(entry, str) or (isinstance(entry, Mapping) and "pipeline" not in entry):
+                out[name] = {"pipeline": entry}
+            else:
+                out[name] = entry
+        return out
+
+    @field_validator("pipelines")
+    @classmethod
+    def _pipeline_names(cls, value: dict[str, PipelineEntry]) -> dict[str, PipelineEntry]:
+        for name in value:
+            if not 1 <= len(name) <= 256 or any(c.isspace() for c in name):
+                raise ValueError(f"pipeline name {name!r}: 1 to 256 characters, no spaces")
+        return value
+
+    def named_pipelines(self, base_dir: str | Path | None = None) -> dict[str, NamedPipeline]:
+        """Load every pipeline (files relative to ``base_dir``) and check its shape.
+
+        Raises :class:`ServerConfigError` listing every problem with its path.
+        """
+        base = Path(base_dir) if base_dir is not None else Path.cwd()
+        issues: list[ValidationIssue] = []
+        out: dict[str, NamedPipeline] = {}
+        for name, entry in self.pipelines.items():
+            named = _load_entry(name, entry, base, issues)
+            if named is not None:
+                out[name] = named
+        if issues:
+            raise ServerConfigError(issues)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class NamedPipeline:
+    """A pipeline of the server configuration, loaded and shape-checked."""
+
+    name: str
+    data: dict[str, Any]
+    """The pipeline mapping (as in YAML); each run applies its params to a deep copy."""
+    params: dict[str, str]
+    """Param name -> dotted path, the params a client's ``run`` may set."""
+    description: str = ""
+    source: str | None = None
+    """The file the pipeline came from, if any."""
+
+    def with_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """A copy of the pipeline mapping with a client's params applied.
+
+        Raises :class:`~headwater.PipelineValidationError` for an unknown param (listing
+        the allowed ones) or a path that cannot be set.
+        """
+        unknown = sorted(k for k in params if k not in self.params)
+        if unknown:
+            allowed = ", ".join(sorted(self.params)) or "none"
+            raise PipelineValidationError(
+                [
+                    ValidationIssue(f"params.{key}", f"unknown param (allowed: {allowed})")
+                    for key in unknown
+                ]
+            )
+        data = copy.deepcopy(self.data)
+        for key, value in params.items():
+            apply_override(data, self.params[key], value)
+        return data
+
+
+def _prefixed(prefix: str, issues: list[ValidationIssue]) -> list[ValidationIssue]:
+    return [
+        ValidationIssue(
+            prefix + (("." + i.path) if i.path and not i.path.startswith("[") else i.path),
+            i.message,
+        )
+        for i in issues
+    ]
+
+
+def _load_entry(
+    name: str, entry: PipelineEntry, base: Path, issues: list[ValidationIssue]
+) -> NamedPipeline | None:
+    where = f"pipelines.{name}" if name.isidentifier() else f"pipelines[{name!r}]"
+    source: str | None = None
+    if isinstance(entry.pipeline, str):
+        import yaml
+
+        path = Path(os.path.expanduser(entry.pipeline))
+        if not path.is_absolute():
+            path = base / path
+        source = str(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            issues.append(ValidationIssue(f"{where}.pipeline", f"cannot read {path}: {exc}"))
+            return None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            issues.append(ValidationIssue(f"{where}.pipeline", f"{path} is not valid YAML: {exc}"))
+            return None
+        if not isinstance(data, dict):
+            issues.append(ValidationIssue(f"{where}.pipeline", f"{path} is not a mapping"))
+            return None
+        prefix = f"{where} ({path.name})"
+    else:
+        data = copy.deepcopy(entry.pipeline)
+        prefix = f"{where}.pipeline"
+    try:
+        parse_pipeline(data)
+    except PipelineValidationError as exc:
+        issues.extend(_prefixed(prefix, exc.issues))
+        return None
+    for param, dotted in entry.params.items():
+        probe = copy.deepcopy(data)
+        try:
+            apply_override(probe, dotted, None)
+        except PipelineValidationError as exc:
+            problem = exc.issues[0].message if exc.issues else "cannot be set"
+            issues.append(ValidationIssue(f"{where}.params.{param}", f"{dotted}: {problem}"))
+    return NamedPipeline(name, data, dict(entry.params), entry.description, source)
+
+
+def parse_server_config(
+    data: Any, *, base_dir: str | Path | None = None, source: str | None = None
+) -> ServerConfig:
+    """Validate a mapping (parsed YAML) into a :class:`ServerConfig`; check its pipelines.
+
+    Pipeline files are read relative to ``base_dir`` (default: the working directory).
+    Raises :class:`ServerConfigError` listing every problem with its path.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ServerConfigError(
+            [
+                ValidationIssue(
+                    "", f"the configuration must be a mapping, not {type(data).__name__}"
+                )
+            ],
+            source,
+        )
+    try:
+        config = ServerConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ServerConfigError(_issues(exc), source) from None
+    try:
+        config.named_pipelines(base_dir)
+    except ServerConfigError as exc:
+        raise ServerConfigError(exc.issues, source) from None
+    try:
+        config.auth.settings()
+    except ValueError as exc:
+        raise ServerConfigError([ValidationIssue("auth", str(exc))], source) from None
+    return config
+
+
+def load_server_config(path: str | Path) -> ServerConfig:
+    """Read and validate a server configuration file (YAML)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ServerConfigError([ValidationIssue("", f"cannot read {path}: {exc}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ServerConfigError(
+            [ValidationIssue("", f"not valid YAML: {where}{problem}")], str(path)
+        ) from None
+    return parse_server_config(data, base_dir=path.parent, source=str(path))
+
+
+def _issues(exc: ValidationError) -> list[ValidationIssue]:
+    issues = []
+    for err in exc.errors(include_url=False):
+        loc = list(err["loc"])
+        # unions (token: str | TokenConfig) add the member's name to the path: drop it
+        loc = [p for p in loc if not (isinstance(p, str) and p in ("str", "TokenConfig"))]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+        issues.append(ValidationIssue(format_loc(loc), msg))
+    # a union reports one error per member; keep each (path, message) once
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for issue in issues:
+        key = (issue.path, issue.message)
+        if key not in seen:
+            seen.add(key)
+            unique.append(issue)
+    return unique
