@@ -1306,7 +1306,6 @@ async def _tail(args: argparse.Namespace, token: str | None) -> int:
     import json
 
     from rich.text import Text
-
     from websockets.exceptions import InvalidURI
 
     from .client import ConnectFailed, RequestFailed, connect

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 import headwater
-from headwater.core.checkpoints import DEFAULT_PATH, SQLiteCheckpointStore
+from headwater.core.checkpoints import DEFAULT_PATH, Checkpoint, SQLiteCheckpointStore
 
 
 class SQLiteStoreParams(BaseModel):
@@ -30,7 +30,40 @@ class SQLiteStore(SQLiteCheckpointStore):
         super().__init__(params.path, timeout=params.timeout)
 
 
+@headwater.checkpoint_store("memory")
+class MemoryStore:
+    """Checkpoints in process memory, lost at exit.
+
+    For pipelines whose source keeps its own progress (a broker's consumer group): the
+    commit protocol still runs, so sources acknowledge upstream only what every sink
+    committed, but nothing is written to disk.
+    """
+
+    def __init__(self) -> None:
+        self._data: dict[str, Checkpoint] = {}
+
+    def load(self, pipeline: str) -> Checkpoint | None:
+        """The latest checkpoint of ``pipeline`` in this process."""
+        return self._data.get(pipeline)
+
+    def save(self, checkpoint: Checkpoint) -> None:
+        """Keep ``checkpoint``."""
+        self._data[checkpoint.pipeline] = checkpoint
+
+    def list(self) -> list[Checkpoint]:
+        """Every checkpoint kept."""
+        return list(self._data.values())
+
+    def reset(self, pipeline: str) -> bool:
+        """Forget ``pipeline``'s checkpoint."""
+        return self._data.pop(pipeline, None) is not None
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
 @headwater.hookimpl
 def register_checkpoint_stores(register: Any) -> None:
-    """Register the built-in checkpoint store."""
+    """Register the built-in checkpoint stores."""
     register(SQLiteStore)
+    register(MemoryStore)

@@ -11,7 +11,9 @@ every sink acknowledged a marker, the checkpoint is saved to the store.
 
 from __future__ import annotations
 
+import inspect
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +66,9 @@ class Checkpointer:
         self._last_position: dict[str, Any] = {}
         self._lock = anyio.Lock()
         self.saved = 0
+        self.listeners: list[Callable[[Checkpoint], Any]] = []
+        """Called (awaited if async) after each checkpoint is saved: sources use it to
+        acknowledge upstream (e.g. XACK) only what every sink committed."""
 
     def report(self, source: str, position: Any, produced: int) -> Marker | None:
         """A source is at ``position`` after ``produced`` items: a marker when one is due."""
@@ -114,3 +119,7 @@ class Checkpointer:
             await anyio.to_thread.run_sync(self.store.save, checkpoint)
             self.committed = checkpoint
             self.saved += 1
+            for listener in self.listeners:
+                result = listener(checkpoint)
+                if inspect.isawaitable(result):
+                    await result

@@ -41,6 +41,9 @@ class StreamContext:
     resuming: bool = False
     """True when the run continues from a checkpoint (e.g. a file sink appends)."""
     _position: Callable[[Any], None] = field(default=lambda position: None, repr=False)
+    _on_commit: Callable[[Callable[[Any], Any]], None] = field(
+        default=lambda callback: None, repr=False
+    )
     logger: logging.LoggerAdapter[logging.Logger] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -85,6 +88,12 @@ class StreamContext:
         be JSON-serialisable (an offset, a line number, a cursor string, ...).
         """
         self._position(position)
+
+    def on_commit(self, callback: Callable[[Any], Any]) -> None:
+        """Call ``callback(position)`` (awaited if async) each time a checkpoint covering
+        this source is committed, i.e. every sink durably has every item up to
+        ``position``. Sources reading from a broker acknowledge upstream here."""
+        self._on_commit(callback)
 
     def status(self, message: str, state: str = "running") -> None:
         """Report a human-readable status message for this stage."""

@@ -932,6 +932,11 @@ class _Run:
                     out.put_marker(marker)
 
             ctx._position = report
+
+            def on_commit(callback: Callable[[Any], Any]) -> None:
+                ckpt.listeners.append(lambda cp: callback(cp.positions.get(name)))
+
+            ctx._on_commit = on_commit
         lead = params_and_ctx(stage.params, ctx)
         args = lead[: positional_arity(comp.obj)]
         try:
