@@ -933,6 +933,152 @@ def test_lifecycle_hooks_also_run_under_run_sync(builtins_pm: headwater.PluginMa
 
 
 # ---------------------------------------------------------------------------------------
+# Security hooks: authenticate / authorize (firstresult, async-aware, errors deny)
+# ---------------------------------------------------------------------------------------
+
+
+def auth_request(**tokens: str) -> Any:
+    from headwater.server.auth import AuthRequest, AuthSettings, TokenGrant
+
+    grants = {token: TokenGrant(name) for token, name in tokens.items()}
+    return AuthRequest("/", {}, auth=AuthSettings(required=bool(grants), tokens=grants))
+
+
+class NoOpinion:
+    """Answers None to both security hooks, and records that it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    @headwater.hookimpl
+    def authenticate(self, token: str | None) -> None:
+        self.asked.append(f"authenticate {token}")
+
+    @headwater.hookimpl
+    def authorize(self, principal: Any, action: str, target: str) -> None:
+        self.asked.append(f"authorize {principal} {action} {target}")
+
+
+class Accepts:
+    """Authenticates every token as its upper-case self; allows everything (async)."""
+
+    @headwater.hookimpl
+    async def authenticate(self, token: str | None, request: Any) -> str | None:
+        await anyio.lowlevel.checkpoint()
+        return token.upper() if token else None
+
+    @headwater.hookimpl
+    async def authorize(self, principal: Any, action: str, target: str) -> bool:
+        await anyio.lowlevel.checkpoint()
+        return True
+
+
+class Denies:
+    """Rejects every connection; denies everything."""
+
+    @headwater.hookimpl
+    def authenticate(self) -> bool:
+        return False
+
+    @headwater.hookimpl
+    def authorize(self) -> bool:
+        return False
+
+
+class Broken:
+    """Raises in both hooks, or answers nonsense."""
+
+    @headwater.hookimpl
+    def authenticate(self, token: str | None) -> str:
+        raise RuntimeError("auth backend down")
+
+    @headwater.hookimpl
+    def authorize(self, target: str) -> Any:
+        if target == "nonsense":
+            return "yes"
+        raise RuntimeError("policy backend down")
+
+
+@pytest.mark.anyio
+async def test_hook_authenticate_first_non_none_wins_last_registered_first(
+    pm: headwater.PluginManager,
+) -> None:
+    request = auth_request()
+    assert await pm.authenticate("t", request) is None  # nobody implements it
+    quiet = NoOpinion()
+    assert pm.register(Denies(), "denies")
+    assert pm.register(Accepts(), "accepts")
+    assert pm.register(quiet, "quiet")
+    # pluggy's order: quiet (no opinion), then accepts (answers: denies is never asked)
+    assert await pm.authenticate("alice", request) == "ALICE"
+    assert quiet.asked == ["authenticate alice"]
+    # no token: accepts has no opinion either, so the older plugin decides
+    assert await pm.authenticate(None, request) is False
+    pm.unregister("denies")
+    assert await pm.authenticate(None, request) is None
+
+
+@pytest.mark.anyio
+async def test_hook_authenticate_error_rejects_even_if_another_plugin_accepts(
+    pm: headwater.PluginManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert pm.register(Accepts(), "accepts")
+    assert pm.register(Broken(), "broken")
+    with caplog.at_level(logging.ERROR, logger="headwater.plugins"):
+        assert await pm.authenticate("alice", auth_request()) is False
+    assert "plugin 'broken' raised in authenticate: connection rejected" in caplog.text
+    assert "auth backend down" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_hook_authorize_first_non_none_wins_and_errors_deny(
+    pm: headwater.PluginManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert await pm.authorize("alice", "subscribe", "errors") is None
+    quiet = NoOpinion()
+    assert pm.register(Denies(), "denies")
+    assert pm.register(quiet, "quiet")
+    assert await pm.authorize("alice", "subscribe", "errors") is False
+    assert quiet.asked == ["authorize alice subscribe errors"]
+    assert pm.register(Accepts(), "accepts")
+    assert await pm.authorize("alice", "run", "count") is True
+    assert pm.register(Broken(), "broken")
+    with caplog.at_level(logging.ERROR, logger="headwater.plugins"):
+        assert await pm.authorize("alice", "subscribe", "errors") is False
+        assert await pm.authorize("alice", "subscribe", "nonsense") is False
+    assert "raised in authorize(subscribe 'errors'): denied" in caplog.text
+    assert "returned 'yes' from authorize, not True, False or None: denied" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_hook_authenticate_and_authorize_of_the_builtin_static_tokens(
+    pm: headwater.PluginManager,
+) -> None:
+    from headwater.builtin_plugins import auth as builtin_auth
+    from headwater.server.auth import AuthRequest, AuthSettings, TokenGrant, TokenPrincipal
+
+    assert pm.register(builtin_auth, "headwater.auth", distribution="headwater")
+    grants = {
+        "s3cret": TokenGrant("alice"),
+        "t0ken": TokenGrant("bob", streams=("errors-*",), pipelines=("count",)),
+    }
+    request = AuthRequest("/?token=x", {}, auth=AuthSettings(required=True, tokens=grants))
+    assert await pm.authenticate(None, request) is None  # the server then rejects
+    assert await pm.authenticate("wrong", request) is False
+    assert await pm.authenticate("s3cret", request) == TokenPrincipal("alice")
+    bob = await pm.authenticate("t0ken", request)
+    assert isinstance(bob, TokenPrincipal)
+    assert bob.name == "bob"
+    assert await pm.authorize(bob, "subscribe", "errors-app") is True
+    assert await pm.authorize(bob, "subscribe", "audit") is False
+    assert await pm.authorize(bob, "run", "count") is True
+    assert await pm.authorize(bob, "run", "other") is False
+    assert await pm.authorize("not-a-token-principal", "run", "count") is None
+    # without tokens the plugin has no opinion at all
+    assert await pm.authenticate("s3cret", AuthRequest("/", {})) is None
+
+
+# ---------------------------------------------------------------------------------------
 # Meta-tests: the plugin contract is documented and tested
 # ---------------------------------------------------------------------------------------
 
@@ -1070,5 +1216,6 @@ def test_register_checkpoint_stores_contributes_a_store(
         plugins=pm,
     )
     assert result.output == list(range(50))
-    assert [c.items for c in saved] == [20, 40, 50]
+    # a run that starts over first saves its empty checkpoint (items 0), then one per marker
+    assert [c.items for c in saved] == [0, 20, 40, 50]
     assert saved[-1].completed and saved[-1].positions == {"n": 50}

@@ -23,6 +23,8 @@ SCENARIOS: dict[str, str] = {
     "first-item": "first_item",
     "memory": "memory",
     "discovery": "discovery",
+    "fanout": "fanout",
+    "workers": "workers",
 }
 """Scenario name (as typed on the command line) -> module name in this package.
 

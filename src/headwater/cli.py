@@ -9,6 +9,9 @@ Commands::
     headwater schema
     headwater serve [--config FILE] [--host HOST] [--port PORT]
     headwater tail URL STREAM [--since N] [--token TOKEN] [--json]
+    headwater worker FILE [--consumer NAME] [--drain-timeout SECONDS] [--set KEY=VALUE]...
+    headwater run FILE --resume [--force]
+    headwater checkpoints list|show NAME|reset NAME [--store-path PATH | --pipeline FILE]
 
 Global options (before or after the command): ``--disable-plugin NAME`` (repeatable, also
 ``-p no:NAME`` as in pytest, and the ``HEADWATER_DISABLE_PLUGINS`` variable),
@@ -213,6 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the run summary as JSON on stdout at the end",
     )
     run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the pipeline's last committed checkpoint (needs a checkpoint "
+        "section); a completed run is not run again",
+    )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume: use the checkpoint even if the pipeline's sources or steps "
+        "changed since it was taken",
+    )
+    run.add_argument(
         "--backend",
         choices=("asyncio", "trio"),
         default="asyncio",
@@ -263,7 +278,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the JSON Schema of the pipeline YAML format.",
     )
     schema.set_defaults(func=_cmd_schema)
+
+    new_plugin = commands.add_parser(
+        "new-plugin",
+        parents=[common],
+        help="create a plugin package, ready to pip install and test",
+        description="Create a plugin distribution: pyproject.toml with the headwater entry "
+        "point, a sample action with a params model, and tests using the headwater.testing "
+        "fixtures. They pass right after: pip install -e 'DIR[test]' && pytest DIR",
+    )
+    new_plugin.add_argument("name", metavar="NAME", help="distribution name, e.g. acme-weather")
+    new_plugin.add_argument(
+        "--dir",
+        metavar="PATH",
+        help="directory to create (default: ./NAME); it may exist if it is empty",
+    )
+    new_plugin.set_defaults(func=_cmd_new_plugin)
     _add_server_commands(commands, common)
+    _add_worker_command(commands, common)
+    _add_checkpoint_commands(commands, common)
     return parser
 
 
@@ -715,7 +748,11 @@ async def _watch_signals(
 
 
 async def _execute(
-    spec: PipelineSpec, manager: PluginManager, view: _RunView
+    spec: PipelineSpec,
+    manager: PluginManager,
+    view: _RunView,
+    resume: bool = False,
+    force: bool = False,
 ) -> tuple[RunResult, int | None]:
     """Run the pipeline, rendering its events; return its result and any signal number."""
     import anyio
@@ -723,7 +760,7 @@ async def _execute(
     from .core.api import open_run
 
     received: list[int] = []
-    async with open_run(spec, plugins=manager) as handle:
+    async with open_run(spec, plugins=manager, resume=resume, force=force) as handle:
         async with anyio.create_task_group() as tg:
             await tg.start(_watch_signals, handle, view, received)
             view.start(handle)
@@ -759,6 +796,9 @@ def _print_summary(
     else:
         head = Text(f"pipeline {name!r} failed: {counts}", style="bold red")
     console.print(head, soft_wrap=True)
+    checkpoint = _checkpoint_line(summary.get("checkpoint"))
+    if checkpoint:
+        console.print(Text(checkpoint), soft_wrap=True)
 
     stages: dict[str, dict[str, int]] = _in_order(
         summary.get("stages") or {}, _stage_order(resolved)
@@ -807,16 +847,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .core.jobs import is_jobs_path
 
     if is_jobs_path(args.file):
+        if args.resume or args.force:
+            raise CLIError("--resume and --force apply to pipeline files, not to jobs files")
         return _cmd_run_jobs(args)
+    if args.force and not args.resume:
+        raise CLIError("--force only applies with --resume")
     spec = _load_spec(args)
     resolved, manager = _prepare(args, spec)
+    if args.resume and spec.checkpoint is None:
+        raise CLIError(
+            f"pipeline {spec.name!r} in {args.file} has no checkpoint section, so it cannot "
+            "resume; add one (e.g. checkpoint: {every_items: 10000}) to make runs resumable"
+        )
     _, err = _consoles(force_terminal=_forced_terminal(args))
     live = sys.stderr.isatty() if args.progress is None else bool(args.progress)
     view = _RunView(err, resolved, live=live)
     try:
-        result, signum = anyio.run(_execute, spec, manager, view, backend=args.backend)
+        result, signum = anyio.run(
+            _execute, spec, manager, view, args.resume, args.force, backend=args.backend
+        )
     finally:
         view.stop()
+    _raise_checkpoint_error(result)
     _print_summary(err, result, resolved, verbose=_verbosity(args) > 0)
     if args.json:
         outputs = _in_order(result.outputs, _sink_keys(resolved))
@@ -924,6 +976,32 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     from .core.pipeline import PipelineSpec
 
     _print_json(PipelineSpec.model_json_schema())
+    return EXIT_OK
+
+
+def _cmd_new_plugin(args: argparse.Namespace) -> int:
+    """``headwater new-plugin``: scaffold a plugin distribution; print what to do next."""
+    import shlex
+
+    from .scaffold import ScaffoldError, create_plugin
+
+    try:
+        made = create_plugin(args.name, args.dir)
+    except ScaffoldError as exc:
+        raise CLIError(str(exc)) from None
+    except OSError as exc:
+        raise CLIError(f"cannot create the plugin: {exc}") from None
+    where = shlex.quote(str(made.root))
+    print(f"created plugin {made.names.distribution!r} in {made.root}:")
+    for path in made.files:
+        print(f"  {path.as_posix()}")
+    print(
+        "next:\n"
+        f"  python -m pip install -e {shlex.quote(f'{made.root}[test]')}\n"
+        f"  python -m pytest {where}\n"
+        f"  headwater plugins                 # lists {made.names.package}\n"
+        f"  headwater describe {made.action}"
+    )
     return EXIT_OK
 
 
@@ -1382,6 +1460,416 @@ async def _tail(args: argparse.Namespace, token: str | None) -> int:
         f"the connection closed before the stream ended (code {code}: {reason or 'no reason'})",
         EXIT_FAILED,
     )
+
+
+# ---------------------------------------------------------------------------------------
+# headwater checkpoints (and the checkpoint part of headwater run)
+# ---------------------------------------------------------------------------------------
+
+
+def _checkpoint_line(info: Any) -> str | None:
+    """The summary line about checkpoints: resumed or not, what is committed, any note."""
+    if not isinstance(info, Mapping) or not info:
+        return None
+    parts: list[str] = []
+    if info.get("resumed"):
+        parts.append("resumed")
+    seq = info.get("committed_seq")
+    if seq is not None:
+        items = int(info.get("committed_items") or 0)
+        parts.append(f"committed checkpoint {seq} ({items:,} item{'s' if items != 1 else ''})")
+    saved = info.get("saved")
+    if saved:
+        parts.append(f"{int(saved):,} saved by this run")
+    if info.get("note"):
+        parts.append(str(info["note"]))
+    return "checkpoint: " + ", ".join(parts) if parts else None
+
+
+def _raise_checkpoint_error(result: RunResult) -> None:
+    """A run that could not use its checkpoint (corrupt, locked or newer database, changed
+    pipeline) is bad input: exit 2 with the message rather than a failed-run summary."""
+    from .core.checkpoints import CheckpointError
+
+    for error in result.errors:
+        if isinstance(error, CheckpointError):
+            raise CLIError(str(error))
+
+
+def _add_checkpoint_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """``headwater checkpoints list | show NAME | reset NAME``."""
+    where = argparse.ArgumentParser(add_help=False)
+    store = where.add_argument_group("checkpoint store")
+    choice = store.add_mutually_exclusive_group()
+    choice.add_argument(
+        "--store-path",
+        metavar="PATH",
+        help="SQLite checkpoint file (default: .headwater/checkpoints.db)",
+    )
+    choice.add_argument(
+        "--pipeline",
+        metavar="FILE",
+        help="use the checkpoint store of this pipeline file's checkpoint section",
+    )
+    store.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long to wait for a lock held by another process (SQLite file; default 5)",
+    )
+    parser = commands.add_parser(
+        "checkpoints",
+        parents=[common],
+        help="list, show or reset the checkpoints of resumable pipelines",
+        description="Inspect and reset the committed checkpoints that `headwater run "
+        "--resume` continues from.",
+    )
+    sub = parser.add_subparsers(dest="checkpoints_command", metavar="SUBCOMMAND", required=True)
+    listing = sub.add_parser(
+        "list",
+        parents=[common, where],
+        help="every pipeline's latest checkpoint",
+        description="List every pipeline's latest checkpoint in the store.",
+    )
+    listing.add_argument("--json", action="store_true", help="print the list as JSON")
+    listing.set_defaults(func=_cmd_checkpoints_list)
+    show = sub.add_parser(
+        "show",
+        parents=[common, where],
+        help="one pipeline's checkpoint: positions, states, fingerprint",
+        description="Show the latest checkpoint of one pipeline.",
+    )
+    show.add_argument(
+        "name", metavar="NAME", nargs="?", help="pipeline name (default with --pipeline: its name)"
+    )
+    show.add_argument("--json", action="store_true", help="print the whole checkpoint as JSON")
+    show.set_defaults(func=_cmd_checkpoints_show)
+    reset = sub.add_parser(
+        "reset",
+        parents=[common, where],
+        help="forget a pipeline's checkpoint: its next run starts over",
+        description="Delete the checkpoint of one pipeline; its next run (even with "
+        "--resume) starts from the beginning.",
+    )
+    reset.add_argument(
+        "name", metavar="NAME", nargs="?", help="pipeline name (default with --pipeline: its name)"
+    )
+    reset.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    reset.set_defaults(func=_cmd_checkpoints_reset)
+
+
+class _StoreView:
+    """The checkpoint store a ``checkpoints`` command works on."""
+
+    def __init__(self, store: Any, label: str, spec: PipelineSpec | None) -> None:
+        self.store = store
+        """None when the store's file does not exist (nothing to show, nothing created)."""
+        self.label = label
+        self.spec = spec
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+
+def _checkpoint_store(args: argparse.Namespace) -> _StoreView:
+    """Open the store named by ``--store-path`` / ``--pipeline`` (default: the built-in file).
+
+    A missing SQLite file is not created: the view then has no store.
+    """
+    from pathlib import Path
+
+    from .core.checkpoints import DEFAULT_PATH, SQLiteCheckpointStore
+
+    if args.pipeline:
+        source = argparse.Namespace(**{**vars(args), "file": args.pipeline, "overrides": []})
+        spec = _load_spec(source)
+        if spec.checkpoint is None:
+            raise CLIError(f"pipeline {spec.name!r} in {args.pipeline} has no checkpoint section")
+        resolved, _ = _prepare(source, spec)
+        stage = resolved.checkpoint_store
+        assert stage is not None
+        label = f"checkpoint store {spec.checkpoint.store!r} of {args.pipeline}"
+        path = getattr(stage.params, "path", None)
+        if isinstance(path, str):
+            label = f"{path} (checkpoint store of {args.pipeline})"
+            if not Path(path).exists():
+                return _StoreView(None, label, spec)
+        store = stage.component.obj(*(() if stage.params is None else (stage.params,)))
+        return _StoreView(store, label, spec)
+    path = Path(args.store_path) if args.store_path else DEFAULT_PATH
+    if path.is_dir():
+        raise CLIError(f"{path} is a directory, not a checkpoint file")
+    if not path.exists():
+        return _StoreView(None, str(path), None)
+    return _StoreView(SQLiteCheckpointStore(path, timeout=args.timeout), str(path), None)
+
+
+def _checkpoint_name(args: argparse.Namespace, view: _StoreView) -> str:
+    if args.name:
+        return str(args.name)
+    if view.spec is not None:
+        return view.spec.name
+    raise CLIError("give the pipeline NAME (or --pipeline FILE to use that pipeline's name)")
+
+
+def _when(timestamp: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _cmd_checkpoints_list(args: argparse.Namespace) -> int:
+    """``headwater checkpoints list``: every pipeline's latest checkpoint."""
+    view = _checkpoint_store(args)
+    try:
+        checkpoints = [] if view.store is None else view.store.list()
+    finally:
+        view.close()
+    if args.json:
+        _print_json(
+            [
+                {
+                    "pipeline": c.pipeline,
+                    "seq": c.seq,
+                    "items": c.items,
+                    "completed": c.completed,
+                    "fingerprint": c.fingerprint,
+                    "created": c.created,
+                    "positions": c.positions,
+                    "stages": sorted(c.states),
+                }
+                for c in checkpoints
+            ]
+        )
+        return EXIT_OK
+    out, _ = _consoles()
+    if not checkpoints:
+        missing = " (the file does not exist)" if view.store is None else ""
+        out.print(f"no checkpoints in {view.label}{missing}", soft_wrap=True)
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, padding=(0, 2), show_edge=False)
+    table.add_column("pipeline", overflow="fold")
+    for column in ("seq", "items", "state", "saved", "fingerprint"):
+        table.add_column(
+            column, justify="right" if column in ("seq", "items") else "left", no_wrap=True
+        )
+    for c in checkpoints:
+        table.add_row(
+            c.pipeline,
+            str(c.seq),
+            f"{c.items:,}",
+            "completed" if c.completed else "resumable",
+            _when(c.created)[:16],
+            c.fingerprint,
+        )
+    out.print(f"checkpoints in {view.label}:", soft_wrap=True)
+    out.print(table)
+    return EXIT_OK
+
+
+def _cmd_checkpoints_show(args: argparse.Namespace) -> int:
+    """``headwater checkpoints show NAME``: one checkpoint in full."""
+    import dataclasses
+    import json
+
+    view = _checkpoint_store(args)
+    try:
+        name = _checkpoint_name(args, view)
+        checkpoint = None if view.store is None else view.store.load(name)
+        known = [] if view.store is None or checkpoint else [c.pipeline for c in view.store.list()]
+    finally:
+        view.close()
+    if checkpoint is None:
+        hint = f"; checkpoints exist for {', '.join(known)}" if known else ""
+        raise CLIError(f"no checkpoint of pipeline {name!r} in {view.label}{hint}")
+    if args.json:
+        _print_json(dataclasses.asdict(checkpoint))
+        return EXIT_OK
+    out, _ = _consoles()
+    fingerprint = checkpoint.fingerprint
+    if view.spec is not None:
+        same = view.spec.fingerprint() == fingerprint
+        fingerprint += (
+            f" (matches {args.pipeline})"
+            if same
+            else f" (differs from {args.pipeline}: resuming it needs --force)"
+        )
+    lines = [
+        f"pipeline:    {checkpoint.pipeline}",
+        f"checkpoint:  {checkpoint.seq} ({'completed' if checkpoint.completed else 'resumable'})",
+        f"items:       {checkpoint.items:,}",
+        f"saved:       {_when(checkpoint.created)}",
+        f"fingerprint: {fingerprint}",
+        f"store:       {view.label}",
+        "positions:",
+    ]
+    lines += [f"  {k}: {json.dumps(v)}" for k, v in checkpoint.positions.items()] or ["  (none)"]
+    lines.append("states:")
+    for stage, state in checkpoint.states.items():
+        text = json.dumps(state)
+        if len(text) > _MAX_OUTPUT_REPR:
+            text = f"{text[:_MAX_OUTPUT_REPR]}... ({len(text):,} characters)"
+        lines.append(f"  {stage}: {text}")
+    if not checkpoint.states:
+        lines.append("  (none)")
+    from rich.text import Text
+
+    for line in lines:
+        out.print(Text(line), soft_wrap=True)
+    return EXIT_OK
+
+
+def _cmd_checkpoints_reset(args: argparse.Namespace) -> int:
+    """``headwater checkpoints reset NAME``: forget a checkpoint (asks unless ``--yes``)."""
+    view = _checkpoint_store(args)
+    try:
+        name = _checkpoint_name(args, view)
+        checkpoint = None if view.store is None else view.store.load(name)
+        if checkpoint is None:
+            print(f"no checkpoint of pipeline {name!r} in {view.label}: nothing to reset")
+            return EXIT_OK
+        what = f"checkpoint {checkpoint.seq} of pipeline {name!r} ({checkpoint.items:,} items)"
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise CLIError(f"reset {what} in {view.label}? pass --yes to confirm")
+            answer = input(f"reset {what} in {view.label}? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("not reset")
+                return EXIT_FAILED
+        view.store.reset(name)
+    finally:
+        view.close()
+    print(f"reset {what}: its next run starts from the beginning")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------
+# headwater worker
+# ---------------------------------------------------------------------------------------
+
+_WORKER_CHECKPOINT_SECONDS = 1.0
+"""Commit cadence of a worker whose pipeline has no ``checkpoint`` section: upstream
+acknowledgements lag the sinks by about this much (and a killed worker's redelivered
+messages are about this many seconds' worth)."""
+
+
+def _add_worker_command(commands: Any, common: argparse.ArgumentParser) -> None:
+    """The ``worker`` sub-command."""
+    worker = commands.add_parser(
+        "worker",
+        parents=[common],
+        help="run a pipeline as one member of a consumer group (Redis Streams, JetStream)",
+        description="Run a pipeline whose source reads a shared stream with a consumer group\n"
+        "(redis.stream) or a durable consumer (nats.jetstream), as one member: start\n"
+        "as many workers as you like, on one or many machines, and they share the\n"
+        "stream. Messages are acknowledged after every sink committed them. SIGTERM or\n"
+        "SIGINT drains: no new reads, what is in flight is written, committed and\n"
+        "acknowledged, exit 0. A second signal exits at once (unacknowledged messages\n"
+        "are redelivered to the other members). Without a checkpoint section the\n"
+        "pipeline gets `checkpoint: {store: memory, every_seconds: 1}`.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    worker.add_argument("file", metavar="FILE", help="pipeline YAML file")
+    worker.add_argument(
+        "--consumer",
+        metavar="NAME",
+        help="this member's name in the group (sets HEADWATER_CONSUMER; default: "
+        "HEADWATER_CONSUMER or HOSTNAME-PID)",
+    )
+    worker.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="longest a drain may take before the run is cancelled (default 30)",
+    )
+    _add_overrides(worker)
+    worker.add_argument(
+        "--json", action="store_true", help="print the run summary as JSON on stdout at the end"
+    )
+    worker.set_defaults(func=_cmd_worker)
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    """``headwater worker``: run one member of a consumer group until drained."""
+    import anyio
+
+    from .core.pipeline import CheckpointSpec
+
+    if args.drain_timeout <= 0:
+        raise CLIError("--drain-timeout must be > 0")
+    if args.consumer is not None:
+        if not args.consumer.strip():
+            raise CLIError("--consumer needs a non-empty NAME")
+        os.environ["HEADWATER_CONSUMER"] = args.consumer.strip()
+    spec = _load_spec(args)
+    if spec.checkpoint is None:
+        checkpoint = CheckpointSpec(store="memory", every_seconds=_WORKER_CHECKPOINT_SECONDS)
+        spec = spec.model_copy(update={"checkpoint": checkpoint})
+    resolved, manager = _prepare(args, spec)
+    _, err = _consoles()
+    view = _RunView(err, resolved, live=False)
+    result, drained = anyio.run(_work, spec, manager, view, args.drain_timeout, backend="asyncio")
+    _print_summary(err, result, resolved, verbose=_verbosity(args) > 0)
+    if args.json:
+        summary = dict(result.summary)
+        summary["stages"] = _in_order(summary.get("stages") or {}, _stage_order(resolved))
+        summary["drained"] = drained
+        _print_json(summary)
+    return EXIT_OK if result.state == "succeeded" else EXIT_FAILED
+
+
+async def _work(
+    spec: PipelineSpec, manager: PluginManager, view: _RunView, drain_timeout: float
+) -> tuple[RunResult, bool]:
+    """Run the worker's pipeline; the first signal drains it, the second exits at once."""
+    import signal
+
+    import anyio
+
+    from .builtin_plugins._brokers import CONSUMER_ENV, clear_drain, request_drain
+    from .core.api import open_run
+
+    drained = False
+    async with open_run(spec, plugins=manager) as handle:
+        consumer = os.environ.get(CONSUMER_ENV) or "HOSTNAME-PID"
+        view.line(f"worker {consumer}: pipeline {spec.name!r} (run {handle.run_id})", "bold")
+
+        async def on_signals() -> None:
+            nonlocal drained
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if drained:
+                        view.line(f"{name} again: exiting without draining", "red")
+                        sys.stdout.flush()
+                        sys.stderr.flush()
+                        os._exit(128 + int(signum))
+                    drained = True
+                    view.line(f"{name}: draining (no new reads; committing what is in flight)")
+                    request_drain(handle.run_id)
+                    tg.start_soon(deadline)
+
+        async def deadline() -> None:
+            await anyio.sleep(drain_timeout)
+            view.line(f"drain took longer than {drain_timeout:g}s: cancelling", "red")
+            handle.cancel("drain timeout")
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(on_signals)
+                async for event in handle.events():
+                    view.on_event(event)
+                tg.cancel_scope.cancel()
+            result = await handle.wait()
+        finally:
+            clear_drain(handle.run_id)
+    return result, drained
 
 
 # ---------------------------------------------------------------------------------------

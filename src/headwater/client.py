@@ -277,8 +277,22 @@ class Client:
     # -- closing ------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Close the connection."""
-        await self._conn.close()
+        """Close the connection; messages not read yet are discarded.
+
+        Reads while the closing handshake runs: a connection whose receive buffer is full
+        would otherwise never see the server's answer to the close.
+        """
+        import anyio
+
+        conn = self._conn
+        self._backlog.clear()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(conn.close)
+            try:
+                while True:
+                    await conn.recv()
+            except ConnectionClosed:
+                pass
 
 
 def _ref_of(message: BaseModel) -> Any:
@@ -342,4 +356,4 @@ async def connect(
     try:
         yield client
     finally:
-        await conn.close()
+        await client.close()

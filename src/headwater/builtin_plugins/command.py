@@ -12,6 +12,7 @@ cancellation, timeout or error the whole group is terminated, then killed, in a
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 import shutil
 import signal
@@ -178,10 +179,11 @@ class CommandParams(BaseModel):
     encoding: str = Field("utf-8", description="Encoding of the program's output.")
     errors: str = Field("replace", description="What to do with bytes that do not decode.")
     max_line_bytes: int = Field(
-        1024 * 1024,
+        64 * 1024,
         ge=1,
         le=256 * 1024 * 1024,
-        description="Longer output lines come out in pieces marked partial: true.",
+        description="Longer output lines come out in pieces of this many bytes, marked "
+        "partial: true.",
     )
 
     _program: str = PrivateAttr("")
@@ -222,14 +224,13 @@ class CommandParams(BaseModel):
 
 
 async def _receive_any(
-    streams: Mapping[str, ByteReceiveStream], timeout: float | None
-) -> list[tuple[str, bytes | None]] | None:
-    """Wait for data on any of ``streams``: ``(name, data)`` pairs, data None at EOF.
+    streams: Mapping[str, ByteReceiveStream], got: list[tuple[str, bytes | None]]
+) -> None:
+    """Wait for data on any of ``streams``; append ``(name, data)`` to ``got`` (None: EOF).
 
-    Returns None when ``timeout`` expired first. Receiving is cancel-safe on both
-    backends, so the receives that lose the race lose no data.
+    Receiving is cancel-safe on both backends: the receives that lose the race lose no
+    data, and what was received before a cancellation is in ``got``.
     """
-    got: list[tuple[str, bytes | None]] = []
 
     async def one(name: str, stream: ByteReceiveStream, scope: anyio.CancelScope) -> None:
         try:
@@ -239,11 +240,9 @@ async def _receive_any(
         got.append((name, data))
         scope.cancel()
 
-    with anyio.move_on_after(timeout if timeout is not None else float("inf")):
-        async with anyio.create_task_group() as tg:
-            for name, stream in streams.items():
-                tg.start_soon(one, name, stream, tg.cancel_scope)
-    return got if got else None
+    async with anyio.create_task_group() as tg:
+        for name, stream in streams.items():
+            tg.start_soon(one, name, stream, tg.cancel_scope)
 
 
 def _kill_group(process: Process, signum: int) -> None:
@@ -325,7 +324,8 @@ async def command(params: CommandParams, ctx: StreamContext) -> AsyncIterator[li
             start_new_session=True,
         )
         ctx.status(f"started {name} (pid {process.pid})")
-        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout is not None
+        assert process.stderr is not None
         streams: dict[str, ByteReceiveStream] = {"stdout": process.stdout, "stderr": process.stderr}
         splitters = {
             key: ByteLineSplitter(
@@ -338,9 +338,12 @@ async def command(params: CommandParams, ctx: StreamContext) -> AsyncIterator[li
         while streams:
             if ctx.cancelled:
                 return
-            left = None if deadline is None else deadline - time.monotonic()
-            got = await _receive_any(streams, left) if left is None or left > 0 else None
-            if got is None:
+            got: list[tuple[str, bytes | None]] = []
+            left = math.inf if deadline is None else deadline - time.monotonic()
+            if left > 0:
+                with anyio.move_on_after(left):
+                    await _receive_any(streams, got)
+            if not got:
                 timed_out = True
                 break
             items: list[Any] = []
@@ -359,8 +362,7 @@ async def command(params: CommandParams, ctx: StreamContext) -> AsyncIterator[li
                 yield items
         returncode: int | None = None
         if not timed_out:
-            left = None if deadline is None else deadline - time.monotonic()
-            with anyio.move_on_after(left if left is not None else float("inf")):
+            with anyio.move_on_after(math.inf if deadline is None else deadline - time.monotonic()):
                 returncode = await process.wait()
             timed_out = returncode is None
             ended = not timed_out

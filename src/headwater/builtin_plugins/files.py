@@ -76,7 +76,11 @@ class FileViewParams(BaseModel):
         None, ge=0, description="Bytes to read from the offset (None: to the end of the file)."
     )
     chunk_size: int = Field(
-        64 * _KiB, ge=1, le=64 * _MiB, description="Bytes per item in chunks mode."
+        8 * _KiB,
+        ge=1,
+        le=64 * _MiB,
+        description="Bytes per item in chunks mode. A pipeline bounds the items in flight, "
+        "not their size: chunk_size x a few thousand items is the worst-case memory.",
     )
     encoding: str | None = Field(
         "utf-8",
@@ -95,11 +99,11 @@ class FileViewParams(BaseModel):
         "first line at the offset 1.",
     )
     max_line_bytes: int = Field(
-        1 * _MiB,
+        8 * _KiB,
         ge=1,
         le=256 * _MiB,
         description="Longer lines come out in pieces of this many bytes, marked partial: "
-        "true, so that memory stays bounded.",
+        "true, so that memory stays bounded even for a file that is one huge line.",
     )
     block_size: int = Field(
         1 * _MiB, ge=1, le=64 * _MiB, description="Bytes read per worker-thread call."

@@ -372,6 +372,11 @@ class SqliteSink:
     either entirely in the table or not at all, and committed batches stay when the run
     later fails. The database uses WAL journaling, so readers are never blocked. The
     output is ``{"path": ..., "table": ..., "rows": n}``.
+
+    In a checkpointed run the sink is transactional: rows stay in one open transaction
+    until the next checkpoint, which is committed in the same transaction (table
+    ``headwater_sink_checkpoints``). Rows and checkpoint are durable together or not at
+    all, so a run killed at any point and resumed writes every item exactly once.
     """
 
     def __init__(self, params: SqliteParams, ctx: StreamContext) -> None:
@@ -384,6 +389,7 @@ class SqliteSink:
         self._deferred = bool(getattr(ctx, "checkpointing", False))
         """In a checkpointed run, rows stay in an open transaction until the checkpoint
         that covers them commits with them (exactly-once)."""
+        self._pipeline = ctx.pipeline
 
     def open(self) -> None:
         """Connect, switch to WAL, and create the table when the columns are known."""
@@ -531,9 +537,8 @@ class SqliteSink:
         if conn is None or not self._deferred:
             return None
         row = conn.execute(
-            "SELECT data FROM headwater_sink_checkpoints WHERE sink_table = ?"
-            " ORDER BY seq DESC LIMIT 1",
-            (self.params.table,),
+            "SELECT data FROM headwater_sink_checkpoints WHERE pipeline = ? AND sink_table = ?",
+            (self._pipeline, self.params.table),
         ).fetchone()
         return None if row is None else str(row[0])
 

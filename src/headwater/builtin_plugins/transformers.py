@@ -20,12 +20,15 @@ itself contains dots is matched first.
 
 from __future__ import annotations
 
+import base64
 import copy
+import datetime
+import decimal
 import json
 import math
 import re
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Annotated, Any, Literal
 
@@ -173,6 +176,132 @@ def _freeze(value: Any) -> Any:
 def _tick_interval(period: float) -> float:
     """How often to look for due output: a tenth of ``period``, between 1 ms and 250 ms."""
     return min(max(period / 10.0, 0.001), 0.25)
+
+
+def _thaw(key: Any) -> Any:
+    """The value :func:`_freeze` made ``key`` from (``_freeze(_thaw(k)) == k``)."""
+    if type(key) is tuple and len(key) == 2:
+        tag, inner = key
+        if tag is _MAP_TAG:
+            return {k: _thaw(v) for k, v in inner}
+        if tag is _LIST_TAG:
+            return [_thaw(v) for v in inner]
+        if tag is _TUPLE_TAG:
+            return tuple(_thaw(v) for v in inner)
+    return key
+
+
+# -- state snapshots ---------------------------------------------------------------------
+#
+# Stateful steps snapshot their state into JSON values when a checkpoint marker passes
+# (``snapshot()``) and get it back when a run resumes (``restore(state)``). Items and
+# accumulators are Python values, so they are encoded faithfully: JSON scalars, lists and
+# dicts with sorted string keys stay as they are; anything else becomes a tagged object
+# ``{"$hw": TYPE, "v": ...}`` (a tuple, a set, a dict with other keys or another key
+# order, bytes, a date...) that :func:`_decode_state` turns back into an equal value.
+
+_STATE_TAG = "$hw"
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _encode_state(value: Any) -> Any:
+    """A JSON value standing for ``value`` (a fresh copy: later mutations do not leak in).
+
+    Raises ``TypeError`` naming the type of a value that cannot be checkpointed.
+    """
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is list:
+        return [_encode_state(v) for v in value]
+    if kind is dict:
+        keys = list(value)
+        if _STATE_TAG not in value and all(type(k) is str for k in keys) and keys == sorted(keys):
+            return {k: _encode_state(v) for k, v in value.items()}
+        return {
+            _STATE_TAG: "dict",
+            "v": [[_encode_state(k), _encode_state(v)] for k, v in value.items()],
+        }
+    if kind is tuple:
+        return {_STATE_TAG: "tuple", "v": [_encode_state(v) for v in value]}
+    if kind is set or kind is frozenset:
+        return {_STATE_TAG: kind.__name__, "v": [_encode_state(v) for v in value]}
+    if kind is bytes:
+        return {_STATE_TAG: "bytes", "v": base64.b64encode(value).decode("ascii")}
+    if kind is OrderedDict or kind is Counter:
+        pairs = [[_encode_state(k), _encode_state(v)] for k, v in value.items()]
+        return {_STATE_TAG: kind.__name__, "v": pairs}
+    if kind is decimal.Decimal:
+        return {_STATE_TAG: "Decimal", "v": str(value)}
+    if kind is datetime.datetime or kind is datetime.date or kind is datetime.time:
+        return {_STATE_TAG: kind.__name__, "v": value.isoformat()}
+    if kind is datetime.timedelta:
+        return {_STATE_TAG: "timedelta", "v": [value.days, value.seconds, value.microseconds]}
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    raise TypeError(
+        f"a value of type {name} cannot be checkpointed (state snapshots hold JSON values, "
+        "tuples, sets, bytes, dicts with any keys, Decimal and datetime values)"
+    )
+
+
+def _decode_pairs(pairs: list[Any]) -> list[tuple[Any, Any]]:
+    return [(_decode_state(k), _decode_state(v)) for k, v in pairs]
+
+
+_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "dict": lambda v: dict(_decode_pairs(v)),
+    "tuple": lambda v: tuple(_decode_state(x) for x in v),
+    "set": lambda v: {_decode_state(x) for x in v},
+    "frozenset": lambda v: frozenset(_decode_state(x) for x in v),
+    "bytes": lambda v: base64.b64decode(v),
+    "OrderedDict": lambda v: OrderedDict(_decode_pairs(v)),
+    "Counter": lambda v: Counter(dict(_decode_pairs(v))),
+    "Decimal": decimal.Decimal,
+    "datetime": datetime.datetime.fromisoformat,
+    "date": datetime.date.fromisoformat,
+    "time": datetime.time.fromisoformat,
+    "timedelta": lambda v: datetime.timedelta(days=v[0], seconds=v[1], microseconds=v[2]),
+}
+
+
+def _decode_state(value: Any) -> Any:
+    """The value :func:`_encode_state` encoded (after a round trip through JSON)."""
+    kind = type(value)
+    if kind is list:
+        return [_decode_state(v) for v in value]
+    if kind is dict:
+        tag = value.get(_STATE_TAG)
+        if tag is None:
+            return {k: _decode_state(v) for k, v in value.items()}
+        decoder = _DECODERS.get(tag)
+        if decoder is None:
+            raise ValueError(f"unknown value type {tag!r} in a state snapshot")
+        return decoder(value["v"])
+    return value
+
+
+def _state_dict(state: Any, step: str, *keys: str) -> dict[str, Any]:
+    """Check that a snapshot given to ``restore`` is a dict with ``keys``."""
+    if not isinstance(state, dict) or any(k not in state for k in keys):
+        raise ValueError(
+            f"{step}: cannot restore from the checkpointed state {state!r}: expected an "
+            f"object with {', '.join(keys)}"
+        )
+    return state
+
+
+def _age(now: float, when: float) -> float | None:
+    """Seconds from ``when`` to ``now`` (None for infinities, which JSON cannot hold)."""
+    return None if math.isinf(when) else now - when
+
+
+def _at(now: float, age: float | None, default: float) -> float:
+    """The inverse of :func:`_age` on the clock of this process."""
+    return default if age is None else now - float(age)
 
 
 # ---------------------------------------------------------------------------------------
@@ -517,6 +646,14 @@ class _Batcher:
         pending, self.pending = self.pending, []
         return [pending] if pending else []
 
+    def snapshot(self) -> dict[str, Any]:
+        """The pending items, for a checkpoint."""
+        return {"pending": _encode_state(self.pending)}
+
+    def restore(self, state: Any) -> None:
+        """Continue from :meth:`snapshot`."""
+        self.pending = _decode_state(_state_dict(state, "batch", "pending")["pending"])
+
 
 class _TimedBatcher(_Batcher):
     """``batch`` with ``seconds``: also emits a list once its first item is old enough."""
@@ -548,6 +685,23 @@ class _TimedBatcher(_Batcher):
             self.deadline = math.inf
             return [pending]
         return []
+
+    def snapshot(self) -> dict[str, Any]:
+        """The pending items and how long the pending list has left, for a checkpoint."""
+        state = super().snapshot()
+        now = time.monotonic()
+        state["left"] = None if math.isinf(self.deadline) else max(0.0, self.deadline - now)
+        return state
+
+    def restore(self, state: Any) -> None:
+        """Continue from :meth:`snapshot`: the clock resumes where it stopped (the pending
+        list has the time it had left at the checkpoint)."""
+        super().restore(state)
+        left = state.get("left")
+        if not self.pending:
+            self.deadline = math.inf
+        else:
+            self.deadline = time.monotonic() + (self.seconds if left is None else float(left))
 
 
 @headwater.transformer(
@@ -676,6 +830,23 @@ class _CountWindows:
             return [buf]
         return []
 
+    def snapshot(self) -> dict[str, Any]:
+        """The buffered items and stream indexes, for a checkpoint."""
+        return {
+            "buf": _encode_state(self.buf),
+            "base": self.base,
+            "start": self.start,
+            "covered": self.covered,
+        }
+
+    def restore(self, state: Any) -> None:
+        """Continue from :meth:`snapshot`."""
+        state = _state_dict(state, "window", "buf", "base", "start", "covered")
+        self.buf = _decode_state(state["buf"])
+        self.base = int(state["base"])
+        self.start = int(state["start"])
+        self.covered = int(state["covered"])
+
 
 class _TimeWindows:
     """Windows lasting ``size`` seconds, one starting every ``step`` seconds.
@@ -743,6 +914,29 @@ class _TimeWindows:
             out.append([x for _, items in chunks for x in items])
         return out
 
+    def snapshot(self) -> dict[str, Any]:
+        """Pending items with their ages, and the window grid, for a checkpoint.
+
+        Times are kept as ages (seconds before the snapshot): monotonic clocks of two
+        processes have nothing in common.
+        """
+        now = time.monotonic()
+        return {
+            "chunks": [[now - t, _encode_state(items)] for t, items in self.chunks],
+            "start": None if self.start is None else now - self.start,
+            "covered": _age(now, self.covered),
+        }
+
+    def restore(self, state: Any) -> None:
+        """Continue from :meth:`snapshot`: the clock resumes where it stopped, so every
+        pending item falls into the same windows as without the interruption."""
+        state = _state_dict(state, "window", "chunks", "start", "covered")
+        now = time.monotonic()
+        self.chunks = [(now - float(age), _decode_state(items)) for age, items in state["chunks"]]
+        start = state["start"]
+        self.start = None if start is None else now - float(start)
+        self.covered = _at(now, state["covered"], -math.inf)
+
 
 @headwater.transformer(
     "window",
@@ -805,6 +999,7 @@ class _Fold:
         self.acc = initial
         self.empty = not has_initial
         self.running = running
+        self.flushed = False
 
     def __call__(self, item: Any) -> tuple[Any, ...]:
         """Fold ``item`` in; in running mode return the new accumulator."""
@@ -817,7 +1012,21 @@ class _Fold:
 
     def flush(self) -> list[Any]:
         """End of stream: the result (end mode, unless nothing was folded)."""
+        if self.flushed:
+            return []
+        self.flushed = True
         return [] if self.running or self.empty else [self.acc]
+
+    def snapshot(self) -> dict[str, Any]:
+        """The accumulator, for a checkpoint (``flushed``: the result was emitted)."""
+        return {"acc": _encode_state(self.acc), "empty": self.empty, "flushed": self.flushed}
+
+    def restore(self, state: Any) -> None:
+        """Continue from :meth:`snapshot`."""
+        state = _state_dict(state, "reduce", "acc", "empty")
+        self.acc = _decode_state(state["acc"])
+        self.empty = bool(state["empty"])
+        self.flushed = bool(state.get("flushed", False))
 
 
 @headwater.transformer(
@@ -936,6 +1145,7 @@ class _Aggregator:
         self.get_value = _value_reader(params.field, params.missing)
         self.get_group = _value_reader(params.by, params.missing) if params.by else None
         self.running = params.emit == "running"
+        self.flushed = False
 
     def __call__(self, item: Any) -> tuple[Any, ...]:
         """Fold ``item`` in; in running mode return the updated value."""
@@ -955,11 +1165,29 @@ class _Aggregator:
 
     def flush(self) -> list[Any]:
         """End of stream: the result (a value, or a dict group -> value with ``by``)."""
-        if self.running:
+        if self.running or self.flushed:
             return []
+        self.flushed = True
         if self.get_group is None:
             return [self.result(self.state)]
         return [{k: self.result(s) for k, s in self.groups.items()}]
+
+    def snapshot(self) -> dict[str, Any]:
+        """The fold state and the groups in first-seen order, for a checkpoint."""
+        unset = self.state is _NONE
+        return {
+            "state": None if unset else _encode_state(self.state),
+            "unset": unset,
+            "groups": [[_encode_state(k), _encode_state(s)] for k, s in self.groups.items()],
+            "flushed": self.flushed,
+        }
+
+    def restore(self, state: Any) -> None:
+        """Continue from :meth:`snapshot`."""
+        state = _state_dict(state, "aggregate", "state", "groups")
+        self.state = _NONE if state.get("unset") else _decode_state(state["state"])
+        self.groups = {_decode_state(k): _decode_state(s) for k, s in state["groups"]}
+        self.flushed = bool(state.get("flushed", False))
 
 
 def _value_reader(path: str | None, missing: str) -> Callable[[Any], Any]:
@@ -982,6 +1210,27 @@ def _value_reader(path: str | None, missing: str) -> Callable[[Any], Any]:
         return value
 
     return read
+
+
+class _Stateless:
+    """Wraps the per-item function of a ``stateful`` component's stateless variant, so that
+    a checkpointed run accepts it (its snapshot is empty)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[Any], tuple[Any, ...]]) -> None:
+        self.fn = fn
+
+    def __call__(self, item: Any) -> tuple[Any, ...]:
+        """Apply the function."""
+        return self.fn(item)
+
+    def snapshot(self) -> None:
+        """Nothing to keep."""
+        return None
+
+    def restore(self, state: Any) -> None:
+        """Nothing to restore."""
 
 
 def _per_item(params: AggregateParams) -> Callable[[Any], tuple[Any, ...]]:
@@ -1030,7 +1279,7 @@ def aggregate_transformer(params: AggregateParams) -> Callable[[Any], tuple[Any,
     result per item.
     """
     if params.per_item:
-        return _per_item(params)
+        return _Stateless(_per_item(params))
     return _Aggregator(params)
 
 
@@ -1063,6 +1312,15 @@ class _Take:
         self.left = 0
         self.exhausted = True
         return batch[:left]
+
+    def snapshot(self) -> dict[str, int]:
+        """How many items are still wanted, for a checkpoint."""
+        return {"left": self.left}
+
+    def restore(self, state: Any) -> None:
+        """Continue from :meth:`snapshot`."""
+        self.left = int(_state_dict(state, "take", "left")["left"])
+        self.exhausted = self.left <= 0
 
 
 @headwater.transformer(
@@ -1101,6 +1359,14 @@ class _Skip:
             return []
         self.left = 0
         return batch[left:]
+
+    def snapshot(self) -> dict[str, int]:
+        """How many items are still to be dropped, for a checkpoint."""
+        return {"left": self.left}
+
+    def restore(self, state: Any) -> None:
+        """Continue from :meth:`snapshot`."""
+        self.left = int(_state_dict(state, "skip", "left")["left"])
 
 
 @headwater.transformer(
@@ -1160,6 +1426,18 @@ class _Dedupe:
         if len(seen) > self.max_keys:
             seen.popitem(last=False)
         return True
+
+    def snapshot(self) -> dict[str, Any]:
+        """The remembered keys, least recently seen first, for a checkpoint."""
+        return {"keys": [_encode_state(_thaw(key)) for key in self.seen]}
+
+    def restore(self, state: Any) -> None:
+        """Continue from :meth:`snapshot` (keys beyond ``max_keys`` are forgotten)."""
+        keys = _state_dict(state, "dedupe", "keys")["keys"]
+        seen: OrderedDict[Any, None] = OrderedDict()
+        for encoded in keys[-self.max_keys :]:
+            seen[_freeze(_decode_state(encoded))] = None
+        self.seen = seen
 
 
 @headwater.transformer(

@@ -182,8 +182,11 @@ class SQLiteCheckpointStore:
             raise self._translate(exc) from None
         if row is None:
             return None
+        return self._parse(pipeline, row[0])
+
+    def _parse(self, pipeline: str, data: str) -> Checkpoint:
         try:
-            return Checkpoint.from_json(row[0])
+            return Checkpoint.from_json(data)
         except (ValueError, TypeError) as exc:
             raise CheckpointError(
                 f"checkpoint of {pipeline!r} in {self.path} is unreadable ({exc}); run "
@@ -207,11 +210,11 @@ class SQLiteCheckpointStore:
         conn = self._connect()
         try:
             rows = conn.execute(
-                "SELECT data FROM headwater_checkpoints ORDER BY pipeline"
+                "SELECT pipeline, data FROM headwater_checkpoints ORDER BY pipeline"
             ).fetchall()
         except sqlite3.Error as exc:
             raise self._translate(exc) from None
-        return [Checkpoint.from_json(r[0]) for r in rows]
+        return [self._parse(name, data) for name, data in rows]
 
     def reset(self, pipeline: str) -> bool:
         """Forget ``pipeline``'s checkpoint."""

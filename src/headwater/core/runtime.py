@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any
 
 import anyio
@@ -45,11 +46,15 @@ from .events import Complete, ErrorEvent, Event, RunState, Status
 from .events_queue import EventQueue
 from .fusion import FusedStep, ItemFailure
 from .invoke import params_and_ctx, positional_arity
+from .metrics import Histogram, Probe, metrics_registry
 from .pipeline import ResolvedPipeline, ResolvedStage
 
 __all__ = ["RunHandle", "RunResult", "StageStats", "create_run", "execute"]
 
 log = logging.getLogger("headwater.runtime")
+
+PROBE_INTERVAL = 0.1
+"""Seconds between two end-to-end latency probes sent by a source."""
 
 CLEANUP_GRACE = 10.0
 """Seconds a generator's ``finally`` or a sink's ``close`` may take after cancellation."""
@@ -57,12 +62,17 @@ CLEANUP_GRACE = 10.0
 
 @dataclass(slots=True)
 class StageStats:
-    """Counters of one stage."""
+    """Counters of one stage (updated per batch, never per item)."""
 
     items_in: int = 0
     items_out: int = 0
     errors: int = 0
     skipped: int = 0
+    batches_in: int = 0
+    batches_out: int = 0
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
+    latency: Histogram = field(default_factory=Histogram)
+    """Seconds spent processing (or, for a sink, writing) each batch."""
 
     def to_dict(self) -> dict[str, int]:
         """JSON-serialisable form."""
@@ -71,6 +81,26 @@ class StageStats:
             "items_out": self.items_out,
             "errors": self.errors,
             "skipped": self.skipped,
+            "batches_in": self.batches_in,
+            "batches_out": self.batches_out,
+        }
+
+    def error(self, exc: BaseException) -> None:
+        """Count one error of the exception's type."""
+        self.errors += 1
+        kind = type(exc).__name__
+        self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters plus error kinds and the latency histogram (for the metrics registry)."""
+        return {
+            "items_in": self.items_in,
+            "items_out": self.items_out,
+            "batches_in": self.batches_in,
+            "batches_out": self.batches_out,
+            "skipped": self.skipped,
+            "errors_by_kind": dict(self.errors_by_kind),
+            "latency": self.latency,
         }
 
 
@@ -264,6 +294,10 @@ class _Run:
         self.force = force
         self.checkpointer: Checkpointer | None = None
         self._resuming = False
+        self._stored: Checkpoint | None = None
+        """The checkpoint found in the store at start (even when not resuming)."""
+        self._completed_at: Checkpoint | None = None
+        """Set when a resumed run found its pipeline already completed."""
         self.spec = resolved.spec
         self.plugins = plugins
         self.identity = RunIdentity(self.spec.name, run_id or uuid.uuid4().hex[:12])
@@ -281,6 +315,9 @@ class _Run:
         self._last_item_at = 0.0
         self._capacity = self.spec.batch_size * self.spec.buffer
         self._dead: BatchChannel | None = None
+        self._e2e = Histogram()
+        self._last_probe = 0.0
+        self._queues: dict[str, BatchChannel] = {}
 
     # -- control ------------------------------------------------------------------------
 
@@ -330,7 +367,7 @@ class _Run:
         first = not self.errors
         self.errors.append(error)
         if isinstance(error, StageError):
-            self._stats(error.stage).errors += 1
+            self._stats(error.stage).error(error.cause)
             self.events.emit(ErrorEvent(error.stage, error.to_dict(), handled=False))
             with anyio.CancelScope(shield=True):
                 await self.plugins.stream_error(self.spec, self.identity.run_id, error, False)
@@ -338,7 +375,7 @@ class _Run:
             self._scope.cancel()
 
     async def _handled_error(self, error: StageError) -> None:
-        self._stats(error.stage).errors += 1
+        self._stats(error.stage).error(error.cause)
         self.events.emit(ErrorEvent(error.stage, error.to_dict(), handled=True))
         await self.plugins.stream_error(self.spec, self.identity.run_id, error, True)
 
@@ -348,6 +385,7 @@ class _Run:
         started = time.monotonic()
         self.events.bind_loop()
         self.state = "running"
+        metrics_registry().started(self.identity.run_id, self)
         try:
             await self.plugins.pipeline_started(self.spec, self.identity.run_id)
             self.events.emit(Status("running", None, f"pipeline {self.spec.name} started"))
@@ -389,6 +427,7 @@ class _Run:
                 await self.plugins.pipeline_finished(
                     self.spec, self.identity.run_id, state, summary
                 )
+            metrics_registry().finished(self.identity.run_id)
             self.events.emit(Complete(state, summary))
             self.finished.set()
         return self.result
@@ -418,6 +457,27 @@ class _Run:
             "checkpoint": self._checkpoint_summary(),
         }
 
+    def metrics(self) -> dict[str, Any]:
+        """Figures for the metrics registry (may be called from another thread)."""
+        for _ in range(3):
+            try:
+                stages = {name: st.metrics() for name, st in list(self.stats.items())}
+                queues = {name: len(ch.items) for name, ch in list(self._queues.items())}
+                break
+            except RuntimeError:  # a dict changed size under us: try again
+                continue
+        else:  # pragma: no cover - three concurrent resizes in a row
+            stages, queues = {}, {}
+        return {
+            "pipeline": self.spec.name,
+            "run_id": self.identity.run_id,
+            "state": self.state,
+            "stages": stages,
+            "queue_depth": queues,
+            "e2e_latency": self._e2e,
+            "time_to_first_item": self._first_item_at,
+        }
+
     def _ordered_outputs(self) -> dict[str, Any]:
         """Sink outputs in declaration order (sinks finish in any order)."""
         keys = [s.stage.removeprefix("sinks.") for s in self.resolved.sinks] + ["dead_letter"]
@@ -426,6 +486,15 @@ class _Run:
     def _checkpoint_summary(self) -> dict[str, Any] | None:
         ckpt = self.checkpointer
         note = getattr(self, "resume_note", None)
+        if ckpt is None and self._completed_at is not None:
+            done = self._completed_at
+            return {
+                "resumed": True,
+                "committed_seq": done.seq,
+                "committed_items": done.items,
+                "saved": 0,
+                "note": note,
+            }
         if ckpt is None:
             return {"note": note} if note else None
         committed = ckpt.committed
@@ -446,14 +515,7 @@ class _Run:
             try:
                 store, start = await self._load_checkpoint(res.checkpoint_store)
             except CheckpointError as exc:
-                self.errors.append(exc)
-                self.events.emit(
-                    ErrorEvent(
-                        "checkpoint",
-                        {"error": "CheckpointError", "message": str(exc)},
-                        handled=False,
-                    )
-                )
+                self._checkpoint_failed(exc)
                 return
             self._resuming = start is not None
         sinks = [_SinkRuntime(s, self._ctx(s.stage, s.component)) for s in res.sinks]
@@ -475,9 +537,15 @@ class _Run:
                     return
                 opened.append(s)
             if store is not None:
-                start = await self._newest_checkpoint(start, sinks)
-                if start is not None and start.completed:
-                    self._skipped_completed(start)
+                try:
+                    start = await self._newest_checkpoint(start, sinks)
+                    if start is not None and start.completed:
+                        self._skipped_completed(start)
+                        return
+                    if start is None:
+                        start = await self._fresh_start(store, sinks)
+                except CheckpointError as exc:
+                    self._checkpoint_failed(exc)
                     return
                 self.checkpointer = Checkpointer(
                     pipeline=self.spec.name,
@@ -518,6 +586,7 @@ class _Run:
         comp = stage.component
         store = comp.obj(*(() if stage.params is None else (stage.params,)))
         start: Checkpoint | None = await anyio.to_thread.run_sync(store.load, self.spec.name)
+        self._stored = start
         if not self.resume:
             if start is not None:
                 self.events.emit(
@@ -529,33 +598,74 @@ class _Run:
                     )
                 )
             return store, None
-        if start is not None and start.fingerprint != self.spec.fingerprint() and not self.force:
-            await anyio.to_thread.run_sync(store.close)
-            raise CheckpointError(
-                f"pipeline {self.spec.name!r} changed since its checkpoint {start.seq} was "
-                "taken (its sources or steps differ), so the committed positions and states "
-                "may not fit it any more; resume with force to use them anyway, or reset the "
-                f"checkpoint (headwater checkpoints reset {self.spec.name}) to start over"
-            )
+        if start is not None:
+            try:
+                self._check_fingerprint(start)
+            except CheckpointError:
+                await anyio.to_thread.run_sync(store.close)
+                raise
         return store, start
+
+    def _check_fingerprint(self, checkpoint: Checkpoint) -> None:
+        """Refuse (unless ``force``) a checkpoint taken by a different definition."""
+        if checkpoint.fingerprint != self.spec.fingerprint() and not self.force:
+            raise CheckpointError(
+                f"pipeline {self.spec.name!r} changed since its checkpoint {checkpoint.seq} "
+                "was taken (its sources or steps differ), so the committed positions and "
+                "states may not fit it any more; resume with force (headwater run --resume "
+                "--force) to use them anyway, or reset the checkpoint (headwater checkpoints "
+                f"reset {self.spec.name}) to start over"
+            )
+
+    def _checkpoint_failed(self, exc: CheckpointError) -> None:
+        """The checkpoint cannot be used: the run fails before any item moved."""
+        self.errors.append(exc)
+        self.events.emit(
+            ErrorEvent(
+                "checkpoint",
+                {"error": "CheckpointError", "message": str(exc)},
+                handled=False,
+            )
+        )
 
     async def _newest_checkpoint(
         self, start: Checkpoint | None, sinks: list[_SinkRuntime]
     ) -> Checkpoint | None:
         """A transactional sink may hold a newer checkpoint than the store (it commits the
-        checkpoint with its data, before every sink acknowledged it): prefer the newest."""
-        if not self.resume:
+        checkpoint with its data, before every sink acknowledged it): prefer the newest.
+
+        Only when the store has a checkpoint: every run saves one before its first item
+        (see :meth:`_fresh_start`), so a store without one was reset (or lost), and a
+        checkpoint a sink still holds is stale: the run starts over.
+        """
+        if not self.resume or start is None:
             return start
         for sink in sinks:
             held = await sink.load_checkpoint()
-            if held is None:
+            if held is None or held.pipeline != self.spec.name or held.seq <= start.seq:
                 continue
-            candidate = held
-            if candidate.pipeline != self.spec.name:
-                continue
-            if start is None or candidate.seq > start.seq:
-                start = candidate
+            self._check_fingerprint(held)
+            start = held
         return start
+
+    async def _fresh_start(self, store: Any, sinks: list[_SinkRuntime]) -> Checkpoint:
+        """Save the empty checkpoint a run that starts over begins from.
+
+        Its number follows every checkpoint of the pipeline still around (in the store or
+        held by a transactional sink), so that a stale checkpoint of an earlier run never
+        looks newer than this run's, and a crash before this run's first commit resumes
+        from the start rather than from an earlier run's positions.
+        """
+        seqs = [self._stored.seq if self._stored is not None else 0]
+        for sink in sinks:
+            held = await sink.load_checkpoint()
+            if held is not None and held.pipeline == self.spec.name:
+                seqs.append(held.seq)
+        fresh = Checkpoint(
+            pipeline=self.spec.name, fingerprint=self.spec.fingerprint(), seq=max(seqs) + 1
+        )
+        await anyio.to_thread.run_sync(store.save, fresh)
+        return fresh
 
     def _skipped_completed(self, start: Checkpoint) -> None:
         self.events.emit(
@@ -567,6 +677,7 @@ class _Run:
             )
         )
         self.resume_note = f"already completed at checkpoint {start.seq}"
+        self._completed_at = start
 
     async def _run_stages(self, sinks: list[_SinkRuntime], dead: _SinkRuntime | None) -> None:
         async with anyio.create_task_group() as dead_tg:
@@ -578,6 +689,7 @@ class _Run:
                 for s in sinks:
                     ch = BatchChannel(self._capacity)
                     sink_channels.append(ch)
+                    self._queues[s.spec.stage] = ch
                     tg.start_soon(self._sink_task, s, ch)
                 out: _Output = (
                     _FanOut(sink_channels) if len(sink_channels) > 1 else sink_channels[0]
@@ -600,6 +712,7 @@ class _Run:
         downstream: _Output = out
         for group in reversed(groups):
             inp = BatchChannel(self._capacity)
+            self._queues[group[0].stage] = inp
             if group[0].component.itemwise:
                 steps = [FusedStep(s, self._ctx(s.stage, s.component)) for s in group]
                 for st in steps:
@@ -699,11 +812,25 @@ class _Run:
                         tail = await self._apply(steps, stats, i + 1, list(tail))
                         if tail:
                             await out.put_batch(tail)
+            self._complete(held)
             for marker in held:
-                self._snapshot_states(steps, marker)
+                await self._snapshot_states(steps, marker)
                 out.put_marker(marker)
         finally:
             inp.close_reader()
+
+    def _complete(self, held: list[Marker]) -> None:
+        """A stage that ended normally without the source's final marker (``take`` got
+        enough, a stream transformer stopped reading) marks the end of the run itself:
+        otherwise what it emitted after the last checkpoint would never be committed."""
+        ckpt = self.checkpointer
+        if ckpt is not None and not any(m.final for m in held):
+            produced = sum(
+                self.stats[f"sources.{n}"].items_out
+                for n in self.resolved.sources
+                if f"sources.{n}" in self.stats
+            )
+            held.append(ckpt.final(produced))
 
     async def _apply_marked(
         self,
@@ -714,7 +841,13 @@ class _Run:
         out: _Output,
         held: list[Marker],
     ) -> None:
-        """Process a batch that carries checkpoint markers, splitting it at each one."""
+        """Process a batch that carries markers, splitting it at each checkpoint marker.
+
+        Latency probes do not split batches: they follow the whole batch.
+        """
+        probes = [m for _, m in marks if isinstance(m, Probe)]
+        if probes:
+            marks = [(o, m) for o, m in marks if not isinstance(m, Probe)]
         start = 0
         for offset, marker in marks:
             part = batch[start:offset]
@@ -726,19 +859,25 @@ class _Run:
             if marker.final:
                 held.append(marker)  # forwarded after the steps flushed, at the end
             else:
-                self._snapshot_states(steps, marker)
+                await self._snapshot_states(steps, marker)
                 out.put_marker(marker)
         rest = batch[start:]
         if rest:
             rest = await self._apply(steps, stats, 0, rest)
             if rest:
                 await out.put_batch(rest)
+        for probe in probes:
+            out.put_marker(probe)
 
-    def _snapshot_states(self, steps: list[FusedStep], marker: Marker) -> None:
+    async def _snapshot_states(self, steps: list[FusedStep], marker: Marker) -> None:
         for step in steps:
             snapshot = getattr(step.state, "snapshot", None)
             if snapshot is not None:
-                marker.states[step.stage] = snapshot()
+                try:
+                    marker.states[step.stage] = snapshot()
+                except Exception as exc:
+                    await self._fail(self._stage_error(step.spec, None, exc))
+                    raise _Stop from exc
 
     def _restore_states(self, steps: list[FusedStep]) -> None:
         ckpt = self.checkpointer
@@ -753,7 +892,15 @@ class _Run:
                     "but cannot snapshot its state, so the pipeline cannot be checkpointed"
                 )
             if restore is not None and step.stage in ckpt.states:
-                restore(ckpt.states[step.stage])
+                try:
+                    restore(ckpt.states[step.stage])
+                except Exception as exc:
+                    raise CheckpointError(
+                        f"stage {step.stage}: cannot restore the state of transformer "
+                        f"{step.component.name!r} from the checkpoint: {exc}; reset "
+                        f"the checkpoint (headwater checkpoints reset {self.spec.name}) to "
+                        "start over"
+                    ) from exc
 
     async def _run_ticks(
         self,
@@ -783,6 +930,8 @@ class _Run:
             st = stats[i]
             n = len(batch)
             st.items_in += n
+            st.batches_in += 1
+            began = perf_counter()
             if step.policy == "fail":
                 try:
                     batch = step.fast(batch)
@@ -793,9 +942,11 @@ class _Run:
             else:
                 batch = await step.guarded(batch, self._on_item_error)
             step.n_in += n
+            st.latency.observe(perf_counter() - began)
             st.items_out += len(batch)
             if not batch:
                 break
+            st.batches_out += 1
         return batch
 
     async def _on_item_error(
@@ -856,7 +1007,7 @@ class _Run:
                     start = offset
                     # the transformer asked for the next item: its output for every item
                     # before the marker is downstream already
-                    if marker.final:
+                    if isinstance(marker, Marker) and marker.final:
                         held.append(marker)
                     else:
                         out.put_marker(marker)
@@ -869,6 +1020,7 @@ class _Run:
         try:
             agen = fn(feed, *lead[: max(0, positional_arity(fn) - 1)])
             await self._pump_async(agen, out, stats, spec, batched=False)
+            self._complete(held)
             for marker in held:
                 out.put_marker(marker)
         finally:
@@ -908,6 +1060,8 @@ class _Run:
                 for buf, ch in zip(bufs, chans, strict=True):
                     while not buf:
                         buf.extend(await ch.get())
+                        # zipped sources are not checkpointed: only latency probes, dropped
+                        ch.pop_markers(0)
                 n = min(len(b) for b in bufs)
                 await out.put_batch([tuple(b.popleft() for b in bufs) for _ in range(n)])
         except anyio.EndOfStream:
@@ -931,7 +1085,14 @@ class _Run:
                 if marker is not None:
                     out.put_marker(marker)
 
-            ctx._position = report
+            def report_from_thread(position: Any) -> None:
+                raise RuntimeError(
+                    f"action {comp.name!r} is a sync generator: sources running in a worker "
+                    "thread cannot report checkpoint positions yet; write it as an async "
+                    "generator to make it resumable"
+                )
+
+            ctx._position = report_from_thread if comp.shape == "sync_gen" else report
 
             def on_commit(callback: Callable[[Any], Any]) -> None:
                 ckpt.listeners.append(lambda cp: callback(cp.positions.get(name)))
@@ -963,11 +1124,15 @@ class _Run:
             await self._fail(self._stage_error(stage, stats.items_out, exc))
             raise _Stop from exc
 
-    def _mark_items(self, n: int) -> None:
+    def _mark_items(self, n: int, out: _Output | None = None) -> None:
         now = time.monotonic()
         if self._first_item_at is None and n:
             self._first_item_at = now - self._t0
         self._last_item_at = now
+        if out is not None and now - self._last_probe >= PROBE_INTERVAL:
+            # a latency probe after these items: sinks observe end-to-end latency
+            self._last_probe = now
+            out.put_marker(Probe())
 
     async def _pump_async(
         self, agen: Any, out: _Output, stats: StageStats, stage: ResolvedStage, batched: bool
@@ -984,8 +1149,8 @@ class _Run:
                         chunk = list(chunk)
                     produced += len(chunk)
                     stats.items_out = base + produced
-                    self._mark_items(len(chunk))
                     await out.put_batch(chunk)
+                    self._mark_items(len(chunk), out)
             else:
                 cap = out.capacity
                 async for item in agen:
@@ -995,13 +1160,13 @@ class _Run:
                     produced += 1
                     n = len(items)
                     if n == 1:
-                        self._mark_items(1)
+                        self._mark_items(1, out)
                         stats.items_out = base + produced
                         if out.reader_closed:
                             raise DownstreamClosed
                         out.wake()
                     elif n >= cap:
-                        self._mark_items(n)
+                        self._mark_items(n, out)
                         stats.items_out = base + produced
                         await out.pushed()
         except (DownstreamClosed, _Stop, anyio.get_cancelled_exc_class()):
@@ -1057,8 +1222,8 @@ class _Run:
                     if batched:
                         items = [x for chunk in items for x in chunk]
                     stats.items_out += len(items)
-                    self._mark_items(len(items))
                     await out.put_batch(items)
+                    self._mark_items(len(items), out)
                 if done:
                     if feed.error is not None:
                         err = feed.error
@@ -1082,17 +1247,25 @@ class _Run:
                 except anyio.EndOfStream:
                     break
                 sink.stats.items_in += len(batch)
+                sink.stats.batches_in += 1
                 if not ch.has_markers:
                     await self._write(sink, batch)
                     continue
                 start = 0
+                probes: list[Probe] = []
                 for offset, marker in ch.pop_markers(base):
+                    if isinstance(marker, Probe):
+                        probes.append(marker)  # observed once the whole batch is written
+                        continue
                     if offset > start:
                         await self._write(sink, batch[start:offset])
                     start = offset
                     await self._acknowledge(sink, marker)
                 if start < len(batch):
                     await self._write(sink, batch[start:])
+                now = perf_counter()
+                for probe in probes:
+                    self._e2e.observe(now - probe.created)
             if self.errors or self._cancel_reason is not None:
                 return  # the run is ending abnormally: closed with its error by _run_graph
             with anyio.CancelScope(shield=True):
@@ -1121,9 +1294,12 @@ class _Run:
         spec = sink.spec
         attempt = 1
         while True:
+            began = perf_counter()
             try:
                 await sink.write(batch)
+                sink.stats.latency.observe(perf_counter() - began)
                 sink.stats.items_out += len(batch)
+                sink.stats.batches_out += 1
                 return
             except Exception as exc:
                 error = self._stage_error(spec, sink.stats.items_out, exc)

@@ -60,6 +60,7 @@ __all__ = [
     "StreamError",
     "StreamErrorCode",
     "StreamInfo",
+    "StreamObserver",
     "StreamingConfig",
     "StreamingManager",
     "Subscription",
@@ -231,6 +232,39 @@ class BatchClientTransport(ClientTransport, Protocol):
 
     async def send_batch(self, frames: Sequence[Frame]) -> None:
         """Send several protocol messages, in order."""
+        ...
+
+
+@runtime_checkable
+class StreamObserver(Protocol):
+    """Sees every stream event of a manager, e.g. to mirror streams to other nodes.
+
+    Registered with :meth:`StreamingManager.add_observer`. The methods are called
+    synchronously, in order, at the moment the event happens (a chunk right after it got
+    its ``seq``): they must return quickly without suspending (queue the work for a
+    task). An exception is logged and otherwise ignored.
+    """
+
+    def stream_opened(self, stream_id: str, epoch: str, metadata: Mapping[str, Any]) -> None:
+        """A stream was created."""
+        ...
+
+    def chunk_published(self, stream_id: str, epoch: str, seq: int, payload: bytes) -> None:
+        """Chunk ``seq`` was published; ``payload`` is its data as encoded JSON."""
+        ...
+
+    def message_broadcast(self, stream_id: str, frame: Frame) -> None:
+        """A control message (``progress``, ``status``, ``stream_error``) was sent."""
+        ...
+
+    def stream_closed(
+        self,
+        stream_id: str,
+        reason: str,
+        summary: Mapping[str, Any] | None,
+        error: Frame | None,
+    ) -> None:
+        """The stream was closed; ``error`` is the ``stream_error`` frame sent first."""
         ...
 
 
@@ -557,6 +591,7 @@ class StreamingManager:
         self._totals = _Counters()
         self._streams_created = 0
         self._streams_closed = 0
+        self._observers: list[StreamObserver] = []
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -622,13 +657,16 @@ class StreamingManager:
         *,
         metadata: Mapping[str, Any] | None = None,
         inactivity_timeout: float | EllipsisType | None = ...,
+        epoch: str | None = None,
     ) -> str:
         """Open a stream and return its id (generated when ``stream_id`` is None).
 
         ``metadata`` is kept with the stream (e.g. pipeline, run id, owner) and returned
         by :meth:`info`. ``inactivity_timeout`` overrides the configured one for this
         stream (None disables it). A new stream gets a new random epoch, even when it
-        reuses the id of a closed one.
+        reuses the id of a closed one; ``epoch`` gives it a chosen one instead (a mirror
+        of another node's stream keeps that stream's epoch, so clients may resume on
+        either node).
 
         Raises :class:`StreamError`: ``stream_exists``, ``too_many_streams``,
         ``invalid_stream_id``, ``not_running``, ``shutting_down``.
@@ -669,6 +707,8 @@ class StreamingManager:
             else inactivity_timeout
         )
         stream = _Stream(stream_id, id_json, timeout, metadata or {})
+        if epoch is not None:
+            stream.epoch = epoch
         self._streams[stream_id] = stream
         self._closed.pop(stream_id, None)
         self._streams_created += 1
@@ -676,6 +716,8 @@ class StreamingManager:
             stream.timer = anyio.CancelScope()
             self._start(self._watch_idle, stream)
         log.debug("stream %r opened (epoch %s)", stream_id, stream.epoch)
+        for observer in self._observers:
+            self._observe(observer.stream_opened, stream_id, stream.epoch, stream.metadata)
         return stream_id
 
     async def close_stream(
@@ -915,6 +957,47 @@ class StreamingManager:
                 await self._yield_to_clients(stream)
         return seq
 
+    async def push_encoded(self, stream_id: str, payload: bytes, *, seq: int | None = None) -> int:
+        """Publish a chunk whose data is already encoded JSON; returns its ``seq``.
+
+        For relays (a bridge mirroring another node's stream): ``payload`` is used as is,
+        and ``seq`` (default: the next one) numbers the chunk. A ``seq`` at or below the
+        stream's current one is a chunk already published: it is ignored, and the
+        current ``seq`` is returned. A ``seq`` further ahead leaves a gap (clients that
+        resume from before it are told, as for chunks evicted from the replay buffer).
+        Raises as :meth:`push`.
+        """
+        stream = self._open_stream(stream_id)
+        self._raise_pending(stream)
+        if seq is not None and seq <= stream.seq:
+            return stream.seq
+        if stream.blocking:
+            await self._wait_for_room(stream)
+        if seq is not None:
+            stream.seq = max(stream.seq, seq - 1)
+        published = self._publish(stream, payload)
+        if stream.pressure:
+            await self._yield_to_clients(stream)
+        return published
+
+    async def broadcast_frame(self, stream_id: str, frame: Frame) -> None:
+        """Send an already encoded control message (``progress``, ``status``,
+        ``stream_error``: not a chunk) to every client of the stream.
+
+        For relays: the frame is what another manager produced for the same stream.
+        Raises :class:`StreamError` ``unknown_stream`` or ``stream_closed``.
+        """
+        await self._broadcast(self._open_stream(stream_id), frame)
+
+    def add_observer(self, observer: StreamObserver) -> None:
+        """Have ``observer`` see every stream event from now on (see :class:`StreamObserver`)."""
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: StreamObserver) -> None:
+        """Stop notifying ``observer`` (no error if it was not registered)."""
+        if observer in self._observers:
+            self._observers.remove(observer)
+
     async def forward_event(self, stream_id: str, event: Event) -> None:
         """Forward a pipeline control event to the stream's clients.
 
@@ -1125,6 +1208,8 @@ class StreamingManager:
             payload,
         )
         stream.last_push = anyio.current_time()
+        for observer in self._observers:
+            self._observe(observer.chunk_published, stream.id, stream.epoch, seq, payload)
         config = self.config
         if config.replay_max_chunks:
             replay = stream.replay
@@ -1140,6 +1225,8 @@ class StreamingManager:
 
     async def _broadcast(self, stream: _Stream, frame: Frame) -> None:
         """Enqueue a control message for every client, under the slow-consumer policy."""
+        for observer in self._observers:
+            self._observe(observer.message_broadcast, stream.id, frame)
         if stream.blocking:
             await self._wait_for_room(stream)
         self._enqueue(stream, frame)
@@ -1252,6 +1339,8 @@ class StreamingManager:
             complete = _message(
                 "stream_complete", stream=stream.id, reason=reason, last_seq=stream.seq
             )
+        for observer in self._observers:
+            self._observe(observer.stream_closed, stream.id, reason, summary, first)
         for sub in list(stream.subscribers.values()):
             self._detach(sub)
             if first is not None:
@@ -1262,6 +1351,13 @@ class StreamingManager:
         stream.replay.clear()
         stream.replay_bytes = 0
         log.debug("stream %r closed (%s)", stream.id, reason)
+
+    def _observe(self, method: Callable[..., None], *args: Any) -> None:
+        """Call an observer method; its exceptions are logged, never propagated."""
+        try:
+            method(*args)
+        except Exception:
+            log.exception("stream observer %r raised; ignored", method)
 
     # -- internals: tasks -----------------------------------------------------------------
 

@@ -183,20 +183,30 @@ class WebSocketTransport:
         )
 
     async def send(self, frame: Frame) -> None:
-        """Send one protocol message as a text message."""
-        await self._conn.send(frame, text=True)
+        """Send one protocol message as a text message.
+
+        Nothing happens once the connection is closed: its session then unsubscribes it
+        from every stream (a closed connection is not a failed send).
+        """
+        try:
+            await self._conn.send(frame, text=True)
+        except ConnectionClosed:
+            pass
 
     async def send_batch(self, frames: Sequence[Frame]) -> None:
         """Send several protocol messages, in order, with one flush."""
         conn = self._conn
-        if self._fast and conn.send_in_progress is None:
-            protocol = conn.protocol
-            async with conn.send_context():
-                for frame in frames:
-                    protocol.send_text(frame)
-            return
-        for frame in frames:
-            await conn.send(frame, text=True)
+        try:
+            if self._fast and conn.send_in_progress is None:
+                protocol = conn.protocol
+                async with conn.send_context():
+                    for frame in frames:
+                        protocol.send_text(frame)
+                return
+            for frame in frames:
+                await conn.send(frame, text=True)
+        except ConnectionClosed:
+            pass
 
     async def close(self, code: str, reason: str) -> None:
         """Close the connection (4001 ``slow_consumer``, 4002 ``send_failed``...)."""
@@ -381,8 +391,8 @@ class Server:
                 server_header=f"headwater/{__version__}",
             )
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await stack.aclose()
+            # Not inside a new cancel scope: the stack holds a task group entered here.
+            await stack.aclose()
             self._state = "stopped"
             raise
         self._stack = stack
@@ -903,6 +913,8 @@ class Session:
         try:
             await self.dispatch(message)
         except ProtocolError as exc:
+            if exc.ref is None:
+                exc.ref = message.id
             await self.reply(exc.to_message())
         except StreamError as exc:
             await self.reply(ProtocolError.from_stream_error(exc, ref=message.id).to_message())

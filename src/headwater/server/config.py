@@ -357,7 +357,16 @@ def parse_server_config(
     try:
         config = ServerConfig.model_validate(dict(data))
     except ValidationError as exc:
-        raise ServerConfigError(_issues(exc), source) from None
+        issues = _issues(exc)
+        if not any(i.path.startswith("pipelines") for i in issues):
+            # report the pipelines' problems too, all at once
+            try:
+                only = ServerConfig.model_validate({"pipelines": data.get("pipelines") or {}})
+                only.named_pipelines(base_dir)
+            except (ValidationError, ServerConfigError) as more:
+                if isinstance(more, ServerConfigError):
+                    issues.extend(more.issues)
+        raise ServerConfigError(issues, source) from None
     try:
         config.named_pipelines(base_dir)
     except ServerConfigError as exc:

@@ -1,0 +1,460 @@
+"""NATS JetStream: a durable pull-consumer source and an acknowledged-publish sink.
+
+Installed with ``pip install 'headwater[nats]'`` (the ``nats-py`` package). This module
+imports without it; a component reports the missing package when used.
+
+* ``nats.jetstream`` (source) fetches from a **durable pull consumer** (created if
+  missing, explicit acks). Every worker binding the same durable shares its messages:
+  each message goes to one of them. A message is acknowledged only after every sink
+  committed it (``ctx.on_commit``); the source keeps the message objects of what it
+  delivered and has not yet acknowledged. Unacknowledged messages are redelivered by the
+  server after ``ack_wait`` (a dead worker's included). A message delivered more than
+  ``max_deliver`` times (a poison message that keeps failing the pipeline) is published
+  to the ``dead_letter`` subject, with headers saying where it came from, and terminated.
+  A drain request (``headwater worker`` on SIGTERM) makes it stop fetching and return:
+  what it delivered is committed and acknowledged before the run ends.
+* ``nats.jetstream`` (sink) publishes each item to JetStream and waits for every
+  ``PubAck`` of the batch (the messages are stored when ``write`` returns).
+
+Delivery is at-least-once. Runs on asyncio (``nats-py`` is asyncio-based).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field
+
+import headwater
+from headwater.core.context import StreamContext
+
+from ._brokers import Ledger, delivered_upto, draining, require
+
+__all__ = [
+    "NatsSinkParams",
+    "NatsSourceParams",
+    "NatsStreamSink",
+    "nats_jetstream_source",
+]
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+DLQ_HEADERS = ("Headwater-Subject", "Headwater-Stream", "Headwater-Seq", "Headwater-Deliveries")
+"""Headers of a dead-lettered message: original subject, stream, stream sequence and the
+number of deliveries."""
+
+Decode = Literal["json", "text", "bytes"]
+
+log = logging.getLogger("headwater.nats")
+
+
+def _nats(component: str) -> Any:
+    return require("nats", "nats", component)
+
+
+async def _connect(url: str, component: str) -> Any:
+    nats = _nats(component)
+    return await nats.connect(url, connect_timeout=5, max_reconnect_attempts=5)
+
+
+async def _ensure_stream(js: Any, stream: str, subjects: list[str]) -> None:
+    """Create ``stream`` capturing ``subjects`` unless a stream of that name exists."""
+    errors = require("nats.js.errors", "nats", "nats.jetstream")
+    try:
+        await js.stream_info(stream)
+    except errors.NotFoundError:
+        await js.add_stream(name=stream, subjects=subjects)
+
+
+# ---------------------------------------------------------------------------------------
+# source
+# ---------------------------------------------------------------------------------------
+
+
+class NatsSourceParams(BaseModel):
+    """Params of the ``nats.jetstream`` source."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    url: str = Field(DEFAULT_URL, description="NATS server URL, e.g. nats://127.0.0.1:4222.")
+    stream: str = Field(min_length=1, description="JetStream stream to consume.")
+    durable: str = Field(
+        min_length=1,
+        description="Durable pull consumer shared by the workers (created if missing).",
+    )
+    subject: str | None = Field(
+        None, description="Only messages on this subject (filter); default: all of the stream."
+    )
+    create_stream: list[str] | None = Field(
+        None, description="Create the stream with these subjects if it does not exist."
+    )
+    batch: int = Field(500, ge=1, le=100_000, description="Most messages per fetch.")
+    fetch_timeout: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="Longest wait for messages per fetch; also bounds how long a drain "
+        "request waits for the fetch in progress.",
+    )
+    ack_wait: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds the server waits for an ack before redelivering (consumer "
+        "setting, used when the consumer is created). Must exceed the time the pipeline "
+        "takes to commit a batch.",
+    )
+    max_ack_pending: int = Field(
+        20_000, ge=1, description="Most unacknowledged messages the consumer hands out."
+    )
+    max_deliver: int | None = Field(
+        None,
+        ge=1,
+        description="A message delivered more than this many times goes to dead_letter "
+        "and is terminated. None: redeliver forever.",
+    )
+    dead_letter: str | None = Field(
+        None,
+        description="Subject receiving messages over max_deliver (published to JetStream "
+        "if a stream captures it, else plain NATS). Without it they are only terminated "
+        "and logged.",
+    )
+    decode: Decode = Field(
+        "json", description="Item made of a message: json (parsed), text (str) or bytes."
+    )
+    envelope: bool = Field(
+        False,
+        description='Emit {"subject", "seq", "deliveries", "data"} instead of the bare payload.',
+    )
+    idle_exit: float | None = Field(
+        None,
+        gt=0,
+        description="End (normally, committing everything) after this many seconds without "
+        "a new message. None: run until cancelled or drained.",
+    )
+    max_messages: int | None = Field(
+        None, ge=1, description="End after delivering this many messages (None: no limit)."
+    )
+
+
+def _decode_msg(msg: Any, seq: int, deliveries: int, params: NatsSourceParams) -> Any:
+    data = msg.data
+    if params.decode == "bytes":
+        value: Any = bytes(data)
+    elif params.decode == "text":
+        value = data.decode()
+    else:
+        try:
+            value = json.loads(data)
+        except ValueError as exc:
+            raise ValueError(
+                f"message {seq} of stream {params.stream!r} ({msg.subject}) is not JSON "
+                f"({exc}); use decode: text or bytes"
+            ) from None
+    if params.envelope:
+        return {"subject": msg.subject, "seq": seq, "deliveries": deliveries, "data": value}
+    return value
+
+
+class _NatsAcker:
+    """Acknowledges committed messages; owns the connection once the reader is done.
+
+    The final checkpoint is committed after the source generator returned: the
+    connection (which the message objects ack through) stays open until everything
+    delivered is acknowledged.
+    """
+
+    def __init__(self, nc: Any, ledger: Ledger[int]) -> None:
+        self.nc = nc
+        self.ledger = ledger
+        self.msgs: dict[int, Any] = {}
+        self.finished = False
+        self.acked = 0
+        self._lock = anyio.Lock()
+
+    async def commit(self, position: Any) -> None:
+        """``ctx.on_commit`` callback: ack every message delivered up to ``position``."""
+        upto = delivered_upto(position)
+        if upto is None:
+            return
+        async with self._lock:
+            seqs = self.ledger.release(upto)
+            if seqs and self.nc is not None:
+                try:
+                    for seq in seqs:
+                        msg = self.msgs.pop(seq, None)
+                        if msg is not None and not msg.is_acked:
+                            await msg.ack()
+                    await self.nc.flush(timeout=10)
+                    self.acked += len(seqs)
+                    log.debug(
+                        "nats.jetstream: acknowledged %d messages (%d in all)",
+                        len(seqs),
+                        self.acked,
+                    )
+                except Exception as exc:
+                    # Unacked messages are redelivered after ack_wait: at-least-once holds.
+                    log.warning("nats.jetstream: acking %d messages failed: %s", len(seqs), exc)
+            if self.finished and not self.ledger:
+                await self.close()
+
+    async def finish(self, *, normally: bool) -> None:
+        """The reader is done: close now, or after the final commit acknowledged all."""
+        self.finished = True
+        if not normally or not self.ledger:
+            await self.close()
+
+    async def close(self) -> None:
+        nc, self.nc = self.nc, None
+        self.msgs.clear()
+        if nc is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await nc.close()
+
+
+async def _ensure_consumer(js: Any, params: NatsSourceParams) -> None:
+    """Create the durable pull consumer unless it exists (an existing one is kept as is)."""
+    api = require("nats.js.api", "nats", "nats.jetstream")
+    errors = require("nats.js.errors", "nats", "nats.jetstream")
+    try:
+        await js.consumer_info(params.stream, params.durable)
+        return
+    except errors.NotFoundError:
+        pass
+    config = api.ConsumerConfig(
+        durable_name=params.durable,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        deliver_policy=api.DeliverPolicy.ALL,
+        ack_wait=params.ack_wait,
+        max_deliver=-1,
+        max_ack_pending=params.max_ack_pending,
+        filter_subject=params.subject,
+    )
+    try:
+        await js.add_consumer(params.stream, config)
+    except errors.BadRequestError:
+        await js.consumer_info(params.stream, params.durable)  # created meanwhile by a peer
+
+
+async def _dead_letter(js: Any, nc: Any, msg: Any, params: NatsSourceParams) -> None:
+    """Publish ``msg`` to the dead-letter subject (if any) and terminate it."""
+    meta = msg.metadata
+    deliveries = int(meta.num_delivered)
+    seq = int(meta.sequence.stream)
+    if params.dead_letter is not None:
+        headers = dict(
+            zip(
+                DLQ_HEADERS,
+                (msg.subject, params.stream, str(seq), str(deliveries)),
+                strict=True,
+            )
+        )
+        errors = require("nats.errors", "nats", "nats.jetstream")
+        js_errors = require("nats.js.errors", "nats", "nats.jetstream")
+        try:
+            await js.publish(params.dead_letter, msg.data, headers=headers, timeout=10)
+        except (errors.NoRespondersError, js_errors.NoStreamResponseError):
+            await nc.publish(params.dead_letter, msg.data, headers=headers)
+            await nc.flush(timeout=10)
+        log.warning(
+            "nats.jetstream: message %d of %r delivered %d times: sent to %s",
+            seq,
+            params.stream,
+            deliveries,
+            params.dead_letter,
+        )
+    else:
+        log.error(
+            "nats.jetstream: message %d of %r delivered %d times (> max_deliver %d): "
+            "terminated (configure dead_letter to keep such messages)",
+            seq,
+            params.stream,
+            deliveries,
+            params.max_deliver,
+        )
+    await msg.term()
+
+
+@headwater.action(
+    "nats.jetstream",
+    params=NatsSourceParams,
+    output="the messages of a JetStream stream via a durable pull consumer (see decode)",
+    capabilities=("streaming", "resumable"),
+    batched=True,
+)
+async def nats_jetstream_source(
+    params: NatsSourceParams, ctx: StreamContext
+) -> AsyncIterator[list[Any]]:
+    """Fetch from a durable JetStream pull consumer; ack after every sink committed.
+
+    Needs a ``checkpoint:`` section (``{store: memory}`` suffices: the consumer keeps
+    the position). The checkpoint position is ``{"delivered": N, "last_seq": SEQ}``; on
+    each commit the messages delivered up to ``N`` are acknowledged.
+    """
+    _nats("nats.jetstream")
+    if not ctx.checkpointing:
+        raise RuntimeError(
+            "nats.jetstream acknowledges messages only after every sink committed them, "
+            "which needs the commit protocol: add `checkpoint: {store: memory}` to the "
+            "pipeline (headwater worker adds it for you)"
+        )
+    nc = await _connect(params.url, "nats.jetstream")
+    ledger: Ledger[int] = Ledger()
+    acker = _NatsAcker(nc, ledger)
+    ctx.on_commit(acker.commit)
+    normally = False
+    try:
+        js = nc.jetstream()
+        if params.create_stream:
+            await _ensure_stream(js, params.stream, params.create_stream)
+        await _ensure_consumer(js, params)
+        psub = await js.pull_subscribe_bind(params.durable, params.stream)
+        ctx.status(f"durable consumer {params.durable!r} of stream {params.stream!r}")
+        last_seq = 0
+        delivered = 0
+        idle_since = time.monotonic()
+        ctx.checkpoint({"delivered": 0, "last_seq": last_seq})
+        while not draining(ctx.run_id) and not ctx.cancelled:
+            if params.max_messages is not None and delivered >= params.max_messages:
+                break
+            count = params.batch
+            if params.max_messages is not None:
+                count = min(count, params.max_messages - delivered)
+            try:
+                msgs = await psub.fetch(count, timeout=params.fetch_timeout)
+            except TimeoutError:  # nats.errors.TimeoutError and asyncio's: nothing came
+                msgs = []
+            items: list[Any] = []
+            seqs: list[int] = []
+            for msg in msgs:
+                meta = msg.metadata
+                seq = int(meta.sequence.stream)
+                deliveries = int(meta.num_delivered)
+                if seq in ledger:
+                    continue  # redelivered while we still hold it: our ack will cover it
+                if params.max_deliver is not None and deliveries > params.max_deliver:
+                    await _dead_letter(js, nc, msg, params)
+                    continue
+                items.append(_decode_msg(msg, seq, deliveries, params))
+                seqs.append(seq)
+                acker.msgs[seq] = msg
+            if items:
+                n = ledger.add(seqs)
+                delivered += len(items)
+                last_seq = seqs[-1]
+                yield items
+                ctx.checkpoint({"delivered": n, "last_seq": last_seq})
+                ctx.progress(delivered, message=f"last seq {last_seq}")
+                idle_since = time.monotonic()
+            else:
+                ctx.checkpoint({"delivered": ledger.delivered, "last_seq": last_seq})
+                if params.idle_exit is not None and (
+                    time.monotonic() - idle_since >= params.idle_exit
+                ):
+                    break
+        ctx.checkpoint({"delivered": ledger.delivered, "last_seq": last_seq})
+        normally = True
+    finally:
+        with anyio.CancelScope(shield=True):
+            await acker.finish(normally=normally)
+
+
+# ---------------------------------------------------------------------------------------
+# sink
+# ---------------------------------------------------------------------------------------
+
+
+class NatsSinkParams(BaseModel):
+    """Params of the ``nats.jetstream`` sink."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    url: str = Field(DEFAULT_URL, description="NATS server URL, e.g. nats://127.0.0.1:4222.")
+    subject: str = Field(min_length=1, description="Subject to publish to.")
+    stream: str | None = Field(
+        None, description="Expected stream (the publish fails if another stream captures it)."
+    )
+    create_stream: bool = Field(
+        False, description="Create `stream` capturing `subject` if it does not exist."
+    )
+    encode: Decode = Field(
+        "json", description="How an item becomes a payload: json, text (str()) or bytes."
+    )
+    timeout: float = Field(30.0, gt=0, description="Seconds to wait for a batch's PubAcks.")
+
+
+def _payload(item: Any, mode: Decode) -> bytes:
+    if mode == "json":
+        from pydantic_core import to_json
+
+        return to_json(item, inf_nan_mode="null")
+    if mode == "bytes":
+        if isinstance(item, str):
+            return item.encode()
+        if not isinstance(item, bytes | bytearray):
+            raise TypeError(f"nats.jetstream with encode: bytes needs bytes or str, got {item!r}")
+        return bytes(item)
+    return str(item).encode()
+
+
+@headwater.sink("nats.jetstream", params=NatsSinkParams)
+class NatsStreamSink:
+    """Publish every item to JetStream; ``write`` returns once every PubAck arrived.
+
+    Publishes of a batch are pipelined (``publish_async``), then awaited together. The
+    output is ``{"subject", "published"}``.
+    """
+
+    def __init__(self, params: NatsSinkParams, ctx: StreamContext) -> None:
+        self.params = params
+        self.ctx = ctx
+        self.published = 0
+        self._nc: Any = None
+        self._js: Any = None
+
+    async def open(self) -> None:
+        """Connect (and create the stream if asked)."""
+        self._nc = await _connect(self.params.url, "nats.jetstream sink")
+        self._js = self._nc.jetstream()
+        if self.params.create_stream:
+            if self.params.stream is None:
+                raise ValueError("nats.jetstream: create_stream needs `stream`")
+            await _ensure_stream(self._js, self.params.stream, [self.params.subject])
+
+    async def write(self, batch: list[Any]) -> None:
+        """Publish the batch and wait for its acknowledgements."""
+        if not batch:
+            return
+        params = self.params
+        js = self._js
+        futures = [
+            await js.publish_async(
+                params.subject, _payload(item, params.encode), stream=params.stream
+            )
+            for item in batch
+        ]
+        await asyncio.wait_for(asyncio.gather(*futures), params.timeout)
+        self.published += len(batch)
+
+    async def close(self, error: BaseException | None) -> dict[str, Any]:
+        """Disconnect; returns ``{"subject", "published"}``."""
+        nc, self._nc = self._nc, None
+        if nc is not None:
+            await nc.close()
+        return {"subject": self.params.subject, "published": self.published}
+
+
+@headwater.hookimpl
+def register_actions(register: Any) -> None:
+    """Register the JetStream source."""
+    register(nats_jetstream_source)
+
+
+@headwater.hookimpl
+def register_sinks(register: Any) -> None:
+    """Register the JetStream sink."""
+    register(NatsStreamSink)

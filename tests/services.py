@@ -1,0 +1,177 @@
+"""Real Redis and NATS servers for the tests of the broker plugins, workers and bridge.
+
+Addresses come from ``HEADWATER_REDIS_URL`` (default ``redis://127.0.0.1:6379``) and
+``HEADWATER_NATS_URL`` (default ``nats://127.0.0.1:4222``). A test that needs a server
+that does not answer (or a client library that is not installed) is *skipped* with the
+reason, unless ``HEADWATER_REQUIRE_SERVICES=1``: then it *fails*, so that CI cannot go
+green by skipping.
+
+Test modules import the fixtures they use (``from services import redis_url``); every
+name a test creates (stream, group, subject, consumer) comes from :func:`unique` and is
+removed afterwards.
+
+The broker plugins are registered on a private plugin manager for in-process runs
+(:func:`broker_plugins`). Subprocesses (``headwater worker``, ``headwater serve``) find
+them through their ``headwater`` entry points; until headwater's own metadata declares
+them, :func:`plugin_env` adds a throwaway ``.dist-info`` directory declaring them to the
+child's ``PYTHONPATH``, exactly as an installed plugin would be found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+REDIS_URL = os.environ.get("HEADWATER_REDIS_URL", "redis://127.0.0.1:6379")
+NATS_URL = os.environ.get("HEADWATER_NATS_URL", "nats://127.0.0.1:4222")
+REQUIRED = os.environ.get("HEADWATER_REQUIRE_SERVICES", "").strip().lower() in {
+    "1",
+    "true",
+    "yes",
+    "on",
+}
+
+BROKER_PLUGINS = {
+    "headwater.redis": "headwater.builtin_plugins.redis_streams",
+    "headwater.nats": "headwater.builtin_plugins.nats_jetstream",
+}
+"""Entry point name -> module of the broker plugins."""
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def unique(prefix: str) -> str:
+    """A name no other test (or earlier run) uses: ``hwtest-PREFIX-RANDOM``."""
+    return f"hwtest-{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def _unavailable(reason: str) -> None:
+    if REQUIRED:
+        pytest.fail(f"{reason} (HEADWATER_REQUIRE_SERVICES=1: failing instead of skipping)")
+    pytest.skip(reason)
+
+
+def _reachable(url: str, default_port: int) -> str | None:
+    """None when a TCP connection to ``url``'s host and port succeeds, else why not."""
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or default_port
+    try:
+        with socket.create_connection((host, port), timeout=2.0):
+            return None
+    except OSError as exc:
+        return f"no server at {host}:{port} ({exc.strerror or exc})"
+
+
+def need(module: str, extra: str) -> None:
+    """Skip (or fail) unless ``module`` is importable."""
+    if importlib.util.find_spec(module) is None:
+        _unavailable(f"{module} is not installed (pip install 'headwater[{extra}]')")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The URL of a reachable Redis server (the ``redis`` package installed)."""
+    need("redis", "redis")
+    problem = _reachable(REDIS_URL, 6379)
+    if problem is not None:
+        _unavailable(f"Redis ({REDIS_URL}) is not available: {problem}")
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    """The URL of a reachable NATS server with JetStream (``nats-py`` installed)."""
+    need("nats", "nats")
+    problem = _reachable(NATS_URL, 4222)
+    if problem is not None:
+        _unavailable(f"NATS ({NATS_URL}) is not available: {problem}")
+    return NATS_URL
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[Any]:
+    """A synchronous Redis client; keys named by :func:`unique` are deleted afterwards."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        for key in client.scan_iter(match="hwtest-*"):
+            client.delete(key)
+        client.close()
+
+
+def broker_plugins() -> Any:
+    """A fresh plugin manager: the built-ins plus the broker plugins (not installed as
+    the process-wide manager)."""
+    from importlib import import_module
+
+    from headwater.core.plugins import PluginManager
+
+    manager = PluginManager(strict=True).load()
+    for name, module in BROKER_PLUGINS.items():
+        if name not in manager.plugins:
+            manager.register(import_module(module), name)
+    return manager
+
+
+def plugin_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a ``headwater`` subprocess that finds the broker plugins."""
+    env = dict(os.environ)
+    declared = {ep.name for ep in entry_points(group="headwater")}
+    missing = {k: v for k, v in BROKER_PLUGINS.items() if k not in declared}
+    paths = [str(REPO)]
+    if missing:
+        info = tmp_path / "site" / "headwater_broker_shim-0.0.0.dist-info"
+        info.mkdir(parents=True, exist_ok=True)
+        (info / "METADATA").write_text(
+            "Metadata-Version: 2.1\nName: headwater-broker-shim\nVersion: 0.0.0\n",
+            encoding="utf-8",
+        )
+        lines = "".join(f"{k} = {v}\n" for k, v in missing.items())
+        (info / "entry_points.txt").write_text(f"[headwater]\n{lines}", encoding="utf-8")
+        paths.insert(0, str(tmp_path / "site"))
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def headwater_command(*args: str) -> list[str]:
+    """``python -m headwater ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "headwater", *args]
+
+
+def stop(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """Kill ``proc`` if it is still running and reap it."""
+    if proc.poll() is None:
+        proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout)
+
+
+async def until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
+    """Poll ``predicate`` every 20 ms; fail the test after ``seconds``."""
+    import anyio
+
+    for _ in range(max(1, int(seconds / 0.02))):
+        if predicate():
+            return
+        await anyio.sleep(0.02)
+    pytest.fail(f"timed out after {seconds:g}s waiting for {what}")
