@@ -52,9 +52,15 @@ BROKER_PLUGINS = {
 REPO = Path(__file__).resolve().parents[1]
 
 
+_names: list[str] = []
+"""Every name :func:`unique` gave (the Redis fixture deletes the keys starting with them)."""
+
+
 def unique(prefix: str) -> str:
     """A name no other test (or earlier run) uses: ``hwtest-PREFIX-RANDOM``."""
-    return f"hwtest-{prefix}-{uuid.uuid4().hex[:10]}"
+    name = f"hwtest-{prefix}-{uuid.uuid4().hex[:10]}"
+    _names.append(name)
+    return name
 
 
 def _unavailable(reason: str) -> None:
@@ -103,15 +109,19 @@ def nats_url() -> str:
 
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[Any]:
-    """A synchronous Redis client; keys named by :func:`unique` are deleted afterwards."""
+    """A synchronous Redis client; keys named by :func:`unique` during the test (and keys
+    starting with such a name) are deleted afterwards. Only those: runs going on at the
+    same time (another checkout, pytest-xdist) keep theirs."""
     import redis
 
     client = redis.Redis.from_url(redis_url)
+    first = len(_names)
     try:
         yield client
     finally:
-        for key in client.scan_iter(match="hwtest-*"):
-            client.delete(key)
+        for name in _names[first:]:
+            for key in client.scan_iter(match=f"{name}*"):
+                client.delete(key)
         client.close()
 
 

@@ -134,17 +134,17 @@ def found(items: list[dict[str, Any]]) -> Counter[tuple[str, int, str]]:
     ids=["literal", "ignore-case", "regex", "anchored", "utf-8", "follow", "include", "exclude"],
 )
 def test_find_equals_grep(
-    plugins: headwater.PluginManager, tree: Path, grep_args: list[str], params: dict[str, Any]
+    plugins: headwater.PluginManager,
+    tree: Path,
+    grep_args: list[str],
+    params: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     expected = grep(*grep_args, "tree", cwd=tree.parent)
     assert expected, "the generated tree should contain matches"
-    cwd = Path.cwd()
-    os.chdir(tree.parent)
-    try:
-        items = run(plugins, "file.find", path="tree", **params)
-        tiny_blocks = run(plugins, "file.find", path="tree", block_size=7, **params)
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(tree.parent)
+    items = run(plugins, "file.find", path="tree", **params)
+    tiny_blocks = run(plugins, "file.find", path="tree", block_size=7, **params)
     assert found(items) == expected
     assert found(tiny_blocks) == expected
     # streamed in a stable order: files in name order, lines ascending
@@ -459,6 +459,18 @@ async def test_view_checks_cancellation_and_closes(text_file: Path) -> None:
     cancelled = True
     rest = [batch async for batch in agen]
     assert rest == []
+
+
+def test_same_results_on_trio(plugins: headwater.PluginManager, tree: Path) -> None:
+    pytest.importorskip("trio")
+    for action, params in [
+        ("file.find", {"path": str(tree), "pattern": "beta"}),
+        ("dir.tree", {"path": str(tree)}),
+        ("file.view", {"path": str(next(tree.rglob("*.txt"))), "block_size": 5}),
+    ]:
+        pipeline = headwater.Pipeline("t").source(action, **params).sink("collect")
+        on_asyncio = pipeline.run_sync(plugins=plugins).output
+        assert pipeline.run_sync(plugins=plugins, backend="trio").output == on_asyncio
 
 
 # -- the line splitter under any block boundaries -----------------------------------------

@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -66,16 +67,22 @@ class TicksParams(BaseModel):
 async def ticks(params: TicksParams, ctx: headwater.StreamContext) -> AsyncIterator[list[int]]:
     """Integers in chunks; resumable (the position is the next integer)."""
     first = int(ctx.resume_position or 0)
-    committed = [first]
-    ctx.on_commit(lambda position: committed.append(int(position or 0)))
+    fail, settle = FAIL_AT["item"], FAIL_AT["after_commit"]
+    settled = anyio.Event()
+    if settle is None:
+        settled.set()
+
+    def on_commit(position: Any) -> None:
+        if settle is not None and int(position or 0) >= settle:
+            settled.set()
+
+    ctx.on_commit(on_commit)
     ctx.checkpoint(first)
     for offset in range(first, params.stop, params.chunk):
         end = min(offset + params.chunk, params.stop)
-        fail, settle = FAIL_AT["item"], FAIL_AT["after_commit"]
         if fail is not None and offset <= fail < end:
             with anyio.move_on_after(TIMEOUT):
-                while settle is not None and committed[-1] < settle:
-                    await anyio.sleep(0.002)
+                await settled.wait()
             raise RuntimeError(f"crash before item {fail}")
         if params.delay:
             await anyio.sleep(params.delay)
@@ -528,7 +535,7 @@ def test_timed_batch_keeps_pending_items_and_their_time_left(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = [100.0]
-    monkeypatch.setattr(tf.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     first = tf.batch_transformer(tf.BatchParams(size=10, seconds=2.0))
     assert first([1, 2, 3]) == []
     clock[0] = 101.5  # 0.5 s left
@@ -542,13 +549,14 @@ def test_timed_batch_keeps_pending_items_and_their_time_left(
     assert second.tick() == [[1, 2, 3, 4]]
     empty = tf.batch_transformer(tf.BatchParams(size=10, seconds=2.0))
     empty.restore(json_round_trip(second.snapshot()))
-    assert empty.pending == [] and math.isinf(empty.deadline)
+    assert empty.pending == []
+    assert math.isinf(empty.deadline)
 
 
 def test_time_windows_keep_their_items_and_grid(monkeypatch: pytest.MonkeyPatch) -> None:
     """Restored with a paused clock, time windows hold exactly what they would have."""
     clock = [10.0]
-    monkeypatch.setattr(tf.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
 
     def make() -> Any:
         return tf.window_transformer(tf.WindowParams(type="sliding", seconds=1.0, step=0.5))
@@ -639,10 +647,12 @@ def test_markers_every_t_seconds(components: None) -> None:
     result = headwater.run_sync(spec)
     assert result.output == list(range(30))
     items = [c.items for c in SAVED["every-t"]]
-    assert items[0] == 0 and items[-1] == 30
+    assert items[0] == 0
+    assert items[-1] == 30
     middle = items[1:-1]
     assert 1 <= len(middle) <= 10, items  # ~0.3 s of items at one marker per 0.06 s
-    assert middle == sorted(set(middle)) and all(0 < i <= 30 for i in middle)
+    assert middle == sorted(set(middle))
+    assert all(0 < i <= 30 for i in middle)
 
 
 @pytest.mark.anyio
@@ -674,13 +684,17 @@ async def test_checkpoint_is_saved_only_after_every_sink_acknowledged(
             assert rows(db, "SELECT count(*) FROM t") == [(100,)]
             # ...but the gate sink has not acknowledged checkpoint 3: the store stays at 2
             checkpoint = stored(store_path, "two-sinks")
-            assert checkpoint is not None and (checkpoint.seq, checkpoint.items) == (2, 20)
+            assert checkpoint is not None
+            assert (checkpoint.seq, checkpoint.items) == (2, 20)
             gate.opened.set()
             result = await handle.wait()
     assert result.state == "succeeded"
     final = stored(store_path, "two-sinks")
-    assert final is not None and final.completed and final.items == 100
-    assert gate.commits == sorted(gate.commits) and gate.commits[-1] == final.seq
+    assert final is not None
+    assert final.completed
+    assert final.items == 100
+    assert gate.commits == sorted(gate.commits)
+    assert gate.commits[-1] == final.seq
 
 
 def test_a_completed_run_resumes_as_a_no_op_with_a_note(components: None) -> None:
@@ -690,7 +704,8 @@ def test_a_completed_run_resumes_as_a_no_op_with_a_note(components: None) -> Non
     assert again.state == "succeeded"
     assert again.outputs == {}  # no sink ran: nothing was read, nothing written
     info = again.summary["checkpoint"]
-    assert info["resumed"] is True and info["committed_items"] == 50
+    assert info["resumed"] is True
+    assert info["committed_items"] == 50
     assert "already completed" in info["note"]
 
 
@@ -701,7 +716,8 @@ def test_an_error_in_commit_checkpoint_fails_the_run(components: None) -> None:
     assert result.state == "failed"
     error = result.errors[0]
     assert isinstance(error, headwater.StageError)
-    assert error.stage == "sinks.test.commit_fails" and "disk on fire" in str(error)
+    assert error.stage == "sinks.test.commit_fails"
+    assert "disk on fire" in str(error)
     # the first marker was committed, the second was not
     assert [c.items for c in SAVED["commit-fails"]] == [0, 30]
 
@@ -718,7 +734,8 @@ def test_a_store_that_cannot_save_fails_the_run(components: None, tmp_path: Path
     assert result.state == "failed"
     assert "the store's disk is full" in str(result.errors[0])
     checkpoint = stored(tmp_path / "ck.db", "store-fails")
-    assert checkpoint is not None and checkpoint.items == 30
+    assert checkpoint is not None
+    assert checkpoint.items == 30
 
 
 def as_row(x: Any) -> tuple[str]:
@@ -756,7 +773,8 @@ def test_transactional_sink_resumes_exactly_once_after_a_crash(
     for crash in (333, 334, 700, 999):
         FAIL_AT["item"] = crash
         first = headwater.run_sync(spec, resume=True, raise_on_error=False)
-        assert first.state == "failed" and "crash before item" in str(first.errors[0])
+        assert first.state == "failed"
+        assert "crash before item" in str(first.errors[0])
         assert len(values(db)) <= crash  # rows after the last checkpoint were rolled back
     FAIL_AT["item"] = None
     result = headwater.run_sync(spec, resume=True)
@@ -779,7 +797,8 @@ def test_the_sink_s_newer_checkpoint_wins_when_the_store_missed_it(
     FAIL_SAVE["items"] = 168  # chunks of 7, 50 items apart: markers at 56, 112, 168...
     assert headwater.run_sync(spec, raise_on_error=False).state == "failed"
     checkpoint = stored(tmp_path / "ck.db", "missed")
-    assert checkpoint is not None and checkpoint.items == 112
+    assert checkpoint is not None
+    assert checkpoint.items == 112
     assert len(values(db)) == 168  # committed by the sink with its checkpoint
     FAIL_SAVE["items"] = None
     result = headwater.run_sync(spec, resume=True)
@@ -826,7 +845,8 @@ def test_take_commits_its_last_items_and_completes(components: None, tmp_path: P
     assert values(db) == list(range(123))
     assert result.summary["checkpoint"]["committed_items"] is not None
     checkpoint = stored(tmp_path / "ck.db", "take")
-    assert checkpoint is not None and checkpoint.completed
+    assert checkpoint is not None
+    assert checkpoint.completed
     again = headwater.run_sync(spec, resume=True)
     assert "already completed" in again.summary["checkpoint"]["note"]
     assert values(db) == list(range(123))
@@ -899,7 +919,8 @@ def test_resuming_a_changed_pipeline_is_refused_unless_forced(
     assert isinstance(error, CheckpointError)
     message = str(error)
     assert "'changed' changed since its checkpoint" in message
-    assert "--force" in message and "headwater checkpoints reset changed" in message
+    assert "--force" in message
+    assert "headwater checkpoints reset changed" in message
     assert len(values(db)) < 300  # nothing was written
     forced = headwater.run_sync(changed, resume=True, force=True)
     assert forced.summary["checkpoint"]["resumed"] is True
@@ -981,9 +1002,18 @@ def bad_row(path: Path) -> None:
     conn.close()
 
 
+def garbage(path: Path) -> None:
+    path.write_bytes(b"this is no database\n" * 200)
+
+
+def truncated(path: Path) -> None:
+    valid_store(path)
+    path.write_bytes(path.read_bytes()[:5000])
+
+
 BAD_STATES: dict[str, tuple[Callable[[Path], None], str]] = {
-    "corrupt": (lambda p: p.write_bytes(b"this is no database\n" * 200), "is corrupt"),
-    "truncated": (lambda p: (valid_store(p), p.write_bytes(p.read_bytes()[:5000])), "corrupt"),
+    "corrupt": (garbage, "is corrupt"),
+    "truncated": (truncated, "corrupt"),
     "newer schema": (newer_schema, "written by a newer headwater"),
     "unreadable checkpoint": (bad_row, "is unreadable"),
 }
@@ -1002,7 +1032,8 @@ def test_a_bad_checkpoint_database_fails_clearly_and_is_left_alone(
     assert result.state == "failed"
     error = result.errors[0]
     assert isinstance(error, CheckpointError)
-    assert str(path) in str(error) and words in str(error)
+    assert str(path) in str(error)
+    assert words in str(error)
     if bad != "unreadable checkpoint":
         assert "newer" in str(error) or "move it away" in str(error)
     assert path.read_bytes() == before  # nothing overwritten
@@ -1029,7 +1060,8 @@ def locked_db(tmp_path: Path) -> Iterator[Path]:
         text=True,
     )
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
         yield path
     finally:
         assert holder.stdin is not None
@@ -1043,7 +1075,8 @@ def test_a_locked_checkpoint_database_fails_clearly(locked_db: Path) -> None:
     )
     error = result.errors[0]
     assert isinstance(error, CheckpointError)
-    assert str(locked_db) in str(error) and "locked by another process" in str(error)
+    assert str(locked_db) in str(error)
+    assert "locked by another process" in str(error)
     with pytest.raises(CheckpointError, match="locked by another process"):
         SQLiteCheckpointStore(locked_db, timeout=0.1).list()
 
@@ -1193,13 +1226,15 @@ def test_cli_locked_checkpoint_database_exits_2(locked_db: Path) -> None:
 
 def test_cli_checkpoints_list_show_reset(project: Path) -> None:
     empty = hw("checkpoints", "list", cwd=project)
-    assert empty.returncode == 0 and "no checkpoints" in empty.stdout
+    assert empty.returncode == 0
+    assert "no checkpoints" in empty.stdout
     assert not (project / ".headwater").exists()  # looking does not create the file
     assert hw("run", "p.yaml", cwd=project).returncode == 0
 
     listing = hw("checkpoints", "list", cwd=project)
     assert listing.returncode == 0, listing.stderr
-    assert "lines" in listing.stdout and "completed" in listing.stdout
+    assert "lines" in listing.stdout
+    assert "completed" in listing.stdout
     as_json = json.loads(hw("checkpoints", "list", "--json", cwd=project).stdout)
     assert [(c["pipeline"], c["items"], c["completed"]) for c in as_json] == [("lines", 1000, True)]
     assert as_json[0]["stages"] == ["steps[1].aggregate"]
@@ -1207,21 +1242,25 @@ def test_cli_checkpoints_list_show_reset(project: Path) -> None:
     shown = hw("checkpoints", "show", "lines", cwd=project)
     assert shown.returncode == 0, shown.stderr
     assert "items:       1,000" in shown.stdout
-    assert '"offset": ' in shown.stdout and "steps[1].aggregate" in shown.stdout
+    assert '"offset": ' in shown.stdout
+    assert "steps[1].aggregate" in shown.stdout
     full = json.loads(hw("checkpoints", "show", "lines", "--json", cwd=project).stdout)
     assert full["states"]["steps[1].aggregate"]["state"] == sum(range(1000))
     by_file = hw("checkpoints", "show", "--pipeline", "p.yaml", cwd=project)
-    assert by_file.returncode == 0 and "(matches p.yaml)" in by_file.stdout
+    assert by_file.returncode == 0
+    assert "(matches p.yaml)" in by_file.stdout
     assert_clean_error(hw("checkpoints", "show", "nope", cwd=project), "no checkpoint", "lines")
 
     refused = hw("checkpoints", "reset", "lines", cwd=project, stdin="")
     assert_clean_error(refused, "--yes")
     assert hw("checkpoints", "list", "--json", cwd=project).stdout.count('"lines"') == 1
     done = hw("checkpoints", "reset", "lines", "--yes", cwd=project)
-    assert done.returncode == 0 and "starts from the beginning" in done.stdout
+    assert done.returncode == 0
+    assert "starts from the beginning" in done.stdout
     assert json.loads(hw("checkpoints", "list", "--json", cwd=project).stdout) == []
     again = hw("checkpoints", "reset", "--pipeline", "p.yaml", "--yes", cwd=project)
-    assert again.returncode == 0 and "nothing to reset" in again.stdout
+    assert again.returncode == 0
+    assert "nothing to reset" in again.stdout
 
 
 def test_cli_checkpoints_store_path(project: Path) -> None:
@@ -1230,7 +1269,35 @@ def test_cli_checkpoints_store_path(project: Path) -> None:
     store.save(Checkpoint("elsewhere", "abc", 4, positions={"s": 7}, items=7))
     store.close()
     listing = hw("checkpoints", "list", "--store-path", other, cwd=project)
-    assert listing.returncode == 0 and "elsewhere" in listing.stdout
+    assert listing.returncode == 0
+    assert "elsewhere" in listing.stdout
     assert "resumable" in listing.stdout
     shown = hw("checkpoints", "show", "elsewhere", "--store-path", other, cwd=project)
     assert "s: 7" in shown.stdout
+
+
+# ---------------------------------------------------------------------------------------
+# The benchmark scenario (tiny: it runs and checks what it wrote; no speed asserted)
+# ---------------------------------------------------------------------------------------
+
+
+def test_checkpoint_benchmark_scenario_runs(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    root = Path(__file__).resolve().parents[1]
+    args = ["--json", str(out), "--rounds", "1", "--warmup", "0", "--n", "3000", "checkpoint"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "cost of exactly-once (sqlite) at the default interval" in proc.stdout
+    data = json.loads(out.read_text())["checkpoint"]
+    names = ["sqlite_plain", "sqlite_checkpointed", "jsonl_plain", "jsonl_checkpointed"]
+    assert set(data) == set(names)
+    assert data["sqlite_plain"]["checkpoints"] == 0
+    assert data["sqlite_checkpointed"]["checkpoints"] >= 1
+    assert all(data[n]["items_per_s"] > 0 for n in names)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -148,7 +149,7 @@ def crash_and_resume(cwd: Path, progress: Callable[[], int], total: int, seed: i
     return crashes
 
 
-def _query(db: Path, sql: str) -> list[tuple[object, ...]]:
+def _query(db: Path, sql: str) -> list[tuple[Any, ...]]:
     """Read ``db`` without creating it (it may not exist yet, or be mid-write)."""
     if not db.exists():
         return []

@@ -41,13 +41,19 @@ CLAIM_IDLE_MS = 4000
 entries are ever reclaimed."""
 
 
-def wait_for(predicate: Callable[[], bool], seconds: float, what: str) -> None:
-    """Poll ``predicate`` every 50 ms; fail after ``seconds``."""
+def wait_for(
+    predicate: Callable[[], bool],
+    seconds: float,
+    what: str,
+    state: Callable[[], str] | None = None,
+) -> None:
+    """Poll ``predicate`` every 50 ms; fail after ``seconds`` (saying ``state()``)."""
     for _ in range(int(seconds / 0.05)):
         if predicate():
             return
         time.sleep(0.05)
-    pytest.fail(f"timed out after {seconds:g}s waiting for {what}")
+    detail = f" ({state()})" if state is not None else ""
+    pytest.fail(f"timed out after {seconds:g}s waiting for {what}{detail}")
 
 
 def preload_redis(client: Any, stream: str, n: int) -> dict[bytes, int]:
@@ -165,7 +171,16 @@ def test_three_redis_workers_one_killed(tmp_path: Path, redis_url: str, redis_cl
         procs[KILLED].wait(timeout=10)
         pending = redis_client.xpending_range(stream, "workers", "-", "+", N, KILLED)
         unacked = {ids[p["message_id"]] for p in pending}
-        wait_for(lambda: written(redis_client, out) >= N, 60, "every message to be written")
+        wait_for(
+            lambda: written(redis_client, out) >= N,
+            90,
+            "every message to be written",
+            lambda: (
+                f"written {written(redis_client, out)}, group "
+                f"{redis_client.xinfo_groups(stream)}, consumers "
+                f"{redis_client.xinfo_consumers(stream, 'workers')}"
+            ),
+        )
         wait_for(
             lambda: int(redis_client.xpending(stream, "workers")["pending"]) == 0,
             20,
@@ -264,7 +279,15 @@ def test_three_nats_workers_one_killed(
         killed_out = outputs(redis_client, out)[KILLED]
         assert acked_total <= len(killed_out)
         unacked = set(killed_out[acked_total:])
-        wait_for(lambda: written(redis_client, out) >= N, 60, "every message to be written")
+        wait_for(
+            lambda: written(redis_client, out) >= N,
+            90,
+            "every message to be written",
+            lambda: (
+                f"written {written(redis_client, out)}, consumer (ack pending, pending) "
+                f"{anyio.run(_nats_consumer, nats_url, stream, 'workers')}"
+            ),
+        )
         wait_for(
             lambda: anyio.run(_nats_consumer, nats_url, stream, "workers") == (0, 0),
             30,

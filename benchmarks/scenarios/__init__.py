@@ -25,6 +25,8 @@ SCENARIOS: dict[str, str] = {
     "discovery": "discovery",
     "fanout": "fanout",
     "workers": "workers",
+    "checkpoint": "checkpoint",
+    "metrics": "metrics",
 }
 """Scenario name (as typed on the command line) -> module name in this package.
 

@@ -526,7 +526,12 @@ def run(settings: Settings, progress: Progress) -> ScenarioReport:
     expected = (*(k * n for k, n in counts.items()), PACED_CLIENTS * paced_n)
     measured = measure(impls, rounds=rounds, warmup=warmup, expected=expected, progress=progress)
     columns = [
-        Column(f"msgs_per_s_{k}", f"{k} client{'s' if k != 1 else ''} msgs/s", fmt_rate)
+        Column(
+            f"msgs_per_s_{k}",
+            f"{k} client{'s' if k != 1 else ''} msgs/s",
+            fmt_rate,
+            spread=k == CLIENT_COUNTS[-1],
+        )
         for k in CLIENT_COUNTS
     ]
     columns += [

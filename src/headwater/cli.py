@@ -233,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="asyncio",
         help="event loop to run on (trio needs the 'trio' extra); default: asyncio",
     )
+    _add_metrics_options(run, port=True)
     run.set_defaults(func=_cmd_run)
 
     validate = commands.add_parser(
@@ -836,6 +837,82 @@ def _print_summary(
             console.print(Text("".join(traceback.format_exception(cause)).rstrip(), style="dim"))
 
 
+def _add_metrics_options(parser: argparse.ArgumentParser, *, port: bool) -> None:
+    """``--metrics-port`` (if ``port``), ``--metrics-jsonl`` and ``--metrics-interval``."""
+    group = parser.add_argument_group("metrics (see docs/metrics.md)")
+    if port:
+        group.add_argument(
+            "--metrics-port",
+            type=_port,
+            metavar="PORT",
+            help="serve Prometheus metrics at http://127.0.0.1:PORT/metrics while it runs "
+            "(0: any free port; the URL is printed on stderr)",
+        )
+    group.add_argument(
+        "--metrics-jsonl",
+        metavar="FILE",
+        help="append a metrics snapshot as one JSON line to FILE every --metrics-interval "
+        "seconds, and a last one at the end",
+    )
+    group.add_argument(
+        "--metrics-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between two --metrics-jsonl lines (default: 10)",
+    )
+
+
+def _metrics_exporters(args: argparse.Namespace, manager: PluginManager) -> list[Any]:
+    """The exporters the metrics options ask for, created but not started."""
+    entries: list[dict[str, Any]] = []
+    port = getattr(args, "metrics_port", None)
+    if port is not None:
+        entries.append({"exporter": "prometheus", "params": {"port": port}})
+    if args.metrics_jsonl:
+        params = {"path": args.metrics_jsonl, "interval": args.metrics_interval}
+        entries.append({"exporter": "jsonl", "params": params})
+    if not entries:
+        return []
+    from pydantic import ValidationError
+
+    from .builtin_plugins.exporters import build_exporters
+    from .core.errors import ComponentNotFound
+
+    try:
+        return build_exporters(entries, manager)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise CLIError(f"metrics options: {problems}") from None
+    except (ImportError, ComponentNotFound) as exc:
+        raise CLIError(f"metrics options: {exc}", EXIT_FAILED) from None
+
+
+async def _with_exporters(
+    exporters: list[Any], console: Console, fn: Callable[..., Any], *args: Any
+) -> Any:
+    """Await ``fn(*args)`` with the metrics exporters running (stopped at the end, which
+    writes the final figures)."""
+    from rich.text import Text
+
+    from .core.metrics import running_exporters
+
+    entered = False
+    try:
+        async with running_exporters(exporters):
+            entered = True
+            for exporter in exporters:
+                url = getattr(exporter, "url", None)
+                if url:
+                    console.print(Text(f"headwater: metrics at {url}"), soft_wrap=True)
+            return await fn(*args)
+    except OSError as exc:
+        if entered:
+            raise
+        # a port taken, a file that cannot be opened
+        raise CLIError(f"cannot start metrics: {exc.strerror or exc}", EXIT_FAILED) from None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     """``headwater run``: run a pipeline file with progress, a summary and exit code."""
     import importlib.util
@@ -860,11 +937,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "resume; add one (e.g. checkpoint: {every_items: 10000}) to make runs resumable"
         )
     _, err = _consoles(force_terminal=_forced_terminal(args))
+    exporters = _metrics_exporters(args, manager)
     live = sys.stderr.isatty() if args.progress is None else bool(args.progress)
     view = _RunView(err, resolved, live=live)
+    result: RunResult
+    signum: int | None
     try:
         result, signum = anyio.run(
-            _execute, spec, manager, view, args.resume, args.force, backend=args.backend
+            _with_exporters,
+            exporters,
+            err,
+            _execute,
+            spec,
+            manager,
+            view,
+            args.resume,
+            args.force,
+            backend=args.backend,
         )
     finally:
         view.stop()
@@ -928,6 +1017,7 @@ def _cmd_run_jobs(args: argparse.Namespace) -> int:
     manager = _plugin_manager(args)
     validate_jobs(args.file, plugins=manager)  # every problem, before the event loop starts
     _, err = _consoles(force_terminal=_forced_terminal(args))
+    exporters = _metrics_exporters(args, manager)
     live = sys.stderr.isatty() if args.progress is None else bool(args.progress)
     received: list[int] = []
 
@@ -939,7 +1029,7 @@ def _cmd_run_jobs(args: argparse.Namespace) -> int:
             tg.cancel_scope.cancel()
         return code
 
-    code = anyio.run(main, backend=args.backend)
+    code = int(anyio.run(_with_exporters, exporters, err, main, backend=args.backend))
     return 128 + received[0] if received else code
 
 
@@ -1276,6 +1366,7 @@ def _add_server_commands(commands: Any, common: argparse.ArgumentParser) -> None
     serve.add_argument(
         "--port", type=_port, help="port to listen on; 0 picks a free one (default 8765)"
     )
+    _add_metrics_options(serve, port=False)
     serve.set_defaults(func=_cmd_serve)
 
     tail = commands.add_parser(
@@ -1330,8 +1421,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         config = config.model_copy(update=updates)
     manager = _plugin_manager(args)
     _, err = _consoles()
+    exporters = _metrics_exporters(args, manager)
     try:
-        return int(anyio.run(_serve, config, manager, base_dir, err, backend="asyncio"))
+        return int(
+            anyio.run(
+                _with_exporters,
+                exporters,
+                err,
+                _serve,
+                config,
+                manager,
+                base_dir,
+                err,
+                backend="asyncio",
+            )
+        )
     except OSError as exc:
         raise CLIError(
             f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", EXIT_FAILED
@@ -1832,12 +1936,12 @@ async def _work(
 
     import anyio
 
-    from .builtin_plugins._brokers import CONSUMER_ENV, clear_drain, request_drain
+    from .builtin_plugins._brokers import clear_drain, default_consumer, request_drain
     from .core.api import open_run
 
     drained = False
     async with open_run(spec, plugins=manager) as handle:
-        consumer = os.environ.get(CONSUMER_ENV) or "HOSTNAME-PID"
+        consumer = default_consumer()
         view.line(f"worker {consumer}: pipeline {spec.name!r} (run {handle.run_id})", "bold")
 
         async def on_signals() -> None:

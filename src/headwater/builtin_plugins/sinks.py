@@ -389,7 +389,7 @@ class SqliteSink:
         self._deferred = bool(getattr(ctx, "checkpointing", False))
         """In a checkpointed run, rows stay in an open transaction until the checkpoint
         that covers them commits with them (exactly-once)."""
-        self._pipeline = ctx.pipeline
+        self._pipeline: str | None = getattr(ctx, "pipeline", None)
 
     def open(self) -> None:
         """Connect, switch to WAL, and create the table when the columns are known."""

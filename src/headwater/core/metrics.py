@@ -4,26 +4,83 @@ The runtime updates plain Python counters per *batch* (never per item) and obser
 latencies into fixed-bucket histograms. Nothing is exported from here: exporters (the
 ``register_metrics_exporters`` hook) read :func:`snapshot` — a JSON-serialisable view of
 every live run plus the totals of finished ones — when they scrape or on their interval.
+
+Other parts of the process add their figures as *sources*: every running
+:class:`~headwater.core.streaming.StreamingManager` (key ``streams``) and every entered
+:class:`~headwater.core.scheduler.Scheduler` (key ``schedulers``, one entry per scheduler).
+
+The runtime's own instruments (latency histograms, end-to-end probes, registration of
+runs) can be switched off with the environment variable ``HEADWATER_METRICS=0`` (read
+once, at import) or :func:`set_enabled` (read by each run when it is created); item and
+batch counters stay, since run summaries use them.
+
+An *exporter* (see :class:`MetricsExporter`) is a class instantiated as
+``cls(params, snapshot)`` (``cls(snapshot)`` without a params model) with ``start()``
+and ``stop()``, each sync or async; :func:`create_exporter` builds one from its component
+and :func:`running_exporters` starts and stops several around a block.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import logging
+import os
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .components import Component
 
 __all__ = [
+    "ENV_VAR",
     "LATENCY_BUCKETS",
     "Histogram",
+    "MetricsExporter",
     "MetricsRegistry",
     "Probe",
     "RunMetricsSource",
+    "SnapshotFn",
+    "create_exporter",
+    "enabled",
     "metrics_registry",
+    "running_exporters",
+    "set_enabled",
     "snapshot",
+    "start_exporter",
+    "stop_exporter",
 ]
+
+log = logging.getLogger("headwater.metrics")
+
+ENV_VAR = "HEADWATER_METRICS"
+"""Set to ``0`` (or ``false``, ``no``, ``off``) to switch the runtime's instruments off."""
+
+_OFF = frozenset({"0", "false", "no", "off"})
+
+_enabled = os.environ.get(ENV_VAR, "1").strip().lower() not in _OFF
+
+
+def enabled() -> bool:
+    """True when runs created from now on time their batches, send latency probes and
+    report to the registry (the default; ``HEADWATER_METRICS=0`` turns it off)."""
+    return _enabled
+
+
+def set_enabled(flag: bool) -> None:
+    """Switch the runtime's instruments on or off for runs created from now on.
+
+    Runs already created keep their setting. Counters of items and batches are always
+    kept (run summaries need them); what goes is per-batch timing, the end-to-end latency
+    probes and the registration of runs, so exporters no longer see pipelines.
+    """
+    global _enabled
+    _enabled = bool(flag)
+
 
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -35,24 +92,31 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 class Histogram:
     """A fixed-bucket histogram (Prometheus semantics: cumulative on export)."""
 
-    __slots__ = ("count", "counts", "sum")
+    __slots__ = ("counts", "sum")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.count = 0
         self.sum = 0.0
 
-    def observe(self, value: float) -> None:
-        """Record one observation (seconds)."""
-        self.counts[bisect_left(LATENCY_BUCKETS, value)] += 1
-        self.count += 1
+    @property
+    def count(self) -> int:
+        """Number of observations."""
+        return sum(self.counts)
+
+    def observe(
+        self,
+        value: float,
+        _bisect: Callable[[tuple[float, ...], float], int] = bisect_left,
+        _bounds: tuple[float, ...] = LATENCY_BUCKETS,
+    ) -> None:
+        """Record one observation (seconds). Called per batch: kept to two updates."""
+        self.counts[_bisect(_bounds, value)] += 1
         self.sum += value
 
     def merge(self, other: Histogram) -> None:
         """Add ``other``'s observations to this histogram."""
         for i, n in enumerate(other.counts):
             self.counts[i] += n
-        self.count += other.count
         self.sum += other.sum
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,7 +126,7 @@ class Histogram:
         for bound, n in zip([*LATENCY_BUCKETS, float("inf")], self.counts, strict=True):
             cumulative += n
             buckets.append(["+Inf" if bound == float("inf") else bound, cumulative])
-        return {"buckets": buckets, "count": self.count, "sum": self.sum}
+        return {"buckets": buckets, "count": cumulative, "sum": self.sum}
 
 
 @dataclass(slots=True)
@@ -88,7 +152,8 @@ class MetricsRegistry:
         self._live: dict[str, RunMetricsSource] = {}
         self._totals: dict[tuple[str, str], dict[str, Any]] = {}
         self._pipelines: dict[str, dict[str, Any]] = {}
-        self._extra: dict[str, Callable[[], dict[str, Any]]] = {}
+        self._extra: dict[str, Callable[[], Any]] = {}
+        self._groups: dict[str, dict[str, Callable[[], dict[str, Any]]]] = {}
 
     def started(self, run_id: str, source: RunMetricsSource) -> None:
         """A run started: include it in snapshots while it runs."""
@@ -105,8 +170,13 @@ class MetricsRegistry:
         with self._lock:
             self._fold(data)
 
-    def add_source(self, name: str, fn: Callable[[], dict[str, Any]]) -> None:
-        """Add a named provider of extra figures (streams, scheduler) to every snapshot."""
+    def add_source(self, name: str, fn: Callable[[], Any]) -> None:
+        """Add a named provider of extra figures (streams, scheduler) to every snapshot.
+
+        ``fn`` is called by every :meth:`snapshot`, possibly from another thread (an
+        exporter's HTTP server), and must return JSON-serialisable data; the snapshot
+        holds it under ``name``. An exception is reported as ``{"error": ...}`` instead.
+        """
         with self._lock:
             self._extra[name] = fn
 
@@ -114,6 +184,20 @@ class MetricsRegistry:
         """Remove a provider added with :meth:`add_source`."""
         with self._lock:
             self._extra.pop(name, None)
+
+    def add_member(self, group: str, key: str, fn: Callable[[], dict[str, Any]]) -> None:
+        """Add one of several providers of the same kind (e.g. every live scheduler).
+
+        The snapshot holds ``group`` as a list with one entry per member:
+        ``{"id": key, **fn()}``, sorted by key. Same threading rules as :meth:`add_source`.
+        """
+        with self._lock:
+            self._groups.setdefault(group, {})[key] = fn
+
+    def remove_member(self, group: str, key: str) -> None:
+        """Remove a provider added with :meth:`add_member` (the group stays, maybe empty)."""
+        with self._lock:
+            self._groups.get(group, {}).pop(key, None)
 
     def _fold(self, data: dict[str, Any]) -> None:
         pipeline = data["pipeline"]
@@ -137,6 +221,10 @@ class MetricsRegistry:
             totals = {k: _copy_stage(v) for k, v in self._totals.items()}
             pipelines = {k: _copy_pipeline(v) for k, v in self._pipelines.items()}
             extra = dict(self._extra)
+            groups = {
+                name: sorted(members.items(), key=lambda kv: kv[0])
+                for name, members in self._groups.items()
+            }
         queues: dict[tuple[str, str], int] = {}
         running: dict[str, int] = {}
         for source in live:
@@ -183,6 +271,14 @@ class MetricsRegistry:
                 out[name] = fn()
             except Exception as exc:  # a provider must never break a scrape
                 out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        for name, items in groups.items():
+            entries: list[dict[str, Any]] = []
+            for key, member in items:
+                try:
+                    entries.append({"id": key, **member()})
+                except Exception as exc:
+                    entries.append({"id": key, "error": f"{type(exc).__name__}: {exc}"})
+            out[name] = entries
         return out
 
     def reset(self) -> None:
@@ -241,3 +337,96 @@ def metrics_registry() -> MetricsRegistry:
 def snapshot() -> dict[str, Any]:
     """A snapshot of the process-wide registry (see :meth:`MetricsRegistry.snapshot`)."""
     return _registry.snapshot()
+
+
+# -- exporters --------------------------------------------------------------------------
+
+SnapshotFn = Callable[[], dict[str, Any]]
+"""What an exporter receives: a function returning a fresh :func:`snapshot`."""
+
+
+class MetricsExporter(Protocol):
+    """What an exporter instance provides (both methods may also be ``async def``).
+
+    An exporter is declared with ``@headwater.exporter(name, params=Model)`` on a class
+    instantiated as ``cls(params, snapshot)`` (``cls(snapshot)`` without a params
+    model), where ``snapshot()`` returns the current figures (see :func:`snapshot`).
+    ``start()`` begins exporting (listen on a port, start a timer thread) and must not
+    block; ``stop()`` ends it and may export a last time, so a batch run's final counts
+    are never lost. Work that reads ``snapshot()`` may run in any thread.
+    """
+
+    def start(self) -> Any:
+        """Begin exporting."""
+
+    def stop(self) -> Any:
+        """Stop exporting (a last export of the final figures is welcome)."""
+
+
+def create_exporter(
+    component: Component,
+    params: Mapping[str, Any] | Any | None = None,
+    snapshot_fn: SnapshotFn | None = None,
+) -> Any:
+    """Instantiate an exporter component with validated params and a snapshot function.
+
+    ``params`` is a mapping (validated with the component's params model), an instance
+    of that model, or None (the model's defaults). ``snapshot_fn`` defaults to the
+    process-wide :func:`snapshot`. Raises ``pydantic.ValidationError`` for bad params and
+    ``TypeError`` for params given to an exporter without a params model.
+    """
+    from .components import ComponentKind
+
+    if component.kind is not ComponentKind.EXPORTER:
+        raise TypeError(f"{component.kind} {component.name!r} is not a metrics exporter")
+    fn = snapshot_fn if snapshot_fn is not None else snapshot
+    model = component.params
+    if model is None:
+        if params:
+            raise TypeError(f"exporter {component.name!r} takes no params, got {params!r}")
+        return component.obj(fn)
+    value = params if isinstance(params, model) else model.model_validate(params or {})
+    return component.obj(value, fn)
+
+
+async def _call(method: Callable[[], Any] | None) -> None:
+    if method is None:
+        return
+    result = method()
+    if inspect.isawaitable(result):
+        await result
+
+
+async def start_exporter(exporter: Any) -> None:
+    """Call ``exporter.start()`` and await it if it is a coroutine."""
+    await _call(getattr(exporter, "start", None))
+
+
+async def stop_exporter(exporter: Any) -> None:
+    """Call ``exporter.stop()`` and await it if it is a coroutine."""
+    await _call(getattr(exporter, "stop", None))
+
+
+@contextlib.asynccontextmanager
+async def running_exporters(exporters: Sequence[Any]) -> AsyncIterator[list[Any]]:
+    """Start every exporter (in order), yield them, stop them (in reverse order).
+
+    If one fails to start, those already started are stopped and the error propagates.
+    Stopping is shielded from cancellation; an exporter that fails to stop is logged and
+    the others are still stopped.
+    """
+    import anyio
+
+    started: list[Any] = []
+    try:
+        for exporter in exporters:
+            await start_exporter(exporter)
+            started.append(exporter)
+        yield started
+    finally:
+        with anyio.CancelScope(shield=True):
+            for exporter in reversed(started):
+                try:
+                    await stop_exporter(exporter)
+                except Exception:
+                    log.exception("metrics exporter %r failed to stop", exporter)

@@ -47,6 +47,7 @@ from .events_queue import EventQueue
 from .fusion import FusedStep, ItemFailure
 from .invoke import params_and_ctx, positional_arity
 from .metrics import Histogram, Probe, metrics_registry
+from .metrics import enabled as metrics_enabled
 from .pipeline import ResolvedPipeline, ResolvedStage
 
 __all__ = ["RunHandle", "RunResult", "StageStats", "create_run", "execute"]
@@ -317,6 +318,8 @@ class _Run:
         self._dead: BatchChannel | None = None
         self._e2e = Histogram()
         self._last_probe = 0.0
+        self._metrics_on = metrics_enabled()
+        """Time batches, send latency probes, report to the registry (HEADWATER_METRICS)."""
         self._queues: dict[str, BatchChannel] = {}
 
     # -- control ------------------------------------------------------------------------
@@ -385,7 +388,8 @@ class _Run:
         started = time.monotonic()
         self.events.bind_loop()
         self.state = "running"
-        metrics_registry().started(self.identity.run_id, self)
+        if self._metrics_on:
+            metrics_registry().started(self.identity.run_id, self)
         try:
             await self.plugins.pipeline_started(self.spec, self.identity.run_id)
             self.events.emit(Status("running", None, f"pipeline {self.spec.name} started"))
@@ -925,13 +929,14 @@ class _Run:
     async def _apply(
         self, steps: list[FusedStep], stats: list[StageStats], start: int, batch: list[Any]
     ) -> list[Any]:
+        timed = self._metrics_on
         for i in range(start, len(steps)):
             step = steps[i]
             st = stats[i]
             n = len(batch)
             st.items_in += n
             st.batches_in += 1
-            began = perf_counter()
+            began = perf_counter() if timed else 0.0
             if step.policy == "fail":
                 try:
                     batch = step.fast(batch)
@@ -942,7 +947,8 @@ class _Run:
             else:
                 batch = await step.guarded(batch, self._on_item_error)
             step.n_in += n
-            st.latency.observe(perf_counter() - began)
+            if timed:
+                st.latency.observe(perf_counter() - began)
             st.items_out += len(batch)
             if not batch:
                 break
@@ -1129,7 +1135,7 @@ class _Run:
         if self._first_item_at is None and n:
             self._first_item_at = now - self._t0
         self._last_item_at = now
-        if out is not None and now - self._last_probe >= PROBE_INTERVAL:
+        if out is not None and self._metrics_on and now - self._last_probe >= PROBE_INTERVAL:
             # a latency probe after these items: sinks observe end-to-end latency
             self._last_probe = now
             out.put_marker(Probe())
@@ -1294,10 +1300,11 @@ class _Run:
         spec = sink.spec
         attempt = 1
         while True:
-            began = perf_counter()
+            began = perf_counter() if self._metrics_on else 0.0
             try:
                 await sink.write(batch)
-                sink.stats.latency.observe(perf_counter() - began)
+                if self._metrics_on:
+                    sink.stats.latency.observe(perf_counter() - began)
                 sink.stats.items_out += len(batch)
                 sink.stats.batches_out += 1
                 return

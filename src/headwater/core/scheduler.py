@@ -39,6 +39,7 @@ whatever the outcome.
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import time
 from collections import deque
@@ -54,6 +55,7 @@ from anyio.abc import TaskGroup
 from .api import PipelineLike, prepare
 from .errors import HeadwaterError, PipelineCancelled, ValidationIssue
 from .events import Event, Progress
+from .metrics import metrics_registry
 from .pipeline import ResolvedPipeline
 from .plugins import PluginManager
 from .runtime import RunHandle, RunResult, create_run
@@ -97,6 +99,9 @@ DEFAULT_AGING = 10
 
 _MAX_EVENTS = 10_000
 """Non-progress events buffered per ``events()`` subscriber before the oldest are dropped."""
+
+_METRICS_IDS = itertools.count(1)
+"""Ids of schedulers in metrics snapshots (the ``scheduler`` label): 1, 2, ..."""
 
 _PLACEHOLDER_INPUT: dict[str, Any] = {"action": "iterable", "params": {"items": []}}
 """Stands in for a ``{from_run: NAME}`` source while the pipeline is validated."""
@@ -462,6 +467,8 @@ class Scheduler:
         self._dispatching = False
         self._redispatch = False
         self._idle: anyio.Event | None = None
+        self.metrics_id = str(next(_METRICS_IDS))
+        """This scheduler's id in metrics snapshots (reported while it is entered)."""
 
     # -- context manager ------------------------------------------------------------------
 
@@ -472,6 +479,7 @@ class Scheduler:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
+        metrics_registry().add_member("schedulers", self.metrics_id, self.metrics)
         self._dispatch()
         return self
 
@@ -508,6 +516,7 @@ class Scheduler:
                 if not run.done:
                     why = run._cancel_reason or "scheduler closed"
                     self._finish(run, "cancelled", reason=why, error=PipelineCancelled(why))
+            metrics_registry().remove_member("schedulers", self.metrics_id)
         if unwrap:
             assert exc is not None
             raise exc
@@ -847,6 +856,21 @@ class Scheduler:
     def resources_in_use(self) -> dict[str, int]:
         """Units of each resource held by running runs."""
         return dict(self._in_use)
+
+    def metrics(self) -> dict[str, Any]:
+        """Figures for metrics snapshots (the ``schedulers`` entry; any thread may ask).
+
+        ``queue_depth`` (runs ready and waiting), ``running``, ``runs_by_state`` (every
+        state), ``concurrency``, ``resources_in_use`` and ``capacity``.
+        """
+        return {
+            "queue_depth": self._counts["waiting"],
+            "running": self._running,
+            "runs_by_state": dict(self._counts),
+            "concurrency": self.concurrency,
+            "resources_in_use": dict(self._in_use),
+            "capacity": dict(self.capacity),
+        }
 
     def add_observer(self, observer: ChangeObserver) -> None:
         """Call ``observer(run, old_state, new_state)`` on every state change from now on."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -46,6 +47,7 @@ from pydantic_core import to_json
 
 from .errors import HeadwaterError, StageError
 from .events import Complete, ErrorEvent, Event, Progress, Status
+from .metrics import metrics_registry
 
 __all__ = [
     "CLOSE_SEND_FAILED",
@@ -66,6 +68,7 @@ __all__ = [
     "Subscription",
     "encode_json",
     "error_details",
+    "streams_metrics",
 ]
 
 log = logging.getLogger("headwater.streaming")
@@ -604,6 +607,7 @@ class StreamingManager:
         self._state = "running"
         if self.config.send_timeout is not None:
             tg.start_soon(self._watch_sends, self.config.send_timeout)  # not in _busy
+        _track(self)
         return self
 
     async def __aexit__(
@@ -618,6 +622,7 @@ class StreamingManager:
             with anyio.CancelScope(shield=True):
                 await self.shutdown()
         finally:
+            _retire(self)
             tg.cancel_scope.cancel()
             # The body's own exception, if any, propagates unchanged (not in a group).
             await tg.__aexit__(None, None, None)
@@ -1132,6 +1137,23 @@ class StreamingManager:
             "replayed": t.replayed,
         }
 
+    def metrics(self) -> dict[str, Any]:
+        """``{"totals": totals(), "streams": [stats of every open stream]}`` for the
+        metrics registry; safe to call from another thread (an exporter's)."""
+        for _ in range(5):
+            try:
+                totals = self.totals()
+                streams = []
+                for stream_id in list(self._streams):
+                    try:
+                        streams.append(self.stats(stream_id))
+                    except StreamError:  # closed meanwhile
+                        continue
+                return {"totals": totals, "streams": streams}
+            except RuntimeError:  # a dict changed size under us (another thread): again
+                continue
+        return {"totals": {}, "streams": []}  # pragma: no cover - five resizes in a row
+
     # -- internals: lookup ----------------------------------------------------------------
 
     def _check_running(self) -> None:
@@ -1524,3 +1546,61 @@ class StreamingManager:
                 await transport.close(code, reason)
             except Exception:
                 log.debug("closing a client transport failed", exc_info=True)
+
+
+# -- metrics ----------------------------------------------------------------------------
+
+_RETIRED_KEYS: Final = (
+    "streams_created",
+    "streams_closed",
+    "messages_sent",
+    "bytes_sent",
+    "dropped",
+    "send_errors",
+    "disconnects",
+    "subscriptions",
+    "replay_hits",
+    "replay_misses",
+    "replayed",
+)
+"""Counters of :meth:`StreamingManager.totals` (the rest are current values)."""
+
+_metrics_lock = threading.Lock()
+_live_managers: dict[int, StreamingManager] = {}
+_retired: dict[str, int] = dict.fromkeys(_RETIRED_KEYS, 0)
+
+
+def _track(manager: StreamingManager) -> None:
+    """A manager started: include it in the ``streams`` entry of metrics snapshots."""
+    with _metrics_lock:
+        _live_managers[id(manager)] = manager
+    metrics_registry().add_source("streams", streams_metrics)
+
+
+def _retire(manager: StreamingManager) -> None:
+    """A manager stopped: keep its counters (they must never go down), forget it."""
+    totals = manager.totals()
+    with _metrics_lock:
+        if _live_managers.pop(id(manager), None) is None:
+            return
+        for key in _RETIRED_KEYS:
+            _retired[key] += totals[key]
+
+
+def streams_metrics() -> dict[str, Any]:
+    """The ``streams`` entry of metrics snapshots, over every manager of the process.
+
+    ``totals``: :meth:`StreamingManager.totals` summed over the running managers plus the
+    counters of stopped ones (counters never go down); ``streams``: the
+    :meth:`StreamingManager.stats` of every open stream. Safe to call from any thread.
+    """
+    with _metrics_lock:
+        managers = list(_live_managers.values())
+        totals: dict[str, int] = {"streams": 0, "clients": 0, **_retired}
+    streams: list[dict[str, Any]] = []
+    for manager in managers:
+        figures = manager.metrics()
+        for key, value in figures["totals"].items():
+            totals[key] = totals.get(key, 0) + value
+        streams.extend(figures["streams"])
+    return {"totals": totals, "streams": streams}

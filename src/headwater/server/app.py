@@ -194,7 +194,12 @@ class WebSocketTransport:
             pass
 
     async def send_batch(self, frames: Sequence[Frame]) -> None:
-        """Send several protocol messages, in order, with one flush."""
+        """Send several protocol messages, in order, with one write to the socket.
+
+        Each frame is still its own WebSocket message; they are serialised back to back
+        and handed to the transport at once (one system call instead of one per message),
+        then the socket's buffer is waited for once.
+        """
         conn = self._conn
         try:
             if self._fast and conn.send_in_progress is None:
@@ -202,6 +207,11 @@ class WebSocketTransport:
                 async with conn.send_context():
                     for frame in frames:
                         protocol.send_text(frame)
+                    data = protocol.data_to_send()
+                    if all(data):
+                        conn.transport.write(b"".join(data))
+                    else:  # pragma: no cover - an end-of-stream marker: let websockets do it
+                        _write_pieces(conn, data)
                 return
             for frame in frames:
                 await conn.send(frame, text=True)
@@ -211,6 +221,17 @@ class WebSocketTransport:
     async def close(self, code: str, reason: str) -> None:
         """Close the connection (4001 ``slow_consumer``, 4002 ``send_failed``...)."""
         await self._conn.close(CLOSE_CODES.get(code, 1011), _close_reason(code, reason))
+
+
+def _write_pieces(conn: ServerConnection, data: list[bytes]) -> None:
+    """Write what the protocol produced as websockets' ``send_data`` does (EOF included)."""
+    for piece in data:
+        if piece:
+            conn.transport.write(piece)
+        elif conn.transport.can_write_eof():
+            conn.transport.write_eof()
+        else:
+            conn.transport.close()
 
 
 @dataclass(slots=True, eq=False)
@@ -739,6 +760,21 @@ class Server:
                 return _http(
                     200, _PLACEHOLDER_PAGE.format(version=__version__), "text/html; charset=utf-8"
                 )
+            if path == "/metrics":
+                # Prometheus exposition of the process's metrics (see docs/metrics.md);
+                # scrapers send the same bearer token as other clients
+                ok, _ = await self._authenticate(conn, request)
+                if not ok:
+                    return _error_response(
+                        401, "authentication required", [("WWW-Authenticate", "Bearer")]
+                    )
+                from headwater.builtin_plugins.exporters import exposition
+
+                try:
+                    body, content_type = exposition(request.headers.get("Accept"))
+                except ImportError as exc:
+                    return _error_response(501, str(exc))
+                return _http(200, body, content_type)
         except Exception:
             log.exception("HTTP request %s failed", request.path)
             return _error_response(500, "internal error (see the server's log)")
