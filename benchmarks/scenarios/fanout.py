@@ -95,8 +95,13 @@ class _HeadwaterServer:
     name = "headwater"
 
     async def start(self) -> str:
+        import logging
+
         import headwater
         from headwater.server import Server, ServerConfig
+
+        # "no authentication configured: serving on 127.0.0.1 only" once per round
+        logging.getLogger("headwater.server").setLevel(logging.ERROR)
 
         config = ServerConfig(
             port=0,
