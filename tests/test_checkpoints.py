@@ -782,6 +782,70 @@ def test_transactional_sink_resumes_exactly_once_after_a_crash(
     assert values(db) == [repr(i) for i in range(1000)]
 
 
+def peek(store: Path, pipeline: str) -> Checkpoint | None:
+    """The stored checkpoint, if the store exists yet."""
+    return stored(store, pipeline) if store.exists() else None
+
+
+async def cancel_after_commits(spec: dict[str, Any], store: Path, items: int) -> int:
+    """Run ``spec`` (resuming), cancel it once a checkpoint at ``items`` or more is saved;
+    return the items the run had when it was cancelled (all of them if it finished first).
+    """
+    with anyio.fail_after(TIMEOUT):
+        async with headwater.open_run(spec, resume=True) as handle:
+            while not handle.done:
+                checkpoint = await anyio.to_thread.run_sync(peek, store, spec["name"])
+                if checkpoint is not None and checkpoint.items >= items:
+                    handle.cancel("test")
+                    break
+                await anyio.sleep(0.002)
+            result = await handle.wait()
+    return int(result.summary["items_in"])
+
+
+@pytest.mark.anyio
+async def test_range_resumes_exactly_where_it_was_committed(tmp_path: Path) -> None:
+    db, store = tmp_path / "out.db", tmp_path / "ck.db"
+    spec = {
+        "name": "range",
+        "sources": {"n": {"action": "range", "params": {"start": 5, "stop": 50_005, "chunk": 64}}},
+        "steps": [{"transformer": "batch", "params": {"size": 1}}],
+        "sinks": [{"sink": "sqlite", "params": {"path": str(db), "table": "t", "columns": ["x"]}}],
+        "checkpoint": {"every_items": 500, "params": {"path": str(store)}},
+        "batch_size": 32,
+    }
+    for at in (10_000, 30_000):
+        await cancel_after_commits(spec, store, at)
+    resumed = await headwater.run(spec, resume=True)
+    assert resumed.summary["items_in"] <= 20_005  # went on from 30,000 or later
+    assert values(db) == list(range(5, 50_005))
+
+
+@pytest.mark.anyio
+async def test_file_lines_resumes_at_the_exact_byte(tmp_path: Path) -> None:
+    """Multi-byte characters and CRLF line ends cut by small blocks: the committed offset
+    is always at a line boundary, and resuming there gives every line once."""
+    source = tmp_path / "in.txt"
+    lines = [f"é€ {i} {'ü' * (i % 5)}#{i}" for i in range(10_000)]
+    source.write_bytes("".join(f"{line}\r\n" for line in lines).encode())
+    db, store = tmp_path / "out.db", tmp_path / "ck.db"
+    spec = {
+        "name": "lines",
+        "sources": {
+            "l": {"action": "file.lines", "params": {"path": str(source), "block_size": 37}}
+        },
+        "steps": [{"transformer": "batch", "params": {"size": 1}}],
+        "sinks": [{"sink": "sqlite", "params": {"path": str(db), "table": "t", "columns": ["x"]}}],
+        "checkpoint": {"every_items": 200, "params": {"path": str(store)}},
+        "batch_size": 32,
+    }
+    for at in (2_000, 5_000):
+        await cancel_after_commits(spec, store, at)
+    resumed = await headwater.run(spec, resume=True)
+    assert resumed.summary["items_in"] <= 5_000  # went on from line 5,000 or later
+    assert values(db) == lines
+
+
 def test_the_sink_s_newer_checkpoint_wins_when_the_store_missed_it(
     components: None, tmp_path: Path
 ) -> None:
@@ -925,6 +989,34 @@ def test_resuming_a_changed_pipeline_is_refused_unless_forced(
     forced = headwater.run_sync(changed, resume=True, force=True)
     assert forced.summary["checkpoint"]["resumed"] is True
     assert len(values(db)) == 300
+
+
+def test_checkpoints_are_kept_per_pipeline_name(components: None, tmp_path: Path) -> None:
+    """Two pipelines share one store and one database (different tables): each resumes
+    from its own checkpoint, in the store and in the sink."""
+    db, store = tmp_path / "out.db", tmp_path / "ck.db"
+    first = sqlite_spec("first", db, store, 400)
+    second = sqlite_spec("second", db, store, 300)
+    second["sinks"][0]["params"]["table"] = "t2"
+    FAIL_AT.update(item=250, after_commit=100)
+    assert headwater.run_sync(first, raise_on_error=False).state == "failed"
+    FAIL_AT.update(item=None, after_commit=None)
+    headwater.run_sync(second)  # complete, with many more checkpoints than "first" has
+    sqlite_store = SQLiteCheckpointStore(store)
+    try:
+        kept = {c.pipeline: c for c in sqlite_store.list()}
+        assert set(kept) == {"first", "second"}
+        assert kept["second"].completed
+        assert not kept["first"].completed
+        assert kept["first"].fingerprint != kept["second"].fingerprint
+    finally:
+        sqlite_store.close()
+    resumed = headwater.run_sync(first, resume=True)
+    assert resumed.summary["checkpoint"]["resumed"] is True
+    assert values(db) == [repr(i) for i in range(400)]
+    assert [r[0] for r in rows(db, "SELECT x FROM t2 ORDER BY rowid")] == [
+        repr(i) for i in range(300)
+    ]
 
 
 def test_sinks_timeouts_and_intervals_may_change_between_runs(

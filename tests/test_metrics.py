@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import headwater
@@ -126,7 +127,7 @@ def test_a_live_run_is_in_the_snapshot_while_it_runs(metrics_on: None) -> None:
         }
         async with headwater.open_run(model) as handle:
             with anyio.fail_after(10):
-                while pipeline_of(snapshot(), name)["running"] != 1:
+                while pipeline_of(snapshot(), name)["running"] != 1:  # noqa: ASYNC110
                     await anyio.sleep(0.01)
             seen.append(snapshot())
             await handle.wait()
@@ -139,6 +140,30 @@ def test_a_live_run_is_in_the_snapshot_while_it_runs(metrics_on: None) -> None:
     assert pipeline_of(after, name)["running"] == 0
     assert pipeline_of(after, name)["runs"] == {"succeeded": 2}
     assert stages_of(after, name)["sinks.null"]["items_in"] == 8
+
+
+def test_counters_never_dip_while_runs_finish(metrics_on: None) -> None:
+    import threading
+
+    name = unique("monotonic")
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def watch() -> None:
+        while not stop.is_set():
+            stage = stages_of(snapshot(), name).get("sinks.null")
+            seen.append(stage["items_in"] if stage else 0)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        for _ in range(20):
+            headwater.run_sync(known_pipeline(name, 200))
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
+    assert seen == sorted(seen)
+    assert stages_of(snapshot(), name)["sinks.null"]["items_in"] == 20 * 199
 
 
 # -- the switch -------------------------------------------------------------------------
@@ -296,7 +321,8 @@ async def test_streams_are_counted_and_counters_outlive_their_manager() -> None:
         for i in range(5):
             await manager.push(stream_id, {"i": i})
         with anyio.fail_after(10):
-            while manager.stats(stream_id)["messages_sent"] < 5 + 1:  # + subscribed
+            # 5 updates + "subscribed"
+            while manager.stats(stream_id)["messages_sent"] < 5 + 1:  # noqa: ASYNC110
                 await anyio.sleep(0.01)
         data = snapshot()["streams"]
         mine = next(s for s in data["streams"] if s["stream"] == stream_id)
@@ -358,7 +384,7 @@ class Recorder:
         self.calls.append(f"start {self.name}")
 
     async def stop(self) -> None:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         self.calls.append(f"stop {self.name}")
 
 

@@ -1603,8 +1603,7 @@ def _raise_checkpoint_error(result: RunResult) -> None:
 def _add_checkpoint_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     """``headwater checkpoints list | show NAME | reset NAME``."""
     where = argparse.ArgumentParser(add_help=False)
-    store = where.add_argument_group("checkpoint store")
-    choice = store.add_mutually_exclusive_group()
+    choice = where.add_mutually_exclusive_group()
     choice.add_argument(
         "--store-path",
         metavar="PATH",
@@ -1615,7 +1614,7 @@ def _add_checkpoint_commands(commands: Any, common: argparse.ArgumentParser) -> 
         metavar="FILE",
         help="use the checkpoint store of this pipeline file's checkpoint section",
     )
-    store.add_argument(
+    where.add_argument(
         "--timeout",
         type=float,
         default=5.0,

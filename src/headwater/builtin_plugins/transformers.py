@@ -13,6 +13,11 @@ slicing instead of per-item calls. The time-driven ones (``batch`` with ``second
 emits due lists even while no input arrives. ``throttle`` is a ``stream`` step, since it
 has to sleep.
 
+The stateful steps (``batch``, ``window``, ``reduce``, ``aggregate``, ``dedupe``, ``take``,
+``skip``) have ``snapshot()`` and ``restore(state)``: in a checkpointed run their state
+goes into every checkpoint as a JSON value (items encoded faithfully, times as ages) and
+comes back when the run resumes.
+
 Fields of dict items are named by a *path*: a key, or a dotted path such as ``user.id``
 reaching into nested mappings (an integer part indexes a list: ``tags.0``). A key that
 itself contains dots is matched first.

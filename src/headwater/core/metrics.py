@@ -161,14 +161,19 @@ class MetricsRegistry:
             self._live[run_id] = source
 
     def finished(self, run_id: str) -> None:
-        """A run ended: fold its final figures into the totals."""
+        """A run ended: fold its final figures into the totals.
+
+        The run leaves the live runs and enters the totals in one step, so a concurrent
+        snapshot counts it exactly once (counters never dip).
+        """
         with self._lock:
-            source = self._live.pop(run_id, None)
+            source = self._live.get(run_id)
         if source is None:
             return
-        data = source.metrics()
+        data = source.metrics()  # final: the run has ended
         with self._lock:
-            self._fold(data)
+            if self._live.pop(run_id, None) is not None:
+                self._fold(data)
 
     def add_source(self, name: str, fn: Callable[[], Any]) -> None:
         """Add a named provider of extra figures (streams, scheduler) to every snapshot.

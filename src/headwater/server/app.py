@@ -27,11 +27,12 @@ import asyncio
 import http
 import ipaddress
 import logging
+import threading
 import time
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -188,10 +189,8 @@ class WebSocketTransport:
         Nothing happens once the connection is closed: its session then unsubscribes it
         from every stream (a closed connection is not a failed send).
         """
-        try:
+        with suppress(ConnectionClosed):
             await self._conn.send(frame, text=True)
-        except ConnectionClosed:
-            pass
 
     async def send_batch(self, frames: Sequence[Frame]) -> None:
         """Send several protocol messages, in order, with one write to the socket.
@@ -336,6 +335,7 @@ class Server:
         self._host = self.config.host
         self._port = self.config.port
         self._thread_token: object | None = None
+        self._thread_id = 0
         self.auth: AuthSettings = AuthSettings()
         """The effective authentication settings (known once started)."""
 
@@ -420,6 +420,7 @@ class Server:
         sockname = self._ws.sockets[0].getsockname()
         self._host, self._port = host, int(sockname[1])
         self._thread_token = anyio.lowlevel.current_token()
+        self._thread_id = threading.get_ident()
         self._state = "running"
         _register(self)
         if not self.auth.required:
@@ -548,7 +549,7 @@ class Server:
         thread (an embedder running the server in a background thread) reaches it
         through this method.
         """
-        if self._thread_token is None or _same_loop(self._thread_token):
+        if self._thread_token is None or threading.get_ident() == self._thread_id:
             return await func(*args)
         token = self._thread_token
 
@@ -867,13 +868,6 @@ class Server:
             await session.serve()
         finally:
             self._sessions.discard(session)
-
-
-def _same_loop(token: object) -> bool:
-    try:
-        return anyio.lowlevel.current_token() is token
-    except RuntimeError:
-        return False
 
 
 def _with_stream_sink(data: Mapping[str, Any]) -> dict[str, Any]:
