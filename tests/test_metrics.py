@@ -4,6 +4,7 @@ providers, grouped sources and the exporter lifecycle (``headwater.core.metrics`
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -190,7 +191,7 @@ def test_the_environment_variable_is_read_at_import(value: str, expected: bool) 
     code = "from headwater.core import metrics; print(metrics.enabled())"
     proc = subprocess.run(
         [sys.executable, "-c", code],
-        env={**__import__("os").environ, "HEADWATER_METRICS": value},
+        env={**os.environ, "HEADWATER_METRICS": value},
         capture_output=True,
         text=True,
         timeout=60,

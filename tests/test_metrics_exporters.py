@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import urllib.error
 import urllib.request
 import uuid
@@ -408,3 +409,31 @@ def test_every_metric_is_documented_with_its_type_and_labels() -> None:
         assert labels == set(m.labels), m.name
         otel = f"{m.otel}.count" if m.type == "histogram" else m.otel
         assert f"`{otel}`" in text, otel
+
+
+# -- optional dependencies ------------------------------------------------------------------
+
+
+def test_missing_optional_dependencies_are_explained(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "opentelemetry.metrics", None)
+    with pytest.raises(ImportError, match=r"pip install 'headwater\[otel\]'"):
+        create_exporter(builtin_exporters.OpenTelemetryExporter)
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    with pytest.raises(ImportError, match="needs prometheus-client"):
+        create_exporter(PrometheusExporter, {"port": 0})
+    with pytest.raises(ImportError, match="needs prometheus-client"):
+        exposition()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_serve_metrics_without_prometheus_client_says_why(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_server_helpers import http_get, json_body, make_plugins, running
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    async with running(plugins=make_plugins()) as server:
+        status, _, body = await http_get(f"{server.http_url}/metrics")
+    assert status == 501
+    assert "prometheus-client" in json_body(body)["message"]

@@ -91,7 +91,8 @@ import headwater
 import headwater.builtin_plugins.nats_jetstream as mod
 from headwater.core.plugins import PluginManager
 pm = PluginManager(strict=True).load()
-pm.register(mod, "headwater.nats")
+if "headwater.nats" not in pm.plugins:
+    pm.register(mod, "headwater.nats")
 result = headwater.run_sync(
     {"name": "p", "sources": {"s": {"action": "nats.jetstream",
      "params": {"stream": "x", "durable": "d"}}}, "sinks": [{"sink": "collect"}],

@@ -60,7 +60,8 @@ sys.modules["redis.asyncio"] = None
 import headwater.builtin_plugins.redis_streams as mod
 from headwater.core.plugins import PluginManager
 pm = PluginManager(strict=True).load()
-pm.register(mod, "headwater.redis")
+if "headwater.redis" not in pm.plugins:
+    pm.register(mod, "headwater.redis")
 assert pm.get("action", "redis.stream") is not None
 result = headwater.run_sync(
     {"name": "p", "sources": {"s": {"action": "redis.stream",

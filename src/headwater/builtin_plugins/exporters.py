@@ -16,6 +16,7 @@ OpenTelemetry name); ``docs/metrics.md`` documents the same list.
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import json
 import logging
@@ -855,10 +856,10 @@ class OpenTelemetryExporter:
         meter_provider: Any = None,
     ) -> None:
         try:
-            from opentelemetry import metrics as otel_metrics
+            # imported by name: the optional SDK is not needed to type-check headwater
+            self._otel: Any = importlib.import_module("opentelemetry.metrics")
         except ImportError as exc:
             raise ImportError(_OTEL_HINT) from exc
-        self._otel = otel_metrics
         self.params = params
         self.meter_provider = meter_provider
         self._samples = _CachedSamples(snapshot_fn, params.cache_seconds)

@@ -323,7 +323,7 @@ class Server:
         self._tg: TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
         self._state = "new"
-        self._stopped = anyio.Event()
+        self._stopped: anyio.Event | None = None
         self._pipelines: dict[str, NamedPipeline] = {}
         self._runs: dict[str, RunInfo] = {}
         self._run_streams: dict[str, RunInfo] = {}
@@ -369,29 +369,14 @@ class Server:
                 "headwater's server runs on asyncio (the websockets library is asyncio-based)"
             ) from None
         self._state = "starting"
-        config = self.config
-        plugins = self._plugins_arg if self._plugins_arg is not None else get_plugin_manager()
-        self._plugins = plugins.load()
+        self._stopped = anyio.Event()
         try:
-            self.auth = config.auth.settings(self._environ)
-        except ValueError as exc:
-            raise ServerConfigError([_issue("auth", str(exc))]) from None
-        host = config.host
-        if not self.auth.required and not _is_loopback(host):
-            raise ServerError(
-                f"refusing to serve on {host} without authentication: anybody who can reach "
-                "it could read every stream and run every pipeline. Configure auth.tokens "
-                "(or HEADWATER_TOKENS, or auth.required with an authentication plugin), or "
-                "bind 127.0.0.1"
-            )
-        if self.auth.tokens and not self._plugins.has_listeners("authenticate"):
-            log.warning(
-                "static tokens are configured but no authenticate plugin is loaded (is the "
-                "built-in plugin headwater.auth disabled?): every connection will be refused"
-            )
-        self._pipelines = self._validate_pipelines()
-        if host == "localhost":
-            host = "127.0.0.1"  # one address, so that port 0 means one port
+            host = self._prepare()
+        except BaseException:
+            self._state = "stopped"
+            self._stopped.set()
+            raise
+        config = self.config
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
@@ -415,6 +400,7 @@ class Server:
             # Not inside a new cancel scope: the stack holds a task group entered here.
             await stack.aclose()
             self._state = "stopped"
+            self._stopped.set()
             raise
         self._stack = stack
         sockname = self._ws.sockets[0].getsockname()
@@ -430,8 +416,37 @@ class Server:
             )
         log.info("serving on %s", self.url)
 
+    def _prepare(self) -> str:
+        """Check everything that can be checked before listening; returns the host."""
+        config = self.config
+        plugins = self._plugins_arg if self._plugins_arg is not None else get_plugin_manager()
+        self._plugins = plugins.load()
+        try:
+            self.auth = config.auth.settings(self._environ)
+        except ValueError as exc:
+            raise ServerConfigError([_issue("auth", str(exc))]) from None
+        host = config.host
+        if not self.auth.required and not _is_loopback(host):
+            raise ServerError(
+                f"refusing to serve on {host} without authentication: anybody who can reach "
+                "it could read every stream and run every pipeline. Configure auth.tokens "
+                "(or HEADWATER_TOKENS, or auth.required with an authentication plugin), or "
+                "bind 127.0.0.1"
+            )
+        if self.auth.tokens and not self._plugins.has_listeners("authenticate"):
+            log.warning(
+                "static tokens are configured but no authenticate plugin is loaded (is the "
+                "built-in plugin headwater.auth disabled?): every connection will be refused"
+            )
+        self._pipelines = self._validate_pipelines()
+        if host == "localhost":
+            host = "127.0.0.1"  # one address, so that port 0 means one port
+        return host
+
     async def serve_forever(self) -> None:
         """Wait until the server is shut down (by :meth:`shutdown` or a signal handler)."""
+        if self._stopped is None:
+            raise RuntimeError("the server is not started")
         await self._stopped.wait()
 
     async def shutdown(self, reason: str = "shutdown") -> None:
@@ -444,7 +459,6 @@ class Server:
         if self._state in ("stopping", "stopped", "new"):
             if self._state == "new":
                 self._state = "stopped"
-                self._stopped.set()
             return
         self._state = "stopping"
         _unregister(self)
@@ -463,6 +477,7 @@ class Server:
         with anyio.move_on_after(SHUTDOWN_TIMEOUT):
             await self._ws.wait_closed()
         self._state = "stopped"
+        assert self._stopped is not None
         self._stopped.set()
 
     async def aclose(self) -> None:
