@@ -64,8 +64,15 @@ if TYPE_CHECKING:
     from .core.streaming import ClientTransport, StreamError, StreamingConfig, StreamingManager
     from .core.types import CallableRef
     from .markers import hookimpl, hookspec
+    from .server.app import Server
+    from .server.config import ServerConfig
+    from .server.registry import NoServerRunning, current_server
 
 _LAZY: dict[str, str] = {
+    "Server": "server.app",
+    "ServerConfig": "server.config",
+    "NoServerRunning": "server.registry",
+    "current_server": "server.registry",
     "hookimpl": "markers",
     "hookspec": "markers",
     "open_run": "core.api",
@@ -149,6 +156,7 @@ __all__ = [
     "JobsFile",
     "JobsFileError",
     "LoadFailure",
+    "NoServerRunning",
     "Pipeline",
     "PipelineCancelled",
     "PipelineFailed",
@@ -169,6 +177,8 @@ __all__ = [
     "ScheduledRun",
     "Scheduler",
     "SchedulerError",
+    "Server",
+    "ServerConfig",
     "SinkSpec",
     "SourceSpec",
     "StageError",
@@ -183,6 +193,7 @@ __all__ = [
     "__version__",
     "action",
     "checkpoint_store",
+    "current_server",
     "exporter",
     "get_plugin_manager",
     "hookimpl",

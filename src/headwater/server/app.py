@@ -4,7 +4,8 @@
 
 * the ``websockets`` library (its asyncio API), which accepts connections. Its
   ``process_request`` hook answers plain HTTP ``GET`` requests (``/healthz``,
-  ``/api/streams``, ``/api/components``, ``/``) and vets WebSocket upgrades *before* they
+  ``/api/streams``, ``/api/components``, ``/api/pipelines``, the dashboard at ``/``) and
+  vets WebSocket upgrades *before* they
   happen: origin, connection limit, authentication (HTTP 401);
 * a :class:`~headwater.core.streaming.StreamingManager`, which owns the streams and fans
   their chunks out to the connections (encode once, one bounded queue per client);
@@ -63,6 +64,13 @@ from headwater.core.streaming import (
 
 from .auth import AuthRequest, AuthSettings, bearer_token, principal_name
 from .config import NamedPipeline, ServerConfig, ServerConfigError
+from .dashboard import (
+    DASHBOARD_STREAM,
+    RESERVED_PREFIX,
+    DashboardFeed,
+    pipelines_listing,
+    static_response,
+)
 from .protocol import (
     CancelMessage,
     ClientMessage,
@@ -108,22 +116,6 @@ SHUTDOWN_TIMEOUT: Final = 10.0
 
 WEBSOCKET_PATHS: Final = frozenset({"/", "/ws"})
 """Paths on which WebSocket upgrades are accepted."""
-
-_PLACEHOLDER_PAGE: Final = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>headwater</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:40em;margin:3em auto;line-height:1.5}}
-code{{background:#f3f3f3;padding:0 .2em}}</style></head>
-<body><h1>headwater {version}</h1>
-<p>This server streams pipeline output over WebSockets (protocol v1) on this port.
-The dashboard is not part of this version yet.</p>
-<ul>
-<li><a href="/healthz"><code>/healthz</code></a>: liveness</li>
-<li><a href="/api/streams"><code>/api/streams</code></a>: open streams</li>
-<li><a href="/api/components"><code>/api/components</code></a>: installed components</li>
-</ul>
-<p>Follow a stream from a terminal: <code>headwater tail ws://HOST:PORT/ STREAM</code></p>
-</body></html>
-"""
 
 
 class ServerError(HeadwaterError):
@@ -338,6 +330,8 @@ class Server:
         self._thread_id = 0
         self.auth: AuthSettings = AuthSettings()
         """The effective authentication settings (known once started)."""
+        self.dashboard = DashboardFeed(self)
+        """The dashboard's live feed (the ``$dashboard`` stream)."""
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -382,6 +376,7 @@ class Server:
         try:
             self._manager = await stack.enter_async_context(StreamingManager(config.streaming))
             self._tg = await stack.enter_async_context(anyio.create_task_group())
+            self.dashboard.attach(self._manager, self._tg)
             limits = config.limits
             self._ws = await serve(
                 self._handler,
@@ -763,7 +758,7 @@ class Server:
                         }
                     ),
                 )
-            if path in ("/api/streams", "/api/components"):
+            if path in ("/api/streams", "/api/components", "/api/pipelines", "/api/dashboard"):
                 ok, principal = await self._authenticate(conn, request)
                 if not ok:
                     return _error_response(
@@ -771,11 +766,16 @@ class Server:
                     )
                 if path == "/api/streams":
                     return _http(200, _json(await self.streams_snapshot(principal)))
+                if path == "/api/pipelines":
+                    return _http(200, _json(await self.pipelines_snapshot(principal)))
+                if path == "/api/dashboard":
+                    if not await self.allowed(principal, "subscribe", DASHBOARD_STREAM):
+                        return _error_response(403, f"not allowed to see {DASHBOARD_STREAM}")
+                    return _http(200, _json(self.dashboard.history()))
                 return _http(200, _json(self.components_snapshot()))
-            if path in ("/", "/index.html"):
-                return _http(
-                    200, _PLACEHOLDER_PAGE.format(version=__version__), "text/html; charset=utf-8"
-                )
+            page = static_response(path, request.headers.get("Host"))
+            if page is not None:
+                return page
             if path == "/metrics":
                 # Prometheus exposition of the process's metrics (see docs/metrics.md);
                 # scrapers send the same bearer token as other clients
@@ -851,6 +851,17 @@ class Server:
             "pipelines": sorted(self._pipelines),
             "runs": len(self._runs),
         }
+
+    async def pipelines_snapshot(self, principal: Any = None) -> dict[str, Any]:
+        """The body of ``/api/pipelines``: the named pipelines the principal may run, each
+        with the JSON Schema of its params (see
+        :func:`~headwater.server.dashboard.pipelines_listing`)."""
+        allowed = {
+            name: named
+            for name, named in self._pipelines.items()
+            if await self.allowed(principal, "run", name)
+        }
+        return {"pipelines": pipelines_listing(allowed, self.plugins)}
 
     def components_snapshot(self) -> dict[str, Any]:
         """The body of ``/api/components``: every registered component's metadata."""
@@ -1009,6 +1020,8 @@ class Session:
                 "unauthorized", f"not allowed to subscribe to {message.stream!r}", ref=message.id
             )
         self._check_room(message.stream, message.id)
+        if message.stream == DASHBOARD_STREAM:
+            await server.dashboard.open()  # created on demand, fed while watched
         try:
             await server.manager.register_client(
                 message.stream,
@@ -1029,6 +1042,12 @@ class Session:
                 "unauthorized", f"not allowed to run {message.pipeline!r}", ref=message.id
             )
         if message.stream is not None:
+            if message.stream.startswith(RESERVED_PREFIX):
+                raise ProtocolError(
+                    "invalid_message",
+                    f"stream: ids starting with {RESERVED_PREFIX!r} are reserved",
+                    ref=message.id,
+                )
             self._check_room(message.stream, message.id)
         else:
             self._check_room("", message.id)

@@ -1,0 +1,652 @@
+"""The live dashboard's server side: the ``$dashboard`` feed, ``/api/pipelines`` and assets.
+
+The dashboard (``/`` of ``headwater serve``) is a static page (``static/``: plain ES
+modules, no build step, no third-party request) that gets everything live over the
+WebSocket protocol:
+
+* :class:`DashboardFeed` keeps a reserved stream, :data:`DASHBOARD_STREAM`
+  (``$dashboard``), open while somebody watches it. Every :data:`FEED_INTERVAL` seconds it
+  pushes one *summary* chunk: runs (with the progress of each stage), streams, items and
+  chunks per second, end-to-end latency quantiles of the last interval and recent
+  errors. Clients subscribe to it like to any stream, so the server's ``authorize`` hook
+  decides who may see it (action ``subscribe``, target ``$dashboard``), and the
+  streaming manager's per-client queues and slow-consumer policy apply. The feed learns
+  about progress and errors as a :class:`~headwater.core.streaming.StreamObserver` of the
+  manager, and reads the rest from :func:`headwater.core.metrics.snapshot` and the
+  server's runs.
+* :func:`pipelines_listing` is the body of ``/api/pipelines``: the named pipelines a
+  principal may run, each with the JSON Schema of the params a ``run`` may set (taken
+  from the components' params models, with the pipeline's own values as defaults).
+* :func:`static_response` serves the page and its assets with their content types and a
+  strict Content-Security-Policy.
+"""
+
+from __future__ import annotations
+
+import http
+import json
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from functools import cache
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+from anyio.abc import TaskGroup
+from websockets.datastructures import Headers
+from websockets.http11 import Response
+
+from headwater.core.metrics import LATENCY_BUCKETS, snapshot
+from headwater.core.streaming import Frame, StreamError, StreamingManager
+
+if TYPE_CHECKING:
+    from headwater.core.plugins import PluginManager
+
+    from .app import Server
+    from .config import NamedPipeline
+
+__all__ = [
+    "DASHBOARD_STREAM",
+    "FEED_INTERVAL",
+    "RESERVED_PREFIX",
+    "DashboardFeed",
+    "pipelines_listing",
+    "quantile",
+    "static_response",
+]
+
+log = logging.getLogger("headwater.server.dashboard")
+
+DASHBOARD_STREAM: Final = "$dashboard"
+"""The reserved stream of the dashboard feed."""
+
+RESERVED_PREFIX: Final = "$"
+"""Stream ids starting with this are the server's own; a client's ``run`` may not use them."""
+
+FEED_INTERVAL: Final = 0.5
+"""Seconds between two summaries of the feed."""
+
+MAX_STREAMS: Final = 200
+"""Streams listed in one summary (the oldest first; ``streams_total`` counts them all)."""
+
+MAX_ERRORS: Final = 50
+"""Recent errors kept and sent with each summary."""
+
+MAX_FINISHED_RUNS: Final = 20
+"""Finished runs still listed (most recent first) after the live ones."""
+
+HISTORY: Final = 240
+"""Chart points kept for ``/api/dashboard`` (two minutes at the default interval)."""
+
+IDLE_TIMEOUT: Final = 60.0
+"""Seconds the feed keeps going without any subscriber before it closes its stream."""
+
+_MESSAGE_LIMIT: Final = 500
+"""Characters of an error message kept in the feed."""
+
+
+# -- quantiles --------------------------------------------------------------------------
+
+
+def quantile(
+    q: float, counts: Sequence[int], bounds: Sequence[float] = LATENCY_BUCKETS
+) -> float | None:
+    """Estimate the ``q`` quantile from per-bucket (not cumulative) histogram counts.
+
+    ``counts`` has one entry per bound plus the +Inf bucket, as
+    :attr:`~headwater.core.metrics.Histogram.counts`. The value is interpolated linearly
+    inside its bucket, like Prometheus' ``histogram_quantile``; a quantile falling in the
+    +Inf bucket is reported as the largest finite bound. None when there is no
+    observation.
+    """
+    total = sum(counts)
+    if total <= 0:
+        return None
+    rank = q * total
+    cumulative = 0
+    for i, n in enumerate(counts):
+        if n <= 0:
+            continue
+        if cumulative + n >= rank:
+            if i >= len(bounds):
+                return float(bounds[-1])
+            lower = float(bounds[i - 1]) if i > 0 else 0.0
+            upper = float(bounds[i])
+            return lower + (upper - lower) * max(0.0, rank - cumulative) / n
+        cumulative += n
+    return float(bounds[-1])  # pragma: no cover - rank <= total always matches above
+
+
+def _bucket_counts(hist: Mapping[str, Any]) -> list[int]:
+    """Per-bucket counts of a histogram as :meth:`Histogram.to_dict` exports it."""
+    out: list[int] = []
+    previous = 0
+    for _, cumulative in hist.get("buckets", ()):
+        out.append(max(0, int(cumulative) - previous))
+        previous = int(cumulative)
+    return out
+
+
+# -- the feed ---------------------------------------------------------------------------
+
+
+class DashboardFeed:
+    """Pushes a summary of the server to the ``$dashboard`` stream while it is watched.
+
+    Attach it to the server's streaming manager with :meth:`attach` (it observes the
+    manager's streams) and call :meth:`open` before subscribing a client to
+    :data:`DASHBOARD_STREAM`: the stream is created on demand, fed every ``interval``
+    seconds, and closed (reason ``inactive``) once nobody has watched it for
+    ``idle_timeout`` seconds, or at the server's shutdown.
+    """
+
+    def __init__(
+        self,
+        server: Server,
+        *,
+        interval: float = FEED_INTERVAL,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ) -> None:
+        self.server = server
+        self.interval = interval
+        self.idle_timeout = idle_timeout
+        self._manager: StreamingManager | None = None
+        self._tg: TaskGroup | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._lock = anyio.Lock()
+        self._progress: dict[str, dict[str, dict[str, Any]]] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
+        self._errored: set[str] = set()
+        self._errors: deque[dict[str, Any]] = deque(maxlen=MAX_ERRORS)
+        self._error_id = 0
+        self._finished: deque[dict[str, Any]] = deque(maxlen=MAX_FINISHED_RUNS)
+        self._history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
+        self._chunks = 0
+        self._last: dict[str, Any] | None = None
+        self._prev: tuple[float, int, dict[str, int], list[int]] | None = None
+
+    # -- wiring -------------------------------------------------------------------------
+
+    def attach(self, manager: StreamingManager, tg: TaskGroup) -> None:
+        """Observe ``manager``'s streams; the feed's task will run in ``tg``."""
+        self._manager = manager
+        self._tg = tg
+        manager.add_observer(self)
+
+    @property
+    def active(self) -> bool:
+        """True while the feed's stream is open and fed."""
+        return self._scope is not None
+
+    async def open(self) -> None:
+        """Make sure :data:`DASHBOARD_STREAM` is open and fed (idempotent).
+
+        Raises :class:`~headwater.core.streaming.StreamError` when the stream cannot be
+        created (the server is shutting down, too many streams).
+        """
+        manager, tg = self._manager, self._tg
+        if manager is None or tg is None:
+            raise RuntimeError("the dashboard feed is not attached to a running server")
+        async with self._lock:
+            if manager.has_stream(DASHBOARD_STREAM) and self._scope is not None:
+                return
+            if not manager.has_stream(DASHBOARD_STREAM):
+                await manager.create_stream(
+                    DASHBOARD_STREAM,
+                    metadata={"feed": "dashboard", "interval": self.interval},
+                    inactivity_timeout=None,
+                )
+            self._scope = anyio.CancelScope()
+            self._prev = None
+            tg.start_soon(self._feed, self._scope)
+
+    async def _feed(self, scope: anyio.CancelScope) -> None:
+        manager = self._manager
+        assert manager is not None
+        idle = 0.0
+        try:
+            with scope:
+                self._measure()
+                while True:
+                    await anyio.sleep(self.interval)
+                    summary = self.tick()
+                    try:
+                        await manager.push(DASHBOARD_STREAM, summary)
+                        clients = manager.client_count(DASHBOARD_STREAM)
+                    except StreamError:
+                        return
+                    idle = 0.0 if clients else idle + self.interval
+                    if idle >= self.idle_timeout:
+                        log.debug("no dashboard client for %.0f s: feed stopped", idle)
+                        with anyio.CancelScope(shield=True):
+                            if manager.has_stream(DASHBOARD_STREAM):
+                                await manager.close_stream(DASHBOARD_STREAM, "inactive")
+                        return
+        finally:
+            if self._scope is scope:
+                self._scope = None
+
+    # -- StreamObserver -----------------------------------------------------------------
+
+    def stream_opened(self, stream_id: str, epoch: str, metadata: Mapping[str, Any]) -> None:
+        """Remember a stream's metadata (pipeline, run)."""
+        if not stream_id.startswith(RESERVED_PREFIX):
+            meta = {k: metadata.get(k) for k in ("pipeline", "run", "owner") if metadata.get(k)}
+            meta["opened_at"] = time.time()
+            self._meta[stream_id] = meta
+
+    def chunk_published(self, stream_id: str, epoch: str, seq: int, payload: bytes) -> None:
+        """Count a chunk (for chunks per second)."""
+        if not stream_id.startswith(RESERVED_PREFIX):
+            self._chunks += 1
+
+    def message_broadcast(self, stream_id: str, frame: Frame) -> None:
+        """Keep the latest progress of each stage and every error."""
+        if stream_id.startswith(RESERVED_PREFIX):
+            return
+        head = bytes(frame[:40])
+        if b'"progress"' not in head and b'"stream_error"' not in head:
+            return
+        message = json.loads(frame)
+        if message.get("type") == "progress":
+            stages = self._progress.setdefault(stream_id, {})
+            stages[str(message.get("stage"))] = {
+                "done": message.get("done"),
+                "total": message.get("total"),
+                "message": message.get("message"),
+            }
+        elif message.get("type") == "stream_error":
+            self._error(stream_id, message.get("error"))
+
+    def stream_closed(
+        self,
+        stream_id: str,
+        reason: str,
+        summary: Mapping[str, Any] | None,
+        error: Frame | None,
+    ) -> None:
+        """A stream ended: the feed's own (stop feeding) or a run's (remember its end)."""
+        if stream_id == DASHBOARD_STREAM:
+            if self._scope is not None:
+                self._scope.cancel()
+                self._scope = None
+            return
+        if stream_id.startswith(RESERVED_PREFIX):
+            return
+        if error is not None:
+            self._error(stream_id, json.loads(error).get("error"))
+        elif reason in ("failed", "error") and stream_id not in self._errored:
+            self._error(stream_id, {"error": "StreamEnded", "message": f"ended: {reason}"})
+        meta = self._meta.pop(stream_id, {})
+        progress = self._progress.pop(stream_id, {})
+        self._errored.discard(stream_id)
+        if not meta.get("run"):
+            return
+        now = time.time()
+        info = dict(summary or {})
+        elapsed = info.get("elapsed_seconds")
+        started = meta.get("opened_at")
+        if isinstance(elapsed, int | float):
+            started = now - float(elapsed)
+        items = info.get("items_in")
+        self._finished.appendleft(
+            {
+                "run": meta.get("run"),
+                "pipeline": meta.get("pipeline"),
+                "stream": stream_id,
+                "state": reason,
+                "owner": meta.get("owner"),
+                "started_at": started,
+                "ended_at": now,
+                "progress": progress,
+                "items": items if isinstance(items, int) else None,
+            }
+        )
+
+    def _error(self, stream_id: str, error: Any) -> None:
+        details = dict(error) if isinstance(error, Mapping) else {"message": str(error)}
+        meta = self._meta.get(stream_id, {})
+        self._error_id += 1
+        self._errored.add(stream_id)
+        message = str(details.get("message", ""))
+        self._errors.appendleft(
+            {
+                "id": self._error_id,
+                "time": time.time(),
+                "stream": stream_id,
+                "pipeline": details.get("pipeline") or meta.get("pipeline"),
+                "run": meta.get("run"),
+                "stage": details.get("stage"),
+                "error": str(details.get("error", "Error")),
+                "message": message[:_MESSAGE_LIMIT],
+                "handled": bool(details.get("handled", False)),
+            }
+        )
+
+    # -- summaries ----------------------------------------------------------------------
+
+    def _measure(self) -> tuple[float, dict[str, float], dict[str, Any]]:
+        """Rates since the previous measure: (chunks/s, items/s per pipeline, latency)."""
+        now = time.monotonic()
+        snap = snapshot()
+        items: dict[str, int] = {}
+        for stage in snap.get("stages", ()):
+            if str(stage.get("stage", "")).startswith("sources."):
+                name = str(stage.get("pipeline"))
+                items[name] = items.get(name, 0) + int(stage.get("items_out", 0))
+        e2e = [0] * (len(LATENCY_BUCKETS) + 1)
+        for pipeline in snap.get("pipelines", ()):
+            for i, n in enumerate(_bucket_counts(pipeline.get("e2e_latency", {}))):
+                if i < len(e2e):
+                    e2e[i] += n
+        prev, self._prev = self._prev, (now, self._chunks, items, e2e)
+        if prev is None:
+            return 0.0, {}, {"p50": None, "p99": None, "count": 0}
+        then, chunks, before, e2e_before = prev
+        elapsed = max(now - then, 1e-6)
+        rates = {
+            name: max(0, n - before.get(name, 0)) / elapsed
+            for name, n in items.items()
+            if n != before.get(name, 0)
+        }
+        window = [max(0, a - b) for a, b in zip(e2e, e2e_before, strict=True)]
+        latency = {
+            "p50": quantile(0.5, window),
+            "p99": quantile(0.99, window),
+            "count": sum(window),
+        }
+        return (self._chunks - chunks) / elapsed, rates, latency
+
+    def tick(self) -> dict[str, Any]:
+        """Measure and return one summary (the chunk pushed to ``$dashboard``)."""
+        chunks, by_pipeline, latency = self._measure()
+        summary = self.state()
+        summary["throughput"] = {
+            "items": sum(by_pipeline.values()),
+            "chunks": chunks,
+            "by_pipeline": by_pipeline,
+        }
+        summary["latency"] = latency
+        self._history.append(
+            {
+                "time": summary["time"],
+                "items": summary["throughput"]["items"],
+                "chunks": chunks,
+                "p50": latency["p50"],
+                "p99": latency["p99"],
+            }
+        )
+        self._last = summary
+        return summary
+
+    def state(self) -> dict[str, Any]:
+        """The server's state now (everything of a summary but the rates)."""
+        server = self.server
+        manager = server.manager
+        runs: list[dict[str, Any]] = []
+        for run in server.runs:
+            runs.append(
+                {
+                    "run": run.run_id,
+                    "pipeline": run.pipeline,
+                    "stream": run.stream,
+                    "state": run.handle.state,
+                    "owner": self._meta.get(run.stream, {}).get("owner"),
+                    "started_at": run.started_at,
+                    "ended_at": None,
+                    "progress": dict(self._progress.get(run.stream, {})),
+                    "items": _items(run),
+                }
+            )
+        runs.extend(self._finished)
+        streams: list[dict[str, Any]] = []
+        ids = [s for s in manager.active_streams() if not s.startswith(RESERVED_PREFIX)]
+        for stream_id in ids[:MAX_STREAMS]:
+            try:
+                stats = manager.stats(stream_id)
+            except StreamError:  # pragma: no cover - closed meanwhile
+                continue
+            feeding = server.run_of_stream(stream_id)
+            meta = self._meta.get(stream_id, {})
+            streams.append(
+                {
+                    "stream": stream_id,
+                    "state": feeding.handle.state if feeding is not None else "open",
+                    "clients": stats["clients"],
+                    "seq": stats["seq"],
+                    "dropped": stats["dropped"],
+                    "pipeline": meta.get("pipeline"),
+                    "run": meta.get("run"),
+                }
+            )
+        pipelines: dict[str, dict[str, Any]] = {
+            name: {"pipeline": name, "named": True, "running": 0, "runs": {}}
+            for name in sorted(server.pipelines)
+        }
+        for entry in snapshot_pipelines():
+            name = str(entry.get("pipeline"))
+            row = pipelines.setdefault(name, {"pipeline": name, "named": False})
+            row["running"] = entry.get("running", 0)
+            row["runs"] = entry.get("runs", {})
+        return {
+            "time": time.time(),
+            "interval": self.interval,
+            "connections": server.connections,
+            "pipelines": list(pipelines.values()),
+            "runs": runs,
+            "streams": streams,
+            "streams_total": len(ids),
+            "errors": list(self._errors),
+        }
+
+    def history(self) -> dict[str, Any]:
+        """The body of ``/api/dashboard``: the last summary (or the state now) and the
+        chart points of the last minutes, oldest first."""
+        summary = self._last if self._last is not None and self.active else self.state()
+        return {
+            "interval": self.interval,
+            "active": self.active,
+            "summary": summary,
+            "points": list(self._history),
+        }
+
+
+def snapshot_pipelines() -> list[dict[str, Any]]:
+    """The ``pipelines`` part of the process-wide metrics snapshot."""
+    return list(snapshot().get("pipelines", ()))
+
+
+def _items(run: Any) -> int | None:
+    """Items the run's sources have produced so far."""
+    if run is None:
+        return None
+    try:
+        stats = run.handle.stats
+        return sum(int(s.items_out) for name, s in stats.items() if name.startswith("sources."))
+    except Exception:  # pragma: no cover - stats are plain counters
+        return None
+
+
+# -- /api/pipelines ---------------------------------------------------------------------
+
+_KINDS: Final = {"sources": "action", "steps": "transformer", "sinks": "sink"}
+
+
+def _split_path(path: str) -> list[str | int]:
+    """``a.b[0].c`` (or ``a.b.0.c``) -> ``["a", "b", 0, "c"]`` (as ``--set`` paths)."""
+    parts: list[str | int] = []
+    for chunk in path.split("."):
+        m = re.fullmatch(r"([^\[\]]*)((?:\[\d+\])*)", chunk)
+        if not m:
+            return []
+        if m.group(1):
+            parts.append(int(m.group(1)) if m.group(1).isdecimal() else m.group(1))
+        parts.extend(int(i) for i in re.findall(r"\[(\d+)\]", m.group(2)))
+    return parts
+
+
+def _lookup(data: Any, parts: Sequence[str | int]) -> tuple[bool, Any]:
+    node = data
+    for part in parts:
+        in_dict = isinstance(node, Mapping) and isinstance(part, str) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if not (in_dict or in_list):
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _inline_refs(schema: Any, defs: Mapping[str, Any], depth: int = 0) -> Any:
+    """``schema`` with local ``$ref``s (``#/$defs/X``) replaced by their definitions."""
+    if depth > 8:
+        return {}
+    if isinstance(schema, list):
+        return [_inline_refs(s, defs, depth + 1) for s in schema]
+    if not isinstance(schema, Mapping):
+        return schema
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        target = defs.get(ref.removeprefix("#/$defs/"), {})
+        merged = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+        return _inline_refs(merged, defs, depth + 1)
+    return {k: _inline_refs(v, defs, depth + 1) for k, v in schema.items() if k != "$defs"}
+
+
+def _param_schema(named: NamedPipeline, path: str, plugins: PluginManager) -> dict[str, Any]:
+    """JSON Schema of the value at ``path`` of a named pipeline, as precise as known."""
+    parts = _split_path(path)
+    schema: dict[str, Any] = {}
+    if len(parts) >= 4 and parts[0] in _KINDS and parts[2] == "params":
+        found, stage = _lookup(named.data, parts[:2])
+        kind = _KINDS[str(parts[0])]
+        name = stage.get(kind) if found and isinstance(stage, Mapping) else None
+        if isinstance(name, str):
+            try:
+                full = plugins.registry.get(kind, name).params_schema()
+            except Exception:  # unknown component or a model without a schema
+                full = {}
+            node: Any = full
+            defs = full.get("$defs", {})
+            for part in parts[3:]:
+                node = _inline_refs(node, defs)
+                props = node.get("properties", {}) if isinstance(node, Mapping) else {}
+                node = props.get(part) if isinstance(part, str) else None
+                if node is None:
+                    break
+            if isinstance(node, Mapping):
+                schema = dict(_inline_refs(node, defs))
+                schema["x-component"] = f"{kind}:{name}"
+    elif len(parts) == 1 and isinstance(parts[0], str):
+        from headwater.core.pipeline import PipelineSpec
+
+        full = PipelineSpec.model_json_schema()
+        prop = full.get("properties", {}).get(parts[0])
+        if isinstance(prop, Mapping):
+            schema = dict(_inline_refs(prop, full.get("$defs", {})))
+    found, value = _lookup(named.data, parts)
+    if found:
+        schema["default"] = value
+    schema["x-path"] = path
+    return schema
+
+
+def pipelines_listing(
+    pipelines: Mapping[str, NamedPipeline], plugins: PluginManager
+) -> list[dict[str, Any]]:
+    """Each named pipeline with the JSON Schema (an object) of the params ``run`` accepts.
+
+    A param's schema is the component's own (``sources.x.params.stop`` is the ``stop``
+    field of source ``x``'s action), with the pipeline's value as ``default``, and
+    ``x-path`` naming the place it sets. No param is required: an absent one keeps the
+    pipeline's value.
+    """
+    out = []
+    for name in sorted(pipelines):
+        named = pipelines[name]
+        properties = {
+            param: _param_schema(named, path, plugins) for param, path in named.params.items()
+        }
+        out.append(
+            {
+                "name": name,
+                "description": named.description or str(named.data.get("description") or ""),
+                "params": {
+                    "type": "object",
+                    "properties": properties,
+                    "required": [],
+                    "additionalProperties": False,
+                },
+                "sources": sorted(str(k) for k in (named.data.get("sources") or {})),
+            }
+        )
+    return out
+
+
+# -- static assets ----------------------------------------------------------------------
+
+_TYPES: Final = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+
+_ASSET_NAME: Final = re.compile(r"[a-z0-9][a-z0-9-]*\.(?:html|js|css|svg)")
+_HOST: Final = re.compile(r"[A-Za-z0-9.\-]+(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?")
+
+
+@cache
+def _asset(name: str) -> bytes | None:
+    """The bytes of ``static/NAME`` (read once), or None."""
+    if not _ASSET_NAME.fullmatch(name):
+        return None
+    try:
+        return (resources.files("headwater.server") / "static" / name).read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
+def content_security_policy(host: str | None) -> str:
+    """The page's CSP: only this server's own scripts, styles, images and WebSocket."""
+    sockets = "ws: wss:"
+    if host and _HOST.fullmatch(host):
+        sockets = f"ws://{host} wss://{host}"
+    return (
+        "default-src 'self'; "
+        "script-src 'self'; style-src 'self'; img-src 'self'; "
+        f"connect-src 'self' {sockets}; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'; object-src 'none'"
+    )
+
+
+def static_response(path: str, host: str | None) -> Response | None:
+    """The dashboard page (``/``, ``/index.html``) or one of its assets (``/static/X``).
+
+    None when ``path`` is none of them (the caller answers 404).
+    """
+    if path in ("/", "/index.html"):
+        name = "index.html"
+    elif path.startswith("/static/"):
+        name = path.removeprefix("/static/")
+    else:
+        return None
+    body = _asset(name)
+    if body is None:
+        return None
+    suffix = name[name.rindex(".") :]
+    headers = Headers(
+        [
+            ("Content-Type", _TYPES[suffix]),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-cache"),
+            ("Connection", "close"),
+            ("Content-Security-Policy", content_security_policy(host)),
+            ("X-Content-Type-Options", "nosniff"),
+            ("Referrer-Policy", "no-referrer"),
+            ("X-Frame-Options", "DENY"),
+        ]
+    )
+    return Response(200, http.HTTPStatus(200).phrase, headers, body)
