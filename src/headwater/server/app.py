@@ -375,6 +375,17 @@ class Server:
         await stack.__aenter__()
         try:
             self._manager = await stack.enter_async_context(StreamingManager(config.streaming))
+            if config.bridge is not None:
+                from .bridge import StreamBridge
+
+                await stack.enter_async_context(StreamBridge(self._manager, config.bridge))
+            if config.metrics.exporters:
+                from ..builtin_plugins.exporters import build_exporters
+                from ..core.metrics import running_exporters
+
+                await stack.enter_async_context(
+                    running_exporters(build_exporters(config.metrics.exporters, self._plugins))
+                )
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self.dashboard.attach(self._manager, self._tg)
             limits = config.limits

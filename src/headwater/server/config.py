@@ -29,11 +29,13 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from headwater.builtin_plugins.exporters import MetricsConfig
 from headwater.core.errors import HeadwaterError, PipelineValidationError, ValidationIssue
 from headwater.core.pipeline import apply_override, format_loc, parse_pipeline
 from headwater.core.streaming import StreamingConfig
 
 from .auth import TOKENS_ENV, AuthSettings, TokenGrant, parse_tokens_env
+from .bridge import BridgeConfig
 
 __all__ = [
     "DEFAULT_HOST",
@@ -209,6 +211,12 @@ class ServerConfig(BaseModel):
     )
     ping_timeout: float | None = Field(
         20.0, gt=0, description="Seconds to wait for a pong before closing the connection."
+    )
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="Metrics exporters run with the server."
+    )
+    bridge: BridgeConfig | None = Field(
+        None, description="Share streams with other nodes through Redis (see scaling out)."
     )
 
     @field_validator("pipelines", mode="before")
