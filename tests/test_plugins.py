@@ -1218,4 +1218,5 @@ def test_register_checkpoint_stores_contributes_a_store(
     assert result.output == list(range(50))
     # a run that starts over first saves its empty checkpoint (items 0), then one per marker
     assert [c.items for c in saved] == [0, 20, 40, 50]
-    assert saved[-1].completed and saved[-1].positions == {"n": 50}
+    assert saved[-1].completed
+    assert saved[-1].positions == {"n": 50}

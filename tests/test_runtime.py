@@ -8,11 +8,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from pydantic import BaseModel
 
@@ -86,7 +87,7 @@ def sync_gen(ctx: headwater.StreamContext) -> Iterator[int]:
 @headwater.action("test.coro")
 async def coro(ctx: headwater.StreamContext) -> dict[str, int]:
     """A plain coroutine: its value is a one-chunk stream."""
-    await anyio.sleep(0)
+    await anyio.lowlevel.checkpoint()
     return {"answer": 42}
 
 
@@ -388,7 +389,8 @@ async def test_skip_and_retry_with_dead_letter(pm: PluginManager) -> None:
     assert probe.attempts[5] == 3
     dead = result.outputs["dead_letter"]
     assert len(dead) == 1
-    assert dead[0]["item"] == 7 and dead[0]["position"] == 7
+    assert dead[0]["item"] == 7
+    assert dead[0]["position"] == 7
     assert dead[0]["error"] == "ValueError"
     handled = [e for e in events if isinstance(e, headwater.ErrorEvent)]
     assert all(e.handled for e in handled)
@@ -485,7 +487,7 @@ async def test_lifecycle_hooks_see_the_run(pm: PluginManager) -> None:
         @staticmethod
         @headwater.hookimpl
         async def pipeline_finished(pipeline: headwater.PipelineSpec, state: str) -> None:
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             seen.append(("finished", state))
 
         @staticmethod
