@@ -14,8 +14,11 @@ How a chunk travels::
 * Every chunk is encoded to a protocol v1 ``stream_update`` frame **once**; all clients
   share the same ``bytes`` object.
 * Every client has a bounded queue drained by its own task, so a slow client delays only
-  itself. When its queue is full the slow-consumer policy decides: ``block`` (the pusher
-  waits: backpressure reaches the pipeline), ``drop_oldest`` (the client is told how many
+  itself. A client that is idle (nothing queued, nothing being sent) and whose transport
+  has a non-blocking ``try_send`` gets each push's frames written at once, in one call,
+  without waking its task; it falls back to the queue as soon as it is behind. When a
+  queue is full the slow-consumer policy decides: ``block`` (the pusher waits:
+  backpressure reaches the pipeline), ``drop_oldest`` (the client is told how many
   messages it missed) or ``disconnect`` (the client is closed).
 * Chunks are numbered (``seq`` 1, 2, ...) and the latest are kept in a bounded replay
   buffer, so a client that reconnects with ``since=N`` receives what it missed, then the
@@ -55,6 +58,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "BatchClientTransport",
     "ClientTransport",
+    "DirectClientTransport",
     "Frame",
     "ReplayGap",
     "SendErrorPolicy",
@@ -235,6 +239,26 @@ class BatchClientTransport(ClientTransport, Protocol):
 
     async def send_batch(self, frames: Sequence[Frame]) -> None:
         """Send several protocol messages, in order."""
+        ...
+
+
+@runtime_checkable
+class DirectClientTransport(ClientTransport, Protocol):
+    """A transport that can write without waiting (optional).
+
+    When a client is idle (its queue is empty and no send is in progress), ``push``,
+    ``push_many`` and the registration write that call's frames with one synchronous
+    ``try_send`` instead of waking the client's drain task: no task switch per client
+    and per push. ``try_send`` either writes *all* the frames, in order, and returns
+    True, or writes none and returns False when it cannot write now without waiting
+    (e.g. its write buffer is full or another send is in progress); the frames are then
+    queued and sent by the drain task with ``send``/``send_batch``, as without
+    ``try_send``. It must not suspend. An exception counts as a failed send (see
+    ``on_send_error``).
+    """
+
+    def try_send(self, frames: Sequence[Frame]) -> bool:
+        """Write every frame now and return True, or write none and return False."""
         ...
 
 
@@ -440,9 +464,11 @@ class _Subscriber:
         "capacity",
         "client_id",
         "data_waiter",
+        "direct",
         "done",
         "error_logged",
         "finishing",
+        "flush_pending",
         "head",
         "inflight",
         "missed",
@@ -473,6 +499,13 @@ class _Subscriber:
         self.batch_send: Callable[[Sequence[Frame]], Awaitable[None]] | None = (
             send_batch if callable(send_batch) else None
         )
+        try_send = getattr(transport, "try_send", None)
+        self.direct: Callable[[Sequence[Frame]], bool] | None = (
+            try_send if callable(try_send) else None
+        )
+        self.flush_pending = False
+        """Frames were queued for this idle client during the current push: the pusher
+        writes them with ``direct`` (or wakes the drain task) before it suspends."""
         self.policy: SlowConsumerPolicy = policy
         self.capacity = capacity
         self.head: deque[Frame] = deque()
@@ -595,6 +628,9 @@ class StreamingManager:
         self._streams_created = 0
         self._streams_closed = 0
         self._observers: list[StreamObserver] = []
+        self._flush: list[_Subscriber] = []
+        """Idle clients with ``try_send`` that have frames queued by the current push;
+        always empty while no push is running (flushed before every suspension)."""
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -865,6 +901,9 @@ class StreamingManager:
         self._count(stream, "subscriptions")
         self._draining.add(sub)
         self._start(self._drain, sub)
+        if sub.direct is not None and sub.predecessor is None:
+            # `subscribed` (and the replay) now rather than when the drain task first runs
+            self._send_head(sub)
         return Subscription(stream.id, client_id, stream.epoch, stream.seq, len(replay), gap)
 
     async def deregister_client(
@@ -937,6 +976,7 @@ class StreamingManager:
         if stream.blocking:
             await self._wait_for_room(stream)
         seq = self._publish(stream, payload)
+        self._flush_direct()
         if stream.pressure:
             await self._yield_to_clients(stream)
         return seq
@@ -951,15 +991,20 @@ class StreamingManager:
         stream = self._open_stream(stream_id)
         self._raise_pending(stream)
         seq = stream.seq
-        for data in chunks:
-            payload = self._encode_chunk(stream, data)
-            if stream.blocking:
-                await self._wait_for_room(stream)
-            elif stream.closed:
-                raise self._gone(stream.id)
-            seq = self._publish(stream, payload)
-            if stream.pressure:
-                await self._yield_to_clients(stream)
+        try:
+            for data in chunks:
+                payload = self._encode_chunk(stream, data)
+                if stream.blocking:
+                    await self._wait_for_room(stream)
+                elif stream.closed:
+                    raise self._gone(stream.id)
+                seq = self._publish(stream, payload)
+                if stream.pressure:
+                    self._flush_direct()
+                    await self._yield_to_clients(stream)
+        finally:
+            # Idle clients get the frames of the whole call in one write.
+            self._flush_direct()
         return seq
 
     async def push_encoded(self, stream_id: str, payload: bytes, *, seq: int | None = None) -> int:
@@ -981,6 +1026,7 @@ class StreamingManager:
         if seq is not None:
             stream.seq = max(stream.seq, seq - 1)
         published = self._publish(stream, payload)
+        self._flush_direct()
         if stream.pressure:
             await self._yield_to_clients(stream)
         return published
@@ -1216,6 +1262,9 @@ class StreamingManager:
             )
             if blocked is None:
                 return
+            if self._flush:  # about to suspend: write what this push left for idle clients
+                self._flush_direct()
+                continue
             waiter = blocked.space_waiter
             if waiter is None:
                 waiter = blocked.space_waiter = anyio.Event()
@@ -1252,6 +1301,7 @@ class StreamingManager:
         if stream.blocking:
             await self._wait_for_room(stream)
         self._enqueue(stream, frame)
+        self._flush_direct()
         if stream.pressure:
             await self._yield_to_clients(stream)
 
@@ -1286,10 +1336,75 @@ class StreamingManager:
             if 2 * len(queue) >= sub.capacity:
                 stream.pressure = True
             if sub.data_waiter is not None:
-                sub.wake()
+                if sub.direct is None:
+                    sub.wake()
+                elif not sub.flush_pending:
+                    # idle: written by _flush_direct at the end of this push
+                    sub.flush_pending = True
+                    self._flush.append(sub)
         if slow:
             for sub in slow:
                 self._disconnect(sub)
+
+    def _flush_direct(self) -> None:
+        """Write the frames queued for idle clients by this push, without waiting.
+
+        Called by every push before it suspends (and when it ends), so the drain tasks
+        never see these frames unless ``try_send`` declines: a client whose drain task is
+        still parked has sent everything before them, which keeps the order. Frames go
+        out ``coalesce_max`` at a time, one ``try_send`` each; what ``try_send`` declines
+        stays queued and the drain task is woken for it.
+        """
+        pending = self._flush
+        if not pending:
+            return
+        self._flush = []
+        for sub in pending:
+            sub.flush_pending = False
+            if sub.data_waiter is None:  # woken meanwhile: the drain task sends
+                continue
+            if sub.cancelled or not sub.attached or sub.missed or sub.head or sub.finishing:
+                sub.wake()  # not a plain idle client any more: as without try_send
+                continue
+            self._send_direct(sub, sub.queue)
+
+    def _send_head(self, sub: _Subscriber) -> None:
+        """Send a new client's first messages (``subscribed``, replay) without waiting."""
+        self._send_direct(sub, sub.head)
+
+    def _send_direct(self, sub: _Subscriber, frames: deque[Frame]) -> None:
+        """Write ``frames`` (the client's queue or head) with ``try_send`` while it accepts.
+
+        What it declines stays in ``frames`` for the drain task, which is woken.
+        """
+        direct = sub.direct
+        assert direct is not None
+        limit = self.config.coalesce_max
+        stream = sub.stream
+        while frames:
+            whole = len(frames) <= limit
+            batch = list(frames) if whole else list(islice(frames, limit))
+            error: Exception | None = None
+            try:
+                accepted = bool(direct(batch))
+            except Exception as exc:  # these frames are lost, as with a failed send
+                accepted, error = True, exc
+            if not accepted:
+                sub.wake()
+                return
+            if whole:
+                frames.clear()
+            else:
+                for _ in batch:
+                    frames.popleft()
+            sub.wake_pushers()
+            if error is not None:
+                if not self._send_failed(sub, error, len(batch)):
+                    sub.cancel()
+                    return
+                continue
+            self._count(stream, "messages_sent", len(batch))
+            self._count(stream, "bytes_sent", sum(map(len, batch)))
 
     def _disconnect(self, sub: _Subscriber) -> None:
         stream = sub.stream

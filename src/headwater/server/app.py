@@ -163,17 +163,53 @@ class WebSocketTransport:
     Frames are sent as text messages without re-encoding (``send(bytes, text=True)``).
     ``send_batch`` writes a backlog back to back and waits for the socket's buffer once
     (the manager hands a lagging client up to ``coalesce_max`` frames at a time).
+    ``try_send`` writes without waiting when the connection can take data now: the
+    manager uses it for clients that are keeping up, instead of waking their drain task.
     """
 
-    __slots__ = ("_conn", "_fast")
+    __slots__ = ("_conn", "_fast", "_open")
 
     def __init__(self, conn: ServerConnection) -> None:
+        from websockets.protocol import State
+
         self._conn = conn
+        self._open = State.OPEN
         # The batch fast path uses websockets' send_context + the Sans-I/O protocol
         # object; fall back to one send() per frame if a future version lacks them.
         self._fast = callable(getattr(conn, "send_context", None)) and callable(
             getattr(getattr(conn, "protocol", None), "send_text", None)
         )
+
+    def try_send(self, frames: Sequence[Frame]) -> bool:
+        """Write several protocol messages now, in one write, if nothing has to wait.
+
+        Returns False, writing nothing, when the connection is not open, another send is
+        in progress (a fragmented message, or one waiting for the buffer) or the socket's
+        buffer is above its high-water mark: the manager then queues the frames and its
+        drain task sends them with :meth:`send_batch` (which waits). Never suspends.
+        """
+        conn = self._conn
+        if not frames:
+            return True
+        if (
+            not self._fast
+            or conn.paused
+            or conn.send_in_progress is not None
+            or conn.protocol.state is not self._open
+        ):
+            return False
+        transport = conn.transport
+        if transport.is_closing():
+            return False
+        protocol = conn.protocol
+        for frame in frames:
+            protocol.send_text(frame)
+        data = protocol.data_to_send()
+        if all(data):
+            transport.write(b"".join(data) if len(data) > 1 else data[0])
+        else:  # pragma: no cover - an end-of-stream marker: let websockets do it
+            _write_pieces(conn, data)
+        return True
 
     async def send(self, frame: Frame) -> None:
         """Send one protocol message as a text message.
