@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import json
 import types
 from collections.abc import AsyncIterator
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
+from pydantic import BaseModel, ConfigDict
 
 import headwater
+from headwater.client import Client
+from headwater.conformance import _structural_problems
 from headwater.core import plugins as plugins_module
 from headwater.hookspecs import Register
-from headwater.testing import RegisterPlugin, builtin_plugin_manager, run_pipeline
+from headwater.testing import (
+    CheckResult,
+    ConformanceError,
+    RegisterPlugin,
+    assert_conforms,
+    builtin_plugin_manager,
+    check_component,
+    collect_run,
+    make_plugins,
+    run_pipeline,
+)
 
 pytest_plugins = ["pytester"]
 
@@ -263,3 +279,297 @@ def test_function_scoped_fixture_restores_the_previous_manager(
         """
     )
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
+# -- make_plugins, collect_run ------------------------------------------------------------
+
+
+def test_make_plugins_holds_only_the_given_plugins() -> None:
+    manager = make_plugins(CountPlugin())
+    assert "demo.count" in manager.registry.names("action")
+    assert "range" in manager.registry.names("action")
+    bare = make_plugins(count, builtins=False)
+    assert bare.registry.names("action") == ["demo.count"]
+    assert bare.plugins["components"].components == ["action:demo.count"]
+    with pytest.raises(headwater.PluginLoadError):
+        make_plugins(BrokenPlugin())
+
+
+def test_collect_run_an_action_with_its_events() -> None:
+    result, events = collect_run("range", make_plugins(), params={"stop": 3})
+    assert result.output == [0, 1, 2]
+    assert isinstance(events[-1], headwater.Complete)
+    assert any(isinstance(e, headwater.Progress) for e in events)
+    result, _ = collect_run(count, [CountPlugin()])
+    assert result.output == [0, 1, 2]
+
+
+def test_collect_run_a_pipeline_and_failures(headwater_plugins: headwater.PluginManager) -> None:
+    result, events = collect_run(_range_pipeline())
+    assert result.output == [0, 1]
+    spec = headwater.Pipeline("f").source("range", stop=2).map(fail).sink("collect")
+    with pytest.raises(headwater.PipelineFailed):
+        collect_run(spec)
+    result, events = collect_run(spec, raise_on_error=False)
+    assert result.state == "failed"
+    assert any(isinstance(e, headwater.ErrorEvent) for e in events)
+    with pytest.raises(TypeError, match="params="):
+        collect_run(spec, params={"stop": 1})
+
+
+def _range_pipeline() -> headwater.Pipeline:
+    return headwater.Pipeline("r").source("range", stop=2).sink("collect")
+
+
+# -- live_server --------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_live_server(live_server: tuple[headwater.Server, Client]) -> None:
+    server, client = live_server
+    assert server.host == "127.0.0.1"
+    assert server.port > 0
+    await server.manager.create_stream("news")
+    subscribed = await client.subscribe("news")
+    assert subscribed.type == "subscribed"
+    await server.manager.push("news", {"n": 1})
+    with anyio.fail_after(10):
+        async for message in client:
+            if message.type == "stream_update":
+                assert message.data == {"n": 1}
+                break
+
+
+@pytest.mark.usefixtures("_keep_default_manager")
+def test_live_server_in_an_authors_project(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        from headwater.server import ServerConfig
+
+        @pytest.fixture
+        def live_server_config():
+            return ServerConfig(port=0, pipelines={"count": {"pipeline": {
+                "name": "count", "sources": {"n": {"action": "range", "params": {"stop": 3}}},
+                "sinks": [{"sink": "websocket"}]}}})
+
+        @pytest.mark.anyio
+        async def test_run(live_server):
+            server, client = live_server
+            started = await client.run("count")
+            assert started.type == "run_started"
+            assert "count" in server.pipelines
+        """
+    )
+    outcomes = pytester.runpytest("-p", "no:cacheprovider").parseoutcomes()
+    # a trio parametrisation (from a conftest) is skipped: the server runs on asyncio
+    assert outcomes.get("passed") == 1
+    assert "failed" not in outcomes
+    assert "errors" not in outcomes
+
+
+# -- the conformance kit ------------------------------------------------------------------
+
+
+class TickParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    stop: int = 20
+    pause: float = 0.0
+
+
+closed: list[str] = []
+
+
+@headwater.action("good.ticks", params=TickParams, capabilities=("progress", "resumable"))
+async def good_ticks(params: TickParams, ctx: headwater.StreamContext) -> AsyncIterator[int]:
+    """Counts, with progress, resumable and slow enough to be timed out."""
+    try:
+        for i in range(int(ctx.resume_position or 0), params.stop):
+            yield i
+            ctx.checkpoint(i + 1)
+            ctx.progress(i + 1, params.stop)
+            await anyio.sleep(params.pause)
+    finally:
+        closed.append("good")
+
+
+@headwater.action("bad.ticks", params=TickParams, capabilities=("progress", "resumable"))
+async def bad_ticks(params: TickParams, ctx: headwater.StreamContext) -> AsyncIterator[int]:
+    """Claims progress and resumable but does neither."""
+    for i in range(params.stop):
+        yield i
+        await anyio.sleep(params.pause)
+
+
+class NeedsParams(BaseModel):
+    path: str
+
+
+@headwater.action("needs.params", params=NeedsParams)
+def needs_params(params: NeedsParams, ctx: headwater.StreamContext) -> str:
+    """One chunk."""
+    return params.path
+
+
+class AckSink:
+    committed: list[Any] = []
+
+    def __init__(self, ctx: headwater.StreamContext) -> None:
+        self.items: list[Any] = []
+
+    def write(self, batch: list[Any]) -> None:
+        self.items.extend(batch)
+
+    def commit_checkpoint(self, checkpoint: Any) -> None:
+        AckSink.committed.append(checkpoint)
+
+    def load_checkpoint(self) -> Any:
+        return AckSink.committed[-1] if AckSink.committed else None
+
+
+class ForgetfulSink(AckSink):
+    def load_checkpoint(self) -> Any:
+        return AckSink.committed[0] if AckSink.committed else None
+
+
+ack_sink = headwater.sink("ack", delivery="transactional")(AckSink)
+forgetful_sink = headwater.sink("forgetful", delivery="transactional")(ForgetfulSink)
+
+
+@headwater.sink("fake.transactional", delivery="transactional")
+def fake_transactional(batch: list[Any], ctx: headwater.StreamContext) -> None:
+    """Claims transactional delivery with no commit_checkpoint."""
+
+
+def by_check(results: list[CheckResult]) -> dict[str, tuple[str, str]]:
+    return {r.check: (r.status, r.detail) for r in results}
+
+
+def test_a_conforming_action_passes() -> None:
+    closed.clear()
+    results = assert_conforms(good_ticks, params={"stop": 1000, "pause": 0.001})
+    checks = by_check(results)
+    assert list(checks) == ["params_schema", "cancellation", "progress", "timeout", "resume"]
+    assert checks["resume"][0] == "skip"  # the stream is too long to compare
+    del checks["resume"]
+    assert {status for status, _ in checks.values()} == {"pass"}, checks
+    assert "PipelineTimeout" in checks["timeout"][1]
+    assert closed  # the generator's finally ran
+    fast = by_check(check_component(good_ticks))
+    assert fast["timeout"][0] == "skip"  # 20 items end before the timeout
+    assert fast["resume"][0] == "pass", fast
+    assert "none lost" in fast["resume"][1]
+
+
+def test_false_claims_fail() -> None:
+    checks = by_check(check_component("bad.ticks", plugins=[make_plugin(bad_ticks)]))
+    assert checks["progress"][0] == "fail"
+    assert checks["resume"] == (
+        "fail",
+        "claims resumable but committed no position (ctx.checkpoint)",
+    )
+    assert checks["cancellation"][0] == "pass"
+    with pytest.raises(ConformanceError, match=r"bad\.ticks: progress fail"):
+        assert_conforms(bad_ticks)
+
+
+def test_needs_params_and_shapes() -> None:
+    checks = by_check(check_component(needs_params))
+    assert checks["params_schema"][0] == "pass"
+    assert checks["cancellation"] == ("skip", "needs params: path")
+    with pytest.raises(ConformanceError):
+        assert_conforms(needs_params, allow_skips=False)
+    checks = by_check(check_component(needs_params, params={"path": "x"}))
+    assert checks["cancellation"][0] == "n/a"
+    assert checks["timeout"][0] == "skip"
+    invalid = by_check(check_component(needs_params, params={"nope": 1}))
+    assert invalid["cancellation"] == invalid["timeout"]
+    assert invalid["cancellation"][0] == "fail"
+    assert invalid["cancellation"][1].startswith("invalid params: path: Field required")
+
+
+def test_sinks_acknowledge_their_commits() -> None:
+    AckSink.committed.clear()
+    checks = by_check(check_component(ack_sink))
+    assert checks["checkpoint_ack"][0] == "pass", checks
+    assert AckSink.committed
+    AckSink.committed.clear()
+    checks = by_check(check_component(forgetful_sink))
+    assert checks["checkpoint_ack"][0] == "fail"
+    assert "the last committed is" in checks["checkpoint_ack"][1]
+    assert by_check(check_component(fake_transactional))["checkpoint_ack"][0] == "fail"
+    assert by_check(check_component("collect", plugins=make_plugins()))["checkpoint_ack"] == (
+        "n/a",
+        "no commit_checkpoint",
+    )
+
+
+def test_params_schema_structural_checks() -> None:
+    problems = _structural_problems(
+        {
+            "type": "object",
+            "properties": {"a": {"type": "strnig"}, "b": {"$ref": "#/$defs/Missing"}},
+            "required": ["c"],
+        }
+    )
+    assert any("unknown type 'strnig'" in p for p in problems)
+    assert any("does not resolve" in p for p in problems)
+    assert any("unknown properties ['c']" in p for p in problems)
+    assert _structural_problems({"type": "array"}) == ["top-level type is 'array', not 'object'"]
+    assert _structural_problems(TickParams.model_json_schema()) == []
+
+
+def test_builtin_components_conform(tmp_path: Path) -> None:
+    manager = make_plugins()
+    for name, params in [
+        ("range", {"stop": 50, "chunk": 1}),
+        ("iterable", {"items": [1, 2, 3]}),
+        ("action:file.lines", {"path": __file__}),
+    ]:
+        assert_conforms(name, params=params, plugins=manager)
+    db = str(tmp_path / "x.db")
+    assert_conforms("sink:sqlite", params={"path": db, "table": "t"}, plugins=manager)
+
+
+def make_plugin(*components: headwater.Component) -> object:
+    class Plugin:
+        @headwater.hookimpl
+        def register_actions(self, register: Register) -> None:
+            for component in components:
+                register(component)
+
+    return Plugin()
+
+
+def test_plugins_check_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from headwater.cli import main
+
+    assert main(["plugins", "--check", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["failed"] == 0
+    rows = {(r["kind"], r["component"], r["check"]): r["status"] for r in data["results"]}
+    assert rows[("action", "range", "cancellation")] == "skip"
+    assert rows[("sink", "collect", "checkpoint_ack")] == "n/a"
+    assert main(["plugins", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "checkpoint_ack" in out
+    assert "params_schema" in out
+
+
+def test_plugins_check_command_fails(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from headwater import cli
+
+    real = cli._plugin_manager
+
+    def with_bad(*args: Any, **kwargs: Any) -> headwater.PluginManager:
+        manager = real(*args, **kwargs)
+        manager.register(make_plugin(bad_ticks), "bad")
+        return manager
+
+    monkeypatch.setattr(cli, "_plugin_manager", with_bad)
+    assert cli.main(["plugins", "--check"]) == 1
+    captured = capsys.readouterr()
+    assert "bad.ticks" in captured.out
+    assert "conformance check" in captured.err

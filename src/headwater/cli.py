@@ -259,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help='print {"plugins": [...], "components": [...], "failures": [...]}',
     )
+    plugins.add_argument(
+        "--check",
+        action="store_true",
+        help="run the conformance checks on every installed component (exit 1 if one "
+        'fails); with --json print {"results": [...], "failed": N}',
+    )
     plugins.set_defaults(func=_cmd_plugins)
 
     describe = commands.add_parser(
@@ -1127,6 +1133,8 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     manager = _plugin_manager(args, strict=False)
     failures = manager.failures
     strict = _strict(args)
+    if getattr(args, "check", False):
+        return _check_plugins(args, manager)
     if args.json:
         plugins = sorted(manager.plugins.values(), key=lambda p: p.name)
         _print_json(
@@ -1142,6 +1150,37 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     if strict and failures:
         _error("a plugin failed to load and strict plugin loading is on")
         return EXIT_USAGE
+    return EXIT_OK
+
+
+def _check_plugins(args: argparse.Namespace, manager: PluginManager) -> int:
+    """``headwater plugins --check``: the conformance kit on every installed component."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from .conformance import check_all
+
+    results = check_all(manager)
+    failed = sum(r.status == "fail" for r in results)
+    if args.json:
+        _print_json({"results": [r.to_dict() for r in results], "failed": failed})
+        return EXIT_FAILED if failed else EXIT_OK
+    styles = {"pass": "green", "fail": "bold red", "skip": "yellow", "n/a": "dim"}
+    table = Table("component", "check", "result", "detail", show_edge=False)
+    for r in results:
+        table.add_row(
+            f"{r.kind} {r.component}",
+            r.check,
+            Text(r.status, style=styles[r.status]),
+            Text(r.detail, style="red" if r.status == "fail" else ""),
+        )
+    out = _consoles()[0]
+    out.print(table)
+    counts = {s: sum(r.status == s for r in results) for s in styles}
+    out.print(Text(", ".join(f"{n} {s}" for s, n in counts.items()), style="bold"))
+    if failed:
+        _error(f"{failed} conformance check{'s' if failed != 1 else ''} failed")
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -29,10 +29,31 @@ Fixtures:
     methods, or a class whose hooks are static methods) into ``headwater_plugins``; every
     plugin it registered is unregistered after the test.
 
-Helper:
+``live_server`` (async, asyncio only)
+    A started :class:`~headwater.Server` on ``127.0.0.1``, a free port, using the
+    ``headwater_plugins`` manager, and a :class:`~headwater.client.Client` connected to
+    it: the fixture yields ``(server, client)``. Use it from ``@pytest.mark.anyio`` tests;
+    override the ``live_server_config`` fixture to configure pipelines, auth, ...
+
+Helpers:
 
 :func:`run_pipeline`
     Run a pipeline synchronously and return its :class:`~headwater.RunResult`.
+
+:func:`collect_run`
+    Run an action or a pipeline and return its result (``result.output``: the chunks)
+    and every control event it emitted.
+
+:func:`make_plugins`
+    A fresh strict plugin manager holding only the plugins you pass (and the built-ins).
+
+:func:`check_component` / :func:`assert_conforms`
+    The conformance kit (:mod:`headwater.conformance`): the standard checks every
+    component should pass (params schema, cancellation, progress, timeout, resume,
+    checkpoint acknowledgement)::
+
+        def test_conforms():
+            assert_conforms("my.action", params={"stop": 10}, plugins=[my_plugin])
 
 This module is imported by every pytest session in an environment where headwater is
 installed, so it imports nothing heavy at module level.
@@ -40,20 +61,42 @@ installed, so it imports nothing heavy at module level.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Literal, Protocol
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import pytest
 
+from .conformance import (
+    CheckResult,
+    ConformanceError,
+    assert_conforms,
+    check_component,
+    check_component_async,
+)
+
 if TYPE_CHECKING:
+    from .client import Client
     from .core.api import PipelineLike
+    from .core.components import Component
+    from .core.events import Event
     from .core.plugins import PluginInfo, PluginManager
     from .core.runtime import RunResult
+    from .server.app import Server
+    from .server.config import ServerConfig
 
 __all__ = [
+    "CheckResult",
+    "ConformanceError",
     "RegisterPlugin",
+    "assert_conforms",
     "builtin_plugin_manager",
+    "check_component",
+    "check_component_async",
+    "collect_run",
     "headwater_plugins",
+    "live_server",
+    "live_server_config",
+    "make_plugins",
     "register_plugin",
     "run_pipeline",
 ]
@@ -208,3 +251,183 @@ def run_pipeline(
         for plugin in plugins:
             manager.register(plugin)
     return run_sync(pipeline, plugins=manager, raise_on_error=raise_on_error, backend=backend)
+
+
+class _Components:
+    """A plugin made of bare components (what :func:`make_plugins` wraps them in)."""
+
+    def __init__(self, components: list[Component]) -> None:
+        self.components = components
+
+    def _register(self, kind: str, register: Any) -> None:
+        for component in self.components:
+            if str(component.kind) == kind:
+                register(component)
+
+    def register_actions(self, register: Any) -> None:
+        self._register("action", register)
+
+    def register_transformers(self, register: Any) -> None:
+        self._register("transformer", register)
+
+    def register_sinks(self, register: Any) -> None:
+        self._register("sink", register)
+
+    def register_metrics_exporters(self, register: Any) -> None:
+        self._register("exporter", register)
+
+    def register_checkpoint_stores(self, register: Any) -> None:
+        self._register("checkpoint_store", register)
+
+
+def _components_plugin(components: list[Component]) -> object:
+    from .markers import hookimpl
+
+    plugin = _Components(components)
+    for name in dir(_Components):
+        if name.startswith("register_"):
+            hookimpl(getattr(plugin, name).__func__)
+    return plugin
+
+
+def make_plugins(*plugin_objects: object, builtins: bool = True) -> PluginManager:
+    """A fresh, strict plugin manager holding only the plugins given.
+
+    :param plugin_objects: Plugins to register (modules, objects with
+        ``@headwater.hookimpl`` methods, classes with static hooks), in order; bare
+        components (made by ``@headwater.action`` & co) are registered together as one
+        plugin named ``components``.
+    :param builtins: Also load headwater's built-in plugins (``range``, ``collect``, ...);
+        other installed plugins are never loaded.
+    :raises headwater.PluginLoadError: When a plugin is broken.
+
+    Unlike the ``headwater_plugins`` fixture it is not installed process-wide: pass it
+    as ``plugins=`` (to :func:`run_pipeline`, :func:`collect_run`, ``headwater.run``).
+    """
+    from .core.components import Component
+    from .core.plugins import PluginManager
+
+    if builtins:
+        manager = builtin_plugin_manager()
+    else:
+        manager = PluginManager(load_entry_points=False, strict=True).load()
+    bare = [p for p in plugin_objects if isinstance(p, Component)]
+    for plugin in plugin_objects:
+        if not isinstance(plugin, Component):
+            manager.register(plugin)
+    if bare:
+        manager.register(_components_plugin(bare), "components")
+    return manager
+
+
+def _as_pipeline(target: PipelineLike | Component | str, params: Mapping[str, Any] | None) -> Any:
+    """``target`` as a pipeline: an action (component or name) goes to ``collect``."""
+    from pathlib import Path
+
+    from .core.components import Component, ComponentKind
+
+    name: str | None = None
+    if isinstance(target, Component):
+        if target.kind is not ComponentKind.ACTION:
+            raise TypeError(f"collect_run runs actions or pipelines, not a {target.kind}")
+        name = target.name
+    elif (
+        isinstance(target, str)
+        and not target.endswith((".yaml", ".yml"))
+        and not Path(target).exists()
+    ):
+        name = target
+    if name is None:
+        if params is not None:
+            raise TypeError("params= is for running an action; put a pipeline's params in it")
+        return target
+    return {
+        "name": name,
+        "sources": {"source": {"action": name, "params": dict(params or {})}},
+        "sinks": [{"sink": "collect"}],
+    }
+
+
+def collect_run(
+    target: PipelineLike | Component | str,
+    plugins: PluginManager | Iterable[object] | None = None,
+    *,
+    params: Mapping[str, Any] | None = None,
+    raise_on_error: bool = True,
+    backend: Literal["asyncio", "trio"] = "asyncio",
+) -> tuple[RunResult, list[Event]]:
+    """Run an action or a pipeline; return its result and every event it emitted.
+
+    :param target: A pipeline (anything :func:`run_pipeline` takes) or an action: a
+        component, or the name of a registered action, run with ``params`` into the
+        ``collect`` sink, so that ``result.output`` is the list of its chunks.
+    :param plugins: As for :func:`run_pipeline`.
+    :param params: The action's params (only when ``target`` is an action).
+    :param raise_on_error: Raise when the run does not succeed (after collecting).
+    :param backend: ``asyncio`` or ``trio``.
+    :returns: ``(result, events)``: the :class:`~headwater.RunResult` and the control
+        events (:class:`~headwater.Progress`, :class:`~headwater.Status`,
+        :class:`~headwater.ErrorEvent`, ending with :class:`~headwater.Complete`).
+    """
+    import anyio
+
+    from .core.api import open_run
+    from .core.plugins import PluginManager
+
+    manager: PluginManager | None
+    if plugins is None or isinstance(plugins, PluginManager):
+        manager = plugins
+    else:
+        manager = make_plugins(*plugins)
+    pipeline = _as_pipeline(target, params)
+
+    async def main() -> tuple[RunResult, list[Event]]:
+        events: list[Event] = []
+        async with open_run(pipeline, plugins=manager) as handle:
+            async for event in handle.events():
+                events.append(event)
+            result = await handle.wait()
+        return result, events
+
+    result, events = anyio.run(main, backend=backend)
+    if raise_on_error:
+        result.raise_for_state()
+    return result, events
+
+
+@pytest.fixture
+def live_server_config() -> ServerConfig:
+    """The configuration of ``live_server``: 127.0.0.1, a free port, no pipelines.
+
+    Override this fixture in your ``conftest.py`` (or test module) to serve pipelines or
+    enable authentication; keep ``port=0``.
+    """
+    from .server.config import ServerConfig
+
+    return ServerConfig(host="127.0.0.1", port=0)
+
+
+@pytest.fixture
+async def live_server(
+    anyio_backend: Any,
+    headwater_plugins: PluginManager,
+    live_server_config: ServerConfig,
+) -> AsyncIterator[tuple[Server, Client]]:
+    """A started server and a client connected to it, for ``@pytest.mark.anyio`` tests.
+
+    Yields ``(server, client)``. The server uses the ``headwater_plugins`` manager (so
+    plugins registered with ``register_plugin`` are available) and ``live_server_config``
+    (override it to add pipelines). Both are closed after the test. The server runs on
+    asyncio only: with another ``anyio_backend`` the test is skipped.
+    """
+    backend = anyio_backend if isinstance(anyio_backend, str) else anyio_backend[0]
+    if backend != "asyncio":
+        pytest.skip("headwater's server runs on asyncio")
+    from .client import connect
+    from .server.app import Server
+
+    async with (
+        Server(live_server_config, plugins=headwater_plugins, environ={}) as server,
+        connect(server.url) as client,
+    ):
+        yield server, client
