@@ -209,10 +209,17 @@ class DashboardFeed:
         idle = 0.0
         try:
             with scope:
-                self._measure()
+                try:
+                    self._measure()  # the baseline of the first rates
+                except Exception:
+                    log.exception("the dashboard feed failed to measure; it goes on")
                 while True:
                     await anyio.sleep(self.interval)
-                    summary = self.tick()
+                    try:
+                        summary = self.tick()
+                    except Exception:  # a bug here must never take the server down
+                        log.exception("the dashboard feed failed to summarise; it goes on")
+                        continue
                     try:
                         await manager.push(DASHBOARD_STREAM, summary)
                         clients = manager.client_count(DASHBOARD_STREAM)
@@ -328,10 +335,13 @@ class DashboardFeed:
 
     # -- summaries ----------------------------------------------------------------------
 
-    def _measure(self) -> tuple[float, dict[str, float], dict[str, Any]]:
+    def _measure(
+        self, snap: Mapping[str, Any] | None = None
+    ) -> tuple[float, dict[str, float], dict[str, Any]]:
         """Rates since the previous measure: (chunks/s, items/s per pipeline, latency)."""
         now = time.monotonic()
-        snap = snapshot()
+        if snap is None:
+            snap = snapshot()
         items: dict[str, int] = {}
         for stage in snap.get("stages", ()):
             if str(stage.get("stage", "")).startswith("sources."):
@@ -362,8 +372,9 @@ class DashboardFeed:
 
     def tick(self) -> dict[str, Any]:
         """Measure and return one summary (the chunk pushed to ``$dashboard``)."""
-        chunks, by_pipeline, latency = self._measure()
-        summary = self.state()
+        snap = snapshot()
+        chunks, by_pipeline, latency = self._measure(snap)
+        summary = self.state(snap)
         summary["throughput"] = {
             "items": sum(by_pipeline.values()),
             "chunks": chunks,
@@ -382,8 +393,9 @@ class DashboardFeed:
         self._last = summary
         return summary
 
-    def state(self) -> dict[str, Any]:
-        """The server's state now (everything of a summary but the rates)."""
+    def state(self, snap: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The server's state now (everything of a summary but the rates); ``snap`` is a
+        metrics :func:`~headwater.core.metrics.snapshot` already taken."""
         server = self.server
         manager = server.manager
         runs: list[dict[str, Any]] = []
@@ -426,7 +438,7 @@ class DashboardFeed:
             name: {"pipeline": name, "named": True, "running": 0, "runs": {}}
             for name in sorted(server.pipelines)
         }
-        for entry in snapshot_pipelines():
+        for entry in (snap if snap is not None else snapshot()).get("pipelines", ()):
             name = str(entry.get("pipeline"))
             row = pipelines.setdefault(name, {"pipeline": name, "named": False})
             row["running"] = entry.get("running", 0)
@@ -452,11 +464,6 @@ class DashboardFeed:
             "summary": summary,
             "points": list(self._history),
         }
-
-
-def snapshot_pipelines() -> list[dict[str, Any]]:
-    """The ``pipelines`` part of the process-wide metrics snapshot."""
-    return list(snapshot().get("pipelines", ()))
 
 
 def _items(run: Any) -> int | None:
@@ -599,14 +606,18 @@ _HOST: Final = re.compile(r"[A-Za-z0-9.\-]+(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](?
 
 
 @cache
+def _assets() -> dict[str, bytes]:
+    """Every file of ``static/`` by name (read once: a few small files)."""
+    found: dict[str, bytes] = {}
+    for entry in (resources.files("headwater.server") / "static").iterdir():
+        if _ASSET_NAME.fullmatch(entry.name) and entry.is_file():
+            found[entry.name] = entry.read_bytes()
+    return found
+
+
 def _asset(name: str) -> bytes | None:
-    """The bytes of ``static/NAME`` (read once), or None."""
-    if not _ASSET_NAME.fullmatch(name):
-        return None
-    try:
-        return (resources.files("headwater.server") / "static" / name).read_bytes()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return None
+    """The bytes of ``static/NAME``, or None (only the files shipped are ever served)."""
+    return _assets().get(name)
 
 
 def content_security_policy(host: str | None) -> str:

@@ -28,8 +28,14 @@ export function formatCount(value) {
 /** A rate per second with one decimal below 10. */
 export function formatRate(value) {
   if (value === null || value === undefined || Number.isNaN(value)) return "–";
-  if (value > 0 && value < 10) return value.toFixed(1);
+  if (value > 0 && value < 9.95 && !Number.isInteger(value)) return value.toFixed(1);
   return formatCount(value);
+}
+
+/** A value on a chart's axis: "0.25", "1.5", "7,500", "20K". */
+export function formatAxis(value) {
+  if (Number.isInteger(value)) return formatCount(value);
+  return String(Number(value.toPrecision(3)));
 }
 
 /** Seconds as "850 µs", "12.5 ms", "1.20 s". */
