@@ -133,59 +133,20 @@ async def test_error_close_and_own_streams_are_not_overwritten(
         assert b.info("mine").epoch != a.info("mine").epoch
 
 
-NODE_SCRIPT = """
-import json, signal, sys
-import anyio
-from headwater.server import Server, ServerConfig
-from headwater.server.bridge import BridgeConfig, StreamBridge
-
-async def main():
-    data = json.loads(sys.argv[1])
-    bridge = BridgeConfig.model_validate(data.pop("bridge"))
-    async with Server(ServerConfig.model_validate(data)) as server:
-        async with StreamBridge(server.manager, bridge):
-            print("PORT", server.port, flush=True)
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async with anyio.create_task_group() as tg:
-                    async def on_signal():
-                        async for _ in signals:
-                            await server.shutdown()
-                            return
-                    tg.start_soon(on_signal)
-                    await server.serve_forever()
-                    tg.cancel_scope.cancel()
-
-anyio.run(main, backend="asyncio")
-"""
-
-
 def start_node(config: dict[str, Any], tmp_path: Path) -> tuple[subprocess.Popen[str], int]:
-    """A server process with the bridge; returns it and its port.
-
-    Uses ``headwater serve --config`` when the server configuration has a ``bridge``
-    section, else the same server and bridge started by a small script.
-    """
-    from headwater.server.config import ServerConfig
-
+    """A ``headwater serve --config`` process with the bridge; returns it and its port."""
     env = plugin_env(tmp_path)
-    if "bridge" in ServerConfig.model_fields:
-        path = tmp_path / f"serve-{unique('cfg')}.yaml"
-        path.write_text(json.dumps(config), encoding="utf-8")
-        argv = [sys.executable, "-m", "headwater", "serve", "--config", str(path)]
-    else:
-        argv = [sys.executable, "-c", NODE_SCRIPT, json.dumps(config)]
+    path = tmp_path / f"serve-{unique('cfg')}.yaml"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    argv = [sys.executable, "-m", "headwater", "serve", "--config", str(path)]
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
     )
-    assert proc.stdout is not None
     assert proc.stderr is not None
-    stream = proc.stdout if "bridge" not in ServerConfig.model_fields else proc.stderr
     for _ in range(200):  # bounded: a few lines of start-up output
-        line = stream.readline()
+        line = proc.stderr.readline()
         if not line:
             break
-        if line.startswith("PORT "):
-            return proc, int(line.split()[1])
         if "serving on http://" in line:
             return proc, int(line.split("serving on http://")[1].split()[0].rsplit(":", 1)[1])
     stop(proc)
