@@ -715,14 +715,15 @@ def _make_progress(console: Console) -> RichProgress:
     )
 
 
-async def _watch_signals(
-    handle: RunHandle,
-    view: _RunView,
+async def _on_signals(
+    first: Callable[[str, int], None],
+    again: Callable[[str], None],
     received: list[int],
     *,
     task_status: TaskStatus[None],
 ) -> None:
-    """Cancel the run on the first SIGINT/SIGTERM; exit at once on the second."""
+    """Call ``first`` on the first SIGINT/SIGTERM; on a second one call ``again`` and exit
+    at once with 128 + the signal number (no cleanup)."""
     import signal
 
     import anyio
@@ -739,19 +740,35 @@ async def _watch_signals(
             received.append(int(signum))
             name = signal.Signals(signum).name
             if len(received) == 1:
-                view.line(
-                    f"{name}: cancelling the run, cleaning up (send it again to exit now)",
-                    "yellow",
-                )
-                handle.cancel("interrupted" if signum == signal.SIGINT else "terminated")
+                first(name, int(signum))
             else:
-                view.stop()
-                view.line(f"{name} again: exiting without cleanup", "red")
+                again(name)
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(128 + int(signum))
     finally:
         receiver.__exit__(None, None, None)
+
+
+async def _watch_signals(
+    handle: RunHandle,
+    view: _RunView,
+    received: list[int],
+    *,
+    task_status: TaskStatus[None],
+) -> None:
+    """Cancel the run on the first SIGINT/SIGTERM; exit at once on the second."""
+    import signal
+
+    def first(name: str, signum: int) -> None:
+        view.line(f"{name}: cancelling the run, cleaning up (send it again to exit now)", "yellow")
+        handle.cancel("interrupted" if signum == signal.SIGINT else "terminated")
+
+    def again(name: str) -> None:
+        view.stop()
+        view.line(f"{name} again: exiting without cleanup", "red")
+
+    await _on_signals(first, again, received, task_status=task_status)
 
 
 async def _execute(
@@ -982,34 +999,18 @@ async def _stop_on_signals(
     stop: Any, console: Console, received: list[int], *, task_status: TaskStatus[None]
 ) -> None:
     """Set ``stop`` on the first SIGINT/SIGTERM; exit at once on the second."""
-    import signal
 
-    import anyio
+    def first(name: str, signum: int) -> None:
+        console.print(
+            f"{name}: cancelling every job, cleaning up (send it again to exit now)",
+            style="yellow",
+        )
+        stop.set()
 
-    try:
-        receiver = anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
-        signals = receiver.__enter__()
-    except NotImplementedError:  # e.g. asyncio on Windows: Ctrl-C raises KeyboardInterrupt
-        task_status.started()
-        return
-    try:
-        task_status.started()
-        async for signum in signals:
-            received.append(int(signum))
-            name = signal.Signals(signum).name
-            if len(received) == 1:
-                console.print(
-                    f"{name}: cancelling every job, cleaning up (send it again to exit now)",
-                    style="yellow",
-                )
-                stop.set()
-            else:
-                console.print(f"{name} again: exiting without cleanup", style="red")
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(128 + int(signum))
-    finally:
-        receiver.__exit__(None, None, None)
+    def again(name: str) -> None:
+        console.print(f"{name} again: exiting without cleanup", style="red")
+
+    await _on_signals(first, again, received, task_status=task_status)
 
 
 def _cmd_run_jobs(args: argparse.Namespace) -> int:
