@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 import headwater
 from headwater.core.context import StreamContext
 
+from ._textio import check_encoding, check_errors
+
 
 class RangeParams(BaseModel):
     """Params of ``range``."""
@@ -99,27 +101,6 @@ def _fspath(value: Any) -> Any:
     return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
-def _check_encoding(value: str) -> str:
-    """Raise ``ValueError`` for an encoding Python does not know."""
-    try:
-        codecs.lookup(value)
-    except LookupError:
-        raise ValueError(f"unknown encoding {value!r}") from None
-    return value
-
-
-def _check_errors(value: str) -> str:
-    """Raise ``ValueError`` for an unknown codec error handler."""
-    try:
-        codecs.lookup_error(value)
-    except LookupError:
-        raise ValueError(
-            f"unknown error handler {value!r} (use strict, replace, ignore, "
-            "backslashreplace or surrogateescape)"
-        ) from None
-    return value
-
-
 class FileLinesParams(BaseModel):
     """Params of ``file.lines``."""
 
@@ -149,8 +130,8 @@ class FileLinesParams(BaseModel):
     )
 
     _path = field_validator("path", mode="before")(_fspath)
-    _encoding = field_validator("encoding")(_check_encoding)
-    _errors = field_validator("errors")(_check_errors)
+    _encoding = field_validator("encoding")(check_encoding)
+    _errors = field_validator("errors")(check_errors)
 
 
 class _LineSplitter:
@@ -419,8 +400,8 @@ class StdinParams(BaseModel):
         "ignore, backslashreplace or surrogateescape.",
     )
 
-    _encoding = field_validator("encoding")(_check_encoding)
-    _errors = field_validator("errors")(_check_errors)
+    _encoding = field_validator("encoding")(check_encoding)
+    _errors = field_validator("errors")(check_errors)
 
 
 @headwater.action(
