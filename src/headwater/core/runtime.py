@@ -295,6 +295,7 @@ class _Run:
         self.force = force
         self.checkpointer: Checkpointer | None = None
         self._resuming = False
+        self.resume_note: str | None = None
         self._stored: Checkpoint | None = None
         """The checkpoint found in the store at start (even when not resuming)."""
         self._completed_at: Checkpoint | None = None
@@ -489,7 +490,7 @@ class _Run:
 
     def _checkpoint_summary(self) -> dict[str, Any] | None:
         ckpt = self.checkpointer
-        note = getattr(self, "resume_note", None)
+        note = self.resume_note
         if ckpt is None and self._completed_at is not None:
             done = self._completed_at
             return {
