@@ -31,7 +31,7 @@ from ..harness import (
     timed,
 )
 from . import Progress
-from .throughput import bench_plugin_manager, headwater_model
+from .throughput import bench_plugin_manager, headwater_model, per_item_derive
 
 TITLE = "cost of the core's metrics: throughput with metrics on vs off"
 DESCRIPTION = (
@@ -101,21 +101,6 @@ def implementations(n: int) -> list[Implementation]:
     ]
 
 
-def _derive(n: int) -> Callable[[dict[str, float]], dict[str, float]]:
-    def derive(metrics: dict[str, float]) -> dict[str, float]:
-        seconds = metrics["seconds"]
-        return {
-            "ns_per_item": seconds * 1e9 / n,
-            "items_per_s": n / seconds,
-            "seconds": seconds,
-            "cpu_ns_per_item": metrics["cpu_seconds"] * 1e9 / n,
-            "cpu_items_per_s": n / max(metrics["cpu_seconds"], 1e-9),
-            "cpu_seconds": metrics["cpu_seconds"],
-        }
-
-    return derive
-
-
 def _scrape_seconds() -> tuple[float, int] | None:
     """Median time of one Prometheus exposition of this process, and its size in bytes."""
     try:
@@ -158,7 +143,7 @@ def run(settings: Settings, progress: Progress) -> ScenarioReport:
         impls,
         rounds=rounds,
         warmup=warmup,
-        derive=_derive(n),
+        derive=per_item_derive(n),
         expected=expected_sum(n),
         progress=progress,
     )

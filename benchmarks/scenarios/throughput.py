@@ -268,7 +268,9 @@ def implementations(n: int) -> list[Implementation]:
     ]
 
 
-def _derive(n: int) -> Callable[[dict[str, float]], dict[str, float]]:
+def per_item_derive(n: int) -> Callable[[dict[str, float]], dict[str, float]]:
+    """Per-item figures (wall and CPU) from a round's seconds, for N items."""
+
     def derive(metrics: dict[str, float]) -> dict[str, float]:
         seconds = metrics["seconds"]
         return {
@@ -293,7 +295,7 @@ def run(settings: Settings, progress: Progress) -> ScenarioReport:
         impls,
         rounds=rounds,
         warmup=warmup,
-        derive=_derive(n),
+        derive=per_item_derive(n),
         expected=expected_sum(n),
         progress=progress,
     )
