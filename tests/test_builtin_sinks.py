@@ -14,6 +14,7 @@ import pytest
 from pydantic import BaseModel
 
 import headwater
+from headwater.core.plugins import get_plugin_manager
 
 WAIT_LIMIT = 20.0
 """Seconds :func:`wait_until` waits before failing the test."""
@@ -455,7 +456,7 @@ def test_sqlite_close_rolls_back_an_open_transaction(tmp_path: Path) -> None:
     """close(error) never commits a transaction left open (white-box: the sink's own
     connection is put mid-transaction, as if a write had been interrupted)."""
     db = tmp_path / "c.db"
-    component = headwater.get_plugin_manager().get("sink", "sqlite")
+    component = get_plugin_manager().get("sink", "sqlite")
     assert component.params is not None
     params = component.params.model_validate({"path": str(db), "table": "t", "columns": ["a"]})
     sink = component(params, None)
@@ -468,7 +469,7 @@ def test_sqlite_close_rolls_back_an_open_transaction(tmp_path: Path) -> None:
 
 
 def test_sink_metadata() -> None:
-    pm = headwater.get_plugin_manager()
+    pm = get_plugin_manager()
     sqlite_meta = pm.get("sink", "sqlite").metadata()
     assert sqlite_meta["delivery"] == "transactional"
     assert "transactional" in sqlite_meta["capabilities"]

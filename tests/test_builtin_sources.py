@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import headwater
+from headwater.core.plugins import get_plugin_manager
 
 STAGE = "sources.file.lines"
 
@@ -305,7 +306,7 @@ def test_bad_params_are_validation_errors(tmp_path: Path) -> None:
 
 
 def test_metadata() -> None:
-    pm = headwater.get_plugin_manager()
+    pm = get_plugin_manager()
     lines = pm.get("action", "file.lines").metadata()
     assert set(lines["capabilities"]) == {"streaming", "progress", "resumable"}
     assert lines["description"]

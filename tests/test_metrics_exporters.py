@@ -28,6 +28,7 @@ from headwater.builtin_plugins.exporters import (
     PrometheusExporter,
     build_exporters,
     exposition,
+    prometheus_registry,
 )
 from headwater.core import metrics
 from headwater.core.errors import ComponentNotFound
@@ -119,13 +120,14 @@ def test_exposition_negotiates_openmetrics_and_lists_every_family() -> None:
     pytest.importorskip("prometheus_client")
     name = unique("om")
     headwater.run_sync(known_pipeline(name, 10))
-    body, content_type = exposition("application/openmetrics-text; version=1.0.0")
+    registry = prometheus_registry()
+    body, content_type = exposition("application/openmetrics-text; version=1.0.0", registry)
     assert content_type.startswith("application/openmetrics-text")
     text = body.decode()
     assert text.rstrip().endswith("# EOF")
     assert f'headwater_stage_items_in_total{{pipeline="{name}",stage="sinks.null"}} 9.0' in text
     assert "# UNIT headwater_stage_batch_duration_seconds seconds" in text
-    body, content_type = exposition(None)
+    body, content_type = exposition(None, registry)
     assert content_type.startswith("text/plain")
     families = set(re.findall(r"^# TYPE (\S+) ", body.decode(), re.MULTILINE))
     ours = {f for f in families if f.startswith("headwater_")}
@@ -361,7 +363,9 @@ async def test_serve_answers_metrics_with_exact_counts(anyio_backend: str) -> No
         await server.manager.create_stream("metrics-feed")
         for i in range(4):
             await server.manager.push("metrics-feed", {"i": i})
-        await headwater.run(known_pipeline(name))
+        await server.engine.run(known_pipeline(name))
+        elsewhere = unique("elsewhere")
+        await headwater.run(known_pipeline(elsewhere))  # the default engine's run
         status, headers, body = await http_get(f"{server.http_url}/metrics")
     assert status == 200
     assert headers["content-type"].startswith("text/plain")
@@ -422,7 +426,7 @@ def test_missing_optional_dependencies_are_explained(monkeypatch: pytest.MonkeyP
     with pytest.raises(ImportError, match="needs prometheus-client"):
         create_exporter(PrometheusExporter, {"port": 0})
     with pytest.raises(ImportError, match="needs prometheus-client"):
-        exposition()
+        prometheus_registry()
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])

@@ -217,7 +217,7 @@ def test_disabling_broken_plugins_by_name_and_distribution(plugin_venv: PluginVe
     # a disabled plugin is not even imported, so its import error never happens
     proc = plugin_venv.run(
         "-c",
-        "import sys, headwater; pm = headwater.get_plugin_manager(); "
+        "import sys, headwater; pm = headwater.Engine().load(); "
         "print('hw_importerror' in sys.modules, 'hw_shadow' in sys.modules)",
         env={"HEADWATER_DISABLE_PLUGINS": "hw-importerror,hw-shadow"},
     )

@@ -28,9 +28,11 @@ from headwater import hookspecs
 from headwater.builtin_plugins import sinks as builtin_sinks
 from headwater.builtin_plugins import sources as builtin_sources
 from headwater.builtin_plugins import transformers as builtin_transformers
+from headwater.core import engine as engine_module
 from headwater.core import plugins as plugins_module
 from headwater.core.api import prepare
 from headwater.core.components import Component, ComponentKind
+from headwater.core.plugins import get_plugin_manager
 from headwater.hookspecs import Register
 
 # ---------------------------------------------------------------------------------------
@@ -391,6 +393,44 @@ def test_unknown_hook_is_reported_with_a_suggestion(pm: headwater.PluginManager)
     assert pm.register(GoodPlugin(), "typo")
 
 
+@pytest.mark.parametrize("declared", [">=1,<2", "==1", "~=1.0", ">=0.5"])
+def test_a_plugin_targeting_this_plugin_api_loads(
+    pm: headwater.PluginManager, declared: str
+) -> None:
+    plugin = types.SimpleNamespace(HEADWATER_PLUGIN_API=declared, **_good_hooks())
+    assert pm.register(plugin, "fits", distribution="hw-fits", version="1.0")
+    assert "fits" in pm.plugins
+
+
+@pytest.mark.parametrize(
+    ("declared", "message"),
+    [
+        (">=2", "targets headwater plugin API >=2 but headwater"),
+        ("<1", "targets headwater plugin API <1"),
+        ("two please", "is not a plugin API version range"),
+    ],
+)
+def test_a_plugin_targeting_another_plugin_api_fails_to_load_clearly(
+    pm: headwater.PluginManager, declared: str, message: str
+) -> None:
+    plugin = types.SimpleNamespace(HEADWATER_PLUGIN_API=declared, **_good_hooks())
+    assert not pm.register(plugin, "future", distribution="hw-future", version="9.0")
+    failure = only_failure(pm)
+    assert failure.stage == "plugin-api"
+    assert message in failure.error
+    assert "hw-future" in str(failure)
+    assert len(pm.registry) == 0
+    assert "future" not in pm.plugins
+    strict = headwater.PluginManager(load_entry_points=False, strict=True)
+    with pytest.raises(headwater.PluginLoadError, match="plugin API"):
+        strict.register(plugin, "future")
+
+
+def _good_hooks() -> dict[str, Any]:
+    """The hooks of a small valid plugin, as attributes of a namespace plugin."""
+    return {"register_actions": GoodPlugin().register_actions}
+
+
 def test_unknown_hook_far_from_any_name_has_no_suggestion(pm: headwater.PluginManager) -> None:
     class Weird:
         @headwater.hookimpl
@@ -716,17 +756,17 @@ def test_unknown_component_lookup_suggests_names(builtins_pm: headwater.PluginMa
     assert isinstance(info.value, LookupError)
 
 
-def test_process_wide_manager_is_created_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(plugins_module, "_default", None)
-    first = headwater.get_plugin_manager()
-    assert first is headwater.get_plugin_manager()
+def test_default_engine_manager_is_created_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "_default", None)
+    first = get_plugin_manager()
+    assert first is get_plugin_manager()
     assert "headwater.sources" in first.plugins  # loaded on first use
 
     mine = headwater.PluginManager(load_entry_points=False)
     plugins_module.reset_plugin_manager(mine)
-    assert headwater.get_plugin_manager() is mine
+    assert get_plugin_manager() is mine
     plugins_module.reset_plugin_manager()
-    assert headwater.get_plugin_manager() not in (first, mine)
+    assert get_plugin_manager() not in (first, mine)
 
 
 # ---------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ import anyio
 import pytest
 
 import headwater
-from headwater.builtin_plugins import _brokers
 from services import broker_plugins, redis_client, redis_url, unique, until
 
 __all__ = ["redis_client", "redis_url"]
@@ -216,12 +215,9 @@ async def test_drain_request_ends_the_run_with_everything_acknowledged(
             10,
             "the sink to receive every message",
         )
-        _brokers.request_drain(handle.run_id)
-        try:
-            with anyio.fail_after(10):
-                result = await handle.wait()
-        finally:
-            _brokers.clear_drain(handle.run_id)
+        handle.drain()
+        with anyio.fail_after(10):
+            result = await handle.wait()
     assert result.state == "succeeded"
     assert len(result.output) == 200
     assert pending(redis_client, src, "g") == 0

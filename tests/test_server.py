@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import headwater
 from headwater.client import Client, ConnectFailed, RequestFailed
-from headwater.server import NoServerRunning, Server, current_manager, current_server
+from headwater.server import NoServerRunning, Server
 from headwater.server.protocol import (
     ErrorMessage,
     ServerMessage,
@@ -417,8 +417,7 @@ async def test_a_failing_run_reports_its_error() -> None:
 
 async def test_websocket_sink_publishes_from_a_pipeline() -> None:
     async with running() as server, client_of(server) as client:
-        assert current_server() is server
-        assert current_manager() is server.manager
+        assert server.engine.servers == [server]
         await server.manager.create_stream("events")
         await client.subscribe("events")
         spec = (
@@ -427,7 +426,7 @@ async def test_websocket_sink_publishes_from_a_pipeline() -> None:
             .map(lambda x: {"x": x})
             .sink("websocket", stream="events", close=True)
         )
-        result = await headwater.run(spec, plugins=server.plugins)
+        result = await server.engine.run(spec)
         assert result.output == {"stream": "events", "chunks": 5, "last_seq": 5}
         messages = await read_stream(client, "events")
         assert [m.data for m in messages if isinstance(m, StreamUpdateMessage)] == [
@@ -436,28 +435,32 @@ async def test_websocket_sink_publishes_from_a_pipeline() -> None:
         assert messages[-1].reason == "completed"  # type: ignore[union-attr]
 
         # no stream named: the pipeline's name; created by the sink, so closed by it
-        result = await headwater.run(
-            headwater.Pipeline("numbers").source("range", stop=3).sink("websocket"),
-            plugins=server.plugins,
+        result = await server.engine.run(
+            headwater.Pipeline("numbers").source("range", stop=3).sink("websocket")
         )
         assert result.output["stream"] == "numbers"
         assert not server.manager.has_stream("numbers")
 
         # a stream the sink did not create stays open
         await server.manager.create_stream("kept")
-        await headwater.run(
-            headwater.Pipeline("k").source("range", stop=2).sink("websocket", stream="kept"),
-            plugins=server.plugins,
+        await server.engine.run(
+            headwater.Pipeline("k").source("range", stop=2).sink("websocket", stream="kept")
         )
         assert server.manager.info("kept").seq == 2
 
 
 async def test_websocket_sink_without_a_server_fails_clearly() -> None:
-    with pytest.raises(NoServerRunning):
-        current_server()
     spec = headwater.Pipeline("orphan").source("range", stop=2).sink("websocket")
     with pytest.raises(headwater.PipelineFailed, match="no headwater server is running"):
         await headwater.run(spec, plugins=make_plugins())
+    async with headwater.Engine(plugin_manager=make_plugins()) as engine:
+        with pytest.raises(
+            headwater.PipelineFailed, match="no headwater server is running"
+        ) as info:
+            await engine.run(spec)
+        cause = info.value.errors[0].cause  # type: ignore[attr-defined]
+        assert isinstance(cause, NoServerRunning)
+        assert engine.servers == []
 
 
 # -- HTTP -------------------------------------------------------------------------------
@@ -543,8 +546,7 @@ async def test_shutdown_notifies_every_client() -> None:
         with pytest.raises((OSError, ConnectFailed)), anyio.fail_after(WAIT):
             async with client_of(server):
                 pass  # pragma: no cover - refused
-    with pytest.raises(NoServerRunning):
-        current_server()
+    assert server.engine.servers == []
 
 
 async def test_a_server_refuses_to_start_twice_and_reports_a_taken_port() -> None:

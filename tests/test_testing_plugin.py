@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict
 import headwater
 from headwater.client import Client
 from headwater.conformance import _structural_problems
-from headwater.core import plugins as plugins_module
+from headwater.core import engine as engine_module
+from headwater.core.plugins import get_plugin_manager
 from headwater.hookspecs import Register
 from headwater.testing import (
     CheckResult,
@@ -78,7 +79,7 @@ def test_plugin_is_loaded_automatically(pytestconfig: pytest.Config) -> None:
 def test_headwater_plugins_holds_only_the_builtins(
     headwater_plugins: headwater.PluginManager,
 ) -> None:
-    assert headwater.get_plugin_manager() is headwater_plugins
+    assert get_plugin_manager() is headwater_plugins
     assert {p.distribution for p in headwater_plugins.plugins.values()} == {"headwater"}
     assert "range" in headwater_plugins.registry.names("action")
     assert headwater_plugins.failures == []
@@ -98,7 +99,7 @@ def test_register_plugin_and_run(register_plugin: RegisterPlugin) -> None:
     result = run_pipeline(PIPELINE)
     assert result.state == "succeeded"
     assert result.output == [0, 1, 2]
-    component = headwater.get_plugin_manager().get("action", "demo.count")
+    component = get_plugin_manager().get("action", "demo.count")
     assert (component.plugin, component.version) == ("counting", "0.3")
 
 
@@ -196,8 +197,8 @@ def test_run_pipeline_from_yaml(tmp_path: Path, headwater_plugins: headwater.Plu
 
 @pytest.fixture
 def _keep_default_manager(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The in-process pytester runs below replace the process-wide manager: restore it."""
-    monkeypatch.setattr(plugins_module, "_default", plugins_module._default)
+    """The in-process pytester runs below replace the default engine: restore it."""
+    monkeypatch.setattr(engine_module, "_default", engine_module._default)
 
 
 @pytest.mark.usefixtures("_keep_default_manager")
@@ -252,7 +253,7 @@ def test_fixtures_in_a_plugin_authors_project(pytester: pytest.Pytester) -> None
             register_plugin(hw_demo_plugin)
 
         def test_default_manager_restored():
-            assert plugins._default is SENTINEL
+            assert plugins.get_plugin_manager() is SENTINEL
         """,
     )
     result = pytester.runpytest("-p", "no:cacheprovider")
@@ -272,10 +273,10 @@ def test_function_scoped_fixture_restores_the_previous_manager(
         plugins.reset_plugin_manager(SENTINEL)
 
         def test_uses_fixture(headwater_plugins):
-            assert headwater.get_plugin_manager() is headwater_plugins is not SENTINEL
+            assert plugins.get_plugin_manager() is headwater_plugins is not SENTINEL
 
         def test_restored():
-            assert headwater.get_plugin_manager() is SENTINEL
+            assert plugins.get_plugin_manager() is SENTINEL
         """
     )
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
@@ -560,15 +561,16 @@ def test_plugins_check_command_fails(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from headwater import cli
+    from headwater.cli import plugins as cli_plugins
 
-    real = cli._plugin_manager
+    real = cli_plugins._plugin_manager
 
     def with_bad(*args: Any, **kwargs: Any) -> headwater.PluginManager:
         manager = real(*args, **kwargs)
         manager.register(make_plugin(bad_ticks), "bad")
         return manager
 
-    monkeypatch.setattr(cli, "_plugin_manager", with_bad)
+    monkeypatch.setattr(cli_plugins, "_plugin_manager", with_bad)
     assert cli.main(["plugins", "--check"]) == 1
     captured = capsys.readouterr()
     assert "bad.ticks" in captured.out

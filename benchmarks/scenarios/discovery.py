@@ -92,7 +92,7 @@ def register_actions(register):
 '''
 
 FALLBACK = (
-    "import json, headwater; pm = headwater.get_plugin_manager(); "
+    "import json, headwater; pm = headwater.Engine().load(); "
     "print(json.dumps({'plugins': [{'name': n} for n in pm.plugins], "
     "'failures': [f.to_dict() for f in pm.failures]}))"
 )
@@ -161,7 +161,7 @@ def plugins_command(python: Path) -> tuple[list[str], str | None]:
         return [str(python), "-c", code, "plugins", "--json"], None
     return [str(python), "-c", FALLBACK], (
         'the `headwater plugins` CLI is not available yet: measured `python -c "import '
-        'headwater; headwater.get_plugin_manager()"` instead'
+        'headwater; headwater.Engine().load()"` instead'
     )
 
 

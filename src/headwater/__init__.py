@@ -1,15 +1,31 @@
 """headwater: streaming pipelines assembled from plugins.
 
-The public API. Everything is importable from here; attributes are loaded lazily so that
-``import headwater`` stays cheap (no plugin discovery, no pydantic import).
+The public API for plugin authors and embedders: :class:`Engine` (one per embedding),
+:class:`Pipeline` and the pipeline model, the component decorators, :func:`hookimpl`,
+:data:`Register`, :class:`StreamContext`, run handles, events and errors. Other
+audiences have their own modules: :mod:`headwater.server` (serving streams over
+WebSocket/HTTP), :mod:`headwater.scheduler` (priority scheduling and jobs files),
+:mod:`headwater.testing` (pytest fixtures for plugin authors). ``headwater.core`` is
+private: import from these modules instead.
+
+Attributes are loaded lazily so that ``import headwater`` stays cheap (no plugin
+discovery, no pydantic import).
 """
 
 from __future__ import annotations
 
+import warnings
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+PLUGIN_API = "1"
+"""The version of the plugin contract (hooks, decorators, :class:`StreamContext`).
+
+A plugin declares the range it targets with a module attribute
+``HEADWATER_PLUGIN_API = ">=1,<2"`` (a PEP 440 specifier); a plugin whose range excludes
+this version fails to load with a message naming both."""
 
 if TYPE_CHECKING:
     from .core.api import open_run, run, run_sync
@@ -26,6 +42,7 @@ if TYPE_CHECKING:
         transformer,
     )
     from .core.context import StreamContext
+    from .core.engine import Engine
     from .core.errors import (
         ComponentNotFound,
         HeadwaterError,
@@ -38,7 +55,7 @@ if TYPE_CHECKING:
         ValidationIssue,
     )
     from .core.events import Complete, ErrorEvent, Event, Progress, Status
-    from .core.jobs import JobsFile, JobsFileError, run_jobs, validate_jobs
+    from .core.metrics import MetricsExporter, MetricsRegistry
     from .core.pipeline import (
         ComposeSpec,
         PipelineSpec,
@@ -50,31 +67,18 @@ if TYPE_CHECKING:
         load_pipeline,
         parse_pipeline,
     )
-    from .core.plugins import LoadFailure, PluginInfo, PluginManager, get_plugin_manager
+    from .core.plugins import LoadFailure, PluginInfo, PluginManager
     from .core.runtime import RunHandle, RunResult
-    from .core.scheduler import (
-        RunRejected,
-        RunRequest,
-        RunSkipped,
-        RunStateChanged,
-        ScheduledRun,
-        Scheduler,
-        SchedulerError,
-    )
-    from .core.streaming import ClientTransport, StreamError, StreamingConfig, StreamingManager
+    from .core.services import NoServerRunning
     from .core.types import CallableRef
-    from .markers import hookimpl, hookspec
-    from .server.app import Server
-    from .server.config import ServerConfig
-    from .server.registry import NoServerRunning, current_server
+    from .markers import hookimpl
+    from .types import AuthRequest, Register
 
 _LAZY: dict[str, str] = {
-    "Server": "server.app",
-    "ServerConfig": "server.config",
-    "NoServerRunning": "server.registry",
-    "current_server": "server.registry",
+    "Engine": "core.engine",
     "hookimpl": "markers",
-    "hookspec": "markers",
+    "Register": "types",
+    "AuthRequest": "types",
     "open_run": "core.api",
     "run": "core.api",
     "run_sync": "core.api",
@@ -85,12 +89,12 @@ _LAZY: dict[str, str] = {
     "action": "core.components",
     "exporter": "core.components",
     "checkpoint_store": "core.components",
+    "sink": "core.components",
+    "transformer": "core.components",
     "Checkpoint": "core.checkpoints",
     "CheckpointError": "core.checkpoints",
     "CheckpointStore": "core.checkpoints",
     "CallableRef": "core.types",
-    "sink": "core.components",
-    "transformer": "core.components",
     "StreamContext": "core.context",
     "ComponentNotFound": "core.errors",
     "HeadwaterError": "core.errors",
@@ -101,6 +105,7 @@ _LAZY: dict[str, str] = {
     "PluginLoadError": "core.errors",
     "StageError": "core.errors",
     "ValidationIssue": "core.errors",
+    "NoServerRunning": "core.services",
     "Complete": "core.events",
     "ErrorEvent": "core.events",
     "Event": "core.events",
@@ -118,44 +123,62 @@ _LAZY: dict[str, str] = {
     "LoadFailure": "core.plugins",
     "PluginInfo": "core.plugins",
     "PluginManager": "core.plugins",
-    "get_plugin_manager": "core.plugins",
     "RunHandle": "core.runtime",
     "RunResult": "core.runtime",
-    "JobsFile": "core.jobs",
-    "JobsFileError": "core.jobs",
-    "run_jobs": "core.jobs",
-    "validate_jobs": "core.jobs",
-    "RunRejected": "core.scheduler",
-    "RunRequest": "core.scheduler",
-    "RunSkipped": "core.scheduler",
-    "RunStateChanged": "core.scheduler",
-    "ScheduledRun": "core.scheduler",
-    "Scheduler": "core.scheduler",
-    "SchedulerError": "core.scheduler",
-    "ClientTransport": "core.streaming",
-    "StreamError": "core.streaming",
-    "StreamingConfig": "core.streaming",
-    "StreamingManager": "core.streaming",
+    "MetricsExporter": "core.metrics",
+    "MetricsRegistry": "core.metrics",
+}
+
+_MOVED: dict[str, str] = {
+    "Server": "headwater.server",
+    "ServerConfig": "headwater.server",
+    "StreamingManager": "headwater.server",
+    "StreamingConfig": "headwater.server",
+    "StreamError": "headwater.server",
+    "ClientTransport": "headwater.server",
+    "Scheduler": "headwater.scheduler",
+    "RunRequest": "headwater.scheduler",
+    "RunRejected": "headwater.scheduler",
+    "RunSkipped": "headwater.scheduler",
+    "RunStateChanged": "headwater.scheduler",
+    "ScheduledRun": "headwater.scheduler",
+    "SchedulerError": "headwater.scheduler",
+    "JobsFile": "headwater.scheduler",
+    "JobsFileError": "headwater.scheduler",
+    "run_jobs": "headwater.scheduler",
+    "validate_jobs": "headwater.scheduler",
+}
+"""Names that left the top level in 0.2 (deprecated aliases, removed in 0.3)."""
+
+_SUBMODULES = frozenset({"scheduler", "server", "testing", "client", "hookspecs", "types"})
+"""Public modules reachable as attributes after a bare ``import headwater``."""
+
+_REMOVED: dict[str, str] = {
+    "hookspec": "third-party plugins implement hooks (headwater.hookimpl); they cannot add any",
+    "current_server": "a run publishes to the server of its engine: use ctx.publisher in a "
+    "component, server.engine or engine.servers in an application",
+    "get_plugin_manager": "hold an Engine and use engine.plugins",
 }
 
 __all__ = [
+    "AuthRequest",
     "CallableRef",
     "Capability",
     "Checkpoint",
     "CheckpointError",
     "CheckpointStore",
-    "ClientTransport",
     "Complete",
     "Component",
     "ComponentKind",
     "ComponentNotFound",
     "ComposeSpec",
+    "Engine",
     "ErrorEvent",
     "Event",
     "HeadwaterError",
-    "JobsFile",
-    "JobsFileError",
     "LoadFailure",
+    "MetricsExporter",
+    "MetricsRegistry",
     "NoServerRunning",
     "Pipeline",
     "PipelineCancelled",
@@ -167,56 +190,63 @@ __all__ = [
     "PluginLoadError",
     "PluginManager",
     "Progress",
+    "Register",
     "RetryPolicy",
     "RunHandle",
-    "RunRejected",
-    "RunRequest",
     "RunResult",
-    "RunSkipped",
-    "RunStateChanged",
-    "ScheduledRun",
-    "Scheduler",
-    "SchedulerError",
-    "Server",
-    "ServerConfig",
     "SinkSpec",
     "SourceSpec",
     "StageError",
     "Status",
     "StepSpec",
     "StreamContext",
-    "StreamError",
-    "StreamingConfig",
-    "StreamingManager",
     "Timeouts",
     "ValidationIssue",
     "__version__",
     "action",
     "checkpoint_store",
-    "current_server",
     "exporter",
-    "get_plugin_manager",
     "hookimpl",
-    "hookspec",
     "load_pipeline",
     "open_run",
     "parse_pipeline",
     "run",
-    "run_jobs",
     "run_sync",
     "sink",
     "transformer",
-    "validate_jobs",
 ]
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'headwater' has no attribute {name!r}")
-    value = getattr(import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+    if module is not None:
+        value = getattr(import_module(f".{module}", __name__), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return import_module(f".{name}", __name__)
+    target = _MOVED.get(name)
+    if target is not None:
+        warnings.warn(
+            f"headwater.{name} is deprecated: import it from {target} "
+            "(the alias goes in headwater 0.3)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(import_module(target), name)
+    if name == "get_plugin_manager":
+        warnings.warn(
+            f"headwater.get_plugin_manager is deprecated: {_REMOVED[name]} "
+            "(the alias goes in headwater 0.3)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        from .core.plugins import get_plugin_manager
+
+        return get_plugin_manager
+    if name in _REMOVED:
+        raise AttributeError(f"headwater.{name} was removed in 0.2: {_REMOVED[name]}")
+    raise AttributeError(f"module 'headwater' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

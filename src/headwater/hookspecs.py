@@ -19,19 +19,14 @@ other plugins or the pipeline.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from .markers import hookspec
+from .types import AuthRequest, Register
 
 if TYPE_CHECKING:
-    from .core.components import Component
-    from .core.errors import StageError
-    from .core.pipeline import PipelineSpec
-    from .server.auth import AuthRequest
-
-Register = Callable[["Component"], None]
-"""The callback collection hooks receive: call it once per component."""
+    from .types import PipelineSpec, StageError
 
 # ---------------------------------------------------------------------------------------
 # Collection hooks: contribute components

@@ -157,7 +157,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 import headwater
-from headwater.hookspecs import Register
+from headwater import Register
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["CountParams", "count", "register_actions"]

@@ -166,15 +166,14 @@ def headwater_plugins() -> Iterator[PluginManager]:
     :class:`~headwater.PluginLoadError`. The previous process-wide manager is restored
     after the test.
     """
-    from .core import plugins
+    from .core.engine import Engine, set_default_engine
 
-    previous = plugins._default
     manager = builtin_plugin_manager()
-    plugins.reset_plugin_manager(manager)
+    previous = set_default_engine(Engine(plugin_manager=manager))
     try:
         yield manager
     finally:
-        plugins.reset_plugin_manager(previous)
+        set_default_engine(previous)
 
 
 @pytest.fixture

@@ -29,42 +29,13 @@ __all__ = [
     "CONSUMER_ENV",
     "Ledger",
     "MissingDependency",
-    "clear_drain",
     "default_consumer",
     "delivered_upto",
-    "draining",
-    "request_drain",
     "require",
 ]
 
 CONSUMER_ENV: Final = "HEADWATER_CONSUMER"
 """Environment variable naming this process's consumer (``headwater worker --consumer``)."""
-
-_ALL: Final = "*"
-_drain_requests: set[str] = set()
-
-
-def request_drain(run_id: str | None = None) -> None:
-    """Ask the broker sources of run ``run_id`` (of every run when None) to drain.
-
-    They stop reading, return, and acknowledge what the sinks committed: the run then
-    ends normally (``succeeded``) with nothing left pending for its consumer.
-    """
-    _drain_requests.add(_ALL if run_id is None else run_id)
-
-
-def draining(run_id: str) -> bool:
-    """True when run ``run_id`` (or every run) was asked to drain."""
-    return bool(_drain_requests) and (run_id in _drain_requests or _ALL in _drain_requests)
-
-
-def clear_drain(run_id: str | None = None) -> None:
-    """Forget a drain request (every request when None)."""
-    if run_id is None:
-        _drain_requests.clear()
-    else:
-        _drain_requests.discard(run_id)
-
 
 def default_consumer() -> str:
     """This process's consumer name: ``HEADWATER_CONSUMER``, else ``HOSTNAME-PID``."""

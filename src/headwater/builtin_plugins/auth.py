@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 import headwater
-from headwater.server.auth import AuthRequest, TokenPrincipal, match_token
+from headwater.types import AuthRequest, TokenPrincipal, match_token
 
 
 @headwater.hookimpl

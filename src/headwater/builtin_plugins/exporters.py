@@ -616,23 +616,14 @@ def prometheus_registry(
     return registry
 
 
-_default_registry: CollectorRegistry | None = None
-_default_lock = threading.Lock()
-
-
-def exposition(accept: str | None = None) -> tuple[bytes, str]:
-    """The process's metrics in the Prometheus text format, or OpenMetrics when the
-    ``Accept`` header asks for it: ``(body, content type)``. Used by ``headwater serve``
-    for ``/metrics``. Raises ``ImportError`` (with the install hint) without
-    ``prometheus-client``."""
-    global _default_registry
+def exposition(accept: str | None, registry: CollectorRegistry) -> tuple[bytes, str]:
+    """``registry``'s metrics (see :func:`prometheus_registry`) in the Prometheus text
+    format, or OpenMetrics when the ``Accept`` header asks for it: ``(body, content
+    type)``. Used by ``headwater serve`` for ``/metrics``. Raises ``ImportError`` (with
+    the install hint) without ``prometheus-client``."""
     _require_prometheus()
     from prometheus_client.exposition import choose_encoder
 
-    with _default_lock:
-        if _default_registry is None:
-            _default_registry = prometheus_registry()
-        registry = _default_registry
     encoder, content_type = choose_encoder(accept or "")
     return encoder(registry), content_type
 

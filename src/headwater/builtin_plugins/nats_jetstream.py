@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import headwater
 from headwater.core.context import StreamContext
 
-from ._brokers import Ledger, delivered_upto, draining, require
+from ._brokers import Ledger, delivered_upto, require
 
 __all__ = [
     "NatsSinkParams",
@@ -318,7 +318,7 @@ async def nats_jetstream_source(
         delivered = 0
         idle_since = time.monotonic()
         ctx.checkpoint({"delivered": 0, "last_seq": last_seq})
-        while not draining(ctx.run_id) and not ctx.cancelled:
+        while not ctx.draining and not ctx.cancelled:
             if params.max_messages is not None and delivered >= params.max_messages:
                 break
             count = params.batch

@@ -38,7 +38,7 @@ import headwater
 from headwater.core.checkpoints import Checkpoint, CheckpointError
 from headwater.core.context import StreamContext
 
-from ._brokers import Ledger, default_consumer, delivered_upto, draining, require
+from ._brokers import Ledger, default_consumer, delivered_upto, require
 
 __all__ = [
     "RedisCheckpointStore",
@@ -282,7 +282,7 @@ async def redis_stream_source(
         idle_since = time.monotonic()
         delivered = 0
         ctx.checkpoint({"delivered": 0, "last_id": last_id})
-        while not draining(ctx.run_id) and not ctx.cancelled:
+        while not ctx.draining and not ctx.cancelled:
             if params.max_messages is not None and delivered >= params.max_messages:
                 break
             count = params.batch

@@ -609,9 +609,7 @@ class WebsocketSink:
 
     async def open(self) -> None:
         """Find the running server and the stream (creating it if asked)."""
-        from headwater.server.registry import current_server
-
-        server = current_server()
+        server = self.ctx.publisher
         manager = server.manager
         stream = self.params.stream
         if stream is None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .events import Event, Progress, Status
+from .services import EngineServices, StreamPublisher
 
 __all__ = ["RunIdentity", "StreamContext"]
 
@@ -44,6 +45,9 @@ class StreamContext:
     _on_commit: Callable[[Callable[[Any], Any]], None] = field(
         default=lambda callback: None, repr=False
     )
+    services: EngineServices = field(default_factory=EngineServices, repr=False)
+    """The services of the engine running this stage (see :attr:`publisher`,
+    :attr:`draining`, :attr:`metrics`)."""
     logger: logging.LoggerAdapter[logging.Logger] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -95,6 +99,25 @@ class StreamContext:
         ``position``. Sources reading from a broker acknowledge upstream here."""
         self._on_commit(callback)
 
+    @property
+    def draining(self) -> bool:
+        """True once the engine asked this run to drain (a worker got SIGTERM): a source
+        reading from a broker stops taking new messages and returns, so that what it
+        already handed on is committed and acknowledged."""
+        return self.services.drain.draining(self.identity.run_id)
+
+    @property
+    def publisher(self) -> StreamPublisher:
+        """The server this run publishes streams to (the one that started it, else the
+        newest running on the engine); raises :class:`~headwater.core.services.NoServerRunning`
+        when the engine runs no server."""
+        return self.services.publisher
+
+    @property
+    def metrics(self) -> Any:
+        """The engine's :class:`~headwater.core.metrics.MetricsRegistry`."""
+        return self.services.metrics
+
     def status(self, message: str, state: str = "running") -> None:
         """Report a human-readable status message for this stage."""
         self._emit(Status(state, self.stage, message))
@@ -109,6 +132,7 @@ class StreamContext:
             self._cancelled,
             checkpointing=self.checkpointing,
             resuming=self.resuming,
+            services=self.services,
         )
 
     def __reduce__(self) -> Any:  # pragma: no cover - contexts are never pickled

@@ -1,18 +1,20 @@
 """Metrics kept by the core, cheap enough to stay on: counters and histograms per stage.
 
 The runtime updates plain Python counters per *batch* (never per item) and observes
-latencies into fixed-bucket histograms. Nothing is exported from here: exporters (the
-``register_metrics_exporters`` hook) read :func:`snapshot` — a JSON-serialisable view of
-every live run plus the totals of finished ones — when they scrape or on their interval.
+latencies into fixed-bucket histograms. Every :class:`~headwater.Engine` owns one
+:class:`MetricsRegistry`; nothing is exported from here: exporters (the
+``register_metrics_exporters`` hook) read its :meth:`MetricsRegistry.snapshot` — a
+JSON-serialisable view of every live run plus the totals of finished ones — when they
+scrape or on their interval.
 
-Other parts of the process add their figures as *sources*: every running
+Other parts of the engine add their figures as *sources*: its
 :class:`~headwater.core.streaming.StreamingManager` (key ``streams``) and every entered
 :class:`~headwater.core.scheduler.Scheduler` (key ``schedulers``, one entry per scheduler).
 
 The runtime's own instruments (latency histograms, end-to-end probes, registration of
 runs) can be switched off with the environment variable ``HEADWATER_METRICS=0`` (read
-once, at import) or :func:`set_enabled` (read by each run when it is created); item and
-batch counters stay, since run summaries use them.
+when a registry is created) or ``registry.enabled = False`` (read by each run when it is
+created); item and batch counters stay, since run summaries use them.
 
 An *exporter* (see :class:`MetricsExporter`) is a class instantiated as
 ``cls(params, snapshot)`` (``cls(snapshot)`` without a params model) with ``start()``
@@ -62,24 +64,21 @@ ENV_VAR = "HEADWATER_METRICS"
 
 _OFF = frozenset({"0", "false", "no", "off"})
 
-_enabled = os.environ.get(ENV_VAR, "1").strip().lower() not in _OFF
+
+def _enabled_by_env() -> bool:
+    return os.environ.get(ENV_VAR, "1").strip().lower() not in _OFF
 
 
 def enabled() -> bool:
-    """True when runs created from now on time their batches, send latency probes and
-    report to the registry (the default; ``HEADWATER_METRICS=0`` turns it off)."""
-    return _enabled
+    """Whether the default engine's runs are instrumented (see
+    :attr:`MetricsRegistry.enabled`)."""
+    return metrics_registry().enabled
 
 
 def set_enabled(flag: bool) -> None:
-    """Switch the runtime's instruments on or off for runs created from now on.
-
-    Runs already created keep their setting. Counters of items and batches are always
-    kept (run summaries need them); what goes is per-batch timing, the end-to-end latency
-    probes and the registration of runs, so exporters no longer see pipelines.
-    """
-    global _enabled
-    _enabled = bool(flag)
+    """Switch the default engine's instruments on or off for runs created from now on
+    (an embedder sets ``engine.metrics.enabled`` instead)."""
+    metrics_registry().enabled = bool(flag)
 
 
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -147,7 +146,11 @@ class RunMetricsSource(Protocol):
 class MetricsRegistry:
     """Live runs and the accumulated totals of finished runs, per pipeline and stage."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, enabled: bool | None = None) -> None:
+        self.enabled = _enabled_by_env() if enabled is None else enabled
+        """True when runs created from now on time their batches, send latency probes
+        and report here (the default; ``HEADWATER_METRICS=0`` turns it off). Runs keep
+        the setting they were created with; item and batch counters are always kept."""
         self._lock = threading.Lock()
         self._live: dict[str, RunMetricsSource] = {}
         self._totals: dict[tuple[str, str], dict[str, Any]] = {}
@@ -331,23 +334,23 @@ def _merge_hist(into: Histogram, other: Histogram | dict[str, Any]) -> None:
         into.merge(other)
 
 
-_registry = MetricsRegistry()
-
-
 def metrics_registry() -> MetricsRegistry:
-    """The process-wide registry the runtime reports to."""
-    return _registry
+    """The default engine's registry (a convenience; an engine's components use
+    ``ctx.metrics``, embedders ``engine.metrics``)."""
+    from .engine import default_engine
+
+    return default_engine().metrics
 
 
 def snapshot() -> dict[str, Any]:
-    """A snapshot of the process-wide registry (see :meth:`MetricsRegistry.snapshot`)."""
-    return _registry.snapshot()
+    """The default engine's :meth:`MetricsRegistry.snapshot`."""
+    return metrics_registry().snapshot()
 
 
 # -- exporters --------------------------------------------------------------------------
 
 SnapshotFn = Callable[[], dict[str, Any]]
-"""What an exporter receives: a function returning a fresh :func:`snapshot`."""
+"""What an exporter receives: a function returning a fresh registry snapshot."""
 
 
 class MetricsExporter(Protocol):

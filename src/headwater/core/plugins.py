@@ -28,7 +28,7 @@ from .errors import PluginLoadError
 from .registry import Registry
 
 if TYPE_CHECKING:
-    from ..server.auth import AuthRequest
+    from ..types import AuthRequest
     from .errors import StageError
     from .pipeline import PipelineSpec
 
@@ -165,6 +165,11 @@ class PluginManager:
         return self
 
     @property
+    def loads_entry_points(self) -> bool:
+        """True when :meth:`load` discovers the ``headwater`` entry points."""
+        return self._load_eps
+
+    @property
     def strict(self) -> bool:
         """True when a plugin that fails to load raises :class:`PluginLoadError`."""
         return self._strict
@@ -220,6 +225,10 @@ class PluginManager:
             self.plugins[name] = PluginInfo(
                 name, distribution, version, _module_name(plugin), disabled=True
             )
+            return False
+        mismatch = plugin_api_mismatch(plugin)
+        if mismatch is not None:
+            self._fail(LoadFailure(name, distribution, version, "plugin-api", mismatch), None)
             return False
         known_before = self._pm.has_plugin(name) or self._pm.is_registered(plugin)
         try:
@@ -465,24 +474,57 @@ class PluginManager:
                 log.exception("plugin %r raised in %s; ignored", impl.plugin_name, hook_name)
 
 
+PLUGIN_API_ATTRIBUTE = "HEADWATER_PLUGIN_API"
+"""The module attribute where a plugin declares the plugin-API range it targets."""
+
+
+def plugin_api_mismatch(plugin: object) -> str | None:
+    """Why ``plugin`` cannot load on this headwater's plugin API, or None.
+
+    A plugin declares the range of plugin-API versions it was written for as a PEP 440
+    specifier, ``HEADWATER_PLUGIN_API = ">=1,<2"``, on its module (or object); a plugin
+    that declares nothing is assumed to fit. An unparsable specifier is an error too.
+    """
+    declared = getattr(plugin, PLUGIN_API_ATTRIBUTE, None)
+    if declared is None:
+        return None
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    from .. import PLUGIN_API, __version__
+
+    try:
+        wanted = SpecifierSet(str(declared))
+    except InvalidSpecifier:
+        return (
+            f"{PLUGIN_API_ATTRIBUTE} = {declared!r} is not a plugin API version range "
+            "(write a PEP 440 specifier such as '>=1,<2')"
+        )
+    if wanted.contains(PLUGIN_API, prereleases=True):
+        return None
+    return (
+        f"targets headwater plugin API {wanted} but headwater {__version__} provides "
+        f"plugin API {PLUGIN_API}: install a version of the plugin made for it, or a "
+        "headwater that provides that API"
+    )
+
+
 def _module_name(plugin: object) -> str | None:
     if isinstance(plugin, ModuleType):
         return plugin.__name__
     return getattr(plugin, "__module__", None)
 
 
-_default: PluginManager | None = None
-
-
 def get_plugin_manager() -> PluginManager:
-    """The process-wide plugin manager, created and loaded on first use."""
-    global _default
-    if _default is None:
-        _default = PluginManager()
-    return _default.load()
+    """The default engine's plugin manager, loaded (a convenience for scripts; an
+    embedder uses ``engine.plugins``)."""
+    from .engine import default_engine
+
+    return default_engine().load()
 
 
 def reset_plugin_manager(manager: PluginManager | None = None) -> None:
-    """Replace (or forget) the process-wide manager; for tests and embedders."""
-    global _default
-    _default = manager
+    """Make the default engine one that uses ``manager`` (``None``: a fresh default
+    engine on next use); for tests."""
+    from .engine import Engine, set_default_engine
+
+    set_default_engine(Engine(plugin_manager=manager) if manager is not None else None)

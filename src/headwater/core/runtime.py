@@ -46,8 +46,8 @@ from .events import Complete, ErrorEvent, Event, RunState, Status
 from .events_queue import EventQueue
 from .fusion import FusedStep, ItemFailure
 from .invoke import params_and_ctx, positional_arity
-from .metrics import Histogram, Probe, metrics_registry
-from .metrics import enabled as metrics_enabled
+from .metrics import Histogram, Probe
+from .services import EngineServices
 from .pipeline import ResolvedPipeline, ResolvedStage
 
 __all__ = ["RunHandle", "RunResult", "StageStats", "create_run", "execute"]
@@ -258,6 +258,11 @@ class RunHandle:
         """Stop the run: every stage stops and cleans up. Safe to call more than once."""
         self._run.cancel(reason)
 
+    def drain(self) -> None:
+        """Ask the run's broker sources to stop taking messages and return: what they
+        handed on is committed and acknowledged, and the run ends normally."""
+        self._run.services.drain.request(self.run_id)
+
     def events(self) -> AsyncIterator[Event]:
         """The run's control events, ending with :class:`~headwater.Complete`."""
         return self._run.events.__aiter__()
@@ -289,8 +294,10 @@ class _Run:
         *,
         resume: bool = False,
         force: bool = False,
+        services: EngineServices | None = None,
     ) -> None:
         self.resolved = resolved
+        self.services = services if services is not None else _default_services()
         self.resume = resume
         self.force = force
         self.checkpointer: Checkpointer | None = None
@@ -319,7 +326,7 @@ class _Run:
         self._dead: BatchChannel | None = None
         self._e2e = Histogram()
         self._last_probe = 0.0
-        self._metrics_on = metrics_enabled()
+        self._metrics_on = self.services.metrics.enabled
         """Time batches, send latency probes, report to the registry (HEADWATER_METRICS)."""
         self._queues: dict[str, BatchChannel] = {}
 
@@ -345,6 +352,7 @@ class _Run:
             self._is_cancelled,
             checkpointing=self.resolved.checkpoint_store is not None,
             resuming=self._resuming,
+            services=self.services,
         )
 
     def _stats(self, stage: str) -> StageStats:
@@ -390,7 +398,7 @@ class _Run:
         self.events.bind_loop()
         self.state = "running"
         if self._metrics_on:
-            metrics_registry().started(self.identity.run_id, self)
+            self.services.metrics.started(self.identity.run_id, self)
         try:
             await self.plugins.pipeline_started(self.spec, self.identity.run_id)
             self.events.emit(Status("running", None, f"pipeline {self.spec.name} started"))
@@ -432,7 +440,8 @@ class _Run:
                 await self.plugins.pipeline_finished(
                     self.spec, self.identity.run_id, state, summary
                 )
-            metrics_registry().finished(self.identity.run_id)
+            self.services.metrics.finished(self.identity.run_id)
+            self.services.drain.clear(self.identity.run_id)
             self.events.emit(Complete(state, summary))
             self.finished.set()
         return self.result
@@ -1385,6 +1394,13 @@ _Output = BatchChannel | _FanOut
 """Where a stage writes: one channel, or a fan-out to several sinks' channels."""
 
 
+def _default_services() -> EngineServices:
+    """The default engine's services, for runs started without an engine."""
+    from .engine import default_engine
+
+    return default_engine().services
+
+
 def create_run(
     resolved: ResolvedPipeline,
     plugins: Any,
@@ -1392,13 +1408,14 @@ def create_run(
     run_id: str | None = None,
     resume: bool = False,
     force: bool = False,
+    services: EngineServices | None = None,
 ) -> RunHandle:
     """A handle for a run that has not started yet; ``await handle.start()`` runs it.
 
     With ``resume``, a checkpointed pipeline continues from its last committed
     checkpoint; ``force`` accepts a checkpoint taken by a different definition.
     """
-    return RunHandle(_Run(resolved, plugins, run_id, resume=resume, force=force))
+    return RunHandle(_Run(resolved, plugins, run_id, resume=resume, force=force, services=services))
 
 
 async def execute(
@@ -1409,9 +1426,10 @@ async def execute(
     on_handle: Callable[[RunHandle], None] | None = None,
     resume: bool = False,
     force: bool = False,
+    services: EngineServices | None = None,
 ) -> RunResult:
     """Run a resolved pipeline to completion and return its result (never raises on failure)."""
-    run = _Run(resolved, plugins, run_id, resume=resume, force=force)
+    run = _Run(resolved, plugins, run_id, resume=resume, force=force, services=services)
     if on_handle is not None:
         on_handle(RunHandle(run))
     return await run.execute()

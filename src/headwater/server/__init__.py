@@ -5,8 +5,13 @@
   manager, on asyncio; fan-out, replay and limits live in
   :class:`headwater.core.streaming.StreamingManager`, which the server drives;
 * :class:`ServerConfig` and :func:`load_server_config` (:mod:`headwater.server.config`);
-* :func:`current_server` / :func:`current_manager`: the server running in this process
-  (how the ``websocket`` sink publishes), :class:`NoServerRunning` when there is none.
+* :class:`StreamingManager` (with :class:`StreamingConfig`, :class:`StreamError`,
+  :class:`ClientTransport`): stream lifecycles and fan-out, usable without a server;
+* :class:`NoServerRunning`: raised by the ``websocket`` sink of a run whose engine runs
+  no server.
+
+A server runs on an :class:`~headwater.Engine` (``Server(config, engine=engine)``); the
+``websocket`` sinks of the engine's runs publish to it.
 
 Names are resolved lazily: importing this package imports neither websockets nor pydantic.
 """
@@ -17,10 +22,17 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from headwater.core.services import NoServerRunning
+    from headwater.core.streaming import (
+        ClientTransport,
+        StreamError,
+        StreamingConfig,
+        StreamingManager,
+    )
+
     from .app import RunInfo, Server, ServerError
     from .auth import AuthRequest, TokenPrincipal
     from .config import ServerConfig, ServerConfigError, load_server_config, parse_server_config
-    from .registry import NoServerRunning, current_manager, current_server, running_servers
 
 _LAZY: dict[str, str] = {
     "RunInfo": "app",
@@ -32,34 +44,47 @@ _LAZY: dict[str, str] = {
     "ServerConfigError": "config",
     "load_server_config": "config",
     "parse_server_config": "config",
-    "NoServerRunning": "registry",
-    "current_manager": "registry",
-    "current_server": "registry",
-    "running_servers": "registry",
+    "NoServerRunning": "headwater.core.services",
+    "ClientTransport": "headwater.core.streaming",
+    "StreamError": "headwater.core.streaming",
+    "StreamingConfig": "headwater.core.streaming",
+    "StreamingManager": "headwater.core.streaming",
+}
+
+_REMOVED: dict[str, str] = {
+    name: "a run publishes to the server of its engine: use ctx.publisher in a component, "
+    "server.engine or engine.servers in an application"
+    for name in ("current_server", "current_manager", "running_servers")
 }
 
 __all__ = [
     "AuthRequest",
+    "ClientTransport",
     "NoServerRunning",
     "RunInfo",
     "Server",
     "ServerConfig",
     "ServerConfigError",
     "ServerError",
+    "StreamError",
+    "StreamingConfig",
+    "StreamingManager",
     "TokenPrincipal",
-    "current_manager",
-    "current_server",
     "load_server_config",
     "parse_server_config",
-    "running_servers",
 ]
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
+        if name in _REMOVED:
+            raise AttributeError(f"headwater.server.{name} was removed in 0.2: {_REMOVED[name]}")
         raise AttributeError(f"module 'headwater.server' has no attribute {name!r}")
-    value = getattr(import_module(f".{module}", __name__), name)
+    if module.startswith("headwater."):
+        value = getattr(import_module(module), name)
+    else:
+        value = getattr(import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
 

@@ -50,10 +50,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from headwater import __version__
-from headwater.core.api import prepare
+from headwater.core.engine import Engine
 from headwater.core.errors import HeadwaterError, PipelineValidationError, ValidationIssue
-from headwater.core.plugins import PluginManager, get_plugin_manager
-from headwater.core.runtime import RunHandle, create_run
+from headwater.core.plugins import PluginManager
+from headwater.core.runtime import RunHandle
 from headwater.core.streaming import (
     CLOSE_SEND_FAILED,
     CLOSE_SLOW_CONSUMER,
@@ -86,7 +86,6 @@ from .protocol import (
     encode_message,
     parse_client_frame,
 )
-from .registry import _register, _unregister
 
 __all__ = [
     "CLOSE_CODES",
@@ -326,23 +325,33 @@ class Server:
             await server.manager.push("errors", {"msg": "disk full"})
             await server.serve_forever()           # until shutdown() or cancellation
 
-    ``plugins`` defaults to the process-wide plugin manager; ``base_dir`` is where
-    pipeline files named in the configuration are looked up (default: the working
-    directory; :func:`~headwater.server.load_server_config` users pass the file's
-    directory). While it runs, the server is the one :func:`headwater.server.current_server`
-    returns (the most recently started), which is how the ``websocket`` sink finds it.
+    ``engine`` is the :class:`~headwater.Engine` whose plugins validate and run the
+    pipelines and whose metrics ``/metrics`` shows (default: a new engine of the server's
+    own, using ``plugins`` when given). ``base_dir`` is where pipeline files named in the
+    configuration are looked up (default: the working directory;
+    :func:`~headwater.server.load_server_config` users pass the file's directory). While
+    it runs, the server is attached to its engine: the ``websocket`` sinks of the runs it
+    starts publish to it, and so do those of the engine's other runs (to the newest
+    server of the engine).
     """
 
     def __init__(
         self,
         config: ServerConfig | None = None,
         *,
+        engine: Engine | None = None,
         plugins: PluginManager | None = None,
         base_dir: str | Path | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config if config is not None else ServerConfig()
-        self._plugins_arg = plugins
+        if engine is None:
+            engine = Engine(plugin_manager=plugins) if plugins is not None else Engine()
+        elif plugins is not None:
+            raise TypeError("pass either engine or plugins")
+        self.engine = engine
+        """The engine the server runs on."""
+        self._prometheus: Any = None
         self._base_dir = base_dir
         self._environ = environ
         self._plugins: PluginManager | None = None
@@ -420,7 +429,11 @@ class Server:
                 from ..core.metrics import running_exporters
 
                 await stack.enter_async_context(
-                    running_exporters(build_exporters(config.metrics.exporters, self._plugins))
+                    running_exporters(
+                        build_exporters(
+                            config.metrics.exporters, self._plugins, self.engine.metrics.snapshot
+                        )
+                    )
                 )
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self.dashboard.attach(self._manager, self._tg)
@@ -450,7 +463,7 @@ class Server:
         self._thread_token = anyio.lowlevel.current_token()
         self._thread_id = threading.get_ident()
         self._state = "running"
-        _register(self)
+        self.engine.attach_server(self)
         if not self.auth.required:
             log.warning(
                 "no authentication configured: serving on %s only, to clients of this machine",
@@ -461,8 +474,7 @@ class Server:
     def _prepare(self) -> str:
         """Check everything that can be checked before listening; returns the host."""
         config = self.config
-        plugins = self._plugins_arg if self._plugins_arg is not None else get_plugin_manager()
-        self._plugins = plugins.load()
+        self._plugins = self.engine.load()
         try:
             self.auth = config.auth.settings(self._environ)
         except ValueError as exc:
@@ -503,7 +515,7 @@ class Server:
                 self._state = "stopped"
             return
         self._state = "stopping"
-        _unregister(self)
+        self.engine.detach_server(self)
         assert self._ws is not None
         assert self._manager is not None
         self._ws.server.close()  # stop listening; open connections stay for now
@@ -622,7 +634,7 @@ class Server:
         issues = []
         for name, pipeline in named.items():
             try:
-                prepare(_with_stream_sink(pipeline.data), self.plugins)
+                self.engine.prepare(_with_stream_sink(pipeline.data))
             except PipelineValidationError as exc:
                 where = f"pipelines.{name}" if name.isidentifier() else f"pipelines[{name!r}]"
                 for issue in exc.issues:
@@ -666,7 +678,7 @@ class Server:
             )
         try:
             data = named.with_params(params or {})
-            resolved, plugins = prepare(_with_stream_sink(data), self.plugins)
+            resolved, plugins = self.engine.prepare(_with_stream_sink(data))
         except PipelineValidationError as exc:
             problems = "; ".join(str(issue) for issue in exc.issues[:5])
             raise ProtocolError("invalid_params", f"pipeline {pipeline!r}: {problems}") from None
@@ -677,7 +689,7 @@ class Server:
             await self.manager.create_stream(stream_id, metadata=metadata, inactivity_timeout=None)
         except StreamError as exc:
             raise ProtocolError.from_stream_error(exc) from None
-        handle = create_run(resolved, plugins, run_id=run_id)
+        handle = self.engine.create_run(resolved, plugins, run_id=run_id, publisher=self)
         run = RunInfo(run_id, pipeline, stream_id, owner, handle)
         self._runs[run_id] = run
         self._run_streams[stream_id] = run
@@ -824,17 +836,21 @@ class Server:
             if page is not None:
                 return page
             if path == "/metrics":
-                # Prometheus exposition of the process's metrics (see docs/metrics.md);
+                # Prometheus exposition of the engine's metrics (see docs/metrics.md);
                 # scrapers send the same bearer token as other clients
                 ok, _ = await self._authenticate(conn, request)
                 if not ok:
                     return _error_response(
                         401, "authentication required", [("WWW-Authenticate", "Bearer")]
                     )
-                from headwater.builtin_plugins.exporters import exposition
+                from headwater.builtin_plugins.exporters import exposition, prometheus_registry
 
                 try:
-                    body, content_type = exposition(request.headers.get("Accept"))
+                    if self._prometheus is None:
+                        self._prometheus = prometheus_registry(self.engine.metrics.snapshot)
+                    body, content_type = exposition(
+                        request.headers.get("Accept"), self._prometheus
+                    )
                 except ImportError as exc:
                     return _error_response(501, str(exc))
                 return _http(200, body, content_type)

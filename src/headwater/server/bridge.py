@@ -141,7 +141,7 @@ class StreamBridge:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        from headwater.builtin_plugins._brokers import require
+        from headwater.core.optional import require
 
         aioredis = require("redis.asyncio", "redis", "the stream bridge")
         self._client = aioredis.Redis.from_url(self.config.redis)

@@ -22,7 +22,7 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 import headwater
-from headwater.hookspecs import Register
+from headwater import Register
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["ClientParams", "client", "register_actions"]

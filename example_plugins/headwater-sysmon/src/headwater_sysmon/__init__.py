@@ -25,7 +25,7 @@ from typing import Any
 
 import anyio
 import headwater
-from headwater.hookspecs import Register
+from headwater import Register
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [

@@ -30,7 +30,7 @@ from typing import IO, Any, Literal
 
 import anyio
 import headwater
-from headwater.hookspecs import Register
+from headwater import Register
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
