@@ -425,16 +425,12 @@ class Server:
 
                 await stack.enter_async_context(StreamBridge(self._manager, config.bridge))
             if config.metrics.exporters:
-                from ..builtin_plugins.exporters import build_exporters
-                from ..core.metrics import running_exporters
+                from headwater.core.metrics import build_exporters, running_exporters
 
-                await stack.enter_async_context(
-                    running_exporters(
-                        build_exporters(
-                            config.metrics.exporters, self._plugins, self.engine.metrics.snapshot
-                        )
-                    )
+                exporters = build_exporters(
+                    config.metrics.exporters, self.plugins, self.engine.metrics.snapshot
                 )
+                await stack.enter_async_context(running_exporters(exporters))
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self.dashboard.attach(self._manager, self._tg)
             limits = config.limits
@@ -843,14 +839,12 @@ class Server:
                     return _error_response(
                         401, "authentication required", [("WWW-Authenticate", "Bearer")]
                     )
-                from headwater.builtin_plugins.exporters import exposition, prometheus_registry
+                from headwater.core.metrics.prometheus import exposition, prometheus_registry
 
                 try:
                     if self._prometheus is None:
                         self._prometheus = prometheus_registry(self.engine.metrics.snapshot)
-                    body, content_type = exposition(
-                        request.headers.get("Accept"), self._prometheus
-                    )
+                    body, content_type = exposition(request.headers.get("Accept"), self._prometheus)
                 except ImportError as exc:
                     return _error_response(501, str(exc))
                 return _http(200, body, content_type)

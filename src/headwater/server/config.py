@@ -29,8 +29,8 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from headwater.builtin_plugins.exporters import MetricsConfig
 from headwater.core.errors import HeadwaterError, PipelineValidationError, ValidationIssue
+from headwater.core.metrics.config import MetricsConfig
 from headwater.core.pipeline import apply_override, format_loc, parse_pipeline
 from headwater.core.streaming import StreamingConfig
 

@@ -1,9 +1,9 @@
-"""Metrics kept by the core, cheap enough to stay on: counters and histograms per stage.
+"""The metrics registry: counters and histograms per stage, cheap enough to stay on.
 
 The runtime updates plain Python counters per *batch* (never per item) and observes
 latencies into fixed-bucket histograms. Every :class:`~headwater.Engine` owns one
-:class:`MetricsRegistry`; nothing is exported from here: exporters (the
-``register_metrics_exporters`` hook) read its :meth:`MetricsRegistry.snapshot` — a
+:class:`MetricsRegistry`; nothing is exported from here: exporters (see
+:mod:`headwater.core.metrics.exporting`) read its :meth:`MetricsRegistry.snapshot` — a
 JSON-serialisable view of every live run plus the totals of finished ones — when they
 scrape or on their interval.
 
@@ -15,49 +15,30 @@ The runtime's own instruments (latency histograms, end-to-end probes, registrati
 runs) can be switched off with the environment variable ``HEADWATER_METRICS=0`` (read
 when a registry is created) or ``registry.enabled = False`` (read by each run when it is
 created); item and batch counters stay, since run summaries use them.
-
-An *exporter* (see :class:`MetricsExporter`) is a class instantiated as
-``cls(params, snapshot)`` (``cls(snapshot)`` without a params model) with ``start()``
-and ``stop()``, each sync or async; :func:`create_exporter` builds one from its component
-and :func:`running_exporters` starts and stops several around a block.
 """
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-import logging
 import os
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
-
-if TYPE_CHECKING:
-    from .components import Component
+from typing import Any, Protocol
 
 __all__ = [
     "ENV_VAR",
     "LATENCY_BUCKETS",
     "Histogram",
-    "MetricsExporter",
     "MetricsRegistry",
     "Probe",
     "RunMetricsSource",
-    "SnapshotFn",
-    "create_exporter",
     "enabled",
     "metrics_registry",
-    "running_exporters",
     "set_enabled",
     "snapshot",
-    "start_exporter",
-    "stop_exporter",
 ]
-
-log = logging.getLogger("headwater.metrics")
 
 ENV_VAR = "HEADWATER_METRICS"
 """Set to ``0`` (or ``false``, ``no``, ``off``) to switch the runtime's instruments off."""
@@ -337,7 +318,7 @@ def _merge_hist(into: Histogram, other: Histogram | dict[str, Any]) -> None:
 def metrics_registry() -> MetricsRegistry:
     """The default engine's registry (a convenience; an engine's components use
     ``ctx.metrics``, embedders ``engine.metrics``)."""
-    from .engine import default_engine
+    from ..engine import default_engine
 
     return default_engine().metrics
 
@@ -345,96 +326,3 @@ def metrics_registry() -> MetricsRegistry:
 def snapshot() -> dict[str, Any]:
     """The default engine's :meth:`MetricsRegistry.snapshot`."""
     return metrics_registry().snapshot()
-
-
-# -- exporters --------------------------------------------------------------------------
-
-SnapshotFn = Callable[[], dict[str, Any]]
-"""What an exporter receives: a function returning a fresh registry snapshot."""
-
-
-class MetricsExporter(Protocol):
-    """What an exporter instance provides (both methods may also be ``async def``).
-
-    An exporter is declared with ``@headwater.exporter(name, params=Model)`` on a class
-    instantiated as ``cls(params, snapshot)`` (``cls(snapshot)`` without a params
-    model), where ``snapshot()`` returns the current figures (see :func:`snapshot`).
-    ``start()`` begins exporting (listen on a port, start a timer thread) and must not
-    block; ``stop()`` ends it and may export a last time, so a batch run's final counts
-    are never lost. Work that reads ``snapshot()`` may run in any thread.
-    """
-
-    def start(self) -> Any:
-        """Begin exporting."""
-
-    def stop(self) -> Any:
-        """Stop exporting (a last export of the final figures is welcome)."""
-
-
-def create_exporter(
-    component: Component,
-    params: Mapping[str, Any] | Any | None = None,
-    snapshot_fn: SnapshotFn | None = None,
-) -> Any:
-    """Instantiate an exporter component with validated params and a snapshot function.
-
-    ``params`` is a mapping (validated with the component's params model), an instance
-    of that model, or None (the model's defaults). ``snapshot_fn`` defaults to the
-    process-wide :func:`snapshot`. Raises ``pydantic.ValidationError`` for bad params and
-    ``TypeError`` for params given to an exporter without a params model.
-    """
-    from .components import ComponentKind
-
-    if component.kind is not ComponentKind.EXPORTER:
-        raise TypeError(f"{component.kind} {component.name!r} is not a metrics exporter")
-    fn = snapshot_fn if snapshot_fn is not None else snapshot
-    model = component.params
-    if model is None:
-        if params:
-            raise TypeError(f"exporter {component.name!r} takes no params, got {params!r}")
-        return component.obj(fn)
-    value = params if isinstance(params, model) else model.model_validate(params or {})
-    return component.obj(value, fn)
-
-
-async def _call(method: Callable[[], Any] | None) -> None:
-    if method is None:
-        return
-    result = method()
-    if inspect.isawaitable(result):
-        await result
-
-
-async def start_exporter(exporter: Any) -> None:
-    """Call ``exporter.start()`` and await it if it is a coroutine."""
-    await _call(getattr(exporter, "start", None))
-
-
-async def stop_exporter(exporter: Any) -> None:
-    """Call ``exporter.stop()`` and await it if it is a coroutine."""
-    await _call(getattr(exporter, "stop", None))
-
-
-@contextlib.asynccontextmanager
-async def running_exporters(exporters: Sequence[Any]) -> AsyncIterator[list[Any]]:
-    """Start every exporter (in order), yield them, stop them (in reverse order).
-
-    If one fails to start, those already started are stopped and the error propagates.
-    Stopping is shielded from cancellation; an exporter that fails to stop is logged and
-    the others are still stopped.
-    """
-    import anyio
-
-    started: list[Any] = []
-    try:
-        for exporter in exporters:
-            await start_exporter(exporter)
-            started.append(exporter)
-        yield started
-    finally:
-        with anyio.CancelScope(shield=True):
-            for exporter in reversed(started):
-                try:
-                    await stop_exporter(exporter)
-                except Exception:
-                    log.exception("metrics exporter %r failed to stop", exporter)
