@@ -16,12 +16,12 @@ import yaml
 from rich.console import Console
 
 import headwater
+from headwater.cli.jobs import _run_jobs as run_jobs
 from headwater.core.jobs import (
     JobsFileError,
     is_jobs_file,
     is_jobs_path,
     parse_jobs,
-    run_jobs,
     validate_jobs,
 )
 from headwater.core.plugins import PluginManager

@@ -20,16 +20,16 @@ A jobs file is YAML with a top-level ``jobs:`` mapping::
 ``headwater run FILE`` recognises a jobs file by its ``jobs:`` key (:func:`is_jobs_file`)
 and calls :func:`run_jobs`, which validates everything first (every problem, with paths
 such as ``jobs.load.depends_on[0]``), then runs the jobs on a
-:class:`~headwater.core.scheduler.Scheduler` with a live table of their states.
+:class:`~headwater.core.scheduler.Scheduler`; the command shows a live table of their
+states (``headwater.cli.jobs``).
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Mapping
-from contextlib import nullcontext
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 from pydantic import (
@@ -50,19 +50,15 @@ from .scheduler import (
     RunRejected,
     RunRequest,
     ScheduledRun,
-    ScheduledState,
     Scheduler,
     SchedulerError,
 )
-
-if TYPE_CHECKING:
-    from rich.console import Console, RenderableType
-    from rich.table import Table
 
 __all__ = [
     "JobSpec",
     "JobsFile",
     "JobsFileError",
+    "JobsWatch",
     "is_jobs_file",
     "is_jobs_path",
     "load_jobs",
@@ -74,19 +70,6 @@ __all__ = [
 ]
 
 _STRICT = ConfigDict(extra="forbid")
-
-_STATE_STYLE: dict[str, str] = {
-    "pending": "dim",
-    "waiting": "yellow",
-    "running": "cyan",
-    "succeeded": "green",
-    "failed": "bold red",
-    "cancelled": "yellow",
-    "skipped": "magenta",
-}
-
-_REFRESH_SECONDS = 0.1
-"""How often the live table is redrawn."""
 
 
 class JobsFileError(SchedulerError):
@@ -274,116 +257,12 @@ def validate_jobs(path: str | Path, *, plugins: PluginManager | None = None) -> 
 
 
 # ---------------------------------------------------------------------------------------
-# run_jobs: the CLI entry point
+# run_jobs
 # ---------------------------------------------------------------------------------------
 
-
-def _seconds(run: ScheduledRun) -> str:
-    elapsed = run.elapsed
-    return "" if elapsed is None else f"{elapsed:.2f}s"
-
-
-def _items(run: ScheduledRun) -> int | None:
-    """Items the run's sources produced (so far)."""
-    if run.result is not None:
-        return int(run.result.summary.get("items_in") or 0)
-    handle = run.handle
-    if handle is None:
-        return None
-    return sum(s.items_out for name, s in handle.stats.items() if name.startswith("sources."))
-
-
-class _JobsView:
-    """Renders the jobs: a live table while they run, lines otherwise, then a summary."""
-
-    def __init__(self, console: Console, scheduler: Scheduler, *, live: bool) -> None:
-        self.console = console
-        self.scheduler = scheduler
-        self.live = live
-
-    def on_change(self, run: ScheduledRun, old: ScheduledState | None, new: ScheduledState) -> None:
-        if self.live or new not in ("running", "succeeded", "failed", "cancelled", "skipped"):
-            return
-        from rich.text import Text
-
-        line = Text(f"{run.name}: ")
-        line.append(new, style=_STATE_STYLE[new])
-        if new == "succeeded":
-            line.append(f" in {_seconds(run)}")
-        elif run.reason:
-            line.append(f" ({run.reason})", style="dim")
-        self.console.print(line, soft_wrap=True)
-
-    def _progress_cell(self, run: ScheduledRun) -> RenderableType:
-        from rich.progress_bar import ProgressBar
-        from rich.table import Table
-        from rich.text import Text
-
-        last = run.last_progress
-        if run.state == "running" and last is not None and last.total:
-            cell = Table.grid(padding=(0, 1))
-            cell.add_row(
-                ProgressBar(total=last.total, completed=last.done, width=20),
-                Text(f"{last.done:,.0f}/{last.total:,.0f}"),
-            )
-            return cell
-        items = _items(run)
-        return Text("" if items is None else f"{items:,} items", style="dim")
-
-    def table(self) -> Table:
-        """The current state of every job."""
-        from rich.table import Table
-        from rich.text import Text
-
-        counts = self.scheduler.counts_by_state()
-        title = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
-        table = Table(title=f"jobs: {title}", title_justify="left", box=None, padding=(0, 2))
-        table.add_column("job", no_wrap=True)
-        table.add_column("priority", justify="right")
-        table.add_column("state", no_wrap=True)
-        table.add_column("progress", no_wrap=True)
-        table.add_column("time", justify="right")
-        table.add_column("note", overflow="fold")
-        for run in self.scheduler.runs:
-            note = run.reason or ""
-            if run.state == "pending":
-                waiting_for = [d for d in run.depends_on if self.scheduler[d].state != "succeeded"]
-                note = f"after {', '.join(waiting_for)}"
-            elif run.state == "waiting" and run.resources:
-                note = "needs " + ", ".join(f"{n} {k}" for k, n in run.resources.items())
-            table.add_row(
-                Text(run.name),
-                str(run.priority),
-                Text(run.state, style=_STATE_STYLE[run.state]),
-                self._progress_cell(run),
-                _seconds(run),
-                Text(note, style="dim"),
-            )
-        return table
-
-    def summary(self) -> None:
-        """Print the final table and a one-line verdict."""
-        from rich.text import Text
-
-        self.console.print(self.table())
-        counts = self.scheduler.counts_by_state()
-        total = sum(counts.values())
-        if counts["succeeded"] == total:
-            verdict = Text(f"all {total} jobs succeeded", style="bold green")
-        else:
-            bad = ", ".join(
-                f"{counts[s]} {s}" for s in ("failed", "cancelled", "skipped") if counts[s]
-            )
-            verdict = Text(
-                f"{counts['succeeded']} of {total} jobs succeeded; {bad}", style="bold red"
-            )
-        self.console.print(verdict, soft_wrap=True)
-
-
-async def _refresh(live: Any, view: _JobsView, scheduler: Scheduler) -> None:
-    while scheduler.unfinished:
-        live.update(view.table(), refresh=True)
-        await anyio.sleep(_REFRESH_SECONDS)
+JobsWatch = Callable[[Scheduler], AbstractAsyncContextManager[object]]
+"""What :func:`run_jobs` calls to let the jobs be shown (the ``headwater`` command's
+table): ``watch(scheduler)``."""
 
 
 async def _cancel_on(stop: anyio.Event, scheduler: Scheduler) -> None:
@@ -394,53 +273,30 @@ async def _cancel_on(stop: anyio.Event, scheduler: Scheduler) -> None:
 async def run_jobs(
     path: str | Path,
     *,
-    progress: bool = True,
-    console: Console | None = None,
     plugins: PluginManager | None = None,
     stop: anyio.Event | None = None,
+    watch: JobsWatch | None = None,
 ) -> int:
     """Run a jobs file; return the exit code: 0 if every job succeeded, else 1.
 
     Everything is validated before anything starts: an invalid file raises
-    :class:`JobsFileError` (the CLI reports it and exits with 2). While the jobs run,
-    ``progress=True`` shows a live table of every job's state and progress on
-    ``console`` (default: stderr); otherwise one line per start and end. A summary
-    table follows.
+    :class:`JobsFileError` (the CLI reports it and exits with 2). Nothing is printed:
+    ``watch``, when given, is called with the scheduler before the jobs are submitted
+    (to add observers, see :meth:`Scheduler.add_observer`) and returns an async context
+    manager entered once they are submitted and exited when they have all ended; the
+    ``headwater run`` command shows its live table of the jobs that way.
 
     Setting ``stop`` (e.g. from a signal handler) cancels every unfinished job, which
-    then shows as ``cancelled`` in the summary. Cancelling the calling task also cancels
-    every job (and prints no summary).
+    then ends ``cancelled``. Cancelling the calling task also cancels every job.
     """
-    from rich.console import Console
-    from rich.live import Live
-
-    if console is None:
-        console = Console(stderr=True, highlight=False, emoji=False)
     path = Path(path)
     jobs = load_jobs(path)
     scheduler = scheduler_for(jobs, plugins=plugins)
-    view = _JobsView(console, scheduler, live=progress)
-    scheduler.add_observer(view.on_change)
+    watching = nullcontext() if watch is None else watch(scheduler)
     submit_jobs(scheduler, jobs, base_dir=path.parent, source=str(path))
-    display = (
-        Live(
-            view.table(),
-            console=console,
-            auto_refresh=False,
-            transient=True,
-            redirect_stdout=sys.stdout.isatty(),
-            redirect_stderr=False,
-        )
-        if progress
-        else nullcontext()
-    )
-    with display as live:
-        async with scheduler, anyio.create_task_group() as tg:
-            if stop is not None:
-                tg.start_soon(_cancel_on, stop, scheduler)
-            if live is not None:
-                tg.start_soon(_refresh, live, view, scheduler)
-            await scheduler.join()
-            tg.cancel_scope.cancel()
-    view.summary()
+    async with watching, scheduler, anyio.create_task_group() as tg:
+        if stop is not None:
+            tg.start_soon(_cancel_on, stop, scheduler)
+        await scheduler.join()
+        tg.cancel_scope.cancel()
     return 0 if scheduler.counts_by_state()["succeeded"] == len(scheduler.runs) else 1

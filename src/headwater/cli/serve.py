@@ -1,0 +1,242 @@
+"""``headwater serve`` (the server) and ``headwater tail`` (a client following a stream)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from ._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CLIError,
+    _consoles,
+    _num,
+    _plugin_manager,
+    _port,
+)
+from .metrics import _add_metrics_options, _metrics_exporters, _with_exporters
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..core.plugins import PluginManager
+
+
+def _add_server_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """The ``serve`` and ``tail`` sub-commands."""
+    serve = commands.add_parser(
+        "serve",
+        parents=[common],
+        help="serve streams and named pipelines over WebSockets (and HTTP)",
+        description="Serve protocol v1 over WebSockets and /healthz, /api/streams,\n"
+        "/api/components over HTTP, on one port. Without authentication (auth.tokens or\n"
+        "HEADWATER_TOKENS) it binds 127.0.0.1 only. Ctrl-C (SIGINT) or SIGTERM shuts it\n"
+        "down cleanly: every client is told, then disconnected.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--config", metavar="FILE", help="server configuration (YAML)")
+    serve.add_argument("--host", help="address to bind (overrides the configuration)")
+    serve.add_argument(
+        "--port", type=_port, help="port to listen on; 0 picks a free one (default 8765)"
+    )
+    _add_metrics_options(serve, port=False)
+    serve.set_defaults(func=_cmd_serve)
+
+    tail = commands.add_parser(
+        "tail",
+        parents=[common],
+        help="print a stream's chunks as they arrive",
+        description="Follow one stream of a headwater server: each chunk is printed on\n"
+        "stdout (strings as they are, anything else as JSON), progress and status on\n"
+        "stderr. Ends when the stream ends (exit 1 if it ended with an error).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tail.add_argument("url", metavar="URL", help="server URL, e.g. ws://127.0.0.1:8765/")
+    tail.add_argument("stream", metavar="STREAM", help="stream id")
+    tail.add_argument(
+        "--since",
+        type=int,
+        metavar="N",
+        help="first print the buffered chunks after seq N (0: everything buffered)",
+    )
+    tail.add_argument(
+        "--token", help="bearer token (default: the HEADWATER_TOKEN environment variable)"
+    )
+    tail.add_argument(
+        "--json", action="store_true", help="print every protocol message as JSON on stdout"
+    )
+    tail.set_defaults(func=_cmd_tail)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """``headwater serve``: run the server until SIGINT or SIGTERM."""
+    from pathlib import Path
+
+    import anyio
+
+    from ..server.config import ServerConfig, load_server_config
+
+    base_dir: Path | None = None
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise CLIError(f"no such file: {args.config}")
+        config = load_server_config(path)
+        base_dir = path.parent
+    else:
+        config = ServerConfig()
+    updates: dict[str, Any] = {}
+    if args.host:
+        updates["host"] = args.host
+    if args.port is not None:
+        updates["port"] = args.port
+    if updates:
+        config = config.model_copy(update=updates)
+    manager = _plugin_manager(args)
+    _, err = _consoles()
+    exporters = _metrics_exporters(args, manager)
+    try:
+        return int(
+            anyio.run(
+                _with_exporters,
+                exporters,
+                err,
+                _serve,
+                config,
+                manager,
+                base_dir,
+                err,
+                backend="asyncio",
+            )
+        )
+    except OSError as exc:
+        raise CLIError(
+            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", EXIT_FAILED
+        ) from None
+
+
+async def _serve(config: Any, manager: PluginManager, base_dir: Any, err: Console) -> int:
+    import signal
+
+    import anyio
+    from rich.text import Text
+
+    from ..server.app import Server
+
+    async with Server(config, plugins=manager, base_dir=base_dir) as server:
+        names = ", ".join(sorted(server.pipelines)) or "none"
+        err.print(
+            Text(f"headwater: serving on {server.http_url} (WebSocket {server.url})"),
+            soft_wrap=True,
+        )
+        err.print(Text(f"headwater: pipelines: {names}; Ctrl-C to stop"), soft_wrap=True)
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as tg:
+
+                async def on_signal() -> None:
+                    async for signum in signals:
+                        name = signal.Signals(signum).name
+                        err.print(Text(f"headwater: {name}: shutting down"), soft_wrap=True)
+                        await server.shutdown()
+                        return
+
+                tg.start_soon(on_signal)
+                await server.serve_forever()
+                tg.cancel_scope.cancel()
+    err.print(Text("headwater: server stopped"), soft_wrap=True)
+    return EXIT_OK
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    """``headwater tail``: follow one stream."""
+    import anyio
+
+    if args.since is not None and args.since < 0:
+        raise CLIError("--since must be >= 0")
+    token = args.token or os.environ.get("HEADWATER_TOKEN") or None
+    return int(anyio.run(_tail, args, token, backend="asyncio"))
+
+
+async def _tail(args: argparse.Namespace, token: str | None) -> int:
+    import json
+
+    from rich.text import Text
+    from websockets.exceptions import InvalidURI
+
+    from ..client import ConnectFailed, RequestFailed, connect
+
+    _, err = _consoles()
+    stream = args.stream
+
+    def note(text: str, style: str = "dim") -> None:
+        err.print(Text(text, style=style), soft_wrap=True)
+
+    def emit(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    try:
+        async with connect(args.url, token=token) as client:
+            try:
+                sub = await client.subscribe(stream, since=args.since)
+            except RequestFailed as exc:
+                raise CLIError(f"cannot follow stream {stream!r}: {exc}", EXIT_FAILED) from None
+            if args.json:
+                emit(sub.model_dump_json())
+            replayed = f", {sub.replayed} buffered chunk(s) first" if sub.replayed else ""
+            note(f"following stream {stream!r} at seq {sub.seq}{replayed}")
+            async for message in client:
+                if getattr(message, "stream", stream) != stream:
+                    continue
+                if args.json:
+                    emit(message.model_dump_json())
+                if message.type == "stream_update":
+                    if not args.json:
+                        data = message.data
+                        emit(
+                            data
+                            if isinstance(data, str)
+                            else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+                        )
+                elif message.type == "progress":
+                    total = f"/{_num(message.total)}" if message.total is not None else ""
+                    text = f" {message.message}" if message.message else ""
+                    note(f"progress {message.stage}: {_num(message.done)}{total}{text}")
+                elif message.type == "status":
+                    where = message.stage or "run"
+                    note(f"status {where}: {message.state} {message.message or ''}".rstrip())
+                elif message.type == "stream_error":
+                    note(f"error: {json.dumps(message.error)}", "red")
+                elif message.type == "dropped":
+                    note(f"warning: {message.count} message(s) dropped (too slow)", "yellow")
+                elif message.type == "replay_gap":
+                    note(
+                        f"warning: chunks after {message.since} are not all buffered "
+                        f"({message.reason}); continuing from {message.first_available}",
+                        "yellow",
+                    )
+                elif message.type == "error":
+                    note(f"error: {message.code}: {message.message}", "red")
+                elif message.type == "stream_complete":
+                    failed = message.reason in ("failed", "error")
+                    note(
+                        f"stream {stream!r} ended: {message.reason} (last seq {message.last_seq})",
+                        "red" if failed else "bold",
+                    )
+                    return EXIT_FAILED if failed else EXIT_OK
+            code, reason = client.close_code, client.close_reason
+    except ConnectFailed as exc:
+        raise CLIError(str(exc), EXIT_USAGE if exc.status in (401, 403) else EXIT_FAILED) from None
+    except OSError as exc:
+        raise CLIError(
+            f"cannot connect to {args.url}: {exc.strerror or exc}", EXIT_FAILED
+        ) from None
+    except InvalidURI as exc:
+        raise CLIError(f"not a WebSocket URL: {args.url} ({exc})") from None
+    raise CLIError(
+        f"the connection closed before the stream ended (code {code}: {reason or 'no reason'})",
+        EXIT_FAILED,
+    )
