@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+    from pydantic_core import ErrorDetails
 
 __all__ = [
     "ComponentNotFound",
     "HeadwaterError",
+    "InvalidFileError",
     "PipelineCancelled",
     "PipelineFailed",
     "PipelineTimeout",
@@ -14,6 +22,9 @@ __all__ = [
     "PluginLoadError",
     "StageError",
     "ValidationIssue",
+    "format_loc",
+    "issues_from_pydantic",
+    "join_path",
 ]
 
 
@@ -32,16 +43,109 @@ class ValidationIssue:
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
-class PipelineValidationError(HeadwaterError):
-    """A pipeline definition is invalid; ``issues`` lists every problem found."""
+def format_loc(loc: Sequence[int | str]) -> str:
+    """``('steps', 2, 'params', 'pattern')`` -> ``steps[2].params.pattern``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def join_path(prefix: str, path: str) -> str:
+    """``prefix`` followed by ``path``: ``join_path("steps[0].params", "pattern")`` is
+    ``steps[0].params.pattern``, ``join_path("steps", "[0]")`` is ``steps[0]``."""
+    if not path:
+        return prefix
+    if not prefix:
+        return path
+    return prefix + (path if path.startswith("[") else "." + path)
+
+
+class InvalidFileError(HeadwaterError):
+    """A definition (a pipeline, a server configuration, a jobs file) is invalid.
+
+    ``issues`` lists every problem found, each with its path; ``source`` names where the
+    definition came from (a file), if known. The message reads
+    ``invalid SUBJECT in SOURCE (N problems):`` followed by one issue per line.
+    Subclasses set :attr:`subject` (and :attr:`source_prefix`).
+    """
+
+    subject: ClassVar[str] = "file"
+    """What is invalid, as the message names it."""
+    source_prefix: ClassVar[str] = " in "
+    """What joins :attr:`subject` and the source in the message."""
 
     def __init__(self, issues: list[ValidationIssue], source: str | None = None) -> None:
         self.issues = issues
         self.source = source
-        where = f" in {source}" if source else ""
+        where = f"{self.source_prefix}{source}" if source else ""
         lines = "\n".join(f"  {issue}" for issue in issues)
         count = f"{len(issues)} problem{'s' if len(issues) != 1 else ''}"
-        super().__init__(f"invalid pipeline{where} ({count}):\n{lines}")
+        super().__init__(f"invalid {self.subject}{where} ({count}):\n{lines}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.issues, self.source))
+
+
+class PipelineValidationError(InvalidFileError):
+    """A pipeline definition is invalid; ``issues`` lists every problem found."""
+
+    subject = "pipeline"
+
+
+_VALIDATOR_LOC = re.compile(r"function-(?:after|before|wrap|plain)\[.*\]")
+"""How pydantic names a validator it inserts in an error's location."""
+
+
+def issues_from_pydantic(
+    exc: ValidationError,
+    prefix: Sequence[int | str] = (),
+    *,
+    union_tags: Collection[str] = (),
+    message_paths: Collection[str] = (),
+    hint: Callable[[ErrorDetails], str | None] | None = None,
+) -> list[ValidationIssue]:
+    """The problems of a pydantic ``ValidationError`` as :class:`ValidationIssue` s.
+
+    Paths are dotted (``steps[2].params.pattern``), after ``prefix``; validator names
+    pydantic inserts in locations are dropped, and so are the ``union_tags`` (the member
+    names pydantic inserts for a union such as ``str | TokenConfig``). An unknown key
+    reads ``unknown key``, a missing one ``required key is missing``, and other messages
+    lose pydantic's ``Value error,`` prefix. A model-level validator may start its
+    message with the path it is about, for the keys in ``message_paths``
+    (``compose.merge: ...``): that path then becomes the issue's. ``hint(error)`` may
+    return text to append to a message. Identical issues are reported once.
+    """
+    issues: list[ValidationIssue] = []
+    seen: set[tuple[str, str]] = set()
+    for err in exc.errors(include_url=False):
+        loc = [
+            p
+            for p in err["loc"]
+            if not (isinstance(p, str) and (p in union_tags or _VALIDATOR_LOC.fullmatch(p)))
+        ]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+        if hint is not None:
+            msg += hint(err) or ""
+        path = format_loc([*prefix, *loc])
+        if not loc and message_paths:
+            keys = "|".join(re.escape(k) for k in message_paths)
+            where = re.match(rf"((?:{keys})(?:\.\w+)?): ", msg)
+            if where:
+                path = format_loc([*prefix, *where.group(1).split(".")])
+                msg = msg[where.end() :]
+        if (path, msg) not in seen:
+            seen.add((path, msg))
+            issues.append(ValidationIssue(path, msg))
+    return issues
 
 
 class ComponentNotFound(HeadwaterError, LookupError):

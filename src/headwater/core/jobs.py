@@ -42,8 +42,7 @@ from pydantic import (
     field_validator,
 )
 
-from .errors import ValidationIssue
-from .pipeline import format_loc
+from .errors import InvalidFileError, ValidationIssue, issues_from_pydantic
 from .plugins import PluginManager
 from .scheduler import (
     DEFAULT_AGING,
@@ -72,16 +71,11 @@ __all__ = [
 _STRICT = ConfigDict(extra="forbid")
 
 
-class JobsFileError(SchedulerError):
+class JobsFileError(InvalidFileError, SchedulerError):
     """A jobs file is invalid; ``issues`` lists every problem with its path."""
 
-    def __init__(self, issues: list[ValidationIssue], source: str | None = None) -> None:
-        self.issues = issues
-        self.source = source
-        where = f" {source}" if source else ""
-        lines = "\n".join(f"  {issue}" for issue in issues)
-        count = f"{len(issues)} problem{'s' if len(issues) != 1 else ''}"
-        super().__init__(f"invalid jobs file{where} ({count}):\n{lines}")
+    subject = "jobs file"
+    source_prefix = " "
 
 
 class JobSpec(BaseModel):
@@ -138,24 +132,16 @@ def is_jobs_file(data: object) -> bool:
 def is_jobs_path(path: str | Path) -> bool:
     """True when the YAML file at ``path`` is a jobs file; False if unreadable or invalid
     (so that the pipeline loader reports those problems as usual)."""
-    import yaml
+    from .yamlfile import YamlFileError, read_yaml
 
     try:
-        return is_jobs_file(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return is_jobs_file(read_yaml(path))
+    except YamlFileError:
         return False
 
 
 def _issues(exc: ValidationError) -> list[ValidationIssue]:
-    issues = []
-    for err in exc.errors():
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        issues.append(ValidationIssue(format_loc(list(err["loc"])), msg))
-    return issues
+    return issues_from_pydantic(exc)
 
 
 def parse_jobs(data: Any, *, source: str | None = None) -> JobsFile:
@@ -174,23 +160,10 @@ def parse_jobs(data: Any, *, source: str | None = None) -> JobsFile:
 
 def load_jobs(path: str | Path) -> JobsFile:
     """Read and validate the shape of a jobs file (see :func:`validate_jobs` for the rest)."""
-    import yaml
+    from .yamlfile import load_yaml_file
 
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        problem = f"cannot read {path}: {exc.strerror or exc}"
-        raise JobsFileError([ValidationIssue("", problem)], str(path)) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        issue = ValidationIssue("", f"not valid YAML: {where}{problem}")
-        raise JobsFileError([issue], str(path)) from None
-    return parse_jobs(data, source=str(path))
+    return parse_jobs(load_yaml_file(path, JobsFileError), source=str(path))
 
 
 def _requests(jobs: JobsFile, base_dir: Path) -> list[RunRequest]:

@@ -9,11 +9,10 @@ the pipeline against the registered components: every name must exist, and every
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -24,7 +23,17 @@ from pydantic import (
 )
 
 from .components import Component, ComponentKind
-from .errors import ComponentNotFound, PipelineValidationError, ValidationIssue
+from .errors import (
+    ComponentNotFound,
+    PipelineValidationError,
+    ValidationIssue,
+    format_loc,
+    issues_from_pydantic,
+    join_path,
+)
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 __all__ = [
     "CheckpointSpec",
@@ -250,41 +259,21 @@ def _stable_repr(value: Any) -> str:
     return f"{type(value).__module__}.{type(value).__qualname__}"
 
 
-def format_loc(loc: Sequence[int | str]) -> str:
-    """``('steps', 2, 'params', 'pattern')`` -> ``steps[2].params.pattern``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
+_COMPONENT_KEYS = ("action", "transformer", "sink")
+
+
+def _null_hint(err: ErrorDetails) -> str | None:
+    """YAML reads an unquoted ``null`` as None: say so when a component name is None."""
+    loc = err["loc"]
+    names_component = bool(loc) and loc[-1] in _COMPONENT_KEYS
+    if names_component and err["type"] == "string_type" and err.get("input") is None:
+        return " (an unquoted null in YAML means nothing: write 'null' in quotes)"
+    return None
 
 
 def _issues_from(exc: ValidationError, prefix: Sequence[int | str] = ()) -> list[ValidationIssue]:
-    issues = []
-    for err in exc.errors():
-        # pydantic inserts the model/validator name for unions and after-validators
-        loc = [p for p in err["loc"] if p not in ("function-after[_check_composition()]",)]
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        elif (
-            err["type"] == "string_type"
-            and err.get("input") is None
-            and loc
-            and loc[-1] in ("action", "transformer", "sink")
-        ):
-            msg += " (an unquoted null in YAML means nothing: write 'null' in quotes)"
-        path = format_loc([*prefix, *loc])
-        # model-level validators prefix their message with the path they are about
-        where = re.match(r"(compose(?:\.\w+)?): ", msg) if not loc else None
-        if where:
-            path, msg = format_loc([*prefix, *where.group(1).split(".")]), msg[where.end() :]
-        issues.append(ValidationIssue(path, msg))
-    return issues
+    # model-level validators prefix their message with the path they are about
+    return issues_from_pydantic(exc, prefix, message_paths=("compose",), hint=_null_hint)
 
 
 def parse_pipeline(data: Any, *, source: str | None = None) -> PipelineSpec:
@@ -307,29 +296,10 @@ def parse_pipeline(data: Any, *, source: str | None = None) -> PipelineSpec:
 
 def load_pipeline(path: str | Path, overrides: Mapping[str, Any] | None = None) -> PipelineSpec:
     """Read a pipeline YAML file; ``overrides`` maps dotted paths to values (``--set``)."""
-    import yaml
+    from .yamlfile import load_yaml_file
 
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        problem = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
-        raise PipelineValidationError(
-            [ValidationIssue("", f"cannot read {path}: {problem}")], str(path)
-        ) from None
-    except OSError as exc:
-        raise PipelineValidationError(
-            [ValidationIssue("", f"cannot read {path}: {exc.strerror or exc}")], str(path)
-        ) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise PipelineValidationError(
-            [ValidationIssue("", f"not valid YAML: {where}{problem}")], str(path)
-        ) from None
+    data = load_yaml_file(path, PipelineValidationError)
     if overrides:
         if data is None:
             data = {}
@@ -441,17 +411,7 @@ def _validate_params(
         return component.params.model_validate(params)
     except ValidationError as exc:
         for issue in _issues_from(exc, ()):
-            issues.append(
-                ValidationIssue(
-                    f"{path}.params"
-                    + (
-                        f".{issue.path}"
-                        if issue.path and not issue.path.startswith("[")
-                        else issue.path
-                    ),
-                    issue.message,
-                )
-            )
+            issues.append(ValidationIssue(join_path(f"{path}.params", issue.path), issue.message))
         return None
 
 

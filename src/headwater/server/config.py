@@ -29,9 +29,15 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from headwater.core.errors import HeadwaterError, PipelineValidationError, ValidationIssue
+from headwater.core.errors import (
+    InvalidFileError,
+    PipelineValidationError,
+    ValidationIssue,
+    issues_from_pydantic,
+    join_path,
+)
 from headwater.core.metrics.config import MetricsConfig
-from headwater.core.pipeline import apply_override, format_loc, parse_pipeline
+from headwater.core.pipeline import apply_override, parse_pipeline
 from headwater.core.streaming import StreamingConfig
 
 from .auth import TOKENS_ENV, AuthSettings, TokenGrant, parse_tokens_env
@@ -57,16 +63,10 @@ DEFAULT_PORT: Final = 8765
 _STRICT = ConfigDict(extra="forbid")
 
 
-class ServerConfigError(HeadwaterError):
+class ServerConfigError(InvalidFileError):
     """The server configuration is invalid; ``issues`` lists every problem with its path."""
 
-    def __init__(self, issues: list[ValidationIssue], source: str | None = None) -> None:
-        self.issues = issues
-        self.source = source
-        where = f" in {source}" if source else ""
-        lines = "\n".join(f"  {issue}" for issue in issues)
-        count = f"{len(issues)} problem{'s' if len(issues) != 1 else ''}"
-        super().__init__(f"invalid server configuration{where} ({count}):\n{lines}")
+    subject = "server configuration"
 
 
 class TokenConfig(BaseModel):
@@ -292,13 +292,7 @@ class NamedPipeline:
 
 
 def _prefixed(prefix: str, issues: list[ValidationIssue]) -> list[ValidationIssue]:
-    return [
-        ValidationIssue(
-            prefix + (("." + i.path) if i.path and not i.path.startswith("[") else i.path),
-            i.message,
-        )
-        for i in issues
-    ]
+    return [ValidationIssue(join_path(prefix, i.path), i.message) for i in issues]
 
 
 def _load_entry(
@@ -307,19 +301,16 @@ def _load_entry(
     where = f"pipelines.{name}" if name.isidentifier() else f"pipelines[{name!r}]"
     source: str | None = None
     if isinstance(entry.pipeline, str):
-        import yaml
+        from headwater.core.yamlfile import YamlFileError, read_yaml
 
         path = Path(os.path.expanduser(entry.pipeline))
         if not path.is_absolute():
             path = base / path
         source = str(path)
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            issues.append(ValidationIssue(f"{where}.pipeline", f"cannot read {path}: {exc}"))
-            return None
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            issues.append(ValidationIssue(f"{where}.pipeline", f"{path} is not valid YAML: {exc}"))
+            data = read_yaml(path)
+        except YamlFileError as exc:
+            issues.append(ValidationIssue(f"{where}.pipeline", exc.describe(name_file=True)))
             return None
         if not isinstance(data, dict):
             issues.append(ValidationIssue(f"{where}.pipeline", f"{path} is not a mapping"))
@@ -388,44 +379,13 @@ def parse_server_config(
 
 def load_server_config(path: str | Path) -> ServerConfig:
     """Read and validate a server configuration file (YAML)."""
-    import yaml
+    from headwater.core.yamlfile import load_yaml_file
 
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ServerConfigError([ValidationIssue("", f"cannot read {path}: {exc}")]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ServerConfigError(
-            [ValidationIssue("", f"not valid YAML: {where}{problem}")], str(path)
-        ) from None
+    data = load_yaml_file(path, ServerConfigError)
     return parse_server_config(data, base_dir=path.parent, source=str(path))
 
 
 def _issues(exc: ValidationError) -> list[ValidationIssue]:
-    issues = []
-    for err in exc.errors(include_url=False):
-        loc = list(err["loc"])
-        # unions (token: str | TokenConfig) add the member's name to the path: drop it
-        loc = [p for p in loc if not (isinstance(p, str) and p in ("str", "TokenConfig"))]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-        issues.append(ValidationIssue(format_loc(loc), msg))
-    # a union reports one error per member; keep each (path, message) once
-    seen: set[tuple[str, str]] = set()
-    unique = []
-    for issue in issues:
-        key = (issue.path, issue.message)
-        if key not in seen:
-            seen.add(key)
-            unique.append(issue)
-    return unique
+    # unions (token: str | TokenConfig) add the member's name to the path: drop it
+    return issues_from_pydantic(exc, union_tags=("str", "TokenConfig"))
