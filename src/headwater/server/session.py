@@ -1,0 +1,216 @@
+"""One client connection: its protocol v1 requests, read, limited and answered.
+
+A :class:`Session` reads the frames of one WebSocket connection, enforces the limits
+(frame size, rate, subscriptions), validates each frame with
+:func:`~headwater.server.protocol.parse_client_frame` and answers every request
+(``subscribe``, ``unsubscribe``, ``run``, ``cancel``, ``ping``). Bad input gets an
+``error`` frame; it never closes the connection or touches another client's stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from pydantic import BaseModel
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from headwater.core.streaming import StreamError
+
+from .dashboard import DASHBOARD_STREAM, RESERVED_PREFIX
+from .protocol import (
+    CancelMessage,
+    ClientMessage,
+    ErrorCode,
+    ErrorMessage,
+    PingMessage,
+    PongMessage,
+    ProtocolError,
+    RunMessage,
+    RunStartedMessage,
+    SubscribeMessage,
+    UnsubscribeMessage,
+    encode_message,
+    parse_client_frame,
+)
+from .transport import TokenBucket, WebSocketTransport
+
+if TYPE_CHECKING:
+    from .app import Server
+    from .runs import RunInfo
+
+__all__ = ["Session"]
+
+log = logging.getLogger("headwater.server")
+
+
+class Session:
+    """One WebSocket connection: reads requests, applies limits, answers each one.
+
+    Replies (``pong``, ``run_started``, ``error``) are sent directly; stream messages
+    (``subscribed``, chunks, ``stream_complete``...) come from the streaming manager,
+    which this session registers as client ``client_id``.
+    """
+
+    def __init__(
+        self, server: Server, conn: ServerConnection, principal: Any, client_id: str
+    ) -> None:
+        self.server = server
+        self.conn = conn
+        self.principal = principal
+        self.client_id = client_id
+        self.transport = WebSocketTransport(conn)
+        limits = server.config.limits
+        self.bucket = TokenBucket(limits.rate, limits.burst)
+        self.max_bytes = limits.max_frame_bytes
+
+    async def serve(self) -> None:
+        """Handle frames until the connection closes, then unsubscribe everywhere."""
+        try:
+            async for raw in self.conn:
+                await self.handle(raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.server.manager.deregister_all(self.client_id)
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the connection (used at shutdown)."""
+        try:
+            await self.conn.close(code, reason)
+        except Exception:  # pragma: no cover - already broken
+            log.debug("closing %s failed", self.client_id, exc_info=True)
+
+    async def handle(self, raw: str | bytes) -> None:
+        """Answer one frame; never raises except when the connection is gone."""
+        if not self.bucket.take():
+            await self.error("rate_limited", "too many messages; slow down and retry later")
+            return
+        if not isinstance(raw, str):
+            await self.error(
+                "invalid_message", "binary frames are not accepted: send JSON in text frames"
+            )
+            return
+        try:
+            message = parse_client_frame(raw, self.max_bytes)
+        except ProtocolError as exc:
+            await self.reply(exc.to_message())
+            return
+        try:
+            await self.dispatch(message)
+        except ProtocolError as exc:
+            if exc.ref is None:
+                exc.ref = message.id
+            await self.reply(exc.to_message())
+        except StreamError as exc:
+            await self.reply(ProtocolError.from_stream_error(exc, ref=message.id).to_message())
+        except ConnectionClosed:
+            raise
+        except Exception as exc:
+            log.exception("request %s of %s failed", message.type, self.client_id)
+            await self.error("internal_error", f"{type(exc).__name__}: {exc}", message.id)
+
+    async def dispatch(self, message: ClientMessage) -> None:
+        """Carry out one validated request."""
+        if isinstance(message, SubscribeMessage):
+            await self.subscribe(message)
+        elif isinstance(message, UnsubscribeMessage):
+            try:
+                await self.server.manager.deregister_client(
+                    message.stream, self.client_id, notify=True, ref=message.id
+                )
+            except StreamError as exc:
+                raise ProtocolError.from_stream_error(exc, ref=message.id) from None
+        elif isinstance(message, RunMessage):
+            await self.run(message)
+        elif isinstance(message, CancelMessage):
+            await self.server.cancel_run(
+                stream=message.stream, run=message.run, principal=self.principal
+            )
+        elif isinstance(message, PingMessage):
+            await self.reply(PongMessage(id=message.id))
+
+    def _check_room(self, stream: str, ref: str | int | None) -> None:
+        subscriptions = self.server.manager.subscriptions(self.client_id)
+        limit = self.server.config.limits.max_subscriptions
+        if stream not in subscriptions and len(subscriptions) >= limit:
+            raise ProtocolError(
+                "limit_reached",
+                f"a connection may be subscribed to at most {limit} streams",
+                ref=ref,
+            )
+
+    async def subscribe(self, message: SubscribeMessage) -> None:
+        """``subscribe``: authorize, check the limit, register with the manager."""
+        server = self.server
+        run = server.run_of_stream(message.stream)
+        owner = run.owner if run is not None else None
+        if not await server.allowed(self.principal, "subscribe", message.stream, owner=owner):
+            raise ProtocolError(
+                "unauthorized", f"not allowed to subscribe to {message.stream!r}", ref=message.id
+            )
+        self._check_room(message.stream, message.id)
+        if message.stream == DASHBOARD_STREAM:
+            await server.dashboard.open()  # created on demand, fed while watched
+        try:
+            await server.manager.register_client(
+                message.stream,
+                self.client_id,
+                self.transport,
+                since=message.since,
+                epoch=message.epoch,
+                ref=message.id,
+            )
+        except StreamError as exc:
+            raise ProtocolError.from_stream_error(exc, ref=message.id) from None
+
+    async def run(self, message: RunMessage) -> None:
+        """``run``: authorize, start the pipeline, subscribe the requester to its stream."""
+        server = self.server
+        if not await server.allowed(self.principal, "run", message.pipeline):
+            raise ProtocolError(
+                "unauthorized", f"not allowed to run {message.pipeline!r}", ref=message.id
+            )
+        if message.stream is not None:
+            if message.stream.startswith(RESERVED_PREFIX):
+                raise ProtocolError(
+                    "invalid_message",
+                    f"stream: ids starting with {RESERVED_PREFIX!r} are reserved",
+                    ref=message.id,
+                )
+            self._check_room(message.stream, message.id)
+        else:
+            self._check_room("", message.id)
+
+        async def subscribe_requester(run: RunInfo) -> None:
+            await self.reply(
+                RunStartedMessage(
+                    stream=run.stream, run=run.run_id, pipeline=run.pipeline, ref=message.id
+                )
+            )
+            await server.manager.register_client(
+                run.stream, self.client_id, self.transport, since=0, ref=message.id
+            )
+
+        try:
+            await server.start_run(
+                message.pipeline,
+                message.params,
+                stream=message.stream,
+                owner=self.principal,
+                before_start=subscribe_requester,
+            )
+        except ProtocolError as exc:
+            exc.ref = message.id
+            raise
+
+    async def reply(self, message: BaseModel) -> None:
+        """Send one reply (``pong``, ``run_started``, ``error``) on this connection."""
+        await self.conn.send(encode_message(message), text=True)
+
+    async def error(self, code: ErrorCode, text: str, ref: str | int | None = None) -> None:
+        """Send an ``error`` message."""
+        await self.reply(ErrorMessage(code=code, message=text, ref=ref))
