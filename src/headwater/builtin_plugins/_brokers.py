@@ -1,29 +1,24 @@
 """What the broker plugins (``redis.stream``, ``nats.jetstream``) share.
 
-* **Drain requests.** ``headwater worker`` stops a group member gracefully by asking the
-  broker sources of its run to *drain*: they stop reading new messages and return, so the
-  runtime's end-of-stream path places a final checkpoint marker after the last item; once
-  every sink committed it, the sources acknowledge everything they delivered. The request
-  is keyed by run id (:func:`request_drain`), and sources poll :func:`draining` between
-  reads (their reads are bounded by a short block timeout).
+Their read loop itself is :func:`._broker_source.read_broker`; here are its parts:
+
 * **The ledger** of messages delivered to the pipeline but not yet committed by every
   sink, by delivery number: the source reports that number as its checkpoint position,
   and the commit callback releases (acknowledges upstream) everything up to it.
-* **Consumer names** (``--consumer``, ``HEADWATER_CONSUMER``, or ``HOST-PID``) and the lazy
-  import of optional client libraries with an actionable error.
-
-Importing this module imports nothing beyond the standard library.
+* **Consumer names** (``--consumer``, ``HEADWATER_CONSUMER``, or ``HOST-PID``), and the
+  lazy import of optional client libraries with an actionable error (:func:`require`,
+  from :mod:`headwater.core.optional`).
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import socket
 from collections import deque
 from collections.abc import Hashable, Iterable
-from types import ModuleType
 from typing import Any, Final, Generic, TypeVar
+
+from headwater.core.optional import MissingDependency, require
 
 __all__ = [
     "CONSUMER_ENV",
@@ -37,25 +32,11 @@ __all__ = [
 CONSUMER_ENV: Final = "HEADWATER_CONSUMER"
 """Environment variable naming this process's consumer (``headwater worker --consumer``)."""
 
+
 def default_consumer() -> str:
     """This process's consumer name: ``HEADWATER_CONSUMER``, else ``HOSTNAME-PID``."""
     name = os.environ.get(CONSUMER_ENV, "").strip()
     return name or f"{socket.gethostname()}-{os.getpid()}"
-
-
-class MissingDependency(ImportError):
-    """An optional client library is not installed; the message says what to install."""
-
-
-def require(module: str, extra: str, component: str) -> ModuleType:
-    """Import ``module`` for ``component``, or raise :class:`MissingDependency`."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingDependency(
-            f"{component} needs the {module.partition('.')[0]!r} package, which is not "
-            f"installed: pip install 'headwater[{extra}]' ({exc})"
-        ) from None
 
 
 K = TypeVar("K", bound=Hashable)

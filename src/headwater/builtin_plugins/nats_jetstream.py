@@ -24,17 +24,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any, Literal
 
-import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
 import headwater
 from headwater.core.context import StreamContext
 
-from ._brokers import Ledger, delivered_upto, require
+from ._broker_source import Acknowledger, read_broker
+from ._brokers import require
 
 __all__ = [
     "NatsSinkParams",
@@ -160,62 +160,6 @@ def _decode_msg(msg: Any, seq: int, deliveries: int, params: NatsSourceParams) -
     return value
 
 
-class _NatsAcker:
-    """Acknowledges committed messages; owns the connection once the reader is done.
-
-    The final checkpoint is committed after the source generator returned: the
-    connection (which the message objects ack through) stays open until everything
-    delivered is acknowledged.
-    """
-
-    def __init__(self, nc: Any, ledger: Ledger[int]) -> None:
-        self.nc = nc
-        self.ledger = ledger
-        self.msgs: dict[int, Any] = {}
-        self.finished = False
-        self.acked = 0
-        self._lock = anyio.Lock()
-
-    async def commit(self, position: Any) -> None:
-        """``ctx.on_commit`` callback: ack every message delivered up to ``position``."""
-        upto = delivered_upto(position)
-        if upto is None:
-            return
-        async with self._lock:
-            seqs = self.ledger.release(upto)
-            if seqs and self.nc is not None:
-                try:
-                    for seq in seqs:
-                        msg = self.msgs.pop(seq, None)
-                        if msg is not None and not msg.is_acked:
-                            await msg.ack()
-                    await self.nc.flush(timeout=10)
-                    self.acked += len(seqs)
-                    log.debug(
-                        "nats.jetstream: acknowledged %d messages (%d in all)",
-                        len(seqs),
-                        self.acked,
-                    )
-                except Exception as exc:
-                    # Unacked messages are redelivered after ack_wait: at-least-once holds.
-                    log.warning("nats.jetstream: acking %d messages failed: %s", len(seqs), exc)
-            if self.finished and not self.ledger:
-                await self.close()
-
-    async def finish(self, *, normally: bool) -> None:
-        """The reader is done: close now, or after the final commit acknowledged all."""
-        self.finished = True
-        if not normally or not self.ledger:
-            await self.close()
-
-    async def close(self) -> None:
-        nc, self.nc = self.nc, None
-        self.msgs.clear()
-        if nc is not None:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                await nc.close()
-
-
 async def _ensure_consumer(js: Any, params: NatsSourceParams) -> None:
     """Create the durable pull consumer unless it exists (an existing one is kept as is)."""
     api = require("nats.js.api", "nats", "nats.jetstream")
@@ -279,6 +223,80 @@ async def _dead_letter(js: Any, nc: Any, msg: Any, params: NatsSourceParams) -> 
     await msg.term()
 
 
+class _PullConsumer:
+    """``nats.jetstream``'s :class:`~._broker_source.Broker`: a durable pull consumer.
+
+    It keeps the message objects of what it delivered and has not yet acknowledged (a
+    message is acknowledged through its own object, over the connection).
+    """
+
+    name = "nats.jetstream"
+    noun = "messages"
+    cursor = "seq"
+    start = 0
+    log = log
+
+    def __init__(self, params: NatsSourceParams) -> None:
+        self.params = params
+        self.nc: Any = None
+        self.js: Any = None
+        self.psub: Any = None
+        self.msgs: dict[int, Any] = {}
+
+    async def open(self) -> str:
+        params = self.params
+        self.nc = await _connect(params.url, "nats.jetstream")
+        self.js = js = self.nc.jetstream()
+        if params.create_stream:
+            await _ensure_stream(js, params.stream, params.create_stream)
+        await _ensure_consumer(js, params)
+        self.psub = await js.pull_subscribe_bind(params.durable, params.stream)
+        return f"durable consumer {params.durable!r} of stream {params.stream!r}"
+
+    async def fetch(self, count: int, held: Acknowledger[int]) -> list[tuple[int, Any]]:
+        params = self.params
+        try:
+            msgs = await self.psub.fetch(count, timeout=params.fetch_timeout)
+        except TimeoutError:  # nats.errors.TimeoutError and asyncio's: nothing came
+            return []
+        fetched: list[tuple[int, Any]] = []
+        for msg in msgs:
+            meta = msg.metadata
+            seq = int(meta.sequence.stream)
+            if seq in held:
+                continue  # redelivered while we still hold it: our ack will cover it
+            if params.max_deliver is not None and int(meta.num_delivered) > params.max_deliver:
+                await _dead_letter(self.js, self.nc, msg, params)
+                continue
+            fetched.append((seq, msg))
+            self.msgs[seq] = msg
+        return fetched
+
+    def decode(self, key: int, message: Any) -> Any:
+        return _decode_msg(message, key, int(message.metadata.num_delivered), self.params)
+
+    async def ack(self, keys: list[int]) -> int:
+        if self.nc is None:
+            return 0  # closed: the server redelivers them after ack_wait
+        for seq in keys:
+            msg = self.msgs.pop(seq, None)
+            if msg is not None and not msg.is_acked:
+                await msg.ack()
+        await self.nc.flush(timeout=10)
+        return len(keys)
+
+    def ack_failed(self, keys: list[int], exc: Exception) -> bool:
+        # Unacked messages are redelivered after ack_wait: at-least-once holds.
+        log.warning("nats.jetstream: acking %d messages failed: %s", len(keys), exc)
+        return False
+
+    async def close(self) -> None:
+        nc, self.nc = self.nc, None
+        self.msgs.clear()
+        if nc is not None:
+            await nc.close()
+
+
 @headwater.action(
     "nats.jetstream",
     params=NatsSourceParams,
@@ -296,71 +314,9 @@ async def nats_jetstream_source(
     each commit the messages delivered up to ``N`` are acknowledged.
     """
     _nats("nats.jetstream")
-    if not ctx.checkpointing:
-        raise RuntimeError(
-            "nats.jetstream acknowledges messages only after every sink committed them, "
-            "which needs the commit protocol: add `checkpoint: {store: memory}` to the "
-            "pipeline (headwater worker adds it for you)"
-        )
-    nc = await _connect(params.url, "nats.jetstream")
-    ledger: Ledger[int] = Ledger()
-    acker = _NatsAcker(nc, ledger)
-    ctx.on_commit(acker.commit)
-    normally = False
-    try:
-        js = nc.jetstream()
-        if params.create_stream:
-            await _ensure_stream(js, params.stream, params.create_stream)
-        await _ensure_consumer(js, params)
-        psub = await js.pull_subscribe_bind(params.durable, params.stream)
-        ctx.status(f"durable consumer {params.durable!r} of stream {params.stream!r}")
-        last_seq = 0
-        delivered = 0
-        idle_since = time.monotonic()
-        ctx.checkpoint({"delivered": 0, "last_seq": last_seq})
-        while not ctx.draining and not ctx.cancelled:
-            if params.max_messages is not None and delivered >= params.max_messages:
-                break
-            count = params.batch
-            if params.max_messages is not None:
-                count = min(count, params.max_messages - delivered)
-            try:
-                msgs = await psub.fetch(count, timeout=params.fetch_timeout)
-            except TimeoutError:  # nats.errors.TimeoutError and asyncio's: nothing came
-                msgs = []
-            items: list[Any] = []
-            seqs: list[int] = []
-            for msg in msgs:
-                meta = msg.metadata
-                seq = int(meta.sequence.stream)
-                deliveries = int(meta.num_delivered)
-                if seq in ledger:
-                    continue  # redelivered while we still hold it: our ack will cover it
-                if params.max_deliver is not None and deliveries > params.max_deliver:
-                    await _dead_letter(js, nc, msg, params)
-                    continue
-                items.append(_decode_msg(msg, seq, deliveries, params))
-                seqs.append(seq)
-                acker.msgs[seq] = msg
-            if items:
-                n = ledger.add(seqs)
-                delivered += len(items)
-                last_seq = seqs[-1]
-                yield items
-                ctx.checkpoint({"delivered": n, "last_seq": last_seq})
-                ctx.progress(delivered, message=f"last seq {last_seq}")
-                idle_since = time.monotonic()
-            else:
-                ctx.checkpoint({"delivered": ledger.delivered, "last_seq": last_seq})
-                if params.idle_exit is not None and (
-                    time.monotonic() - idle_since >= params.idle_exit
-                ):
-                    break
-        ctx.checkpoint({"delivered": ledger.delivered, "last_seq": last_seq})
-        normally = True
-    finally:
-        with anyio.CancelScope(shield=True):
-            await acker.finish(normally=normally)
+    async with aclosing(read_broker(_PullConsumer(params), params, ctx)) as batches:
+        async for batch in batches:
+            yield batch
 
 
 # ---------------------------------------------------------------------------------------

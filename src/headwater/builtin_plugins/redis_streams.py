@@ -29,16 +29,17 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
 from typing import Any, Literal
 
-import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
 import headwater
 from headwater.core.checkpoints import Checkpoint, CheckpointError
 from headwater.core.context import StreamContext
 
-from ._brokers import Ledger, default_consumer, delivered_upto, require
+from ._broker_source import Acknowledger, read_broker
+from ._brokers import default_consumer, require
 
 __all__ = [
     "RedisCheckpointStore",
@@ -130,7 +131,7 @@ class RedisSourceParams(BaseModel):
 
 
 def _decode_entry(
-    entry_id: bytes, fields: Mapping[bytes, bytes] | None, params: RedisSourceParams
+    entry_id: str, fields: Mapping[bytes, bytes] | None, params: RedisSourceParams
 ) -> Any:
     """The item for one stream entry, under ``params.decode``."""
     fields = fields or {}
@@ -141,7 +142,7 @@ def _decode_entry(
         raw = fields.get(params.field.encode())
         if raw is None:
             raise ValueError(
-                f"entry {_text(entry_id)} of stream {params.stream!r} has no field "
+                f"entry {entry_id} of stream {params.stream!r} has no field "
                 f"{params.field!r} (fields: {sorted(_text(k) for k in fields)}); set `field` "
                 "or use decode: fields"
             )
@@ -154,80 +155,20 @@ def _decode_entry(
                 value = json.loads(raw)
             except ValueError as exc:
                 raise ValueError(
-                    f"entry {_text(entry_id)} of stream {params.stream!r}: field "
+                    f"entry {entry_id} of stream {params.stream!r}: field "
                     f"{params.field!r} is not JSON ({exc}); use decode: text or bytes"
                 ) from None
     if params.envelope:
-        return {"id": _text(entry_id), "stream": params.stream, "data": value}
+        return {"id": entry_id, "stream": params.stream, "data": value}
     return value
 
 
-class _RedisAcker:
-    """Acknowledges committed entries; owns the client once the reader is done with it.
+Entry = tuple[str, Any]
+"""A stream entry: its id (as text) and its fields (None once deleted from the stream)."""
 
-    The runtime places the final checkpoint marker after the source generator returned,
-    so the last commit callback comes after the generator's ``finally``: the client is
-    then kept open until everything delivered is acknowledged (or reopened if needed).
-    """
 
-    def __init__(self, params: RedisSourceParams, ledger: Ledger[bytes], client: Any) -> None:
-        self.params = params
-        self.ledger = ledger
-        self.client: Any = client
-        self.finished = False
-        self.acked = 0
-        self._lock = anyio.Lock()
-
-    async def commit(self, position: Any) -> None:
-        """``ctx.on_commit`` callback: XACK every entry delivered up to ``position``."""
-        upto = delivered_upto(position)
-        if upto is None:
-            return
-        async with self._lock:
-            ids = self.ledger.release(upto)
-            if ids:
-                await self._ack(ids)
-            if self.finished and not self.ledger:
-                await self.close()
-
-    async def ack_now(self, ids: list[bytes]) -> None:
-        """Acknowledge entries that never reach the pipeline (deleted from the stream)."""
-        if ids:
-            async with self._lock:
-                await self._ack(ids)
-
-    async def _ack(self, ids: list[bytes]) -> None:
-        if self.client is None:
-            self.client = _redis_asyncio("redis.stream").Redis.from_url(self.params.url)
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for start in range(0, len(ids), _ACK_CHUNK):
-                pipe.xack(self.params.stream, self.params.group, *ids[start : start + _ACK_CHUNK])
-            await pipe.execute()
-            self.acked += len(ids)
-            log.debug("redis.stream: acknowledged %d entries (%d in all)", len(ids), self.acked)
-        except Exception as exc:
-            # The entries stay pending upstream: they are retried at the next commit (or
-            # reclaimed after a restart). At-least-once either way; never fail the run.
-            self.ledger.restore(ids)
-            log.warning(
-                "redis.stream: XACK of %d entries of %r failed (%s); retrying at the next commit",
-                len(ids),
-                self.params.stream,
-                exc,
-            )
-
-    async def finish(self, *, normally: bool) -> None:
-        """The reader is done: close now, or after the final commit acknowledged all."""
-        self.finished = True
-        if not normally or not self.ledger:
-            await self.close()
-
-    async def close(self) -> None:
-        client, self.client = self.client, None
-        if client is not None:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                await client.aclose()
+def _entries(raw: list[Any]) -> list[Entry]:
+    return [(_text(entry_id), fields) for entry_id, fields in raw]
 
 
 async def _ensure_group(client: Any, params: RedisSourceParams) -> None:
@@ -237,6 +178,100 @@ async def _ensure_group(client: Any, params: RedisSourceParams) -> None:
     except Exception as exc:
         if "BUSYGROUP" not in str(exc):
             raise
+
+
+class _ConsumerGroup:
+    """``redis.stream``'s :class:`~._broker_source.Broker`: one member of the group."""
+
+    name = "redis.stream"
+    noun = "entries"
+    cursor = "id"
+    start = ""
+    log = log
+
+    def __init__(self, params: RedisSourceParams) -> None:
+        self.params = params
+        self.consumer = params.consumer or default_consumer()
+        self.client: Any = None
+        self.own_cursor: bytes | None = b"0"  # first our own pending entries, then new ones
+        self.claim_cursor = b"0-0"
+        self.claim_due = 0.0
+
+    async def open(self) -> str:
+        params = self.params
+        self.client = _redis_asyncio("redis.stream").Redis.from_url(params.url)
+        await _ensure_group(self.client, params)
+        self.claim_due = time.monotonic()
+        return f"consumer {self.consumer!r} of group {params.group!r} on {params.stream!r}"
+
+    async def fetch(self, count: int, held: Acknowledger[str]) -> list[Entry]:
+        params, client, consumer = self.params, self.client, self.consumer
+        stream, group = params.stream, params.group
+        entries: list[Entry] = []
+        now = time.monotonic()
+        if params.claim_idle_ms is not None and now >= self.claim_due:
+            reply = await client.xautoclaim(
+                stream, group, consumer, params.claim_idle_ms, self.claim_cursor, count=count
+            )
+            self.claim_cursor = reply[0]
+            entries = [e for e in _entries(reply[1]) if e[0] not in held]
+            gone = [_text(i) for i in reply[2]] if len(reply) > 2 else []
+            await held.ack_now(gone)  # deleted from the stream: nothing to deliver
+            if self.claim_cursor in (b"0-0", "0-0"):
+                self.claim_cursor = b"0-0"
+                self.claim_due = now + params.claim_interval
+            if entries:
+                log.info(
+                    "redis.stream: consumer %s reclaimed %d entries of %r",
+                    consumer,
+                    len(entries),
+                    stream,
+                )
+        if not entries and self.own_cursor is not None:
+            reply = await client.xreadgroup(group, consumer, {stream: self.own_cursor}, count=count)
+            own = reply[0][1] if reply else []
+            if own:
+                self.own_cursor = own[-1][0]
+                entries = [e for e in _entries(own) if e[0] not in held]
+                gone = [e[0] for e in entries if not e[1]]
+                entries = [e for e in entries if e[1]]
+                await held.ack_now(gone)
+            else:
+                self.own_cursor = None
+        elif not entries:
+            reply = await client.xreadgroup(
+                group, consumer, {stream: ">"}, count=count, block=params.block_ms
+            )
+            entries = _entries(reply[0][1]) if reply else []
+        return entries
+
+    def decode(self, key: str, message: Any) -> Any:
+        return _decode_entry(key, message, self.params)
+
+    async def ack(self, keys: list[str]) -> int:
+        if self.client is None:  # closed by the reader: reopen for the final commit
+            self.client = _redis_asyncio("redis.stream").Redis.from_url(self.params.url)
+        pipe = self.client.pipeline(transaction=False)
+        for start in range(0, len(keys), _ACK_CHUNK):
+            pipe.xack(self.params.stream, self.params.group, *keys[start : start + _ACK_CHUNK])
+        await pipe.execute()
+        return len(keys)
+
+    def ack_failed(self, keys: list[str], exc: Exception) -> bool:
+        # The entries stay pending upstream: they are retried at the next commit (or
+        # reclaimed after a restart).
+        log.warning(
+            "redis.stream: XACK of %d entries of %r failed (%s); retrying at the next commit",
+            len(keys),
+            self.params.stream,
+            exc,
+        )
+        return True
+
+    async def close(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            await client.aclose()
 
 
 @headwater.action(
@@ -258,95 +293,10 @@ async def redis_stream_source(
     then reads new ones, and every ``claim_interval`` seconds reclaims entries that dead
     members left pending longer than ``claim_idle_ms``.
     """
-    aioredis = _redis_asyncio("redis.stream")
-    if not ctx.checkpointing:
-        raise RuntimeError(
-            "redis.stream acknowledges entries only after every sink committed them, which "
-            "needs the commit protocol: add `checkpoint: {store: memory}` to the pipeline "
-            "(headwater worker adds it for you)"
-        )
-    consumer = params.consumer or default_consumer()
-    client = aioredis.Redis.from_url(params.url)
-    ledger: Ledger[bytes] = Ledger()
-    acker = _RedisAcker(params, ledger, client)
-    ctx.on_commit(acker.commit)
-    normally = False
-    try:
-        await _ensure_group(client, params)
-        ctx.status(f"consumer {consumer!r} of group {params.group!r} on {params.stream!r}")
-        stream, group = params.stream, params.group
-        last_id = ""
-        own_cursor: bytes | None = b"0"  # first our own pending entries, then new ones
-        claim_cursor = b"0-0"
-        claim_due = time.monotonic()
-        idle_since = time.monotonic()
-        delivered = 0
-        ctx.checkpoint({"delivered": 0, "last_id": last_id})
-        while not ctx.draining and not ctx.cancelled:
-            if params.max_messages is not None and delivered >= params.max_messages:
-                break
-            count = params.batch
-            if params.max_messages is not None:
-                count = min(count, params.max_messages - delivered)
-            entries: list[tuple[bytes, Any]] = []
-            now = time.monotonic()
-            if params.claim_idle_ms is not None and now >= claim_due:
-                reply = await client.xautoclaim(
-                    stream, group, consumer, params.claim_idle_ms, claim_cursor, count=count
-                )
-                claim_cursor = reply[0]
-                entries = [e for e in reply[1] if e[0] not in ledger]
-                gone = list(reply[2]) if len(reply) > 2 else []
-                await acker.ack_now(gone)  # deleted from the stream: nothing to deliver
-                if claim_cursor in (b"0-0", "0-0"):
-                    claim_cursor = b"0-0"
-                    claim_due = now + params.claim_interval
-                if entries:
-                    log.info(
-                        "redis.stream: consumer %s reclaimed %d entries of %r",
-                        consumer,
-                        len(entries),
-                        stream,
-                    )
-            if not entries and own_cursor is not None:
-                reply = await client.xreadgroup(group, consumer, {stream: own_cursor}, count=count)
-                own = reply[0][1] if reply else []
-                if own:
-                    own_cursor = own[-1][0]
-                    entries = [e for e in own if e[0] not in ledger]
-                    gone = [e[0] for e in entries if not e[1]]
-                    entries = [e for e in entries if e[1]]
-                    await acker.ack_now(gone)
-                else:
-                    own_cursor = None
-            elif not entries:
-                reply = await client.xreadgroup(
-                    group, consumer, {stream: ">"}, count=count, block=params.block_ms
-                )
-                entries = reply[0][1] if reply else []
-            if entries:
-                items = [_decode_entry(eid, fields, params) for eid, fields in entries]
-                ids = [eid for eid, _ in entries]
-                n = ledger.add(ids)
-                delivered += len(ids)
-                last_id = _text(ids[-1])
-                yield items
-                ctx.checkpoint({"delivered": n, "last_id": last_id})
-                ctx.progress(delivered, message=f"last id {last_id}")
-                idle_since = time.monotonic()
-            else:
-                # Nothing new: report again so that a time-based checkpoint (and so the
-                # acknowledgement of what was delivered) happens while the stream is idle.
-                ctx.checkpoint({"delivered": ledger.delivered, "last_id": last_id})
-                if params.idle_exit is not None and (
-                    time.monotonic() - idle_since >= params.idle_exit
-                ):
-                    break
-        ctx.checkpoint({"delivered": ledger.delivered, "last_id": last_id})
-        normally = True
-    finally:
-        with anyio.CancelScope(shield=True):
-            await acker.finish(normally=normally)
+    _redis_asyncio("redis.stream")
+    async with aclosing(read_broker(_ConsumerGroup(params), params, ctx)) as batches:
+        async for batch in batches:
+            yield batch
 
 
 # ---------------------------------------------------------------------------------------
