@@ -234,7 +234,7 @@ def test_websocket_sink_publishes_from_a_pipeline_in_another_thread(
             .source("range", stop=5)
             .sink("websocket", stream=stream, close=True)
         )
-        result = headwater.run_sync(spec, plugins=shared.server.plugins, backend=backend)
+        result = headwater.run_sync(spec, engine=shared.server.engine, backend=backend)
         assert result.output == {"stream": stream, "chunks": 5, "last_seq": 5}
         while messages[-1].type != "stream_complete":
             messages.append(parse_server_frame(conn.recv(timeout=WAIT)))

@@ -102,19 +102,19 @@ def implementations(n: int) -> list[Implementation]:
 
 
 def _scrape_seconds() -> tuple[float, int] | None:
-    """Median time of one Prometheus exposition of this process, and its size in bytes."""
+    """Median time of one Prometheus exposition of the default engine's metrics (the
+    runs of this scenario), and its size in bytes."""
+    from headwater.core.metrics import exposition, prometheus_registry
+
     try:
-        from headwater.builtin_plugins.exporters import exposition
-    except ImportError:  # pragma: no cover - the exporters module always imports
-        return None
-    try:
-        body, _ = exposition()
+        registry = prometheus_registry()
+        body, _ = exposition(None, registry)
     except ImportError:  # prometheus-client is not installed
         return None
     times = []
     for _ in range(20):
         start = time.perf_counter()
-        exposition()
+        exposition(None, registry)
         times.append(time.perf_counter() - start)
     times.sort()
     return times[len(times) // 2], len(body)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
     from rich.console import Console
 
+    from ..core.engine import Engine
     from ..core.pipeline import PipelineSpec, ResolvedPipeline
     from ..core.plugins import PluginManager
 
@@ -198,17 +199,29 @@ def _forced_terminal(args: argparse.Namespace) -> bool | None:
 # ---------------------------------------------------------------------------------------
 
 
-def _plugin_manager(
+def _engine(
     args: argparse.Namespace, extra_disable: Iterable[str] = (), *, strict: bool | None = None
-) -> PluginManager:
-    """A loaded plugin manager honouring the CLI options; it becomes the process default."""
-    from ..core.plugins import PluginManager, reset_plugin_manager
+) -> Engine:
+    """The command's engine, honouring the CLI options (one per command).
+
+    It is also the process's default engine while the command runs, so that code the
+    pipeline imports (``fn`` callables, scripts) sees the same engine as the command.
+    """
+    from ..core.engine import Engine, set_default_engine
 
     if strict is None:
         strict = _strict(args)
-    manager = PluginManager(disable=[*_disabled_plugins(args), *extra_disable], strict=strict)
-    reset_plugin_manager(manager)
-    return manager.load()
+    engine = Engine(disable=[*_disabled_plugins(args), *extra_disable], strict=strict)
+    set_default_engine(engine)
+    engine.load()
+    return engine
+
+
+def _plugin_manager(
+    args: argparse.Namespace, extra_disable: Iterable[str] = (), *, strict: bool | None = None
+) -> PluginManager:
+    """The loaded plugin manager of the command's engine (see :func:`_engine`)."""
+    return _engine(args, extra_disable, strict=strict).plugins
 
 
 def _load_spec(args: argparse.Namespace) -> PipelineSpec:

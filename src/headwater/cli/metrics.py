@@ -55,10 +55,12 @@ def _metrics_exporters(args: argparse.Namespace, manager: PluginManager) -> list
     from pydantic import ValidationError
 
     from ..builtin_plugins.exporters import build_exporters
+    from ..core.engine import default_engine
     from ..core.errors import ComponentNotFound
 
     try:
-        return build_exporters(entries, manager)
+        # the command's engine (see _common._engine): its metrics are the command's
+        return build_exporters(entries, manager, default_engine().metrics.snapshot)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise CLIError(f"metrics options: {problems}") from None

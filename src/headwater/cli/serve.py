@@ -13,8 +13,8 @@ from ._common import (
     EXIT_USAGE,
     CLIError,
     _consoles,
+    _engine,
     _num,
-    _plugin_manager,
     _port,
 )
 from .metrics import _add_metrics_options, _metrics_exporters, _with_exporters
@@ -22,7 +22,7 @@ from .metrics import _add_metrics_options, _metrics_exporters, _with_exporters
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ..core.plugins import PluginManager
+    from ..core.engine import Engine
 
 
 def _add_server_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -95,7 +95,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         updates["port"] = args.port
     if updates:
         config = config.model_copy(update=updates)
-    manager = _plugin_manager(args)
+    engine = _engine(args)
+    manager = engine.plugins
     _, err = _consoles()
     exporters = _metrics_exporters(args, manager)
     try:
@@ -106,7 +107,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 err,
                 _serve,
                 config,
-                manager,
+                engine,
                 base_dir,
                 err,
                 backend="asyncio",
@@ -118,7 +119,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         ) from None
 
 
-async def _serve(config: Any, manager: PluginManager, base_dir: Any, err: Console) -> int:
+async def _serve(config: Any, engine: Engine, base_dir: Any, err: Console) -> int:
     import signal
 
     import anyio
@@ -126,7 +127,7 @@ async def _serve(config: Any, manager: PluginManager, base_dir: Any, err: Consol
 
     from ..server.app import Server
 
-    async with Server(config, plugins=manager, base_dir=base_dir) as server:
+    async with Server(config, engine=engine, base_dir=base_dir) as server:
         names = ", ".join(sorted(server.pipelines)) or "none"
         err.print(
             Text(f"headwater: serving on {server.http_url} (WebSocket {server.url})"),

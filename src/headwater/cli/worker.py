@@ -1,7 +1,8 @@
 """``headwater worker``: one member of a consumer group (Redis Streams, JetStream).
 
 The only module of the command that reaches into the brokers' plugin internals
-(``headwater.builtin_plugins._brokers``: the consumer name, draining a run).
+(the consumer name comes from the broker plugins; draining goes through the run's
+handle).
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ async def _work(
 
     import anyio
 
-    from ..builtin_plugins._brokers import clear_drain, default_consumer, request_drain
+    from ..builtin_plugins._brokers import default_consumer
     from ..core.api import open_run
 
     drained = False
@@ -131,7 +132,7 @@ async def _work(
                         os._exit(128 + int(signum))
                     drained = True
                     view.line(f"{name}: draining (no new reads; committing what is in flight)")
-                    request_drain(handle.run_id)
+                    handle.drain()
                     tg.start_soon(deadline)
 
         async def deadline() -> None:
@@ -139,13 +140,10 @@ async def _work(
             view.line(f"drain took longer than {drain_timeout:g}s: cancelling", "red")
             handle.cancel("drain timeout")
 
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(on_signals)
-                async for event in handle.events():
-                    view.on_event(event)
-                tg.cancel_scope.cancel()
-            result = await handle.wait()
-        finally:
-            clear_drain(handle.run_id)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(on_signals)
+            async for event in handle.events():
+                view.on_event(event)
+            tg.cancel_scope.cancel()
+        result = await handle.wait()
     return result, drained

@@ -21,7 +21,9 @@ from .runtime import RunHandle, RunResult
 __all__ = ["PipelineLike", "open_run", "prepare", "run", "run_sync"]
 
 
-def _engine(engine: Engine | None, plugins: PluginManager | None) -> Engine:
+def engine_for(engine: Engine | None, plugins: PluginManager | None) -> Engine:
+    """The engine a convenience function runs on: ``engine``, else one around
+    ``plugins`` (sharing the default engine's metrics and servers), else the default."""
     if engine is not None:
         if plugins is not None:
             raise TypeError("pass either engine or plugins")
@@ -43,7 +45,7 @@ def prepare(
 ) -> tuple[ResolvedPipeline, PluginManager]:
     """Validate a pipeline against the registered components (raises on any problem);
     see :meth:`Engine.prepare <headwater.Engine.prepare>`."""
-    return _engine(engine, plugins).prepare(pipeline, source=source)
+    return engine_for(engine, plugins).prepare(pipeline, source=source)
 
 
 async def run(
@@ -57,7 +59,7 @@ async def run(
 ) -> RunResult:
     """Run a pipeline to completion on the current event loop and return its result;
     see :meth:`Engine.run <headwater.Engine.run>`."""
-    return await _engine(engine, plugins).run(
+    return await engine_for(engine, plugins).run(
         pipeline, raise_on_error=raise_on_error, resume=resume, force=force
     )
 
@@ -73,7 +75,7 @@ async def open_run(
 ) -> AsyncIterator[RunHandle]:
     """Start a run in the background and yield its :class:`RunHandle`; see
     :meth:`Engine.open_run <headwater.Engine.open_run>`."""
-    async with _engine(engine, plugins).open_run(pipeline, resume=resume, force=force) as handle:
+    async with engine_for(engine, plugins).open_run(pipeline, resume=resume, force=force) as handle:
         yield handle
 
 
@@ -88,7 +90,7 @@ def run_sync(
     force: bool = False,
 ) -> RunResult:
     """Blocking convenience for scripts: run a pipeline on a fresh event loop."""
-    target = _engine(engine, plugins)
+    target = engine_for(engine, plugins)
     return anyio.run(
         lambda: target.run(pipeline, raise_on_error=raise_on_error, resume=resume, force=force),
         backend=backend,

@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -208,6 +209,20 @@ class PipelineSpec(BaseModel):
     batch_size: int = Field(256, gt=0, le=65536, description="Items per batch between stages.")
     buffer: int = Field(4, gt=0, le=1024, description="Batches buffered between two stages.")
     plugins: PluginSettings = Field(default_factory=PluginSettings)
+    requires: dict[str, str] = Field(
+        default_factory=dict,
+        description="Distributions the pipeline needs, name -> PEP 440 version range "
+        "(e.g. headwater-tabular: '>=0.2'); checked by validate and every run.",
+    )
+
+    @field_validator("requires")
+    @classmethod
+    def _check_requires(cls, value: dict[str, str]) -> dict[str, str]:
+        from .requirements import check_specifier
+
+        for spec in value.values():
+            check_specifier(spec)
+        return value
 
     @model_validator(mode="after")
     def _check_composition(self) -> PipelineSpec:
@@ -422,7 +437,9 @@ def resolve(spec: PipelineSpec, registry: Any, *, source: str | None = None) -> 
     :class:`~headwater.core.plugins.PluginManager`. Raises
     :class:`PipelineValidationError` listing every problem.
     """
-    issues: list[ValidationIssue] = []
+    from .requirements import requirement_issues
+
+    issues: list[ValidationIssue] = requirement_issues(spec.requires)
     sources: dict[str, ResolvedStage] = {}
     for name, src in spec.sources.items():
         path = f"sources.{name}" if name.isidentifier() else f"sources[{name!r}]"

@@ -12,7 +12,7 @@ WebSocket protocol:
   decides who may see it (action ``subscribe``, target ``$dashboard``), and the
   streaming manager's per-client queues and slow-consumer policy apply. The feed learns
   about progress and errors as a :class:`~headwater.core.streaming.StreamObserver` of the
-  manager, and reads the rest from :func:`headwater.core.metrics.snapshot` and the
+  manager, and reads the rest from its engine's metrics snapshot and the
   server's runs.
 * :func:`pipelines_listing` is the body of ``/api/pipelines``: the named pipelines a
   principal may run, each with the JSON Schema of the params a ``run`` may set (taken
@@ -39,7 +39,7 @@ from anyio.abc import TaskGroup
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
-from headwater.core.metrics import LATENCY_BUCKETS, snapshot
+from headwater.core.metrics import LATENCY_BUCKETS
 from headwater.core.streaming import Frame, StreamError, StreamingManager
 
 if TYPE_CHECKING:
@@ -341,7 +341,7 @@ class DashboardFeed:
         """Rates since the previous measure: (chunks/s, items/s per pipeline, latency)."""
         now = time.monotonic()
         if snap is None:
-            snap = snapshot()
+            snap = self.server.engine.metrics.snapshot()
         items: dict[str, int] = {}
         for stage in snap.get("stages", ()):
             if str(stage.get("stage", "")).startswith("sources."):
@@ -372,7 +372,7 @@ class DashboardFeed:
 
     def tick(self) -> dict[str, Any]:
         """Measure and return one summary (the chunk pushed to ``$dashboard``)."""
-        snap = snapshot()
+        snap = self.server.engine.metrics.snapshot()
         chunks, by_pipeline, latency = self._measure(snap)
         summary = self.state(snap)
         summary["throughput"] = {
@@ -395,7 +395,7 @@ class DashboardFeed:
 
     def state(self, snap: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The server's state now (everything of a summary but the rates); ``snap`` is a
-        metrics :func:`~headwater.core.metrics.snapshot` already taken."""
+        metrics snapshot already taken."""
         server = self.server
         manager = server.manager
         runs: list[dict[str, Any]] = []
@@ -438,7 +438,7 @@ class DashboardFeed:
             name: {"pipeline": name, "named": True, "running": 0, "runs": {}}
             for name in sorted(server.pipelines)
         }
-        for entry in (snap if snap is not None else snapshot()).get("pipelines", ()):
+        for entry in (snap if snap is not None else server.engine.metrics.snapshot()).get("pipelines", ()):
             name = str(entry.get("pipeline"))
             row = pipelines.setdefault(name, {"pipeline": name, "named": False})
             row["running"] = entry.get("running", 0)

@@ -10,17 +10,20 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskGroup
 
 from ..errors import HeadwaterError, PipelineCancelled
-from ..metrics import metrics_registry
 from ..plugins import PluginManager
-from ..runtime import RunHandle, create_run
+from ..runtime import RunHandle
 from .core import SchedulerCore
 from .model import DEFAULT_AGING, ChangeObserver, ScheduledRun, ScheduledState, SchedulerError
 from .pipelines import resolve_run
+
+if TYPE_CHECKING:
+    from ..engine import Engine
 
 __all__ = ["Scheduler"]
 
@@ -43,8 +46,10 @@ class Scheduler(SchedulerCore):
         resources: Named resource capacities, e.g. ``{"cpu": 2, "db": 1}``.
         aging: A waiting run gains one priority point per ``aging`` runs started while it
             waits (None disables aging).
-        plugins: The plugin manager to validate and run pipelines with (default: the
-            process-wide one).
+        engine: The :class:`~headwater.Engine` that validates and runs the pipelines and
+            whose metrics list the scheduler (default: the default engine, or one built
+            around ``plugins``).
+        plugins: For compatibility: a plugin manager to validate and run pipelines with.
         on_change: An observer called as ``on_change(run, old_state, new_state)`` on
             every state change (more with :meth:`add_observer`). Observers run
             synchronously inside scheduling decisions: keep them quick.
@@ -56,10 +61,17 @@ class Scheduler(SchedulerCore):
         resources: Mapping[str, int] | None = None,
         *,
         aging: int | None = DEFAULT_AGING,
+        engine: Engine | None = None,
         plugins: PluginManager | None = None,
         on_change: ChangeObserver | None = None,
     ) -> None:
-        super().__init__(concurrency, resources, aging=aging, plugins=plugins, on_change=on_change)
+        from ..api import engine_for
+
+        self.engine = engine_for(engine, plugins)
+        """The engine the scheduler runs its pipelines on."""
+        super().__init__(
+            concurrency, resources, aging=aging, plugins=self.engine.plugins, on_change=on_change
+        )
         self._tg: TaskGroup | None = None
         self._entered = False
         self._idle: anyio.Event | None = None
@@ -76,7 +88,7 @@ class Scheduler(SchedulerCore):
         await tg.__aenter__()
         self._tg = tg
         self._launch = self._launch_in_task_group
-        metrics_registry().add_member("schedulers", self.metrics_id, self.metrics)
+        self.engine.metrics.add_member("schedulers", self.metrics_id, self.metrics)
         self._dispatch()
         return self
 
@@ -114,7 +126,7 @@ class Scheduler(SchedulerCore):
                 if not run.done:
                     why = run._cancel_reason or "scheduler closed"
                     self._finish(run, "cancelled", reason=why, error=PipelineCancelled(why))
-            metrics_registry().remove_member("schedulers", self.metrics_id)
+            self.engine.metrics.remove_member("schedulers", self.metrics_id)
         if unwrap:
             assert exc is not None
             raise exc
@@ -155,7 +167,7 @@ class Scheduler(SchedulerCore):
         handle: RunHandle | None = None
         try:
             resolved, pm = resolve_run(run, self._runs, self.plugins)
-            handle = create_run(resolved, pm)
+            handle = self.engine.create_run(resolved, pm)
             run._handle = handle
             run._run_id = handle.run_id
             async with anyio.create_task_group() as tg:
