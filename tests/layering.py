@@ -26,7 +26,11 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "headwater"
 
-_TYPES_ANNOTATION_ONLY = ("headwater.core.components", "headwater.core.errors", "headwater.core.pipeline")
+_TYPES_ANNOTATION_ONLY = (
+    "headwater.core.components",
+    "headwater.core.errors",
+    "headwater.core.pipeline",
+)
 
 
 @dataclass(frozen=True)

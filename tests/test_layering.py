@@ -63,4 +63,5 @@ def test_hookspecs_may_not_reach_the_server_even_for_annotations(tree: Path) -> 
     )
     found = violations(tree)
     assert len(found) == 1
-    assert "under TYPE_CHECKING" in found[0] and "hookspecs imports only" in found[0]
+    assert "under TYPE_CHECKING" in found[0]
+    assert "hookspecs imports only" in found[0]

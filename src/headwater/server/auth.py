@@ -3,9 +3,10 @@
 The server extracts a bearer token from every WebSocket upgrade and ``/api`` request (the
 ``Authorization: Bearer TOKEN`` header, else the ``token`` query parameter) and asks the
 ``authenticate`` hook for a principal; the ``authorize`` hook then decides each
-``subscribe``, ``run`` and ``cancel``. The types both sides share (:class:`AuthRequest`, :class:`AuthSettings`,
-:class:`TokenGrant`, :class:`TokenPrincipal`) live in :mod:`headwater.types`, which the
-hook specifications may import; they are re-exported here. This module adds how the
+``subscribe``, ``run`` and ``cancel``. The types both sides share (:class:`AuthRequest`,
+:class:`AuthSettings`, :class:`TokenGrant`, :class:`TokenPrincipal`) live in
+:mod:`headwater.types`, which the hook specifications may import; they are re-exported
+here. This module adds how the
 server reads requests and ``HEADWATER_TOKENS`` (:func:`parse_tokens_env`).
 
 Importing it is cheap (no pydantic, no websockets): plugins import it at load time.

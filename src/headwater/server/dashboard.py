@@ -438,7 +438,9 @@ class DashboardFeed:
             name: {"pipeline": name, "named": True, "running": 0, "runs": {}}
             for name in sorted(server.pipelines)
         }
-        for entry in (snap if snap is not None else server.engine.metrics.snapshot()).get("pipelines", ()):
+        for entry in (snap if snap is not None else server.engine.metrics.snapshot()).get(
+            "pipelines", ()
+        ):
             name = str(entry.get("pipeline"))
             row = pipelines.setdefault(name, {"pipeline": name, "named": False})
             row["running"] = entry.get("running", 0)
