@@ -7,6 +7,10 @@
 * :class:`ServerConfig` and :func:`load_server_config` (:mod:`headwater.server.config`);
 * :class:`StreamingManager` (with :class:`StreamingConfig`, :class:`StreamError`,
   :class:`ClientTransport`): stream lifecycles and fan-out, usable without a server;
+* serving an engine's metrics elsewhere: :class:`HeadwaterCollector` (for a
+  ``prometheus_client`` registry of your own), :func:`prometheus_registry`,
+  :func:`exposition`, :func:`build_exporters`, :func:`running_exporters`,
+  :class:`MetricsConfig`;
 * :class:`NoServerRunning`: raised by the ``websocket`` sink of a run whose engine runs
   no server.
 
@@ -22,6 +26,15 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from headwater.core.metrics import (
+        ExporterEntry,
+        HeadwaterCollector,
+        MetricsConfig,
+        build_exporters,
+        exposition,
+        prometheus_registry,
+        running_exporters,
+    )
     from headwater.core.services import NoServerRunning
     from headwater.core.streaming import (
         ClientTransport,
@@ -45,6 +58,13 @@ _LAZY: dict[str, str] = {
     "load_server_config": "config",
     "parse_server_config": "config",
     "NoServerRunning": "headwater.core.services",
+    "ExporterEntry": "headwater.core.metrics",
+    "HeadwaterCollector": "headwater.core.metrics",
+    "MetricsConfig": "headwater.core.metrics",
+    "build_exporters": "headwater.core.metrics",
+    "exposition": "headwater.core.metrics",
+    "prometheus_registry": "headwater.core.metrics",
+    "running_exporters": "headwater.core.metrics",
     "ClientTransport": "headwater.core.streaming",
     "StreamError": "headwater.core.streaming",
     "StreamingConfig": "headwater.core.streaming",
@@ -60,6 +80,9 @@ _REMOVED: dict[str, str] = {
 __all__ = [
     "AuthRequest",
     "ClientTransport",
+    "ExporterEntry",
+    "HeadwaterCollector",
+    "MetricsConfig",
     "NoServerRunning",
     "RunInfo",
     "Server",
@@ -70,8 +93,12 @@ __all__ = [
     "StreamingConfig",
     "StreamingManager",
     "TokenPrincipal",
+    "build_exporters",
+    "exposition",
     "load_server_config",
     "parse_server_config",
+    "prometheus_registry",
+    "running_exporters",
 ]
 
 
