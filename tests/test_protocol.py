@@ -1,7 +1,9 @@
-"""Protocol v1: client frame parsing (property-based), server messages, manager frames."""
+"""Protocol v1: client frame parsing (property-based), server messages, the core frame
+encoder against the models, manager frames."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any
 
@@ -9,9 +11,10 @@ import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 import headwater
-from headwater.core.streaming import Frame, StreamError, StreamingConfig, StreamingManager
+from headwater.core.streaming import Frame, StreamError, StreamingConfig, StreamingManager, wire
 from headwater.server.protocol import (
     CLIENT_MESSAGE_TYPES,
     ERROR_CODES,
@@ -372,6 +375,165 @@ def test_stream_errors_map_to_protocol_codes(stream_code: Any, protocol_code: st
     error = ProtocolError.from_stream_error(StreamError("text", code=stream_code), ref="r")
     assert (error.code, error.message, error.ref) == (protocol_code, "text", "r")
     assert error.code in ERROR_CODES
+
+
+# -- the core frame encoder produces what the models describe ---------------------------
+
+SERVER_MODELS: dict[str, type[BaseModel]] = {
+    "subscribed": SubscribedMessage,
+    "unsubscribed": UnsubscribedMessage,
+    "stream_update": StreamUpdateMessage,
+    "progress": ProgressMessage,
+    "status": StatusMessage,
+    "stream_complete": StreamCompleteMessage,
+    "stream_error": StreamErrorMessage,
+    "replay_gap": ReplayGapMessage,
+    "dropped": DroppedMessage,
+    "run_started": RunStartedMessage,
+    "pong": PongMessage,
+    "error": ErrorMessage,
+}
+
+# The arguments of each encoder, as the manager and the server pass them (plain values,
+# not models: e.g. an int `done`, any JSON chunk data, any summary).
+encoder_arguments: dict[str, st.SearchStrategy[dict[str, Any]]] = {
+    "subscribed": st.fixed_dictionaries(
+        {
+            "stream": names,
+            "epoch": names,
+            "seq": seqs,
+            "replayed": st.integers(0, 1000),
+            "ref": request_ids,
+        }
+    ),
+    "unsubscribed": st.fixed_dictionaries({"stream": names, "ref": request_ids}),
+    "stream_update": st.fixed_dictionaries(
+        {"stream": names, "seq": st.integers(1, 2**40), "data": json_values}
+    ),
+    "progress": st.fixed_dictionaries(
+        {
+            "stream": names,
+            "stage": names,
+            "done": numbers,
+            "total": st.none() | numbers,
+            "message": optional_text,
+        }
+    ),
+    "status": st.fixed_dictionaries(
+        {"stream": names, "state": names, "stage": optional_text, "message": optional_text}
+    ),
+    "stream_complete": st.fixed_dictionaries(
+        {
+            "stream": names,
+            "reason": names,
+            "last_seq": seqs,
+            "summary": st.none() | json_objects,
+        }
+    ),
+    "stream_error": st.fixed_dictionaries({"stream": names, "error": json_objects}),
+    "replay_gap": st.fixed_dictionaries(
+        {
+            "stream": names,
+            "since": seqs,
+            "first_available": seqs,
+            "reason": st.sampled_from(["evicted", "epoch_changed", "ahead"]),
+            "epoch": names,
+        }
+    ),
+    "dropped": st.fixed_dictionaries({"stream": names, "count": st.integers(1, 10**6)}),
+    "run_started": st.fixed_dictionaries(
+        {"stream": names, "run": names, "pipeline": names, "ref": request_ids}
+    ),
+    "pong": st.fixed_dictionaries({"id": request_ids}),
+    "error": st.fixed_dictionaries(
+        {"code": st.sampled_from(sorted(ERROR_CODES)), "message": st.text(), "ref": request_ids}
+    ),
+}
+
+
+def check_server_frame(kind: str, frame: bytes) -> None:
+    """The property: ``frame`` is a valid ``kind`` message, and its model loses nothing."""
+    parsed = parse_server_frame(frame)
+    assert type(parsed) is SERVER_MODELS[kind]
+    assert parsed.model_dump(mode="json") == json.loads(frame)
+    assert list(json.loads(frame)) == ["type", "v", *encoder_fields(kind)]
+
+
+def encoder_fields(kind: str) -> list[str]:
+    """The fields an encoder writes: its parameters, except keyword-only options."""
+    parameters = inspect.signature(wire.SERVER_FRAMES[kind]).parameters.values()
+    return [p.name for p in parameters if p.kind is not p.KEYWORD_ONLY]
+
+
+def test_one_encoder_per_server_message_type() -> None:
+    assert tuple(wire.SERVER_FRAMES) == SERVER_MESSAGE_TYPES
+    assert set(SERVER_MODELS) == set(SERVER_MESSAGE_TYPES) == set(encoder_arguments)
+    for kind, model in SERVER_MODELS.items():
+        # the encoder's parameters are the model's fields, in the same order
+        assert ["type", "v", *encoder_fields(kind)] == list(model.model_fields), kind
+
+
+@PROPERTY
+@given(st.one_of([st.tuples(st.just(k), args) for k, args in encoder_arguments.items()]))
+def test_encoder_frames_validate_against_the_models(case: tuple[str, dict[str, Any]]) -> None:
+    kind, arguments = case
+    check_server_frame(kind, wire.SERVER_FRAMES[kind](**arguments))
+
+
+@PROPERTY
+@given(server_messages)
+def test_encode_message_is_the_models_own_serialisation(message: Any) -> None:
+    # server messages go through the core encoder: byte for byte what pydantic writes
+    assert encode_message(message) == message.model_dump_json().encode()
+
+
+@PROPERTY
+@given(names, st.integers(1, 2**40), json_values)
+def test_the_hot_stream_update_template(stream: str, seq: int, data: Any) -> None:
+    frame = wire.stream_update_encoded(wire.encode_json(stream), seq, wire.encode_json(data))
+    assert frame == wire.stream_update(stream, seq, data)
+    assert (
+        frame == StreamUpdateMessage(stream=stream, seq=seq, data=data).model_dump_json().encode()
+    )
+    check_server_frame("stream_update", frame)
+
+
+def test_lenient_frames_validate() -> None:
+    unserialisable = {"error": "E", "obj": object(), "n": 1}
+    with pytest.raises(ValueError, match="serialize"):
+        wire.stream_error("s", unserialisable)
+    frame = wire.stream_error("s", unserialisable, lenient=True)
+    check_server_frame("stream_error", frame)
+    assert json.loads(frame)["error"]["n"] == 1
+    with pytest.raises(ValueError, match="serialize"):
+        wire.stream_complete("s", "completed", 3, {"x": object()})
+    frame = wire.stream_complete("s", "completed", 3, {"x": object()}, lenient=True)
+    parsed = parse_server_frame(frame)
+    assert parsed == StreamCompleteMessage(stream="s", reason="completed", last_seq=3)
+    assert b"summary" not in frame
+
+
+@pytest.mark.parametrize(
+    ("event", "kind"),
+    [
+        (headwater.Progress("sources.x", 3, 10, "reading"), "progress"),
+        (headwater.Progress("sources.x", 0.5), "progress"),
+        (headwater.Status("running"), "status"),
+        (headwater.Status("failed", "sinks.y", "boom"), "status"),
+        (headwater.ErrorEvent("st", {"error": "E", "message": "m"}, handled=True), "stream_error"),
+    ],
+)
+def test_event_frames_validate(event: Any, kind: str) -> None:
+    frame = wire.event_frame("s", event)
+    assert json.loads(frame)["type"] == kind
+    parsed = parse_server_frame(frame)
+    assert type(parsed) is SERVER_MODELS[kind]
+    assert parsed.model_dump(mode="json") == json.loads(frame)
+
+
+def test_complete_has_no_event_frame() -> None:
+    with pytest.raises(TypeError):
+        wire.event_frame("s", headwater.Complete("succeeded", {}))
 
 
 # -- the manager speaks this protocol ---------------------------------------------------

@@ -12,9 +12,13 @@ errors, so a typo gets a precise answer). Server messages are read tolerantly
 (:func:`parse_server_frame` ignores unknown fields), so the server may add optional fields
 within version 1 without breaking clients.
 
-The frames that carry stream data (``subscribed``, ``stream_update``, ``progress``...) are
-produced by :class:`headwater.core.streaming.StreamingManager` without going through these
-models (encode once, share among clients); they validate against them.
+Server frames have one encoder, in the core: :mod:`headwater.core.streaming.wire`. The
+streaming manager builds the frames that carry stream data (``subscribed``,
+``stream_update``, ``progress``...) with it, without going through these models (encode
+once, share among clients), and :func:`encode_message` encodes the server's own replies
+(``run_started``, ``pong``, ``error``) through it too. The server models here document
+those frames and validate them (the tests check that every frame the encoder produces
+validates against its model).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from pydantic_core import from_json
 
 from headwater.core.errors import HeadwaterError
 from headwater.core.streaming import StreamError
+from headwater.core.streaming.wire import PROTOCOL_VERSION, SERVER_FRAMES
 
 __all__ = [
     "CLIENT_MESSAGE_TYPES",
@@ -72,9 +77,6 @@ __all__ = [
     "parse_server_frame",
     "protocol_json_schema",
 ]
-
-PROTOCOL_VERSION: Final = 1
-"""The protocol version this module implements."""
 
 MAX_CLIENT_FRAME_BYTES: Final = 64 * 1024
 """Default size limit of one client frame, in bytes of UTF-8."""
@@ -506,8 +508,21 @@ def parse_server_frame(raw: str | bytes) -> ServerMessage:
 
 
 def encode_message(message: BaseModel) -> bytes:
-    """A message as one frame: compact UTF-8 JSON, to be sent as a text message."""
+    """A message as one frame: compact UTF-8 JSON, to be sent as a text message.
+
+    Server messages are encoded by the core's frame encoder
+    (:data:`headwater.core.streaming.wire.SERVER_FRAMES`), the one the streaming manager
+    uses; client messages by their model.
+    """
+    if isinstance(message, _ServerBase):
+        fields = {name: getattr(message, name) for name in _fields_of(type(message))}
+        return SERVER_FRAMES[message.type](**fields)
     return message.model_dump_json().encode()
+
+
+def _fields_of(model: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of a server message, besides ``type`` and ``v``, in order."""
+    return tuple(name for name in model.model_fields if name not in ("type", "v"))
 
 
 def protocol_json_schema() -> dict[str, Any]:
