@@ -309,14 +309,18 @@ class Sink:
 
 @pytest.mark.anyio
 async def test_streams_are_counted_and_counters_outlive_their_manager() -> None:
+    registry = metrics.MetricsRegistry()  # a manager counts in its engine's registry only
+
     def totals() -> dict[str, int]:
-        data = snapshot().get("streams") or {"totals": {}}
+        data = registry.snapshot().get("streams") or {"totals": {}}
         return dict(data["totals"])
 
     before = totals()
     stream_id = unique("stream")
     client = Sink()
-    async with StreamingManager(StreamingConfig(inactivity_timeout=None)) as manager:
+    async with StreamingManager(
+        StreamingConfig(inactivity_timeout=None), metrics=registry
+    ) as manager:
         await manager.create_stream(stream_id)
         await manager.register_client(stream_id, "c1", client)
         for i in range(5):
@@ -325,7 +329,7 @@ async def test_streams_are_counted_and_counters_outlive_their_manager() -> None:
             # 5 updates + "subscribed"
             while manager.stats(stream_id)["messages_sent"] < 5 + 1:  # noqa: ASYNC110
                 await anyio.sleep(0.01)
-        data = snapshot()["streams"]
+        data = registry.snapshot()["streams"]
         mine = next(s for s in data["streams"] if s["stream"] == stream_id)
         assert mine["clients"] == 1
         assert mine["seq"] == 5
@@ -337,7 +341,7 @@ async def test_streams_are_counted_and_counters_outlive_their_manager() -> None:
         sent = during["messages_sent"] - before.get("messages_sent", 0)
         assert sent >= mine["messages_sent"]
     after = totals()
-    assert all(s["stream"] != stream_id for s in snapshot()["streams"]["streams"])
+    assert all(s["stream"] != stream_id for s in registry.snapshot()["streams"]["streams"])
     # counters never go down when a manager stops
     for key in ("messages_sent", "bytes_sent", "streams_created", "subscriptions"):
         assert after[key] >= during[key], key

@@ -29,9 +29,9 @@ def test_unmet_requirements_name_each_distribution_and_stop_the_run() -> None:
         headwater.run_sync(spec)
     messages = {issue.path: issue.message for issue in info.value.issues}
     assert "but pydantic 2." in messages["requires.pydantic"]
-    assert "not installed: pip install 'hw-no-such-dist>=1'" in messages[
-        "requires['hw-no-such-dist']"
-    ]
+    assert (
+        "not installed: pip install 'hw-no-such-dist>=1'" in messages["requires['hw-no-such-dist']"]
+    )
 
 
 def test_a_bad_range_is_a_validation_error() -> None:

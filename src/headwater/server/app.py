@@ -171,7 +171,9 @@ class Server:
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
-            self._manager = await stack.enter_async_context(StreamingManager(config.streaming))
+            self._manager = await stack.enter_async_context(
+                StreamingManager(config.streaming, metrics=self.engine.metrics)
+            )
             if config.bridge is not None:
                 from .bridge import StreamBridge
 

@@ -57,7 +57,7 @@ from .config import (
 )
 from .delivery import BatchClientTransport, ClientTransport, DirectClientTransport
 from .manager import StreamingManager
-from .metrics_source import streams_metrics
+from .metrics_source import StreamsMetrics, streams_metrics_of
 from .observers import StreamObserver
 from .stream_state import ReplayGap, StreamInfo, Subscription
 from .wire import PROTOCOL_VERSION, Frame, encode_json, error_details
@@ -79,8 +79,9 @@ __all__ = [
     "StreamObserver",
     "StreamingConfig",
     "StreamingManager",
+    "StreamsMetrics",
     "Subscription",
     "encode_json",
     "error_details",
-    "streams_metrics",
+    "streams_metrics_of",
 ]

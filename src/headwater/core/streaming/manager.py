@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from types import EllipsisType, TracebackType
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import anyio
 
@@ -21,7 +21,10 @@ from . import wire
 from .config import SlowConsumerPolicy, StreamError, StreamingConfig
 from .delivery import ClientDelivery, ClientTransport
 from .fanout import Fanout
-from .metrics_source import _retire, _track
+from .metrics_source import streams_metrics_of
+
+if TYPE_CHECKING:
+    from ..metrics import MetricsRegistry
 from .observers import StreamObserver
 from .stream_state import Counters, StreamInfo, StreamState, Subscription
 from .stream_table import StreamTable
@@ -54,7 +57,9 @@ class StreamingManager:
     ``anyio.from_thread.run``.
 
     ``encoder`` turns chunk data into JSON bytes (default :func:`encode_json`); it is
-    called once per chunk, whatever the number of clients.
+    called once per chunk, whatever the number of clients. ``metrics`` is the engine's
+    :class:`~headwater.core.metrics.MetricsRegistry` whose ``streams`` entry counts this
+    manager while it runs (a server passes its engine's; None: counted nowhere).
     """
 
     def __init__(
@@ -62,8 +67,10 @@ class StreamingManager:
         config: StreamingConfig | None = None,
         *,
         encoder: Callable[[Any], bytes] = encode_json,
+        metrics: MetricsRegistry | None = None,
     ) -> None:
         self.config = config if config is not None else StreamingConfig()
+        self._metrics = metrics
         self._encode = encoder
         self._state: Literal["new", "running", "stopping", "stopped"] = "new"
         self._totals = Counters()
@@ -81,7 +88,8 @@ class StreamingManager:
         await tg.__aenter__()
         self._fanout.run_in(tg)
         self._state = "running"
-        _track(self)
+        if self._metrics is not None:
+            streams_metrics_of(self._metrics).track(self)
         return self
 
     async def __aexit__(
@@ -96,7 +104,8 @@ class StreamingManager:
             with anyio.CancelScope(shield=True):
                 await self.shutdown()
         finally:
-            _retire(self)
+            if self._metrics is not None:
+                streams_metrics_of(self._metrics).retire(self)
             tg.cancel_scope.cancel()
             # The body's own exception, if any, propagates unchanged (not in a group).
             await tg.__aexit__(None, None, None)

@@ -1,8 +1,10 @@
-"""The ``streams`` entry of metrics snapshots, over every streaming manager of the process.
+"""The ``streams`` entry of an engine's metrics snapshots, over its streaming managers.
 
-A manager joins when it starts (:func:`_track`, which registers :func:`streams_metrics`
-as the ``streams`` source of the metrics registry) and leaves when it stops
-(:func:`_retire`), keeping its counters so that process totals never go down.
+Each :class:`~headwater.core.metrics.MetricsRegistry` has at most one
+:class:`StreamsMetrics` (see :func:`streams_metrics_of`), registered as its ``streams``
+source. A manager joins when it starts (:meth:`StreamsMetrics.track`) and leaves when it
+stops (:meth:`StreamsMetrics.retire`), keeping its counters so that the engine's totals
+never go down. Managers of different engines never meet.
 """
 
 from __future__ import annotations
@@ -10,12 +12,11 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, Final
 
-from ..metrics import metrics_registry
-
 if TYPE_CHECKING:
+    from ..metrics import MetricsRegistry
     from .manager import StreamingManager
 
-__all__ = ["streams_metrics"]
+__all__ = ["StreamsMetrics", "streams_metrics_of"]
 
 _RETIRED_KEYS: Final = (
     "streams_created",
@@ -32,42 +33,54 @@ _RETIRED_KEYS: Final = (
 )
 """Counters of :meth:`StreamingManager.totals` (the rest are current values)."""
 
-_metrics_lock = threading.Lock()
-_live_managers: dict[int, StreamingManager] = {}
-_retired: dict[str, int] = dict.fromkeys(_RETIRED_KEYS, 0)
+_SOURCE: Final = "streams"
+_registries_lock = threading.Lock()
 
 
-def _track(manager: StreamingManager) -> None:
-    """A manager started: include it in the ``streams`` entry of metrics snapshots."""
-    with _metrics_lock:
-        _live_managers[id(manager)] = manager
-    metrics_registry().add_source("streams", streams_metrics)
+class StreamsMetrics:
+    """The streaming managers of one engine, as one ``streams`` metrics source."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: dict[int, StreamingManager] = {}
+        self._retired: dict[str, int] = dict.fromkeys(_RETIRED_KEYS, 0)
+
+    def track(self, manager: StreamingManager) -> None:
+        """A manager started: include it in the snapshots."""
+        with self._lock:
+            self._live[id(manager)] = manager
+
+    def retire(self, manager: StreamingManager) -> None:
+        """A manager stopped: keep its counters (they must never go down), forget it."""
+        totals = manager.totals()
+        with self._lock:
+            if self._live.pop(id(manager), None) is None:
+                return
+            for key in _RETIRED_KEYS:
+                self._retired[key] += totals[key]
+
+    def __call__(self) -> dict[str, Any]:
+        """``totals``: :meth:`StreamingManager.totals` summed over the running managers
+        plus the counters of stopped ones; ``streams``: the :meth:`StreamingManager.stats`
+        of every open stream. Safe to call from any thread."""
+        with self._lock:
+            managers = list(self._live.values())
+            totals: dict[str, int] = {"streams": 0, "clients": 0, **self._retired}
+        streams: list[dict[str, Any]] = []
+        for manager in managers:
+            figures = manager.metrics()
+            for key, value in figures["totals"].items():
+                totals[key] = totals.get(key, 0) + value
+            streams.extend(figures["streams"])
+        return {"totals": totals, "streams": streams}
 
 
-def _retire(manager: StreamingManager) -> None:
-    """A manager stopped: keep its counters (they must never go down), forget it."""
-    totals = manager.totals()
-    with _metrics_lock:
-        if _live_managers.pop(id(manager), None) is None:
-            return
-        for key in _RETIRED_KEYS:
-            _retired[key] += totals[key]
-
-
-def streams_metrics() -> dict[str, Any]:
-    """The ``streams`` entry of metrics snapshots, over every manager of the process.
-
-    ``totals``: :meth:`StreamingManager.totals` summed over the running managers plus the
-    counters of stopped ones (counters never go down); ``streams``: the
-    :meth:`StreamingManager.stats` of every open stream. Safe to call from any thread.
-    """
-    with _metrics_lock:
-        managers = list(_live_managers.values())
-        totals: dict[str, int] = {"streams": 0, "clients": 0, **_retired}
-    streams: list[dict[str, Any]] = []
-    for manager in managers:
-        figures = manager.metrics()
-        for key, value in figures["totals"].items():
-            totals[key] = totals.get(key, 0) + value
-        streams.extend(figures["streams"])
-    return {"totals": totals, "streams": streams}
+def streams_metrics_of(registry: MetricsRegistry) -> StreamsMetrics:
+    """The :class:`StreamsMetrics` of ``registry``, created and registered on first use."""
+    with _registries_lock:
+        found = getattr(registry, "_streams_metrics", None)
+        if found is None:
+            found = StreamsMetrics()
+            registry._streams_metrics = found  # type: ignore[attr-defined]
+            registry.add_source(_SOURCE, found)
+        return found
