@@ -258,34 +258,22 @@ class _Components:
     def __init__(self, components: list[Component]) -> None:
         self.components = components
 
-    def _register(self, kind: str, register: Any) -> None:
-        for component in self.components:
-            if str(component.kind) == kind:
-                register(component)
-
-    def register_actions(self, register: Any) -> None:
-        self._register("action", register)
-
-    def register_transformers(self, register: Any) -> None:
-        self._register("transformer", register)
-
-    def register_sinks(self, register: Any) -> None:
-        self._register("sink", register)
-
-    def register_metrics_exporters(self, register: Any) -> None:
-        self._register("exporter", register)
-
-    def register_checkpoint_stores(self, register: Any) -> None:
-        self._register("checkpoint_store", register)
-
 
 def _components_plugin(components: list[Component]) -> object:
+    """A plugin implementing, for each kind of the given components, its collection hook."""
+    from .core.components import ComponentKind
     from .markers import hookimpl
 
     plugin = _Components(components)
-    for name in dir(_Components):
-        if name.startswith("register_"):
-            hookimpl(getattr(plugin, name).__func__)
+    for kind in {component.kind for component in components}:
+
+        def collect(register: Any, kind: ComponentKind = kind) -> None:
+            for component in components:
+                if component.kind is kind:
+                    register(component)
+
+        collect.__name__ = kind.hook
+        setattr(plugin, kind.hook, hookimpl(collect))
     return plugin
 
 

@@ -18,7 +18,6 @@ and exposition, the ``metrics`` configuration section and exporter building live
 from __future__ import annotations
 
 import importlib
-import ipaddress
 import json
 import logging
 import threading
@@ -40,6 +39,7 @@ from headwater.core.metrics.prometheus import (
     prometheus_registry,
     require_prometheus,
 )
+from headwater.core.net import is_loopback
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -74,15 +74,6 @@ _STRICT = ConfigDict(extra="forbid")
 # ---------------------------------------------------------------------------------------
 # Prometheus
 # ---------------------------------------------------------------------------------------
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class PrometheusExporterParams(BaseModel):
@@ -135,7 +126,7 @@ class PrometheusExporter:
 
         if self._server is not None:
             return
-        if not _is_loopback(self.params.host):
+        if not is_loopback(self.params.host):
             log.warning(
                 "serving metrics on %s: reachable from the network, without authentication",
                 self.params.host,

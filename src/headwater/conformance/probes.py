@@ -128,21 +128,11 @@ def _probe_plugin(component: Component, probe: _Probe) -> object:
         def close(self) -> None:
             """Nothing to release."""
 
-    hooks: dict[str, list[Any]] = {
-        "register_actions": [source],
-        "register_sinks": [Collect],
-        "register_checkpoint_stores": [Store],
-        "register_transformers": [],
-        "register_metrics_exporters": [],
-    }
-    hook_of = {
-        ComponentKind.ACTION: "register_actions",
-        ComponentKind.SINK: "register_sinks",
-        ComponentKind.CHECKPOINT_STORE: "register_checkpoint_stores",
-        ComponentKind.TRANSFORMER: "register_transformers",
-        ComponentKind.EXPORTER: "register_metrics_exporters",
-    }
-    hooks[hook_of[component.kind]].append(under_test)
+    hooks: dict[str, list[Any]] = {kind.hook: [] for kind in ComponentKind}
+    hooks[ComponentKind.ACTION.hook].append(source)
+    hooks[ComponentKind.SINK.hook].append(Collect)
+    hooks[ComponentKind.CHECKPOINT_STORE.hook].append(Store)
+    hooks[component.kind.hook].append(under_test)
 
     class ProbePlugin:
         @headwater.hookimpl

@@ -42,6 +42,21 @@ class ComponentKind(StrEnum):
     EXPORTER = "exporter"
     CHECKPOINT_STORE = "checkpoint_store"
 
+    @property
+    def hook(self) -> str:
+        """The collection hook that contributes components of this kind
+        (``register_actions`` for actions, ...): the one table of kinds and hooks."""
+        return _HOOK_OF_KIND[self]
+
+
+_HOOK_OF_KIND: dict[ComponentKind, str] = {
+    ComponentKind.ACTION: "register_actions",
+    ComponentKind.TRANSFORMER: "register_transformers",
+    ComponentKind.SINK: "register_sinks",
+    ComponentKind.EXPORTER: "register_metrics_exporters",
+    ComponentKind.CHECKPOINT_STORE: "register_checkpoint_stores",
+}
+
 
 class Capability(StrEnum):
     """Capabilities a component can declare; shown by ``headwater describe``."""

@@ -47,13 +47,7 @@ STRICT_ENV = "HEADWATER_STRICT_PLUGINS"
 
 log = logging.getLogger("headwater.plugins")
 
-_COLLECTION_HOOKS: dict[str, ComponentKind] = {
-    "register_actions": ComponentKind.ACTION,
-    "register_transformers": ComponentKind.TRANSFORMER,
-    "register_sinks": ComponentKind.SINK,
-    "register_metrics_exporters": ComponentKind.EXPORTER,
-    "register_checkpoint_stores": ComponentKind.CHECKPOINT_STORE,
-}
+_COLLECTION_HOOKS: dict[str, ComponentKind] = {kind.hook: kind for kind in ComponentKind}
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,6 @@ route answers a 404.
 from __future__ import annotations
 
 import http
-import ipaddress
 import logging
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,6 +26,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from headwater import __version__
+from headwater.core.net import is_loopback
 from headwater.core.streaming import StreamError
 
 from .auth import AuthRequest, bearer_token
@@ -70,16 +70,6 @@ def _error_response(status: int, message: str, extra: Sequence[tuple[str, str]] 
     return _http(
         status, _json({"error": http.HTTPStatus(status).phrase, "message": message}), extra=extra
     )
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (``127.0.0.1``, ``::1``...)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def url_host(host: str) -> str:
