@@ -1,0 +1,127 @@
+"""Sources of a run and their composition: ``merge`` (the default), ``concat`` and ``zip``."""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ..channels import BatchChannel, DownstreamClosed
+from ..invoke import params_and_ctx, positional_arity
+from ..pipeline import ResolvedStage
+from .pumps import _pump_async, _pump_thread
+from .tasks import _producer, _Stop
+
+if TYPE_CHECKING:
+    from .run import _Run
+
+
+class _Sources:
+    """Starts the run's sources, composed into the channel the first stage reads."""
+
+    def __init__(self, run: _Run) -> None:
+        self.run: _Run = weakref.proxy(run)  # no reference cycle: see _Run
+
+    def start(self, tg: TaskGroup, head: BatchChannel) -> None:
+        """Start every source in ``tg``, composed as the pipeline says, writing to ``head``.
+
+        ``merge``: every source writes to ``head`` concurrently (as many writers; the
+        stream ends when all did). ``concat``: one task runs the sources one after the
+        other. ``zip``: each source writes to its own channel and one task zips them.
+        """
+        run = self.run
+        spec = run.spec
+        order = spec.source_order()
+        mode = spec.compose.mode if spec.compose else "merge"
+        stages = [run.resolved.sources[n] for n in order]
+        if mode == "merge":
+            head.add_writers(len(stages) - 1)
+            for stage in stages:
+                tg.start_soon(_producer, run, head, self._source, stage, head)
+        elif mode == "concat":
+            tg.start_soon(_producer, run, head, self._concat, stages, head)
+        else:
+            chans = [BatchChannel(run.capacity) for _ in stages]
+            for stage, ch in zip(stages, chans, strict=True):
+                tg.start_soon(_producer, run, ch, self._source, stage, ch)
+            tg.start_soon(_producer, run, head, self._zip, chans, head)
+
+    async def _concat(self, stages: list[ResolvedStage], out: BatchChannel) -> None:
+        """Run the sources one after the other into ``out``: all of one before the next."""
+        for stage in stages:
+            await self._source(stage, out)
+
+    async def _zip(self, chans: list[BatchChannel], out: BatchChannel) -> None:
+        """Put tuples of the sources' items, one of each in order, into ``out``.
+
+        Each round waits until every input has an item, then emits as many tuples as the
+        shortest input holds, as one batch (waiting while ``out`` is full). It ends
+        with the shortest input; its readers are closed in every case, which stops the
+        other sources. Markers are dropped: zipped sources are not checkpointed, and
+        their latency probes do not survive the zip.
+        """
+        bufs: list[deque[Any]] = [deque() for _ in chans]
+        try:
+            while True:
+                for buf, ch in zip(bufs, chans, strict=True):
+                    while not buf:
+                        buf.extend(await ch.get())
+                        # zipped sources are not checkpointed: only latency probes, dropped
+                        ch.pop_markers(0)
+                n = min(len(b) for b in bufs)
+                await out.put_batch([tuple(b.popleft() for b in bufs) for _ in range(n)])
+        except anyio.EndOfStream:
+            return
+        finally:
+            for ch in chans:
+                ch.close_reader()
+
+    async def _source(self, stage: ResolvedStage, out: BatchChannel) -> None:
+        """Run one source into ``out`` with the pump its shape needs.
+
+        Generators are pumped (see :func:`_pump_async`, :func:`_pump_thread`): items in
+        the order yielded, with backpressure. A function or coroutine is called once and
+        its value (or list of values, when batched) put as one batch. With checkpoints,
+        the source's context reports positions as markers, and a source that ended
+        normally is followed by the final marker (unless its consumer stopped reading).
+
+        :class:`DownstreamClosed`, :class:`_Stop` and cancellation propagate; any other
+        error is recorded as the source's failure (at the count of its items so far) and
+        :class:`_Stop` raised.
+        """
+        run = self.run
+        comp = stage.component
+        stats = run.stage_stats(stage.stage)
+        ctx = run.ctx(stage.stage, comp)
+        ckpt = run.checkpoints.checkpointer
+        if ckpt is not None:
+            run.checkpoints.wire_source(ctx, comp, stage.stage.removeprefix("sources."), out)
+        lead = params_and_ctx(stage.params, ctx)
+        args = lead[: positional_arity(comp.obj)]
+        try:
+            if comp.shape == "async_gen":
+                await _pump_async(run, comp.obj(*args), out, stats, stage, comp.batched)
+            elif comp.shape == "sync_gen":
+                await _pump_thread(run, comp.obj, args, out, stats, stage, comp.batched)
+            else:
+                if comp.shape == "coroutine":
+                    value = await comp.obj(*args)
+                else:
+                    value = await anyio.to_thread.run_sync(lambda: comp.obj(*args))
+                    if inspect.isawaitable(value):
+                        value = await value
+                items = list(value) if comp.batched else [value]
+                run.clock.mark(len(items))
+                stats.items_out += len(items)
+                await out.put_batch(items)
+            if ckpt is not None and not out.reader_closed:
+                out.put_marker(ckpt.final(out.taken + len(out.items)))
+        except (DownstreamClosed, _Stop, anyio.get_cancelled_exc_class()):
+            raise
+        except Exception as exc:
+            await run.fail(run.stage_error(stage, stats.items_out, exc))
+            raise _Stop from exc
