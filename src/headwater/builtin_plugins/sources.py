@@ -19,6 +19,7 @@ import headwater
 from headwater.core.context import StreamContext
 
 from ._textio import check_encoding, check_errors
+from ._values import fspath as _fspath
 
 
 class RangeParams(BaseModel):
@@ -94,11 +95,6 @@ async def iterable_source(params: IterableParams, ctx: StreamContext) -> AsyncIt
         raise TypeError(f"iterable needs an iterable, got {type(items).__name__}")
     for item in items:
         yield item
-
-
-def _fspath(value: Any) -> Any:
-    """Accept ``os.PathLike`` objects where a path string is expected."""
-    return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 class FileLinesParams(BaseModel):

@@ -18,7 +18,8 @@ import headwater
 from headwater.core.context import StreamContext
 
 from .._textio import check_encoding, check_errors, is_ascii_compatible, pull
-from .paths import _fspath, _where
+from .._values import fspath as _fspath
+from .paths import _where
 from .walk import _BATCH_SECONDS, _close_iterator, _Entry, _matches, _Walker
 
 _MiB = 1024 * 1024

@@ -12,7 +12,7 @@ import headwater
 from headwater.core.context import StreamContext
 
 from .._textio import pull
-from .paths import _fspath
+from .._values import fspath as _fspath
 from .walk import _BATCH_SECONDS, _close_iterator, _Entry, _Walker
 
 

@@ -19,7 +19,8 @@ import headwater
 from headwater.core.context import StreamContext
 
 from .._textio import ByteLineSplitter, check_encoding, check_errors, is_ascii_compatible
-from .paths import _fspath, _where
+from .._values import fspath as _fspath
+from .paths import _where
 
 _KiB = 1024
 _MiB = 1024 * 1024
