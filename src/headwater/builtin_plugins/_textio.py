@@ -15,6 +15,7 @@ __all__ = [
     "LinePiece",
     "check_encoding",
     "check_errors",
+    "check_line_encoding",
     "is_ascii_compatible",
     "pull",
 ]
@@ -47,6 +48,15 @@ def check_errors(value: str) -> str:
             f"unknown error handler {value!r} (use strict, replace, ignore, "
             "backslashreplace or surrogateescape)"
         ) from None
+    return value
+
+
+def check_line_encoding(value: str, component: str) -> str:
+    """``value`` if it is a known encoding whose line breaks are single ASCII bytes
+    (what byte-level line splitting needs); ``ValueError`` naming ``component`` otherwise."""
+    check_encoding(value)
+    if not is_ascii_compatible(value):
+        raise ValueError(f"{component} needs an ASCII-compatible encoding, not {value!r}")
     return value
 
 

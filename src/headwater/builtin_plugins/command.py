@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 import headwater
 from headwater.core.context import StreamContext
 
-from ._textio import ByteLineSplitter, check_encoding, check_errors, is_ascii_compatible
+from ._textio import ByteLineSplitter, check_errors, check_line_encoding
 
 __all__ = [
     "ALLOW_ENV",
@@ -193,10 +193,7 @@ class CommandParams(BaseModel):
     @field_validator("encoding")
     @classmethod
     def _encoding_ascii(cls, value: str) -> str:
-        check_encoding(value)
-        if not is_ascii_compatible(value):
-            raise ValueError(f"command needs an ASCII-compatible encoding, not {value!r}")
-        return value
+        return check_line_encoding(value, "command")
 
     @model_validator(mode="after")
     def _check_policy(self) -> CommandParams:

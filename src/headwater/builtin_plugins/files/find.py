@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 import headwater
 from headwater.core.context import StreamContext
 
-from .._textio import check_encoding, check_errors, is_ascii_compatible, pull
+from .._textio import check_errors, check_line_encoding, pull
 from .._values import fspath as _fspath
 from .paths import _where
 from .walk import _BATCH_SECONDS, _close_iterator, _Entry, _matches, _Walker
@@ -76,10 +76,7 @@ class FileFindParams(BaseModel):
     @field_validator("encoding")
     @classmethod
     def _encoding_ascii(cls, value: str) -> str:
-        check_encoding(value)
-        if not is_ascii_compatible(value):
-            raise ValueError(f"file.find needs an ASCII-compatible encoding, not {value!r}")
-        return value
+        return check_line_encoding(value, "file.find")
 
     @model_validator(mode="after")
     def _pattern_compiles(self) -> FileFindParams:
