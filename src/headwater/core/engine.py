@@ -103,9 +103,7 @@ class Engine:
             self.plugins = PluginManager(
                 disable=disable, strict=strict, load_entry_points=plugins is None
             )
-            self._extra_plugins = list(plugins or ())
-        if plugin_manager is not None:
-            self._extra_plugins = []
+        self._extra_plugins: list[object] = list(plugins or ())
         self.services = EngineServices(metrics=MetricsRegistry(enabled=metrics))
         self._handles: weakref.WeakSet[RunHandle] = weakref.WeakSet()
         self._lock = threading.Lock()
