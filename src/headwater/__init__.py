@@ -68,6 +68,7 @@ if TYPE_CHECKING:
         parse_pipeline,
     )
     from .core.plugins import LoadFailure, PluginInfo, PluginManager
+    from .core.policy import SandboxPolicy
     from .core.runtime import RunHandle, RunResult
     from .core.services import NoServerRunning
     from .core.types import CallableRef
@@ -95,6 +96,7 @@ _LAZY: dict[str, str] = {
     "CheckpointError": "core.checkpoints",
     "CheckpointStore": "core.checkpoints",
     "CallableRef": "core.types",
+    "SandboxPolicy": "core.policy",
     "StreamContext": "core.context",
     "ComponentNotFound": "core.errors",
     "HeadwaterError": "core.errors",
@@ -194,6 +196,7 @@ __all__ = [
     "RetryPolicy",
     "RunHandle",
     "RunResult",
+    "SandboxPolicy",
     "SinkSpec",
     "SourceSpec",
     "StageError",

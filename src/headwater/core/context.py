@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .events import Event, Progress, Status
+from .policy import SandboxPolicy
 from .services import EngineServices, StreamPublisher
 
 __all__ = ["RunIdentity", "StreamContext"]
@@ -60,6 +61,11 @@ class StreamContext:
                 "run_id": self.identity.run_id,
             },
         )
+
+    @property
+    def policy(self) -> SandboxPolicy:
+        """The operator's sandbox policy for this run (file roots, programs, callables)."""
+        return self.services.policy
 
     @property
     def pipeline(self) -> str:

@@ -26,6 +26,7 @@ import anyio
 from .metrics import MetricsRegistry
 from .pipeline import PipelineSpec, ResolvedPipeline, load_pipeline, parse_pipeline, resolve
 from .plugins import PluginManager
+from .policy import SandboxPolicy
 from .runtime import RunHandle, RunResult, create_run
 from .services import EngineServices, StreamPublisher
 
@@ -78,7 +79,8 @@ class Engine:
     ``metrics=False`` switches the runtime's latency instruments off (default: the
     ``HEADWATER_METRICS`` environment variable). ``plugin_manager`` hands over a
     :class:`~headwater.PluginManager` built elsewhere (the other plugin arguments must
-    then be left out).
+    then be left out). ``policy`` is the operator's :class:`~headwater.SandboxPolicy`
+    (default: read from the environment, rooted at the working directory).
 
     Leaving the ``async with`` block cancels the runs the engine started that are still
     going and waits for their clean-up. An engine can be used without the block (runs
@@ -93,6 +95,7 @@ class Engine:
         strict: bool | None = None,
         metrics: bool | None = None,
         plugin_manager: PluginManager | None = None,
+        policy: SandboxPolicy | None = None,
     ) -> None:
         disable = list(disable)
         if plugin_manager is not None:
@@ -104,7 +107,10 @@ class Engine:
                 disable=disable, strict=strict, load_entry_points=plugins is None
             )
         self._extra_plugins: list[object] = list(plugins or ())
-        self.services = EngineServices(metrics=MetricsRegistry(enabled=metrics))
+        self.services = EngineServices(
+            metrics=MetricsRegistry(enabled=metrics),
+            policy=policy if policy is not None else SandboxPolicy.from_environment(),
+        )
         self._handles: weakref.WeakSet[RunHandle] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._loaded = False
@@ -115,6 +121,11 @@ class Engine:
     def metrics(self) -> MetricsRegistry:
         """This engine's metrics: every run, stream and scheduler it owns."""
         return self.services.metrics
+
+    @property
+    def policy(self) -> SandboxPolicy:
+        """What this engine's pipelines may run and read."""
+        return self.services.policy
 
     @property
     def servers(self) -> list[StreamPublisher]:
@@ -171,7 +182,7 @@ class Engine:
             ).load()
             for plugin in self._extra_plugins:
                 base.register(plugin)
-        return resolve(spec, base, source=source or origin), base
+        return resolve(spec, base, source=source or origin, policy=self.policy), base
 
     def create_run(
         self,

@@ -36,6 +36,8 @@ from .errors import (
 if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
 
+    from .policy import SandboxPolicy
+
 __all__ = [
     "CheckpointSpec",
     "ComposeSpec",
@@ -411,7 +413,11 @@ def _lookup(
 
 
 def _validate_params(
-    component: Component, params: dict[str, Any], path: str, issues: list[ValidationIssue]
+    component: Component,
+    params: dict[str, Any],
+    path: str,
+    issues: list[ValidationIssue],
+    policy: SandboxPolicy | None = None,
 ) -> BaseModel | None:
     if component.params is None:
         if params:
@@ -423,14 +429,21 @@ def _validate_params(
             )
         return None
     try:
-        return component.params.model_validate(params)
+        context = policy.validation_context() if policy is not None else None
+        return component.params.model_validate(params, context=context)
     except ValidationError as exc:
         for issue in _issues_from(exc, ()):
             issues.append(ValidationIssue(join_path(f"{path}.params", issue.path), issue.message))
         return None
 
 
-def resolve(spec: PipelineSpec, registry: Any, *, source: str | None = None) -> ResolvedPipeline:
+def resolve(
+    spec: PipelineSpec,
+    registry: Any,
+    *,
+    source: str | None = None,
+    policy: SandboxPolicy | None = None,
+) -> ResolvedPipeline:
     """Bind every stage of ``spec`` to its component and validate its params.
 
     ``registry`` is a :class:`~headwater.core.registry.Registry` or a
@@ -445,7 +458,7 @@ def resolve(spec: PipelineSpec, registry: Any, *, source: str | None = None) -> 
         path = f"sources.{name}" if name.isidentifier() else f"sources[{name!r}]"
         comp = _lookup(registry, ComponentKind.ACTION, src.action, f"{path}.action", issues)
         if comp is not None:
-            params = _validate_params(comp, src.params, path, issues)
+            params = _validate_params(comp, src.params, path, issues, policy)
             sources[name] = ResolvedStage(f"sources.{name}", comp, params)
     steps: list[ResolvedStage] = []
     for i, step in enumerate(spec.steps):
@@ -454,7 +467,7 @@ def resolve(spec: PipelineSpec, registry: Any, *, source: str | None = None) -> 
             registry, ComponentKind.TRANSFORMER, step.transformer, f"{path}.transformer", issues
         )
         if comp is not None:
-            params = _validate_params(comp, step.params, path, issues)
+            params = _validate_params(comp, step.params, path, issues, policy)
             stage = step.name or f"{path}.{step.transformer}"
             steps.append(ResolvedStage(stage, comp, params, step.on_error, step.retry))
     sinks: list[ResolvedStage] = []
@@ -469,7 +482,7 @@ def resolve(spec: PipelineSpec, registry: Any, *, source: str | None = None) -> 
                 issues.append(ValidationIssue(f"{path}.name", f"duplicate sink name {key!r}"))
         seen.add(key)
         if comp is not None:
-            params = _validate_params(comp, snk.params, path, issues)
+            params = _validate_params(comp, snk.params, path, issues, policy)
             sinks.append(ResolvedStage(f"sinks.{key}", comp, params, snk.on_error, snk.retry))
     dead: ResolvedStage | None = None
     if spec.dead_letter is not None:
@@ -477,11 +490,11 @@ def resolve(spec: PipelineSpec, registry: Any, *, source: str | None = None) -> 
             registry, ComponentKind.SINK, spec.dead_letter.sink, "dead_letter.sink", issues
         )
         if comp is not None:
-            params = _validate_params(comp, spec.dead_letter.params, "dead_letter", issues)
+            params = _validate_params(comp, spec.dead_letter.params, "dead_letter", issues, policy)
             dead = ResolvedStage("dead_letter", comp, params)
     store: ResolvedStage | None = None
     if spec.checkpoint is not None:
-        store = _resolve_checkpointing(spec, registry, sources, steps, issues)
+        store = _resolve_checkpointing(spec, registry, sources, steps, issues, policy)
     if issues:
         raise PipelineValidationError(issues, source)
     return ResolvedPipeline(spec, sources, steps, sinks, dead, store)
@@ -493,6 +506,7 @@ def _resolve_checkpointing(
     sources: dict[str, ResolvedStage],
     steps: list[ResolvedStage],
     issues: list[ValidationIssue],
+    policy: SandboxPolicy | None = None,
 ) -> ResolvedStage | None:
     from .components import Capability
 
@@ -529,5 +543,5 @@ def _resolve_checkpointing(
     )
     if store is None:
         return None
-    params = _validate_params(store, spec.checkpoint.params, "checkpoint", issues)
+    params = _validate_params(store, spec.checkpoint.params, "checkpoint", issues, policy)
     return ResolvedStage("checkpoint", store, params)

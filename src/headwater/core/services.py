@@ -16,6 +16,7 @@ from typing import Any, Final, Protocol
 
 from .errors import HeadwaterError
 from .metrics import MetricsRegistry
+from .policy import SandboxPolicy
 
 __all__ = ["DrainSignal", "EngineServices", "NoServerRunning", "StreamPublisher"]
 
@@ -83,6 +84,8 @@ class EngineServices:
     """Servers running on the engine, oldest first (the engine's own list, shared)."""
     own_publisher: StreamPublisher | None = None
     """The server that started the run, when one did."""
+    policy: SandboxPolicy = field(default_factory=SandboxPolicy.from_environment)
+    """The operator's sandbox: what the engine's pipelines may run and read."""
 
     @property
     def publisher(self) -> StreamPublisher:
