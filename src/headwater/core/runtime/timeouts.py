@@ -19,7 +19,8 @@ async def _watchdog(run: _Run, scope: anyio.CancelScope) -> None:
     Sleeps until the nearest deadline, re-reading the run's clock each time (an item
     moves the ``idle`` deadline; the first item drops the ``first_item`` one). On expiry
     it records a :class:`PipelineTimeout` and cancels the run (the run ends
-    ``cancelled``). ``scope`` lets the run stop the watchdog once the stages ended.
+    ``cancelled``). Once no deadline is left (only ``first_item`` was set, and the first
+    item came) it returns. ``scope`` lets the run stop the watchdog once the stages ended.
     """
     t = run.spec.timeouts
     if t.first_item is None and t.idle is None and t.total is None:
@@ -35,6 +36,8 @@ async def _watchdog(run: _Run, scope: anyio.CancelScope) -> None:
                 deadlines.append((clock.t0 + t.first_item, "first item", t.first_item))
             if t.idle is not None:
                 deadlines.append((clock.last_item_at + t.idle, "idle", t.idle))
+            if not deadlines:
+                return
             when, which, seconds = min(deadlines)
             if now >= when:
                 run.timed_out(PipelineTimeout(run.spec.name, which, seconds), f"{which} timeout")
