@@ -1260,3 +1260,34 @@ def test_register_checkpoint_stores_contributes_a_store(
     assert [c.items for c in saved] == [0, 20, 40, 50]
     assert saved[-1].completed
     assert saved[-1].positions == {"n": 50}
+
+
+def test_register_routes_collects_each_plugins_routes_and_reports_a_broken_one() -> None:
+    async def hello(request: headwater.HttpRequest) -> headwater.HttpResponse:
+        return headwater.HttpResponse.text("hello")  # pragma: no cover - not served here
+
+    class Pages:
+        @headwater.hookimpl
+        def register_routes(self, register: Any) -> None:
+            register(headwater.HttpRoute.get("/plugins/pages/hello", hello))
+            register(headwater.HttpRoute.page("/plugins/pages/about", "<p>about</p>"))
+
+    class Broken:
+        @headwater.hookimpl
+        def register_routes(self, register: Any) -> None:
+            register(headwater.HttpRoute.page("/plugins/broken/kept", "never"))
+            raise RuntimeError("no routes today")
+
+    pm = headwater.PluginManager(load_entry_points=False)
+    assert pm.register(Pages(), "pages")
+    assert pm.register(Broken(), "broken")
+    seen: list[headwater.HttpRoute] = []
+    failures = pm.register_routes(seen.append)
+    assert [(r.plugin, r.path) for r in seen] == [
+        ("pages", "/plugins/pages/hello"),
+        ("pages", "/plugins/pages/about"),
+    ]
+    assert [(f.plugin, f.stage) for f in failures] == [("broken", "routes")]
+    assert "no routes today" in failures[0].error
+    with pytest.raises(ValueError, match="method 'FETCH'"):
+        headwater.HttpRoute("FETCH", "/x", hello)

@@ -73,13 +73,16 @@ if TYPE_CHECKING:
     from .core.services import NoServerRunning
     from .core.types import CallableRef
     from .markers import hookimpl
-    from .types import AuthRequest, Register
+    from .types import AuthRequest, HttpRequest, HttpResponse, HttpRoute, Register
 
 _LAZY: dict[str, str] = {
     "Engine": "core.engine",
     "hookimpl": "markers",
     "Register": "types",
     "AuthRequest": "types",
+    "HttpRequest": "types",
+    "HttpResponse": "types",
+    "HttpRoute": "types",
     "open_run": "core.api",
     "run": "core.api",
     "run_sync": "core.api",
@@ -178,6 +181,9 @@ __all__ = [
     "ErrorEvent",
     "Event",
     "HeadwaterError",
+    "HttpRequest",
+    "HttpResponse",
+    "HttpRoute",
     "LoadFailure",
     "MetricsExporter",
     "MetricsRegistry",

@@ -23,7 +23,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from .markers import hookspec
-from .types import AuthRequest, Register
+from .types import AuthRequest, Register, RouteRegister
 
 if TYPE_CHECKING:
     from .types import PipelineSpec, StageError
@@ -227,4 +227,47 @@ def authorize(principal: Any, action: str, target: str) -> bool | Awaitable[bool
     :param target: The stream id or pipeline name the request is about.
 
     .. versionadded:: 0.1
+    """
+
+
+# ---------------------------------------------------------------------------------------
+# Server hooks: what the server answers over HTTP
+# ---------------------------------------------------------------------------------------
+
+
+@hookspec
+def register_routes(register: RouteRegister) -> None:
+    """Contribute HTTP routes: API endpoints, pages and static folders.
+
+    Called once each time a server starts (``headwater serve``'s server or the ASGI app of
+    :func:`headwater.server.asgi_app`; both answer the same routes). Call ``register``
+    with each :class:`~headwater.HttpRoute`::
+
+        async def report(request: headwater.HttpRequest) -> headwater.HttpResponse:
+            return headwater.HttpResponse.json({"name": request.path_params["name"]})
+
+        @headwater.hookimpl
+        def register_routes(register):
+            register(headwater.HttpRoute.get("/plugins/reports/{name}", report))
+            register(headwater.HttpRoute.static("/plugins/reports/files", FILES_DIR))
+
+    A handler is ``async def handler(request: HttpRequest) -> HttpResponse``; the request
+    carries its ``principal``, path parameters, query, headers and body. Routes are
+    authenticated like ``/api/*``: a request that does not authenticate gets 401 before
+    the handler runs (browsers may send the token as ``?token=`` or in the dashboard's
+    cookie); deciding what the principal may see is the handler's job (the ``authorize``
+    hook is there to ask). A handler that raises answers 500 (and is logged against the
+    plugin).
+
+    Built-in routes come first and cannot be shadowed: a route that could answer a path
+    a built-in route answers (``/``, ``/api/...``, ``/static/...``, ``/metrics``...), or
+    a path an earlier plugin's route answers, is skipped and reported (in the log and in
+    the ``failures`` of ``/api/components``); the plugin's other routes still work. A
+    plugin that raises here is reported the same way. Prefixing paths with
+    ``/plugins/NAME/`` avoids every clash.
+
+    :param register: Adds one route; an invalid route (a bad method or pattern) raises
+        ``ValueError`` when it is built.
+
+    .. versionadded:: 0.2
     """

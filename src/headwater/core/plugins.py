@@ -28,7 +28,7 @@ from .errors import PluginLoadError
 from .registry import Registry
 
 if TYPE_CHECKING:
-    from ..types import AuthRequest
+    from ..types import AuthRequest, HttpRoute, RouteRegister
     from .errors import StageError
     from .pipeline import PipelineSpec
 
@@ -58,7 +58,9 @@ class LoadFailure:
     distribution: str | None
     version: str | None
     stage: str
-    """``import``, ``register``, ``unknown-hook``, ``hook`` or ``duplicate``."""
+    """``import``, ``register``, ``unknown-hook``, ``hook``, ``duplicate`` or ``routes``
+    (raised in ``register_routes``, or a route clashing with another; reported by the
+    server)."""
     error: str
     traceback: str = ""
 
@@ -448,6 +450,33 @@ class PluginManager:
                 return False
             return result
         return None
+
+    # -- server contributions -----------------------------------------------------------
+
+    def register_routes(self, register: RouteRegister) -> list[LoadFailure]:
+        """Hand every plugin's HTTP routes to ``register``, each with its ``plugin`` set.
+
+        A plugin whose implementation raises contributes no route; it is logged and
+        returned as a :class:`LoadFailure` (stage ``routes``). What ``register`` does with
+        a route (e.g. refuse one that clashes) is the caller's business.
+        """
+        from dataclasses import replace
+
+        failures: list[LoadFailure] = []
+        for impl in self._call_order("register_routes"):
+            routes: list[HttpRoute] = []
+            try:
+                impl.function(register=routes.append)
+            except Exception as exc:
+                info = self.plugins.get(impl.plugin_name)
+                dist, version = (info.distribution, info.version) if info else (None, None)
+                failure = self._failure(impl.plugin_name, dist, version, "routes", exc)
+                log.warning("%s", failure)
+                failures.append(failure)
+                continue
+            for route in routes:
+                register(replace(route, plugin=impl.plugin_name))
+        return failures
 
     def _call_order(self, hook_name: str) -> list[pluggy.HookImpl]:
         """Implementations of a hook in the order pluggy would call them."""
