@@ -2,7 +2,7 @@
 
 The server subprocess discovers its plugins from the installed entry points, exactly as
 an operator's would. It is started with ``--port 0`` and announces its address on
-stderr; SIGINT must shut it down cleanly (clients told, exit status 0).
+stderr; SIGINT must shut it down cleanly (clients told, exit status 130).
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ async def test_serve_as_a_subprocess_runs_pipelines_and_stops_cleanly_on_sigint(
             assert client.close_code == 1001
             assert all(m.type != "error" for m in rest)
         with anyio.fail_after(WAIT):
-            assert await server.wait() == 0
+            assert await server.wait() == 130  # 128 + SIGINT, as documented
         text = await err.rest()
         assert "SIGINT: shutting down" in text
         assert "server stopped" in text

@@ -34,7 +34,8 @@ def _add_server_commands(commands: Any, common: argparse.ArgumentParser) -> None
         description="Serve protocol v1 over WebSockets and /healthz, /api/streams,\n"
         "/api/components over HTTP, on one port. Without authentication (auth.tokens or\n"
         "HEADWATER_TOKENS) it binds 127.0.0.1 only. Ctrl-C (SIGINT) or SIGTERM shuts it\n"
-        "down cleanly: every client is told, then disconnected.",
+        "down cleanly: every client is told, then disconnected; the exit status is then\n"
+        "130 (SIGINT) or 143 (SIGTERM).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("--config", metavar="FILE", help="server configuration (YAML)")
@@ -72,7 +73,11 @@ def _add_server_commands(commands: Any, common: argparse.ArgumentParser) -> None
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    """``headwater serve``: run the server until SIGINT or SIGTERM."""
+    """``headwater serve``: run the server until SIGINT or SIGTERM.
+
+    Returns 128 + the signal's number after a clean shutdown on a signal (130 on SIGINT,
+    143 on SIGTERM, as ``headwater --help`` documents), 0 if the server stopped by itself.
+    """
     from pathlib import Path
 
     import anyio
@@ -120,6 +125,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: Any, engine: Engine, base_dir: Any, err: Console) -> int:
+    """Serve until a signal shuts the server down; the exit status (see ``_cmd_serve``)."""
     import signal
 
     import anyio
@@ -127,6 +133,7 @@ async def _serve(config: Any, engine: Engine, base_dir: Any, err: Console) -> in
 
     from ..server.app import Server
 
+    received: list[int] = []
     async with Server(config, engine=engine, base_dir=base_dir) as server:
         names = ", ".join(sorted(server.pipelines)) or "none"
         err.print(
@@ -139,6 +146,7 @@ async def _serve(config: Any, engine: Engine, base_dir: Any, err: Console) -> in
 
                 async def on_signal() -> None:
                     async for signum in signals:
+                        received.append(signum)
                         name = signal.Signals(signum).name
                         err.print(Text(f"headwater: {name}: shutting down"), soft_wrap=True)
                         await server.shutdown()
@@ -148,7 +156,7 @@ async def _serve(config: Any, engine: Engine, base_dir: Any, err: Console) -> in
                 await server.serve_forever()
                 tg.cancel_scope.cancel()
     err.print(Text("headwater: server stopped"), soft_wrap=True)
-    return EXIT_OK
+    return 128 + received[0] if received else EXIT_OK
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
