@@ -276,7 +276,7 @@ def test_select_skip_policy_drops_bad_items() -> None:
 @pytest.mark.parametrize(
     ("params", "path", "fragment"),
     [
-        ({}, "steps[0].params", "needs fields, rename or both"),
+        ({}, "steps[0].params", "needs fields, rename or expr"),
         ({"fields": ["a", "a"]}, "steps[0].params.fields", "more than once"),
         ({"fields": ["a"], "rename": {"a": "b"}}, "steps[0].params.rename", "overwrite"),
         ({"fields": ["a"], "missing": "drop"}, "steps[0].params.missing", "error"),

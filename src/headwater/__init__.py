@@ -55,6 +55,7 @@ if TYPE_CHECKING:
         ValidationIssue,
     )
     from .core.events import Complete, ErrorEvent, Event, Progress, Status
+    from .core.expr import Expr, ExprError, Expression, ExprLimitError, MissingField
     from .core.metrics import MetricsExporter, MetricsRegistry
     from .core.pipeline import (
         ComposeSpec,
@@ -99,6 +100,11 @@ _LAZY: dict[str, str] = {
     "CheckpointError": "core.checkpoints",
     "CheckpointStore": "core.checkpoints",
     "CallableRef": "core.types",
+    "Expr": "core.expr",
+    "ExprError": "core.expr",
+    "ExprLimitError": "core.expr",
+    "Expression": "core.expr",
+    "MissingField": "core.expr",
     "SandboxPolicy": "core.policy",
     "StreamContext": "core.context",
     "ComponentNotFound": "core.errors",
@@ -180,6 +186,10 @@ __all__ = [
     "Engine",
     "ErrorEvent",
     "Event",
+    "Expr",
+    "ExprError",
+    "ExprLimitError",
+    "Expression",
     "HeadwaterError",
     "HttpRequest",
     "HttpResponse",
@@ -187,6 +197,7 @@ __all__ = [
     "LoadFailure",
     "MetricsExporter",
     "MetricsRegistry",
+    "MissingField",
     "NoServerRunning",
     "Pipeline",
     "PipelineCancelled",

@@ -12,6 +12,10 @@ from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field
 
+from headwater.core.expr import MissingField
+
+__all__ = ["FieldPath", "MissingField", "field_getter"]
+
 FieldPath = Annotated[
     str,
     Field(
@@ -22,18 +26,6 @@ FieldPath = Annotated[
 """A field of dict items: a key, or a dotted path such as ``user.id``."""
 
 _STRICT = ConfigDict(extra="forbid", defer_build=True)
-
-
-class MissingField(KeyError):
-    """An item lacks a field that a step needs (or, where documented, the field is None)."""
-
-    def __init__(self, path: str, reason: str = "has no field") -> None:
-        super().__init__(path)
-        self.path = path
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"item {self.reason} {self.path!r}"
 
 
 def _not_a_mapping(path: str, item: object) -> TypeError:

@@ -1,7 +1,9 @@
 """Item-wise transformers: ``map``, ``filter``, ``select`` and ``flatten``.
 
 Each is a factory returning a per-item function, so the runtime fuses them into one loop
-per batch and an error names the failing item's position.
+per batch and an error names the failing item's position. ``map``, ``filter`` and
+``select`` take expressions (:mod:`headwater.core.expr`) as well as importable functions:
+an expression compiles to a plain function at validation, so it fuses the same way.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 import headwater
+from headwater.core.expr import Expr
 from headwater.core.types import CallableRef
 
 from .fields import _STRICT, FieldPath, MissingField, field_getter
@@ -22,22 +25,53 @@ from .fields import _STRICT, FieldPath, MissingField, field_getter
 
 
 class CallableParams(BaseModel):
-    """A function given as an importable path ``pkg.mod:fn`` or, from Python, a callable."""
+    """The per-item function of ``map`` and ``filter``: ``fn`` or ``expr``, exactly one.
+
+    ``fn`` is an importable path ``pkg.mod:fn`` (or, from Python, a callable), allowed by
+    the operator's sandbox policy; ``expr`` an expression of the item, which needs no
+    allowance (see the Expressions page).
+    """
 
     model_config = ConfigDict(extra="forbid", defer_build=True, arbitrary_types_allowed=True)
 
-    fn: CallableRef = Field(
+    fn: CallableRef | None = Field(
+        None,
         description="Importable callable, e.g. 'mypkg.transforms:clean' (or a callable "
-        "when building the pipeline in Python)."
+        "when building the pipeline in Python). Give fn or expr.",
     )
+    expr: Expr | None = Field(
+        None,
+        description="An expression of the item instead of fn, e.g. \"level == 'ERROR'\"; "
+        "the item is `item`, its keys are names.",
+    )
+
+    @model_validator(mode="after")
+    def _one_function(self) -> CallableParams:
+        if (self.fn is None) == (self.expr is None):
+            raise ValueError("give exactly one of fn and expr")
+        return self
+
+    def function(self) -> Callable[[Any], Any]:
+        """The per-item function: ``fn`` itself, or the compiled expression's function."""
+        if self.expr is not None:
+            return self.expr.fn
+        assert self.fn is not None  # the validator saw to it
+        return self.fn
 
 
 @headwater.transformer(
-    "map", kind="map", params=CallableParams, factory=True, output="fn(item) for each item"
+    "map",
+    kind="map",
+    params=CallableParams,
+    factory=True,
+    output="fn(item) (or the value of expr) for each item",
 )
 def map_transformer(params: CallableParams) -> Callable[[Any], Any]:
-    """Replace each item with ``fn(item)``."""
-    return params.fn
+    """Replace each item with ``fn(item)`` or the value of ``expr``.
+
+    ``{transformer: map, params: {expr: "latency * 1000"}}``.
+    """
+    return params.function()
 
 
 @headwater.transformer(
@@ -45,11 +79,14 @@ def map_transformer(params: CallableParams) -> Callable[[Any], Any]:
     kind="filter",
     params=CallableParams,
     factory=True,
-    output="the items for which fn(item) is true",
+    output="the items for which fn(item) (or expr) is true",
 )
 def filter_transformer(params: CallableParams) -> Callable[[Any], Any]:
-    """Keep the items for which ``fn(item)`` is true."""
-    return params.fn
+    """Keep the items for which ``fn(item)`` or ``expr`` is true.
+
+    ``{transformer: filter, params: {expr: "level == 'ERROR' and latency > 0.5"}}``.
+    """
+    return params.function()
 
 
 # ---------------------------------------------------------------------------------------
@@ -70,10 +107,15 @@ class SelectParams(BaseModel):
         default_factory=dict,
         description="Further fields to keep under a new name: mapping new name -> field.",
     )
+    expr: dict[str, Expr] = Field(
+        default_factory=dict,
+        description="Further fields computed from the item: mapping new name -> "
+        'expression, e.g. {ms: "latency * 1000"}.',
+    )
     missing: Literal["error", "null", "omit"] = Field(
         "error",
-        description="When an item lacks a field: fail the item (error), output None "
-        "(null) or leave the key out (omit).",
+        description="When an item lacks a field (or an expression reads a missing key): "
+        "fail the item (error), output None (null) or leave the key out (omit).",
     )
 
     @field_validator("fields")
@@ -86,24 +128,25 @@ class SelectParams(BaseModel):
             seen.add(name)
         return fields
 
-    @field_validator("rename")
+    @field_validator("rename", "expr")
     @classmethod
-    def _no_clash(cls, rename: dict[str, str], info: ValidationInfo) -> dict[str, str]:
-        fields = info.data.get("fields") or []
-        clash = [new for new in rename if new in fields]
+    def _no_clash(cls, named: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        taken = {name: "fields" for name in info.data.get("fields") or []}
+        taken.update({name: "rename" for name in info.data.get("rename") or {}})
+        clash = [new for new in named if new in taken]
         if clash:
             raise ValueError(
-                f"new name {clash[0]!r} is also listed in fields; rename would overwrite it"
+                f"new name {clash[0]!r} is also listed in {taken[clash[0]]}; "
+                f"{info.field_name} would overwrite it"
             )
-        empty = [new for new in rename if not new]
-        if empty:
+        if any(not new for new in named):
             raise ValueError("a new name must not be empty")
-        return rename
+        return named
 
     @model_validator(mode="after")
     def _something_selected(self) -> SelectParams:
-        if not self.fields and not self.rename:
-            raise ValueError("select needs fields, rename or both")
+        if not self.fields and not self.rename and not self.expr:
+            raise ValueError("select needs fields, rename or expr (or several of them)")
         return self
 
 
@@ -112,17 +155,19 @@ class SelectParams(BaseModel):
     kind="map",
     params=SelectParams,
     factory=True,
-    output="a new dict holding only the selected (and renamed) fields",
+    output="a new dict holding only the selected, renamed and computed fields",
 )
 def select_transformer(params: SelectParams) -> Callable[[Any], dict[str, Any]]:
-    """Keep only some fields of dict items, optionally renaming them.
+    """Keep only some fields of dict items, optionally renaming them or computing new ones.
 
     ``fields`` are kept under their own name, ``rename`` maps a new name to the field it
-    reads. ``missing`` says what happens when an item lacks one: ``error`` fails the item,
-    ``null`` outputs None, ``omit`` leaves the key out.
+    reads, ``expr`` maps a new name to an expression of the item. ``missing`` says what
+    happens when an item lacks one: ``error`` fails the item, ``null`` outputs None,
+    ``omit`` leaves the key out.
     """
     pairs = [(name, name) for name in params.fields] + list(params.rename.items())
     getters = [(out, field_getter(path)) for out, path in pairs]
+    getters += [(out, expression.fn) for out, expression in params.expr.items()]
     missing = params.missing
 
     def pick(item: Any) -> dict[str, Any]:
@@ -141,12 +186,16 @@ def select_transformer(params: SelectParams) -> Callable[[Any], dict[str, Any]]:
         return pick
 
     simple = tuple(pairs)
+    computed = tuple((out, expression.fn) for out, expression in params.expr.items())
 
     def pick_fast(item: Any) -> dict[str, Any]:
         try:
-            return {out: item[path] for out, path in simple}
+            out = {key: item[path] for key, path in simple}
         except (KeyError, TypeError, IndexError):
             return pick(item)  # raises the detailed error
+        for key, fn in computed:
+            out[key] = fn(item)
+        return out
 
     return pick_fast
 
