@@ -16,6 +16,7 @@ Every problem is reported with its path (``pipelines.count.params.stop``,
     auth: {tokens: {s3cret: alice, t0ken: {principal: bob, streams: ["errors*"]}}}
     origins: ["https://dashboard.example.com"]
     limits: {max_frame_bytes: 65536, max_subscriptions: 100, rate: 50, burst: 100}
+    sse: {heartbeat: 15, retry: 3000}     # Server-Sent Events
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from headwater.core.errors import (
 )
 from headwater.core.metrics.config import MetricsConfig
 from headwater.core.pipeline import apply_override, parse_pipeline
+from headwater.core.secrets import Secrets
 from headwater.core.streaming import StreamingConfig
 
 from .auth import TOKENS_ENV, AuthSettings, TokenGrant, parse_tokens_env
@@ -52,6 +54,7 @@ __all__ = [
     "PipelineEntry",
     "ServerConfig",
     "ServerConfigError",
+    "SseConfig",
     "TokenConfig",
     "load_server_config",
     "parse_server_config",
@@ -158,6 +161,25 @@ class LimitsConfig(BaseModel):
     burst: int = Field(100, ge=1, description="Messages a connection may send in a burst.")
 
 
+class SseConfig(BaseModel):
+    """Server-Sent Events (``/api/streams/{stream}/events``)."""
+
+    model_config = _STRICT
+
+    heartbeat: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds of silence after which an event stream gets a `: hb` comment "
+        "(keeps proxies and browsers from closing an idle connection).",
+    )
+    retry: int | None = Field(
+        None,
+        ge=0,
+        description="Milliseconds a browser waits before reconnecting (the `retry:` field "
+        "sent first); None: the browser's default.",
+    )
+
+
 class PipelineEntry(BaseModel):
     """A named pipeline clients may ``run``, and the params they may set."""
 
@@ -202,6 +224,7 @@ class ServerConfig(BaseModel):
         ),
     )
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    sse: SseConfig = Field(default_factory=SseConfig, description="Server-Sent Events.")
     compression: bool = Field(
         False,
         description="Enable permessage-deflate (saves bandwidth, costs 20-45% throughput).",
@@ -240,16 +263,19 @@ class ServerConfig(BaseModel):
                 raise ValueError(f"pipeline name {name!r}: 1 to 256 characters, no spaces")
         return value
 
-    def named_pipelines(self, base_dir: str | Path | None = None) -> dict[str, NamedPipeline]:
+    def named_pipelines(
+        self, base_dir: str | Path | None = None, *, secrets: Secrets | None = None
+    ) -> dict[str, NamedPipeline]:
         """Load every pipeline (files relative to ``base_dir``) and check its shape.
 
+        ``${...}`` in pipeline files are substituted, the values added to ``secrets``.
         Raises :class:`ServerConfigError` listing every problem with its path.
         """
         base = Path(base_dir) if base_dir is not None else Path.cwd()
         issues: list[ValidationIssue] = []
         out: dict[str, NamedPipeline] = {}
         for name, entry in self.pipelines.items():
-            named = _load_entry(name, entry, base, issues)
+            named = _load_entry(name, entry, base, issues, secrets)
             if named is not None:
                 out[name] = named
         if issues:
@@ -296,7 +322,11 @@ def _prefixed(prefix: str, issues: list[ValidationIssue]) -> list[ValidationIssu
 
 
 def _load_entry(
-    name: str, entry: PipelineEntry, base: Path, issues: list[ValidationIssue]
+    name: str,
+    entry: PipelineEntry,
+    base: Path,
+    issues: list[ValidationIssue],
+    secrets: Secrets | None = None,
 ) -> NamedPipeline | None:
     where = f"pipelines.{name}" if name.isidentifier() else f"pipelines[{name!r}]"
     source: str | None = None
@@ -308,7 +338,7 @@ def _load_entry(
             path = base / path
         source = str(path)
         try:
-            data = read_yaml(path)
+            data = read_yaml(path, secrets=secrets)
         except YamlFileError as exc:
             issues.append(ValidationIssue(f"{where}.pipeline", exc.describe(name_file=True)))
             return None
@@ -335,11 +365,16 @@ def _load_entry(
 
 
 def parse_server_config(
-    data: Any, *, base_dir: str | Path | None = None, source: str | None = None
+    data: Any,
+    *,
+    base_dir: str | Path | None = None,
+    source: str | None = None,
+    secrets: Secrets | None = None,
 ) -> ServerConfig:
     """Validate a mapping (parsed YAML) into a :class:`ServerConfig`; check its pipelines.
 
-    Pipeline files are read relative to ``base_dir`` (default: the working directory).
+    Pipeline files are read relative to ``base_dir`` (default: the working directory),
+    with substitution (the values substituted are added to ``secrets``).
     Raises :class:`ServerConfigError` listing every problem with its path.
     """
     if data is None:
@@ -361,13 +396,13 @@ def parse_server_config(
             # report the pipelines' problems too, all at once
             try:
                 only = ServerConfig.model_validate({"pipelines": data.get("pipelines") or {}})
-                only.named_pipelines(base_dir)
+                only.named_pipelines(base_dir, secrets=secrets)
             except (ValidationError, ServerConfigError) as more:
                 if isinstance(more, ServerConfigError):
                     issues.extend(more.issues)
         raise ServerConfigError(issues, source) from None
     try:
-        config.named_pipelines(base_dir)
+        config.named_pipelines(base_dir, secrets=secrets)
     except ServerConfigError as exc:
         raise ServerConfigError(exc.issues, source) from None
     try:
@@ -377,13 +412,18 @@ def parse_server_config(
     return config
 
 
-def load_server_config(path: str | Path) -> ServerConfig:
-    """Read and validate a server configuration file (YAML)."""
+def load_server_config(path: str | Path, *, secrets: Secrets | None = None) -> ServerConfig:
+    """Read and validate a server configuration file (YAML).
+
+    ``${VAR}``, ``${VAR:-default}`` and ``${file:PATH}`` in its string values and in its
+    pipeline files are substituted; the values substituted are added to ``secrets`` (pass
+    the serving engine's, ``engine.services.secrets``, to have them masked).
+    """
     from headwater.core.yamlfile import load_yaml_file
 
     path = Path(path)
-    data = load_yaml_file(path, ServerConfigError)
-    return parse_server_config(data, base_dir=path.parent, source=str(path))
+    data = load_yaml_file(path, ServerConfigError, secrets=secrets)
+    return parse_server_config(data, base_dir=path.parent, source=str(path), secrets=secrets)
 
 
 def _issues(exc: ValidationError) -> list[ValidationIssue]:

@@ -37,7 +37,7 @@ from headwater.core.streaming import Frame, StreamError, StreamingManager
 from .dashboard_assets import content_security_policy, pipelines_listing, static_response
 
 if TYPE_CHECKING:
-    from .app import Server
+    from .base import BaseServer as Server
 
 __all__ = [
     "DASHBOARD_STREAM",

@@ -16,15 +16,13 @@ is served over plain HTTP:
 
 from __future__ import annotations
 
-import http
 import re
 from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
 
-from websockets.datastructures import Headers
-from websockets.http11 import Response
+from headwater.types import HttpResponse
 
 if TYPE_CHECKING:
     from headwater.core.plugins import PluginManager
@@ -194,7 +192,7 @@ def content_security_policy(host: str | None) -> str:
     )
 
 
-def static_response(path: str, host: str | None) -> Response | None:
+def static_response(path: str, host: str | None) -> HttpResponse | None:
     """The dashboard page (``/``, ``/index.html``) or one of its assets (``/static/X``).
 
     None when ``path`` is none of them (the caller answers 404).
@@ -209,16 +207,11 @@ def static_response(path: str, host: str | None) -> Response | None:
     if body is None:
         return None
     suffix = name[name.rindex(".") :]
-    headers = Headers(
-        [
-            ("Content-Type", _TYPES[suffix]),
-            ("Content-Length", str(len(body))),
-            ("Cache-Control", "no-cache"),
-            ("Connection", "close"),
-            ("Content-Security-Policy", content_security_policy(host)),
-            ("X-Content-Type-Options", "nosniff"),
-            ("Referrer-Policy", "no-referrer"),
-            ("X-Frame-Options", "DENY"),
-        ]
+    headers = (
+        ("Cache-Control", "no-cache"),
+        ("Content-Security-Policy", content_security_policy(host)),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Referrer-Policy", "no-referrer"),
+        ("X-Frame-Options", "DENY"),
     )
-    return Response(200, http.HTTPStatus(200).phrase, headers, body)
+    return HttpResponse(200, body, _TYPES[suffix], headers)

@@ -1,75 +1,74 @@
-"""The server's HTTP side: its endpoints, as a route table, and the WebSocket handshake.
+"""The server's HTTP side: its endpoints, as a route table, and the checks of upgrades.
 
-The ``websockets`` library hands every HTTP request to
-:meth:`HttpEndpoints.process_request` before answering it. A WebSocket upgrade is vetted
-there, before it happens (:meth:`HttpEndpoints.vet_upgrade`: path, origin, connection
-limit, authentication); any other request is answered from :data:`ROUTES`, a table of
+Both front ends (``headwater serve``, on the ``websockets`` library, and the ASGI app)
+hand every HTTP request, as a neutral :class:`~headwater.types.HttpRequest`, to
+:meth:`HttpEndpoints.dispatch`, which answers it from :data:`ROUTES`, a table of
 ``(method, path pattern) -> handler``: ``/healthz``, ``/api/streams``,
-``/api/pipelines``, ``/api/dashboard``, ``/api/components``, ``/metrics`` and the
-dashboard's page and assets. Routes marked ``authenticated`` answer 401 to a request
-without a valid token; a handler that raises gets a 500 (and a log entry), a path no
-route answers a 404.
+``/api/pipelines``, ``/api/dashboard``, ``/api/components``, ``/metrics``, the
+dashboard's page and assets, then the routes plugins contribute (``register_routes``).
+The Server-Sent Events endpoint, ``/api/streams/{stream}/events``, is vetted here too and
+handed back to the front end, which streams it (:mod:`headwater.server.sse`). Routes
+marked ``authenticated`` (every ``/api`` route, ``/metrics``, every plugin route) answer
+401 to a request without a valid token; a handler that raises gets a 500 (and a log
+entry), a path no route answers a 404.
+
+A WebSocket upgrade is vetted by :meth:`HttpEndpoints.vet_upgrade` (path, origin,
+connection limit, authentication) before it happens.
 """
 
 from __future__ import annotations
 
-import http
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from pydantic_core import to_json
 from websockets.asyncio.server import ServerConnection
-from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from headwater import __version__
 from headwater.core.net import is_loopback
+from headwater.core.plugins import LoadFailure
 from headwater.core.streaming import StreamError
+from headwater.types import HttpRequest, HttpResponse, HttpRoute
 
-from .auth import AuthRequest, bearer_token
+from .auth import AuthRequest
 from .dashboard import DASHBOARD_STREAM, pipelines_listing, static_response
+from .http import (
+    PathPattern,
+    error_response,
+    from_websockets,
+    json_response,
+    request_token,
+    static_file,
+    to_websockets,
+)
 
 if TYPE_CHECKING:
-    from .app import Server
+    from .base import BaseServer
+    from .sse import SseSubscription
 
-__all__ = ["ROUTES", "WEBSOCKET_PATHS", "Handler", "HttpEndpoints", "Route", "is_loopback"]
+__all__ = [
+    "EVENTS_PATH",
+    "ROUTES",
+    "WEBSOCKET_PATHS",
+    "Handler",
+    "HttpEndpoints",
+    "Route",
+    "is_loopback",
+    "url_host",
+]
 
 log = logging.getLogger("headwater.server")
 
 WEBSOCKET_PATHS: Final = frozenset({"/", "/ws"})
 """Paths on which WebSocket upgrades are accepted."""
 
+EVENTS_PATH: Final = "/api/streams/{stream}/events"
+"""The Server-Sent Events endpoint of a stream."""
 
-def _json(value: Any) -> bytes:
-    return to_json(value, inf_nan_mode="null", fallback=repr)
-
-
-def _http(
-    status: int,
-    body: bytes | str,
-    content_type: str = "application/json",
-    extra: Sequence[tuple[str, str]] = (),
-) -> Response:
-    data = body.encode() if isinstance(body, str) else body
-    headers = Headers(
-        [
-            ("Content-Type", content_type),
-            ("Content-Length", str(len(data))),
-            ("Cache-Control", "no-store"),
-            ("Connection", "close"),
-            *extra,
-        ]
-    )
-    return Response(status, http.HTTPStatus(status).phrase, headers, data)
-
-
-def _error_response(status: int, message: str, extra: Sequence[tuple[str, str]] = ()) -> Response:
-    return _http(
-        status, _json({"error": http.HTTPStatus(status).phrase, "message": message}), extra=extra
-    )
+_AUTH_REQUIRED: Final = (("WWW-Authenticate", "Bearer"),)
 
 
 def url_host(host: str) -> str:
@@ -77,8 +76,8 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-Handler = Callable[["HttpEndpoints", Request, Any], Awaitable[Response | None]]
-"""An endpoint: ``(endpoints, request, principal) -> response``; None answers 404."""
+Handler = Callable[["HttpEndpoints", HttpRequest], Awaitable[HttpResponse | None]]
+"""A built-in endpoint: ``(endpoints, request) -> response``; None answers 404."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,82 +85,209 @@ class Route:
     """One line of the route table: requests it answers, and how."""
 
     method: str
-    pattern: str
-    """An exact path, or a prefix ending in ``*`` (``/static/*``)."""
-    handler: Handler
+    path: PathPattern
+    handler: Handler | None
+    """None: the Server-Sent Events endpoint, streamed by the front end."""
     authenticated: bool = False
     """Answer 401 unless the request authenticates (the principal goes to the handler)."""
 
-    def matches(self, method: str, path: str) -> bool:
-        """True when this route answers ``method`` on ``path`` (without its query)."""
-        if method != self.method:
-            return False
-        if self.pattern.endswith("*"):
-            return path.startswith(self.pattern[:-1])
-        return path == self.pattern
+    @classmethod
+    def of(
+        cls, method: str, pattern: str, handler: Handler | None, authenticated: bool = False
+    ) -> Route:
+        return cls(method, PathPattern.compile(pattern), handler, authenticated)
+
+
+@dataclass(frozen=True, slots=True)
+class PluginRoute:
+    """A route contributed by a plugin, with its compiled pattern."""
+
+    route: HttpRoute
+    path: PathPattern
+
+    def match(self, method: str, path: str) -> dict[str, str] | None:
+        """The path parameters when this route answers ``method path``."""
+        route = self.route
+        if method != route.method and not (method == "HEAD" and route.method == "GET"):
+            return None
+        if route.directory is not None:
+            base = route.path.rstrip("/")
+            if path == base or path.startswith(base + "/"):
+                return {"path": path[len(base) :].lstrip("/")}
+            return None
+        return self.path.match(path)
+
+    async def answer(self, request: HttpRequest) -> HttpResponse | None:
+        """The plugin's answer (None: a file its static folder does not have)."""
+        route = self.route
+        if route.body is not None:
+            return HttpResponse(
+                200, route.body, route.content_type, (("Cache-Control", "no-cache"),)
+            )
+        if route.directory is not None:
+            return static_file(route.directory, request.path_params.get("path", ""))
+        assert route.handler is not None
+        response = await route.handler(request)
+        if not isinstance(response, HttpResponse):
+            raise TypeError(
+                f"the handler of {route.method} {route.path} returned "
+                f"{type(response).__name__}, not an HttpResponse"
+            )
+        return response
 
 
 class HttpEndpoints:
     """One server's HTTP endpoints and the checks of its WebSocket handshakes."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: BaseServer) -> None:
         self.server = server
         self._principals: weakref.WeakKeyDictionary[ServerConnection, Any] = (
             weakref.WeakKeyDictionary()
         )
         self._prometheus: Any = None
+        self.plugin_routes: list[PluginRoute] = []
+        self.route_failures: list[LoadFailure] = []
+        """Plugin routes refused (clashes) and plugins that raised in ``register_routes``."""
+
+    # -- plugin routes --------------------------------------------------------------------
+
+    def load_plugin_routes(self) -> None:
+        """Ask the plugins for their routes; keep those that clash with no other route."""
+        self.plugin_routes, self.route_failures = [], []
+        builtin = [r.path for r in ROUTES] + [PathPattern.compile(p) for p in WEBSOCKET_PATHS]
+
+        def add(route: HttpRoute) -> None:
+            pattern = route.path
+            if route.directory is not None:
+                pattern = pattern.rstrip("/") + "/{path:path}"
+            compiled = PathPattern.compile(pattern)
+            clash = next((b.pattern for b in builtin if b.overlaps(compiled)), None)
+            if clash is None:
+                clash = next(
+                    (
+                        f"{p.route.path} of plugin {p.route.plugin!r}"
+                        for p in self.plugin_routes
+                        if p.route.method == route.method and p.path.overlaps(compiled)
+                    ),
+                    None,
+                )
+            if clash is not None:
+                failure = LoadFailure(
+                    route.plugin or "?",
+                    None,
+                    None,
+                    "routes",
+                    f"route {route.method} {route.path} skipped: it would answer paths of {clash}",
+                )
+                log.warning("%s", failure)
+                self.route_failures.append(failure)
+                return
+            self.plugin_routes.append(PluginRoute(route, compiled))
+
+        self.route_failures.extend(self.server.plugins.register_routes(add))
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    async def dispatch(
+        self, request: HttpRequest, local: tuple[str, int] | None = None
+    ) -> HttpResponse | SseSubscription:
+        """Answer an HTTP request (not an upgrade): a response, or for the events endpoint
+        the vetted subscription that the front end streams. ``local`` is the address the
+        server answers on (for the default origin check)."""
+        from dataclasses import replace
+
+        from .sse import prepare_sse
+
+        path = request.path
+        method = "GET" if request.method == "HEAD" else request.method
+        try:
+            found: Route | PluginRoute | None = None
+            params: dict[str, str] | None = None
+            for route in ROUTES:
+                if route.method == method:
+                    params = route.path.match(path)
+                    if params is not None:
+                        found = route
+                        break
+            else:
+                for plugin_route in self.plugin_routes:
+                    params = plugin_route.match(request.method, path)
+                    if params is not None:
+                        found = plugin_route
+                        break
+            if found is None or params is None:
+                return error_response(404, f"no such endpoint: {path}")
+            principal = None
+            if isinstance(found, PluginRoute) or found.authenticated:
+                ok, principal = await self.authenticate(request)
+                if not ok:
+                    return error_response(401, "authentication required", _AUTH_REQUIRED)
+            request = replace(request, path_params=params, principal=principal)
+            if isinstance(found, PluginRoute):
+                response = await found.answer(request)
+            elif found.handler is None:
+                return await prepare_sse(self.server, request, local)
+            else:
+                response = await found.handler(self, request)
+        except Exception:
+            owner = f" (plugin {found.route.plugin!r})" if isinstance(found, PluginRoute) else ""
+            log.exception("HTTP request %s %s failed%s", request.method, path, owner)
+            return error_response(500, "internal error (see the server's log)")
+        if response is None:
+            return error_response(404, f"no such endpoint: {path}")
+        return response
+
+    async def vet_upgrade(
+        self, request: HttpRequest, local: tuple[str, int] | None
+    ) -> tuple[HttpResponse | None, Any]:
+        """Refuse a WebSocket upgrade (wrong path, origin, too many connections, no valid
+        token) with an HTTP error, or accept it: ``(None, principal)``. ``local`` is the
+        address the server answers on (for the default origin check)."""
+        if request.path not in WEBSOCKET_PATHS:
+            return error_response(404, f"no WebSocket endpoint at {request.path}; use /"), None
+        refused = self.refuse_connection(request, local)
+        if refused is not None:
+            return refused, None
+        ok, principal = await self.authenticate(request, cookie=False)
+        if not ok:
+            return (
+                error_response(401, "authentication required or token not valid", _AUTH_REQUIRED),
+                None,
+            )
+        return None, principal
+
+    def refuse_connection(
+        self, request: HttpRequest, local: tuple[str, int] | None
+    ) -> HttpResponse | None:
+        """The checks every long-lived connection passes (WebSocket or SSE): the server
+        is running, the origin is allowed, the connection limit is not reached."""
+        server = self.server
+        if not server.running:
+            return error_response(503, "the server is shutting down")
+        origin = request.headers.get("origin")
+        if origin is not None and not self.origin_allowed(origin, local):
+            return error_response(403, f"origin {origin} is not allowed")
+        limit = server.config.limits.max_connections
+        if server.connections >= limit:
+            return error_response(503, f"the limit of {limit} connections is reached")
+        return None
 
     # -- the websockets hook ------------------------------------------------------------
 
     async def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         """Answer an HTTP request, or vet a WebSocket upgrade (None lets it happen)."""
-        path = request.path.partition("?")[0]
-        upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
-        if upgrade:
-            return await self.vet_upgrade(conn, request, path)
-        method = "GET"  # websockets reads GET requests only
-        try:
-            route = next((r for r in ROUTES if r.matches(method, path)), None)
-            if route is None:
-                return _error_response(404, f"no such endpoint: {path}")
-            principal = None
-            if route.authenticated:
-                ok, principal = await self.authenticate(conn, request)
-                if not ok:
-                    return _error_response(
-                        401, "authentication required", [("WWW-Authenticate", "Bearer")]
-                    )
-            response = await route.handler(self, request, principal)
-        except Exception:
-            log.exception("HTTP request %s failed", request.path)
-            return _error_response(500, "internal error (see the server's log)")
-        if response is None:
-            return _error_response(404, f"no such endpoint: {path}")
-        return response
-
-    async def vet_upgrade(
-        self, conn: ServerConnection, request: Request, path: str
-    ) -> Response | None:
-        """Refuse a WebSocket upgrade (wrong path, origin, too many connections, no valid
-        token) with an HTTP error, or keep its principal for the session and let it be."""
-        server = self.server
-        if path not in WEBSOCKET_PATHS:
-            return _error_response(404, f"no WebSocket endpoint at {path}; use /")
-        if not server.running:
-            return _error_response(503, "the server is shutting down")
-        origin = request.headers.get("Origin")
-        if origin is not None and not self.origin_allowed(origin):
-            return _error_response(403, f"origin {origin} is not allowed")
-        limit = server.config.limits.max_connections
-        if server.connections >= limit:
-            return _error_response(503, f"the limit of {limit} connections is reached")
-        ok, principal = await self.authenticate(conn, request)
-        if not ok:
-            return _error_response(
-                401, "authentication required or token not valid", [("WWW-Authenticate", "Bearer")]
-            )
-        self._principals[conn] = principal
-        return None
+        neutral = from_websockets(request, conn.remote_address)
+        if "websocket" in request.headers.get("Upgrade", "").lower():
+            server = self.server
+            refused, principal = await self.vet_upgrade(neutral, (server.host, server.port))
+            if refused is not None:
+                return to_websockets(refused)
+            self._principals[conn] = principal
+            return None
+        answer = await self.dispatch(neutral, (self.server.host, self.server.port))
+        if not isinstance(answer, HttpResponse):  # pragma: no cover - sniffed before
+            return to_websockets(error_response(500, "events are not served here"))
+        return to_websockets(answer)
 
     def principal_of(self, conn: ServerConnection) -> Any:
         """The principal the handshake of ``conn`` authenticated (once: it is forgotten)."""
@@ -169,19 +295,20 @@ class HttpEndpoints:
 
     # -- security -----------------------------------------------------------------------
 
-    async def authenticate(self, conn: ServerConnection, request: Request) -> tuple[bool, Any]:
-        """``(ok, principal)`` of a request, from the ``authenticate`` hook."""
+    async def authenticate(self, request: HttpRequest, *, cookie: bool = True) -> tuple[bool, Any]:
+        """``(ok, principal)`` of a request, from the ``authenticate`` hook. The token
+        comes from the ``Authorization`` header, ``?token=`` or (``cookie``, GET only)
+        the dashboard's cookie."""
         server = self.server
-        headers = {k.lower(): v for k, v in request.headers.raw_items()}
-        remote = conn.remote_address
+        headers = request.headers
         req = AuthRequest(
-            path=request.path,
+            path=request.target,
             headers=headers,
-            remote=f"{remote[0]}:{remote[1]}" if isinstance(remote, tuple) else None,
+            remote=request.remote,
             origin=headers.get("origin"),
             auth=server.auth,
         )
-        token = bearer_token(request.path, headers)
+        token = request_token(request, cookie=cookie)
         principal = await server.plugins.authenticate(token, req)
         if principal is False:
             return False, None
@@ -189,61 +316,66 @@ class HttpEndpoints:
             return False, None
         return True, principal
 
-    def origin_allowed(self, origin: str) -> bool:
-        """May a page from ``origin`` open a WebSocket (``origins`` of the configuration;
-        by default only the server's own pages)?"""
+    def origin_allowed(self, origin: str, local: tuple[str, int] | None = None) -> bool:
+        """May a page from ``origin`` connect (``origins`` of the configuration; by
+        default only the server's own pages, at ``local``: its address and port)?"""
         server = self.server
         allowed = server.config.origins
         origin = origin.strip().rstrip("/").lower()
         if allowed is None:
-            hosts = {url_host(server.host)}
-            if is_loopback(server.host):
+            if local is None:
+                return False
+            host, port = local
+            hosts = {url_host(host)}
+            if is_loopback(host):
                 hosts |= {"127.0.0.1", "localhost", "[::1]"}
-            own = {f"{scheme}://{h}:{server.port}" for scheme in ("http", "https") for h in hosts}
+            own = {f"{scheme}://{h}:{port}" for scheme in ("http", "https") for h in hosts}
+            if port in (80, 443):
+                own |= {f"{scheme}://{h}" for scheme in ("http", "https") for h in hosts}
             return origin in own
         return "*" in allowed or origin in {o.strip().rstrip("/").lower() for o in allowed}
 
     # -- the endpoints ------------------------------------------------------------------
 
-    async def healthz(self, request: Request, principal: Any) -> Response | None:
+    async def healthz(self, request: HttpRequest) -> HttpResponse | None:
         """``/healthz``: ``ok`` (or ``stopping``), the version, streams and clients."""
         server = self.server
-        return _http(
-            200,
-            _json(
-                {
-                    "status": "ok" if server.running else "stopping",
-                    "version": __version__,
-                    "streams": len(server.manager.active_streams()),
-                    "clients": server.connections,
-                }
-            ),
+        return json_response(
+            {
+                "status": "ok" if server.running else "stopping",
+                "version": __version__,
+                "streams": len(server.manager.active_streams()),
+                "clients": server.connections,
+            }
         )
 
-    async def api_streams(self, request: Request, principal: Any) -> Response | None:
+    async def api_streams(self, request: HttpRequest) -> HttpResponse | None:
         """``/api/streams``: see :meth:`streams_snapshot`."""
-        return _http(200, _json(await self.streams_snapshot(principal)))
+        return json_response(await self.streams_snapshot(request.principal))
 
-    async def api_pipelines(self, request: Request, principal: Any) -> Response | None:
+    async def api_pipelines(self, request: HttpRequest) -> HttpResponse | None:
         """``/api/pipelines``: see :meth:`pipelines_snapshot`."""
-        return _http(200, _json(await self.pipelines_snapshot(principal)))
+        return json_response(await self.pipelines_snapshot(request.principal))
 
-    async def api_dashboard(self, request: Request, principal: Any) -> Response | None:
+    async def api_dashboard(self, request: HttpRequest) -> HttpResponse | None:
         """``/api/dashboard``: the dashboard feed's recent history."""
-        if not await self.server.allowed(principal, "subscribe", DASHBOARD_STREAM):
-            return _error_response(403, f"not allowed to see {DASHBOARD_STREAM}")
-        return _http(200, _json(self.server.dashboard.history()))
+        if not await self.server.allowed(request.principal, "subscribe", DASHBOARD_STREAM):
+            return error_response(403, f"not allowed to see {DASHBOARD_STREAM}")
+        return json_response(self.server.dashboard.history())
 
-    async def api_components(self, request: Request, principal: Any) -> Response | None:
+    async def api_components(self, request: HttpRequest) -> HttpResponse | None:
         """``/api/components``: see :meth:`components_snapshot`."""
-        return _http(200, _json(self.components_snapshot()))
+        return json_response(self.components_snapshot())
 
-    async def dashboard_page(self, request: Request, principal: Any) -> Response | None:
+    async def not_found(self, request: HttpRequest) -> HttpResponse | None:
+        """Every other ``/api/...`` path: reserved for the server (404)."""
+        return None
+
+    async def dashboard_page(self, request: HttpRequest) -> HttpResponse | None:
         """The dashboard's page (``/``, ``/index.html``) and assets (``/static/X``)."""
-        path = request.path.partition("?")[0]
-        return static_response(path, request.headers.get("Host"))
+        return static_response(request.path, request.headers.get("host"))
 
-    async def metrics(self, request: Request, principal: Any) -> Response | None:
+    async def metrics(self, request: HttpRequest) -> HttpResponse | None:
         """``/metrics``: the Prometheus exposition of the engine's metrics (see
         ``docs/metrics.md``); scrapers send the same bearer token as other clients."""
         from headwater.core.metrics.prometheus import exposition, prometheus_registry
@@ -251,10 +383,10 @@ class HttpEndpoints:
         try:
             if self._prometheus is None:
                 self._prometheus = prometheus_registry(self.server.engine.metrics.snapshot)
-            body, content_type = exposition(request.headers.get("Accept"), self._prometheus)
+            body, content_type = exposition(request.headers.get("accept"), self._prometheus)
         except ImportError as exc:
-            return _error_response(501, str(exc))
-        return _http(200, body, content_type)
+            return error_response(501, str(exc))
+        return HttpResponse(200, body, content_type, (("Cache-Control", "no-store"),))
 
     # -- the bodies of the API ----------------------------------------------------------
 
@@ -322,22 +454,23 @@ class HttpEndpoints:
                         "metadata_error": f"{type(exc).__name__}: {exc}",
                     }
                 )
-        return {
-            "components": components,
-            "failures": [f.to_dict() for f in plugins.failures],
-        }
+        failures = [*plugins.failures, *self.route_failures]
+        return {"components": components, "failures": [f.to_dict() for f in failures]}
 
 
 ROUTES: Final[tuple[Route, ...]] = (
-    Route("GET", "/healthz", HttpEndpoints.healthz),
-    Route("GET", "/api/streams", HttpEndpoints.api_streams, authenticated=True),
-    Route("GET", "/api/pipelines", HttpEndpoints.api_pipelines, authenticated=True),
-    Route("GET", "/api/dashboard", HttpEndpoints.api_dashboard, authenticated=True),
-    Route("GET", "/api/components", HttpEndpoints.api_components, authenticated=True),
-    Route("GET", "/", HttpEndpoints.dashboard_page),
-    Route("GET", "/index.html", HttpEndpoints.dashboard_page),
-    Route("GET", "/static/*", HttpEndpoints.dashboard_page),
-    Route("GET", "/metrics", HttpEndpoints.metrics, authenticated=True),
+    Route.of("GET", "/healthz", HttpEndpoints.healthz),
+    Route.of("GET", "/api/streams", HttpEndpoints.api_streams, authenticated=True),
+    Route.of("GET", EVENTS_PATH, None, authenticated=True),
+    Route.of("GET", "/api/pipelines", HttpEndpoints.api_pipelines, authenticated=True),
+    Route.of("GET", "/api/dashboard", HttpEndpoints.api_dashboard, authenticated=True),
+    Route.of("GET", "/api/components", HttpEndpoints.api_components, authenticated=True),
+    Route.of("GET", "/api/{reserved:path}", HttpEndpoints.not_found, authenticated=True),
+    Route.of("GET", "/", HttpEndpoints.dashboard_page),
+    Route.of("GET", "/index.html", HttpEndpoints.dashboard_page),
+    Route.of("GET", "/static/{asset:path}", HttpEndpoints.dashboard_page),
+    Route.of("GET", "/metrics", HttpEndpoints.metrics, authenticated=True),
 )
-"""The HTTP endpoints, in the order they are tried (the first route that matches
-answers). WebSocket upgrades never reach it: see :meth:`HttpEndpoints.vet_upgrade`."""
+"""The built-in HTTP endpoints, in the order they are tried (the first route that
+matches answers), before the plugins' routes. WebSocket upgrades never reach it: see
+:meth:`HttpEndpoints.vet_upgrade`."""

@@ -27,7 +27,7 @@ from .auth import principal_name
 from .protocol import ProtocolError
 
 if TYPE_CHECKING:
-    from .app import Server
+    from .base import BaseServer as Server
     from .config import NamedPipeline
 
 __all__ = ["ClientRuns", "RunInfo", "with_stream_sink"]

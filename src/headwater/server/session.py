@@ -1,6 +1,7 @@
 """One client connection: its protocol v1 requests, read, limited and answered.
 
-A :class:`Session` reads the frames of one WebSocket connection, enforces the limits
+A :class:`Session` reads the frames of one WebSocket connection (a :class:`Connection`:
+a ``websockets`` connection of ``headwater serve`` or an ASGI WebSocket), enforces the limits
 (frame size, rate, subscriptions), validates each frame with
 :func:`~headwater.server.protocol.parse_client_frame` and answers every request
 (``subscribe``, ``unsubscribe``, ``run``, ``cancel``, ``ping``). Bad input gets an
@@ -10,14 +11,13 @@ A :class:`Session` reads the frames of one WebSocket connection, enforces the li
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 from pydantic import BaseModel
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 
-from headwater.core.streaming import StreamError
+from headwater.core.streaming import ClientTransport, Frame, StreamError
 
 from .dashboard import DASHBOARD_STREAM, RESERVED_PREFIX
 from .protocol import (
@@ -35,15 +35,37 @@ from .protocol import (
     encode_message,
     parse_client_frame,
 )
-from .transport import TokenBucket, WebSocketTransport
+from .transport import ConnectionGone, TokenBucket
 
 if TYPE_CHECKING:
-    from .app import Server
+    from .base import BaseServer
     from .runs import RunInfo
 
-__all__ = ["Session"]
+__all__ = ["Connection", "Session"]
 
 log = logging.getLogger("headwater.server")
+
+
+class Connection(Protocol):
+    """One WebSocket connection, whatever accepted it: what a :class:`Session` needs."""
+
+    @property
+    def transport(self) -> ClientTransport:
+        """Where the streaming manager writes this connection's stream messages."""
+        ...
+
+    def messages(self) -> AsyncIterator[str | bytes]:
+        """The client's messages (text or binary), until the connection closes; a
+        message over four times ``limits.max_frame_bytes`` closes it (code 1009)."""
+        ...
+
+    async def send(self, frame: Frame) -> None:
+        """Send one frame as a text message; raises :class:`ConnectionGone` once closed."""
+        ...
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the connection with a WebSocket close code."""
+        ...
 
 
 class Session:
@@ -55,13 +77,13 @@ class Session:
     """
 
     def __init__(
-        self, server: Server, conn: ServerConnection, principal: Any, client_id: str
+        self, server: BaseServer, conn: Connection, principal: Any, client_id: str
     ) -> None:
         self.server = server
         self.conn = conn
         self.principal = principal
         self.client_id = client_id
-        self.transport = WebSocketTransport(conn)
+        self.transport = conn.transport
         limits = server.config.limits
         self.bucket = TokenBucket(limits.rate, limits.burst)
         self.max_bytes = limits.max_frame_bytes
@@ -69,9 +91,9 @@ class Session:
     async def serve(self) -> None:
         """Handle frames until the connection closes, then unsubscribe everywhere."""
         try:
-            async for raw in self.conn:
+            async for raw in self.conn.messages():
                 await self.handle(raw)
-        except ConnectionClosed:
+        except ConnectionGone:
             pass
         finally:
             with anyio.CancelScope(shield=True):
@@ -85,7 +107,13 @@ class Session:
             log.debug("closing %s failed", self.client_id, exc_info=True)
 
     async def handle(self, raw: str | bytes) -> None:
-        """Answer one frame; never raises except when the connection is gone."""
+        """Answer one frame; never raises except when the connection is gone.
+
+        Replies go out in request order: the previous requests' replies that travel with
+        stream messages (``subscribed``, ``unsubscribed``) are sent before this one is
+        handled.
+        """
+        await self.server.manager.replies_sent(self.client_id)
         if not self.bucket.take():
             await self.error("rate_limited", "too many messages; slow down and retry later")
             return
@@ -107,7 +135,7 @@ class Session:
             await self.reply(exc.to_message())
         except StreamError as exc:
             await self.reply(ProtocolError.from_stream_error(exc, ref=message.id).to_message())
-        except ConnectionClosed:
+        except ConnectionGone:
             raise
         except Exception as exc:
             log.exception("request %s of %s failed", message.type, self.client_id)
@@ -209,7 +237,7 @@ class Session:
 
     async def reply(self, message: BaseModel) -> None:
         """Send one reply (``pong``, ``run_started``, ``error``) on this connection."""
-        await self.conn.send(encode_message(message), text=True)
+        await self.conn.send(encode_message(message))
 
     async def error(self, code: ErrorCode, text: str, ref: str | int | None = None) -> None:
         """Send an ``error`` message."""

@@ -9,7 +9,7 @@ requests. The close codes of the manager's close reasons are in :data:`CLOSE_COD
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import suppress
 from typing import Final
 
@@ -18,7 +18,15 @@ from websockets.exceptions import ConnectionClosed
 
 from headwater.core.streaming import CLOSE_SEND_FAILED, CLOSE_SLOW_CONSUMER, Frame
 
-__all__ = ["CLOSE_CODES", "CLOSE_GOING_AWAY", "TokenBucket", "WebSocketTransport"]
+__all__ = [
+    "CLOSE_CODES",
+    "CLOSE_GOING_AWAY",
+    "ConnectionGone",
+    "TokenBucket",
+    "WebSocketTransport",
+    "WebSocketsConnection",
+    "close_reason",
+]
 
 CLOSE_GOING_AWAY: Final = 1001
 """WebSocket close code sent to every client when the server shuts down."""
@@ -29,6 +37,10 @@ CLOSE_CODES: Final[Mapping[str, int]] = {
 }
 """WebSocket close codes of the manager's close reasons (the reason text starts with the
 machine-readable code, e.g. ``slow_consumer: too slow to keep up with stream x``)."""
+
+
+class ConnectionGone(Exception):
+    """The connection closed: nothing more can be sent on it."""
 
 
 class TokenBucket:
@@ -54,7 +66,7 @@ class TokenBucket:
         return False
 
 
-def _close_reason(code: str, reason: str) -> str:
+def close_reason(code: str, reason: str) -> str:
     """``code: reason``, cut to the 123 bytes a WebSocket close reason may hold."""
     text = f"{code}: {reason}" if reason else code
     data = text.encode()
@@ -153,7 +165,38 @@ class WebSocketTransport:
 
     async def close(self, code: str, reason: str) -> None:
         """Close the connection (4001 ``slow_consumer``, 4002 ``send_failed``...)."""
-        await self._conn.close(CLOSE_CODES.get(code, 1011), _close_reason(code, reason))
+        await self._conn.close(CLOSE_CODES.get(code, 1011), close_reason(code, reason))
+
+
+class WebSocketsConnection:
+    """A ``websockets`` server connection as a session sees it
+    (:class:`~headwater.server.session.Connection`)."""
+
+    __slots__ = ("conn", "transport")
+
+    def __init__(self, conn: ServerConnection) -> None:
+        self.conn = conn
+        self.transport = WebSocketTransport(conn)
+
+    async def messages(self) -> AsyncIterator[str | bytes]:
+        """Every message the client sends, until the connection closes (websockets
+        closes it with 1009 beyond ``max_size``)."""
+        try:
+            async for raw in self.conn:
+                yield raw
+        except ConnectionClosed:
+            return
+
+    async def send(self, frame: Frame) -> None:
+        """Send one frame as a text message; :class:`ConnectionGone` once closed."""
+        try:
+            await self.conn.send(frame, text=True)
+        except ConnectionClosed:
+            raise ConnectionGone from None
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the connection with ``code``."""
+        await self.conn.close(code, reason)
 
 
 def _write_pieces(conn: ServerConnection, data: list[bytes]) -> None:
