@@ -16,6 +16,7 @@ import pytest
 import headwater
 from headwater.builtin_plugins import command as command_module
 from headwater.core.context import RunIdentity, StreamContext
+from headwater.core.services import EngineServices
 from headwater.testing import builtin_plugin_manager
 
 pytestmark = pytest.mark.skipif(
@@ -41,6 +42,11 @@ def _no_operator_allow_list(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def pipeline(**params: Any) -> headwater.Pipeline:
     return headwater.Pipeline("cmd").source("command", **params).sink("collect")
+
+
+def engine(plugins: headwater.PluginManager, **policy: Any) -> headwater.Engine:
+    """An engine on ``plugins`` whose operator policy has the ``policy`` fields."""
+    return headwater.Engine(plugin_manager=plugins, policy=headwater.SandboxPolicy(**policy))
 
 
 def ctx() -> StreamContext:
@@ -250,30 +256,31 @@ def test_stopping_early_downstream_kills_the_program(
 
 # -- refused commands never run -----------------------------------------------------------
 
-DENIED = [
-    ({}, {}, "no allow-list"),
-    ({"allow": ["ls"]}, {}, "not in the allow param"),
-    ({"allow": ["touch"], "deny": ["*marker*"]}, {}, "matches deny pattern '*marker*'"),
-    ({"allow": ["touch"], "deny": ["touch"]}, {}, "matches deny pattern 'touch'"),
-    ({"allow": ["touch"]}, {"HEADWATER_COMMAND_ALLOW": "ls,cat"}, "not in HEADWATER_COMMAND_ALLOW"),
-    ({}, {"HEADWATER_COMMAND_ALLOW": "ls"}, "not in HEADWATER_COMMAND_ALLOW"),
+OPERATOR_LIST = "not in the operator's allow-list (HEADWATER_COMMAND_ALLOW or sandbox.commands)"
+DENIED: list[tuple[dict[str, Any], tuple[str, ...] | None, str]] = [
+    ({}, None, "no allow-list"),
+    ({"allow": ["ls"]}, None, "not in the allow param"),
+    ({"allow": ["touch"], "deny": ["*marker*"]}, None, "matches deny pattern '*marker*'"),
+    ({"allow": ["touch"], "deny": ["touch"]}, None, "matches deny pattern 'touch'"),
+    ({"allow": ["touch"]}, ("ls", "cat"), OPERATOR_LIST),
+    ({}, ("ls",), OPERATOR_LIST),
+    ({"allow": ["touch"]}, (), OPERATOR_LIST),
 ]
 
 
-@pytest.mark.parametrize(("params", "env", "message"), DENIED)
+@pytest.mark.parametrize(("params", "commands", "message"), DENIED)
 def test_denied_commands_are_refused_before_running(
     plugins: headwater.PluginManager,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     params: dict[str, Any],
-    env: dict[str, str],
+    commands: tuple[str, ...] | None,
     message: str,
 ) -> None:
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
     marker = tmp_path / "marker"
     with pytest.raises(headwater.PipelineValidationError) as info:
-        pipeline(argv=["touch", str(marker)], **params).run_sync(plugins=plugins)
+        pipeline(argv=["touch", str(marker)], **params).run_sync(
+            engine=engine(plugins, commands=commands)
+        )
     assert "sources.command.params" in str(info.value)
     assert message in str(info.value)
     assert not marker.exists()
@@ -283,7 +290,7 @@ def test_denied_commands_are_refused_before_running(
     ("argv", "params", "message"),
     [
         (["sh", "-c", "touch {marker}"], {"allow": ["sh"], "deny": ["-c"]}, "deny pattern '-c'"),
-        (["{touch}", "{marker}"], {"allow": ["touch"]}, "a bare name allows only the program"),
+        (["{copy}", "{marker}"], {"allow": ["touch"]}, "not in the allow param"),
         (["./touch", "{marker}"], {"allow": ["touch"]}, "not found"),
         (["no-such-program-hw", "{marker}"], {"allow": ["no-such-program-hw"]}, "not found"),
         ("touch {marker}", {"allow": ["touch"]}, "argv: Input should be a valid list"),
@@ -308,7 +315,10 @@ def test_more_refusals(
     message: str,
 ) -> None:
     marker = tmp_path / "marker"
-    fill = {"marker": str(marker), "touch": shutil.which("touch") or "/usr/bin/touch"}
+    touch = shutil.which("touch")
+    assert touch is not None
+    copy = shutil.copy(touch, tmp_path / "touch")  # the same name, another file
+    fill = {"marker": str(marker), "copy": str(copy)}
     argv = argv.format(**fill) if isinstance(argv, str) else [a.format(**fill) for a in argv]
     with pytest.raises(headwater.PipelineValidationError) as info:
         pipeline(argv=argv, **params).run_sync(plugins=plugins)
@@ -322,22 +332,29 @@ def test_operator_allow_list_alone_permits(
     """The positive control of the refusals above: an allowed touch does create the file."""
     monkeypatch.setenv(command_module.ALLOW_ENV, " ls , touch ")
     marker = tmp_path / "marker"
-    result = pipeline(argv=["touch", str(marker)]).run_sync(plugins=plugins)
+    policy = headwater.SandboxPolicy.from_environment()
+    assert policy.commands == ("ls", "touch")
+    spec = pipeline(argv=["touch", str(marker)])
+    result = spec.run_sync(engine=headwater.Engine(plugin_manager=plugins, policy=policy))
     assert result.output[-1]["returncode"] == 0
     assert marker.exists()
 
 
 @pytest.mark.anyio
-async def test_policy_is_checked_again_when_the_run_starts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A long-lived process may tighten HEADWATER_COMMAND_ALLOW after validation."""
+async def test_policy_is_checked_again_when_the_run_starts(tmp_path: Path) -> None:
+    """Params validated under one policy do not run on an engine with a stricter one."""
     marker = tmp_path / "marker"
-    monkeypatch.setenv(command_module.ALLOW_ENV, "touch")
-    params = command_module.CommandParams(argv=["touch", str(marker)])
-    monkeypatch.setenv(command_module.ALLOW_ENV, "ls")
-    with pytest.raises(PermissionError, match="not in HEADWATER_COMMAND_ALLOW"):
-        async for _ in command_module.command.obj(params, ctx()):
+    loose = headwater.SandboxPolicy(commands=("touch",))
+    params = command_module.CommandParams.model_validate(
+        {"argv": ["touch", str(marker)]}, context=loose.validation_context()
+    )
+    strict = StreamContext(
+        RunIdentity("t", "r"),
+        "sources.command",
+        services=EngineServices(policy=headwater.SandboxPolicy(commands=("ls",))),
+    )
+    with pytest.raises(PermissionError, match="not in the operator's allow-list"):
+        async for _ in command_module.command.obj(params, strict):
             pass
     assert not marker.exists()
 

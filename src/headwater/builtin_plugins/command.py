@@ -1,47 +1,52 @@
 """Built-in ``command`` action: run a program and stream its output lines as they come.
 
-Safety first: the program is given as an argument list and run without a shell; it must
-be on an allow-list (the ``allow`` param and/or the ``HEADWATER_COMMAND_ALLOW``
-environment variable, which an operator sets to bound what any pipeline may run); no
-argument may match the ``deny`` globs. A refused command fails params validation, so it
-never starts. The program runs in a new session (its own process group): on
+Safety first: the program is given as an argument list and run without a shell. What may
+run is bounded by the operator's :class:`~headwater.SandboxPolicy` (programs resolved on
+the operator's ``PATH`` and compared as real paths; protected environment variables) and
+narrowed by the pipeline's ``allow`` and ``deny`` params; see
+:mod:`headwater.builtin_plugins.command_policy`. A refused command fails params
+validation, so it never starts, and is checked again against the run's policy when the
+run starts. The program runs in a new session (its own process group): on
 cancellation, timeout or error the whole group is terminated, then killed, in a
 ``finally``, so no child process outlives the run.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import os
-import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import anyio
 from anyio.abc import ByteReceiveStream, Process
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 import headwater
 from headwater.core.context import StreamContext
+from headwater.core.policy import SandboxPolicy, policy_of
 
 from ._textio import ByteLineSplitter, check_errors, check_line_encoding
+from .command_policy import ALLOW_ENV, check_environment, resolve_command
 
 __all__ = [
     "ALLOW_ENV",
     "CommandFailed",
     "CommandParams",
     "command",
-    "environment_allow_list",
     "register_actions",
-    "resolve_command",
 ]
-
-ALLOW_ENV = "HEADWATER_COMMAND_ALLOW"
-"""Comma-separated programs any ``command`` may run, set by the operator."""
 
 _READ_SIZE = 64 * 1024
 
@@ -55,83 +60,9 @@ class CommandFailed(RuntimeError):
         super().__init__(f"{program} exited with status {returncode}")
 
 
-def environment_allow_list(environ: Mapping[str, str] | None = None) -> list[str] | None:
-    """The programs ``HEADWATER_COMMAND_ALLOW`` allows, or None when it is unset or blank."""
-    value = (os.environ if environ is None else environ).get(ALLOW_ENV, "")
-    names = [part.strip() for part in value.split(",") if part.strip()]
-    return names or None
-
-
-def _is_allowed(argv0: str, program: str, allow: Sequence[str]) -> bool:
-    """A bare name allows that name looked up on PATH; a path allows exactly that file."""
-    real = os.path.realpath(program)
-    for entry in allow:
-        if os.sep in entry or (os.altsep and os.altsep in entry):
-            if os.path.realpath(os.path.expanduser(entry)) == real:
-                return True
-        elif os.sep not in argv0 and argv0 == entry:
-            return True
-    return False
-
-
-def resolve_command(
-    argv: Sequence[str],
-    *,
-    allow: Sequence[str] | None,
-    deny: Sequence[str],
-    cwd: str | None = None,
-    path: str | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> str:
-    """Check ``argv`` against the allow- and deny-lists; return the program's full path.
-
-    :param argv: The program and its arguments.
-    :param allow: Programs the params allow (None: not restricted by the params).
-    :param deny: Glob patterns no argument (the program included) may match.
-    :param cwd: Working directory of the command (relative program paths resolve there).
-    :param path: The ``PATH`` the command will see (default: this process's).
-    :param environ: Where to read ``HEADWATER_COMMAND_ALLOW`` (default: ``os.environ``).
-    :raises ValueError: Naming the refused program or argument and the rule refusing it.
-    """
-    if not argv or not argv[0]:
-        raise ValueError("argv must start with the program to run")
-    for arg in argv:
-        if "\0" in arg:
-            raise ValueError(f"argument {arg!r} contains a NUL character")
-    argv0 = argv[0]
-    env_allow = environment_allow_list(environ)
-    if allow is None and env_allow is None:
-        raise ValueError(
-            f"command {argv0!r} refused: no allow-list; list the programs a pipeline may run "
-            f"in the allow param (allow: [{os.path.basename(argv0)}]) or in {ALLOW_ENV}"
-        )
-    for pattern in deny:
-        for arg in argv:
-            if fnmatch.fnmatchcase(arg, pattern):
-                raise ValueError(f"argument {arg!r} refused: it matches deny pattern {pattern!r}")
-    has_dir = os.sep in argv0 or bool(os.altsep and os.altsep in argv0)
-    if has_dir and cwd is not None and not os.path.isabs(argv0):
-        candidate = os.path.join(cwd, argv0)
-    else:
-        candidate = argv0
-    program = shutil.which(candidate, path=path)
-    if program is None:
-        where = "" if has_dir else " on PATH"
-        raise ValueError(f"program {argv0!r} not found{where} (or not executable)")
-    program = os.path.abspath(program)
-    for source, names in (("the allow param", allow), (ALLOW_ENV, env_allow)):
-        if names is not None and not _is_allowed(argv0, program, names):
-            listed = ", ".join(repr(n) for n in names) or "nothing"
-            hint = (
-                " (a bare name allows only the program found on PATH under that name; list "
-                "its full path to allow a path)"
-                if has_dir
-                else ""
-            )
-            raise ValueError(
-                f"program {argv0!r} refused: not in {source} (which allows {listed}){hint}"
-            )
-    return program
+def _policy(info: ValidationInfo) -> SandboxPolicy:
+    """The policy params are validated under (without one: the environment's)."""
+    return policy_of(info.context) or SandboxPolicy.from_environment()
 
 
 class CommandParams(BaseModel):
@@ -146,17 +77,24 @@ class CommandParams(BaseModel):
     )
     allow: list[str] | None = Field(
         None,
-        description="Programs this command may run: bare names (looked up on PATH) or full "
-        f"paths. Required unless {ALLOW_ENV} is set; when both are set, both must allow it.",
+        description="Programs this command may run: bare names (looked up on the operator's "
+        "PATH) or full paths. It can only narrow the operator's list (HEADWATER_COMMAND_ALLOW "
+        "or sandbox.commands): when both are set, both must allow the program; one of "
+        "them is required.",
     )
     deny: list[str] = Field(
         default_factory=list,
-        description="Glob patterns no argument may match (e.g. '--force*', '-*r*f*'); the "
-        "program itself is checked too.",
+        description="Glob patterns no argument may match, the program included. '--name' "
+        "patterns also refuse abbreviations and '--name=value' forms; '-x' patterns also "
+        "refuse clusters such as '-lx'. List both forms of an option, e.g. "
+        "['-R', '--recursive'].",
     )
     cwd: str | None = Field(None, description="Working directory (default: the current one).")
     env: dict[str, str] = Field(
-        default_factory=dict, description="Environment variables to set for the program."
+        default_factory=dict,
+        description="Environment variables to set for the program. PATH, LD_*, PYTHON* and "
+        "other variables choosing which code programs load are refused unless the operator "
+        "allows them (HEADWATER_COMMAND_ENV or sandbox.command_env).",
     )
     inherit_env: bool = Field(
         True, description="Start from this process's environment (otherwise only env)."
@@ -195,24 +133,32 @@ class CommandParams(BaseModel):
     def _encoding_ascii(cls, value: str) -> str:
         return check_line_encoding(value, "command")
 
+    @field_validator("env")
+    @classmethod
+    def _protected_env(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        check_environment(value, _policy(info))
+        return value
+
     @model_validator(mode="after")
-    def _check_policy(self) -> CommandParams:
-        self._program = resolve_command(
-            self.argv, allow=self.allow, deny=self.deny, cwd=self.cwd, path=self.child_path()
-        )
+    def _check_policy(self, info: ValidationInfo) -> CommandParams:
+        self._program = self.checked(_policy(info))
         return self
+
+    def checked(self, policy: SandboxPolicy) -> str:
+        """Check the params against ``policy``; return the absolute path of the program.
+
+        :raises ValueError: Naming the refused program, argument or variable.
+        """
+        check_environment(self.env, policy)
+        return resolve_command(
+            self.argv, allow=self.allow, deny=self.deny, policy=policy, cwd=self.cwd
+        )
 
     def child_environment(self) -> dict[str, str]:
         """The environment the program runs with."""
         base = dict(os.environ) if self.inherit_env else {}
         base.update(self.env)
         return base
-
-    def child_path(self) -> str | None:
-        """The ``PATH`` the program is looked up on."""
-        if "PATH" in self.env:
-            return self.env["PATH"]
-        return os.environ.get("PATH") if self.inherit_env else os.defpath
 
     @property
     def program(self) -> str:
@@ -289,20 +235,14 @@ async def command(params: CommandParams, ctx: StreamContext) -> AsyncIterator[li
     """Run a program (an argument list, no shell) and stream its stdout and stderr lines.
 
     Lines come as they are written, tagged with their stream; the last item reports the
-    exit status, which is also sent as a status message. The program must be allowed
-    (``allow`` / ``HEADWATER_COMMAND_ALLOW``) and no argument may match ``deny``: a
-    refused command fails validation and never starts. ``timeout`` bounds the run; on
+    exit status, which is also sent as a status message. The program must be allowed by
+    the operator's sandbox policy and the ``allow`` param, and no argument may match
+    ``deny``: a refused command fails validation and never starts. ``timeout`` bounds the run; on
     timeout or cancellation the program's whole process group is terminated.
     """
-    # the environment may have changed since validation (a long-lived server): check again
+    # params may have been validated under another policy, or the files may have changed
     try:
-        program = resolve_command(
-            params.argv,
-            allow=params.allow,
-            deny=params.deny,
-            cwd=params.cwd,
-            path=params.child_path(),
-        )
+        program = params.checked(ctx.policy)
     except ValueError as exc:
         raise PermissionError(str(exc)) from None
     name = os.path.basename(params.argv[0])
