@@ -2,8 +2,11 @@
 
 A :class:`StreamingManager` owns *streams* (named, numbered sequences of chunks) and the
 *clients* subscribed to them. It knows nothing about sockets: a client is any object with
-an async ``send(frame)`` and ``close(code, reason)`` (:class:`ClientTransport`), so the
-same manager serves the WebSocket server, tests with in-memory clients, or a bridge.
+an async ``send(frame)`` (:class:`ClientTransport`; ``close(code, reason)``, called when
+the manager drops the client, and ``stream_closed(stream, reason)`` are optional), so the
+same manager serves the WebSocket server, tests with in-memory clients, or a bridge. A
+registered client is a :class:`Subscription`: its ``id``, ``is_active``, and
+``wait_closed()`` that returns once its subscription ended, with the reason.
 
 How a chunk travels::
 
@@ -55,7 +58,13 @@ from .config import (
     StreamErrorCode,
     StreamingConfig,
 )
-from .delivery import BatchClientTransport, ClientTransport, DirectClientTransport
+from .delivery import (
+    BatchClientTransport,
+    ClientTransport,
+    ClosableClientTransport,
+    DirectClientTransport,
+    StreamClosedListener,
+)
 from .manager import StreamingManager
 from .metrics_source import StreamsMetrics, streams_metrics_of
 from .observers import StreamObserver
@@ -68,11 +77,13 @@ __all__ = [
     "PROTOCOL_VERSION",
     "BatchClientTransport",
     "ClientTransport",
+    "ClosableClientTransport",
     "DirectClientTransport",
     "Frame",
     "ReplayGap",
     "SendErrorPolicy",
     "SlowConsumerPolicy",
+    "StreamClosedListener",
     "StreamError",
     "StreamErrorCode",
     "StreamInfo",

@@ -7,9 +7,9 @@
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import HeadwaterError
 
@@ -37,7 +37,8 @@ SlowConsumerPolicy = Literal["block", "drop_oldest", "disconnect"]
 """What happens when a client's queue is full (see :class:`StreamingConfig`)."""
 
 SendErrorPolicy = Literal["log_and_continue", "deregister_client", "raise"]
-"""What happens when sending to a client fails (see :class:`StreamingConfig`)."""
+"""What happens when sending to a client fails (see :class:`StreamingConfig`); ``throw``
+is accepted as another name of ``raise``."""
 
 StreamErrorCode = Literal[
     "stream_error",
@@ -101,9 +102,12 @@ class StreamingConfig(BaseModel):
         description=(
             "When a send to a client fails or times out: `log_and_continue` (the message is "
             "lost for that client, later ones are still sent), `deregister_client` (the "
-            "client is removed from the stream and its transport closed) or `raise` (as "
-            "`deregister_client`, and the next `push` to the stream raises StreamError "
-            "`client_send_failed`)."
+            "client is removed from the stream and its transport closed) or `raise` (also "
+            "spelled `throw`: as `deregister_client`, and the first `push`, `push_many` or "
+            "`push_encoded` to the stream that starts after the failure was detected raises "
+            "StreamError `client_send_failed` and publishes nothing; sends happen after the "
+            "push that queued the message returned, so that is a later call, never the "
+            "one whose message failed)."
         ),
     )
     send_timeout: float | None = Field(
@@ -145,3 +149,9 @@ class StreamingConfig(BaseModel):
             "gets `stream_closed` rather than `unknown_stream`."
         ),
     )
+
+    @field_validator("on_send_error", mode="before")
+    @classmethod
+    def _throw_means_raise(cls, value: Any) -> Any:
+        """``throw`` (the name some streaming APIs use) is ``raise``."""
+        return "raise" if value == "throw" else value

@@ -1,7 +1,8 @@
 """Delivery to one client: its transport, bounded queue, drain task and send errors.
 
-A client is any object with an async ``send(frame)`` and ``close(code, reason)``
-(:class:`ClientTransport`); it may also take several frames at once
+A client is any object with an async ``send(frame)`` (:class:`ClientTransport`); it may
+also be closed by the manager (:class:`ClosableClientTransport`), be told when one of its
+subscriptions ends (:class:`StreamClosedListener`), take several frames at once
 (:class:`BatchClientTransport`) or write without waiting (:class:`DirectClientTransport`).
 
 Each subscription of a client to a stream is a :class:`ClientDelivery`: a bounded queue
@@ -12,6 +13,10 @@ for room), ``drop_oldest`` (the client is told how many messages it missed, with
 ``dropped`` message) or ``disconnect`` (:meth:`ClientDelivery.disconnect`). A send that
 fails or takes longer than ``send_timeout`` is handled by ``on_send_error``
 (:meth:`ClientDelivery.send_failed`).
+
+The replies among a client's messages (``subscribed``, ``unsubscribed``) are counted
+until they were handed to its transport (:meth:`~headwater.core.streaming.fanout.Fanout.owe`),
+so that whoever answers the client's other requests can keep its replies in order.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from itertools import islice
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 import anyio
 
@@ -36,8 +41,16 @@ __all__ = [
     "BatchClientTransport",
     "ClientDelivery",
     "ClientTransport",
+    "ClosableClientTransport",
     "DirectClientTransport",
+    "StreamClosedListener",
 ]
+
+UNSUBSCRIBED: Final = "unsubscribed"
+"""End reason of a subscription ended by ``deregister_client(notify=True)``."""
+
+DISCONNECTED: Final = "disconnected"
+"""End reason of a subscription ended silently (the client's connection is gone)."""
 
 log = logging.getLogger("headwater.streaming")
 
@@ -45,6 +58,11 @@ log = logging.getLogger("headwater.streaming")
 @runtime_checkable
 class ClientTransport(Protocol):
     """Where a client's messages go: a WebSocket connection, a test double, a bridge.
+
+    ``send`` is the only required method. Optional ones, each found by name: ``close``
+    (:class:`ClosableClientTransport`), ``stream_closed`` (:class:`StreamClosedListener`),
+    ``send_batch`` (:class:`BatchClientTransport`), ``try_send``
+    (:class:`DirectClientTransport`).
 
     One transport may be registered to several streams (one WebSocket connection with
     several subscriptions), so ``send`` may be called concurrently by the drain tasks of
@@ -56,8 +74,36 @@ class ClientTransport(Protocol):
         """Send one protocol message (UTF-8 JSON bytes) as one *text* message."""
         ...
 
+
+@runtime_checkable
+class ClosableClientTransport(ClientTransport, Protocol):
+    """A transport the manager can close (optional).
+
+    The manager calls ``close`` when it drops the client: a slow consumer under the
+    ``disconnect`` policy (code ``slow_consumer``), a failed or timed-out send under
+    ``deregister_client`` or ``raise`` (code ``send_failed``). It is given
+    ``CLOSE_TIMEOUT`` seconds. A transport without ``close`` is simply not sent anything
+    more.
+    """
+
     async def close(self, code: str, reason: str) -> None:
         """Close the connection; ``code`` is machine-readable (``slow_consumer``...)."""
+        ...
+
+
+@runtime_checkable
+class StreamClosedListener(ClientTransport, Protocol):
+    """A transport told when one of its subscriptions ends (optional).
+
+    ``stream_closed`` is called once per subscription, after its last message was handed
+    to ``send`` (or dropped), with the reason it ended: the stream's close reason
+    (``completed``, ``succeeded``, ``failed``, ``cancelled``, ``error``, ``inactive``,
+    ``shutdown``...), ``unsubscribed``, ``disconnected``, ``slow_consumer`` or
+    ``send_failed``. It must not block; an exception is logged and ignored.
+    """
+
+    def stream_closed(self, stream_id: str, reason: str) -> None:
+        """The subscription to ``stream_id`` ended, for ``reason``."""
         ...
 
 
@@ -107,16 +153,19 @@ class ClientDelivery:
         "data_waiter",
         "direct",
         "done",
+        "end_reason",
         "error_logged",
         "fanout",
         "finishing",
         "flush_pending",
+        "greeting",
         "head",
         "inflight",
         "missed",
         "policy",
         "predecessor",
         "queue",
+        "replies",
         "scope",
         "sending_since",
         "space_waiter",
@@ -154,6 +203,12 @@ class ClientDelivery:
         self.capacity = capacity
         self.head: deque[Frame] = deque()
         """Sent first, never dropped: ``subscribed``, ``replay_gap``, replayed chunks."""
+        self.greeting: Frame | None = None
+        """The ``subscribed`` reply (first in ``head`` until it is sent)."""
+        self.replies: list[Frame] = []
+        """Replies (``subscribed``, ``unsubscribed``) not yet handed to the transport."""
+        self.end_reason: str | None = None
+        """Why the subscription ended (see :class:`StreamClosedListener`); None while on."""
         self.queue: deque[Frame] = deque()
         """Live messages, bounded by ``capacity`` and subject to the slow-consumer policy."""
         self.tail: list[Frame] = []
@@ -221,6 +276,11 @@ class ClientDelivery:
 
     # -- leaving the stream ---------------------------------------------------------------
 
+    def ended(self, reason: str) -> None:
+        """Record why the subscription ends (the first reason given is kept)."""
+        if self.end_reason is None:
+            self.end_reason = reason
+
     def detach(self) -> None:
         """Remove the client from its stream's fan-out (its drain task may go on)."""
         if not self.attached:
@@ -244,15 +304,23 @@ class ClientDelivery:
         """Unsubscribe: the messages not sent yet are discarded.
 
         With ``notify`` the client receives ``unsubscribed`` (with ``ref``) as its last
-        message of the stream; without it, nothing more is sent and a send in progress is
-        cancelled.
+        message of the stream, after ``subscribed`` if that was not sent yet (it answers
+        an earlier request: only the replay and live messages are discarded); without
+        it, nothing more is sent and a send in progress is cancelled.
         """
+        self.ended(UNSUBSCRIBED if notify else DISCONNECTED)
         self.detach()
-        self.head.clear()
+        head = self.head
+        greeting = head[0] if head and head[0] is self.greeting else None
+        head.clear()
         self.queue.clear()
         self.missed = 0
         if notify:
-            self.finish([wire.unsubscribed(self.stream.id, ref)])
+            if greeting is not None:
+                head.append(greeting)
+            last = wire.unsubscribed(self.stream.id, ref)
+            self.fanout.owe(self, last)
+            self.finish([last])
         else:
             self.cancel()
 
@@ -266,6 +334,7 @@ class ClientDelivery:
             len(self.queue),
         )
         stream.count("disconnects")
+        self.ended(CLOSE_SLOW_CONSUMER)
         self.detach()
         self.queue.clear()
         self.cancel()
@@ -304,6 +373,8 @@ class ClientDelivery:
             else:
                 for _ in batch:
                     frames.popleft()
+            if self.replies:
+                self.fanout.settle(self, batch)
             self.wake_pushers()
             if error is not None:
                 if not self.send_failed(error, len(batch)):
@@ -332,8 +403,20 @@ class ClientDelivery:
         finally:
             self.data_waiter = None
             self.sending_since = None
+            self.fanout.settle(self)
             self.done.set()
             self.fanout.drained(self)
+            self._tell_transport()
+
+    def _tell_transport(self) -> None:
+        """Call the transport's ``stream_closed`` (if it has one) with the end reason."""
+        listener = getattr(self.transport, "stream_closed", None)
+        if not callable(listener):
+            return
+        try:
+            listener(self.stream.id, self.end_reason or DISCONNECTED)
+        except Exception:
+            log.warning("stream_closed() of client %r raised", self.client_id, exc_info=True)
 
     async def _drain_until_done(self) -> None:
         if self.predecessor is not None:
@@ -378,6 +461,8 @@ class ClientDelivery:
                 self.sending_since = None
                 if sent:
                     self.stream.count_sent(sent, nbytes)
+                if self.replies:  # sent, or lost with the failed send: no longer owed
+                    self.fanout.settle(self, frames)
         except Exception as exc:
             self.inflight = 0
             return self.send_failed(exc, len(frames) - sent)
@@ -409,6 +494,7 @@ class ClientDelivery:
         log.warning(
             "send to client %r of stream %r %s: deregistering it", self.client_id, stream.id, what
         )
+        self.ended(CLOSE_SEND_FAILED)
         self.detach()
         fanout.start(fanout.close_transport, self.transport, CLOSE_SEND_FAILED, f"send {what}")
         if policy == "raise" and not stream.closed and stream.pending_error is None:

@@ -6,7 +6,8 @@ messages, enqueues every frame for every client of a stream under the client's
 slow-consumer policy (:meth:`Fanout.enqueue`), writes directly to idle clients that can
 take frames without waiting (:meth:`Fanout.flush_direct`), makes pushers wait for room
 or yield to the drain tasks (backpressure), runs those tasks and the send watchdog, and
-keeps the index of which client is subscribed to which streams.
+keeps the index of which client is subscribed to which streams, and the count of the
+replies each client is still owed (:meth:`Fanout.owe`, :meth:`Fanout.replies_sent`).
 
 A push never suspends between enqueueing a frame and writing it to idle clients: every
 push calls :meth:`Fanout.flush_direct` before it suspends, so a drain task that is still
@@ -65,6 +66,11 @@ class Fanout:
         self._flush: list[ClientDelivery] = []
         """Idle clients with ``try_send`` that have frames queued by the current push;
         always empty while no push is running (flushed before every suspension)."""
+        self.owed: dict[str, int] = {}
+        """Replies (``subscribed``, ``unsubscribed``) queued for each client and not yet
+        handed to its transport; clients owed nothing are absent."""
+        self._paid: dict[str, anyio.Event] = {}
+        """Set when a client is owed nothing any more (created by a waiter)."""
 
     # -- tasks ----------------------------------------------------------------------------
 
@@ -120,11 +126,56 @@ class Fanout:
                 await anyio.sleep(wake - now)
 
     async def close_transport(self, transport: ClientTransport, code: str, reason: str) -> None:
+        """Close a dropped client's transport, if it can be closed (within CLOSE_TIMEOUT)."""
+        close = getattr(transport, "close", None)
+        if not callable(close):
+            return
         with anyio.move_on_after(CLOSE_TIMEOUT):
             try:
-                await transport.close(code, reason)
+                await close(code, reason)
             except Exception:
                 log.debug("closing a client transport failed", exc_info=True)
+
+    # -- replies --------------------------------------------------------------------------
+
+    def owe(self, sub: ClientDelivery, frame: Frame) -> None:
+        """``frame``, queued for ``sub``, is a reply: count it until it is sent."""
+        sub.replies.append(frame)
+        client_id = sub.client_id
+        self.owed[client_id] = self.owed.get(client_id, 0) + 1
+
+    def settle(self, sub: ClientDelivery, frames: list[Frame] | None = None) -> None:
+        """The replies among ``frames`` (all of ``sub``'s when None) were handed to the
+        transport, or never will be: they are owed no more."""
+        replies = sub.replies
+        if not replies:
+            return
+        if frames is None:
+            paid = len(replies)
+            replies.clear()
+        else:
+            kept = [r for r in replies if not any(r is f for f in frames)]
+            paid = len(replies) - len(kept)
+            replies[:] = kept
+        if not paid:
+            return
+        client_id = sub.client_id
+        left = self.owed.get(client_id, 0) - paid
+        if left > 0:
+            self.owed[client_id] = left
+            return
+        self.owed.pop(client_id, None)
+        waiter = self._paid.pop(client_id, None)
+        if waiter is not None:
+            waiter.set()
+
+    async def replies_sent(self, client_id: str) -> None:
+        """Wait until no reply queued for ``client_id`` is still to be sent."""
+        while client_id in self.owed:
+            waiter = self._paid.get(client_id)
+            if waiter is None:
+                waiter = self._paid[client_id] = anyio.Event()
+            await waiter.wait()
 
     # -- clients --------------------------------------------------------------------------
 
@@ -142,6 +193,8 @@ class Fanout:
         self._last[key] = sub
         self.clients.setdefault(sub.client_id, set()).add(stream.id)
         self.draining.add(sub)
+        if sub.greeting is not None:
+            self.owe(sub, sub.greeting)
         self.start(sub.drain)
         if sub.direct is not None and sub.predecessor is None:
             # `subscribed` (and the replay) now rather than when the drain task first runs

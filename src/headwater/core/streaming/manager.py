@@ -226,8 +226,11 @@ class StreamingManager:
         then receives every buffered chunk. With ``since=None`` only live chunks follow.
 
         ``slow_consumer`` and ``queue_size`` override the configured policy and queue size
-        for this client. Raises :class:`StreamError`: ``unknown_stream``,
-        ``stream_closed``, ``client_exists``, ``too_many_clients``.
+        for this client. The returned :class:`Subscription` follows the client: its
+        ``is_active``, and ``wait_closed()`` which returns, with the reason, once the
+        subscription ended (the transport's optional ``stream_closed`` is called then
+        too). Raises :class:`StreamError`: ``unknown_stream``, ``stream_closed``,
+        ``client_exists``, ``too_many_clients``.
         """
         stream = self._open_stream(stream_id)
         stream.check_new_client(client_id, self.config.max_clients_per_stream)
@@ -262,6 +265,20 @@ class StreamingManager:
         stream = self._open_stream(stream_id)
         stream.client(client_id).leave(notify, ref)
 
+    async def replies_sent(self, client_id: str) -> None:
+        """Wait until every reply queued for ``client_id`` has been handed to its transport.
+
+        The replies are ``subscribed`` (queued by :meth:`register_client`) and
+        ``unsubscribed`` (:meth:`deregister_client` with ``notify``); each goes out with
+        its stream's messages, possibly after a replay or a previous subscription's last
+        send. A server answers each request of a connection only after this returned for
+        the previous ones, so that replies arrive in request order. A reply that will
+        never be sent (its subscription was dropped, the connection closed) counts as
+        sent. Returns at once when nothing is owed.
+        """
+        if client_id in self._fanout.owed:
+            await self._fanout.replies_sent(client_id)
+
     async def deregister_all(self, client_id: str) -> list[str]:
         """Remove a client from every stream, silently (its connection closed).
 
@@ -287,8 +304,12 @@ class StreamingManager:
         while one of them has a full queue, ``push`` waits for room.
 
         Raises :class:`StreamError`: ``unknown_stream``, ``stream_closed``,
-        ``unencodable_chunk``, and ``client_send_failed`` (policy ``raise``; the chunk is
-        then not published).
+        ``unencodable_chunk``, and ``client_send_failed`` (policy ``raise``): a send to a
+        client failed since the previous push, push_many or push_encoded of this stream
+        started. Sends happen after the push that queued the message returned (in the
+        client's task), so the failure of a message is raised by a later push, the first
+        one that starts after the failure was detected; that push publishes nothing, and
+        the failure is raised once.
         """
         stream = self._open_stream(stream_id)
         stream.raise_pending()

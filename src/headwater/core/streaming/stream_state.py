@@ -72,10 +72,13 @@ class ReplayGap:
 
 @dataclass(frozen=True, slots=True)
 class Subscription:
-    """The outcome of :meth:`StreamingManager.register_client`.
+    """A registered client of a stream: the outcome of
+    :meth:`StreamingManager.register_client`.
 
     The client receives ``replayed`` chunks (all with ``seq <= seq``), then the live
-    chunks, from ``seq + 1`` on.
+    chunks, from ``seq + 1`` on. The fields are a snapshot taken at registration;
+    :attr:`is_active`, :attr:`close_reason` and :meth:`wait_closed` follow the
+    subscription as it goes on.
     """
 
     stream_id: str
@@ -85,6 +88,38 @@ class Subscription:
     """Sequence number of the stream's last chunk when the client was registered."""
     replayed: int
     gap: ReplayGap | None = None
+    _delivery: ClientDelivery | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def id(self) -> str:
+        """The client's id (``client_id``)."""
+        return self.client_id
+
+    @property
+    def is_active(self) -> bool:
+        """True while the client is registered to the stream: False once the stream
+        closed, the client unsubscribed, or the manager dropped it."""
+        delivery = self._delivery
+        return delivery is not None and delivery.attached
+
+    @property
+    def close_reason(self) -> str | None:
+        """Why the subscription ended (None while it goes on): the stream's close reason
+        (``completed``, ``succeeded``, ``failed``, ``cancelled``, ``error``,
+        ``inactive``, ``shutdown``...), ``unsubscribed``, ``disconnected``,
+        ``slow_consumer`` or ``send_failed``."""
+        delivery = self._delivery
+        return None if delivery is None else delivery.end_reason
+
+    async def wait_closed(self) -> str:
+        """Wait until the subscription ended and its last message (``stream_complete``,
+        ``unsubscribed``) was handed to the transport or dropped; return
+        :attr:`close_reason`."""
+        delivery = self._delivery
+        if delivery is None:
+            raise RuntimeError("this Subscription is not attached to a manager")
+        await delivery.done.wait()
+        return delivery.end_reason or "disconnected"
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +310,8 @@ class StreamState:
             self.count("replay_misses" if gap else "replay_hits")
             self.count("replayed", len(replay))
         head = sub.head
-        head.append(wire.subscribed(self.id, self.epoch, self.seq, len(replay), ref))
+        greeting = sub.greeting = wire.subscribed(self.id, self.epoch, self.seq, len(replay), ref)
+        head.append(greeting)
         if gap is not None:
             head.append(
                 wire.replay_gap(self.id, gap.since, gap.first_available, gap.reason, self.epoch)
@@ -285,7 +321,7 @@ class StreamState:
         if sub.policy == "block":
             self.blocking += 1
         self.count("subscriptions")
-        return Subscription(self.id, sub.client_id, self.epoch, self.seq, len(replay), gap)
+        return Subscription(self.id, sub.client_id, self.epoch, self.seq, len(replay), gap, sub)
 
     # -- end ------------------------------------------------------------------------------
 
@@ -293,9 +329,13 @@ class StreamState:
         """The ``stream_complete`` message of this stream (a bad ``summary`` is left out)."""
         return wire.stream_complete(self.id, reason, self.seq, summary, lenient=True)
 
-    def finish(self, last: list[Frame]) -> None:
-        """Detach every client, each to receive ``last`` after its queue; drop the replay."""
+    def finish(self, last: list[Frame], reason: str) -> None:
+        """Detach every client, each to receive ``last`` after its queue; drop the replay.
+
+        ``reason`` (the stream's close reason) is each subscription's end reason.
+        """
         for sub in list(self.subscribers.values()):
+            sub.ended(reason)
             sub.detach()
             sub.finish(last)
         self.replay.clear()

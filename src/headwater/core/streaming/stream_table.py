@@ -137,7 +137,7 @@ class StreamTable:
         complete = stream.complete_frame(reason, summary)
         for observer in self.observers:
             notify(observer.stream_closed, stream.id, reason, summary, first)
-        stream.finish([complete] if first is None else [first, complete])
+        stream.finish([complete] if first is None else [first, complete], reason)
         log.debug("stream %r closed (%s)", stream.id, reason)
 
     def client_count(self) -> int:
