@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..core.engine import Engine
     from ..core.pipeline import PipelineSpec, ResolvedPipeline
     from ..core.plugins import PluginManager
+    from ..core.policy import SandboxPolicy
 
 EXIT_OK = 0
 """The command did what was asked (the pipeline succeeded)."""
@@ -55,6 +56,8 @@ exit codes:
 environment:
   HEADWATER_DISABLE_PLUGINS=a,b   plugins (or distributions) not to load
   HEADWATER_STRICT_PLUGINS=1      same as --strict-plugins
+  HEADWATER_ROOTS=dir1:dir2       folders the file tools may use (default: the working
+                                  directory); see the Security page for the others
 """
 
 
@@ -123,6 +126,19 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
         "steps.0.params.size=10 (also steps[0].params.size=10, quoted for the shell); VALUE "
         "is read as YAML: 10 is a number, '10' a string, [a, b] a list, an empty VALUE is "
         "null; repeatable",
+    )
+
+
+def _add_sandbox_options(parser: argparse.ArgumentParser) -> None:
+    """``--root DIR`` (repeatable): the folders the file tools may read and write."""
+    parser.add_argument(
+        "--root",
+        dest="roots",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder the file tools may read and write (repeatable; replaces "
+        "HEADWATER_ROOTS; default: the working directory)",
     )
 
 
@@ -199,19 +215,37 @@ def _forced_terminal(args: argparse.Namespace) -> bool | None:
 # ---------------------------------------------------------------------------------------
 
 
+def _policy(args: argparse.Namespace) -> SandboxPolicy:
+    """The command's sandbox: the environment's, with the folders of ``--root`` if any."""
+    from ..core.policy import SandboxPolicy
+
+    roots = getattr(args, "roots", None)
+    return SandboxPolicy.from_environment(roots=tuple(roots) if roots else None)
+
+
 def _engine(
-    args: argparse.Namespace, extra_disable: Iterable[str] = (), *, strict: bool | None = None
+    args: argparse.Namespace,
+    extra_disable: Iterable[str] = (),
+    *,
+    strict: bool | None = None,
+    policy: SandboxPolicy | None = None,
 ) -> Engine:
     """The command's engine, honouring the CLI options (one per command).
 
-    It is also the process's default engine while the command runs, so that code the
-    pipeline imports (``fn`` callables, scripts) sees the same engine as the command.
+    ``policy`` is the operator's sandbox (default: :func:`_policy`, the environment and
+    ``--root``). The engine is also the process's default engine while the command runs,
+    so that code the pipeline imports (``fn`` callables, scripts) sees the same engine as
+    the command.
     """
     from ..core.engine import Engine, set_default_engine
 
     if strict is None:
         strict = _strict(args)
-    engine = Engine(disable=[*_disabled_plugins(args), *extra_disable], strict=strict)
+    engine = Engine(
+        disable=[*_disabled_plugins(args), *extra_disable],
+        strict=strict,
+        policy=policy if policy is not None else _policy(args),
+    )
     set_default_engine(engine)
     engine.load()
     return engine

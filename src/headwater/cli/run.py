@@ -19,6 +19,7 @@ from ._common import (
     EXIT_OK,
     CLIError,
     _add_overrides,
+    _add_sandbox_options,
     _consoles,
     _describe_value,
     _forced_terminal,
@@ -68,6 +69,7 @@ def _add_run_command(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     run.add_argument("file", metavar="FILE", help="pipeline YAML file")
     _add_overrides(run)
+    _add_sandbox_options(run)
     shown = run.add_mutually_exclusive_group()
     shown.add_argument(
         "--progress",
@@ -120,6 +122,7 @@ def _add_validate_command(commands: Any, common: argparse.ArgumentParser) -> Non
     )
     validate.add_argument("file", metavar="FILE", help="pipeline YAML file")
     _add_overrides(validate)
+    _add_sandbox_options(validate)
     validate.set_defaults(func=_cmd_validate)
 
 

@@ -100,7 +100,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         updates["port"] = args.port
     if updates:
         config = config.model_copy(update=updates)
-    engine = _engine(args)
+    engine = _engine(args, policy=config.sandbox.policy(base_dir))
     manager = engine.plugins
     _, err = _consoles()
     exporters = _metrics_exporters(args, manager)

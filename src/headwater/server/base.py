@@ -81,7 +81,8 @@ class BaseServer:
     ) -> None:
         self.config = config if config is not None else ServerConfig()
         if engine is None:
-            engine = Engine(plugin_manager=plugins) if plugins is not None else Engine()
+            policy = self.config.sandbox.policy(base_dir, environ)
+            engine = Engine(plugin_manager=plugins, policy=policy)
         elif plugins is not None:
             raise TypeError("pass either engine or plugins")
         self.engine = engine

@@ -17,6 +17,7 @@ Every problem is reported with its path (``pipelines.count.params.stop``,
     origins: ["https://dashboard.example.com"]
     limits: {max_frame_bytes: 65536, max_subscriptions: 100, rate: 50, burst: 100}
     sse: {heartbeat: 15, retry: 3000}     # Server-Sent Events
+    sandbox: {roots: [data], commands: [git]}   # what pipelines may open and run
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from headwater.core.errors import (
 )
 from headwater.core.metrics.config import MetricsConfig
 from headwater.core.pipeline import apply_override, parse_pipeline
+from headwater.core.policy import SandboxPolicy
 from headwater.core.secrets import Secrets
 from headwater.core.streaming import StreamingConfig
 
@@ -52,6 +54,7 @@ __all__ = [
     "LimitsConfig",
     "NamedPipeline",
     "PipelineEntry",
+    "SandboxConfig",
     "ServerConfig",
     "ServerConfigError",
     "SseConfig",
@@ -180,6 +183,61 @@ class SseConfig(BaseModel):
     )
 
 
+class SandboxConfig(BaseModel):
+    """The operator's sandbox for the server's pipelines (see the Security page).
+
+    Each setting left out comes from the environment (``HEADWATER_ROOTS``, ...), else its
+    default; one given here replaces the environment's.
+    """
+
+    model_config = _STRICT
+
+    roots: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Folders the file tools may read and write; relative ones start at the "
+        "configuration file's folder. Default: HEADWATER_ROOTS, else the working directory.",
+    )
+    callables: list[str] | None = Field(
+        None,
+        description="Modules or `module:function` patterns that `fn`-like params may name, "
+        "beyond the built-in allow-list. Default: HEADWATER_ALLOW_CALLABLES.",
+    )
+    commands: list[str] | None = Field(
+        None,
+        description="Programs the `command` action may start (names on the server's PATH or "
+        "absolute paths). Default: HEADWATER_COMMAND_ALLOW.",
+    )
+    command_env: list[str] | None = Field(
+        None,
+        description="Protected variables (PATH, LD_*, PYTHON*) a `command`'s env may set "
+        "nevertheless. Default: HEADWATER_COMMAND_ENV.",
+    )
+    hosts: list[str] | None = Field(
+        None,
+        description="Hosts (globs) connectors with settable addresses may reach. Default: "
+        "HEADWATER_ALLOW_HOSTS, else loopback only.",
+    )
+
+    def policy(
+        self, base_dir: str | Path | None = None, environ: Mapping[str, str] | None = None
+    ) -> SandboxPolicy:
+        """The policy: these settings over the environment's; relative roots start at
+        ``base_dir`` (the configuration file's folder; default: the working directory)."""
+        base = Path(base_dir) if base_dir is not None else Path.cwd()
+        roots = None
+        if self.roots is not None:
+            roots = tuple(base / os.path.expanduser(root) for root in self.roots)
+        return SandboxPolicy.from_environment(
+            environ,
+            roots=roots,
+            callables=self.callables,
+            commands=self.commands,
+            command_env=self.command_env,
+            hosts=self.hosts,
+        )
+
+
 class PipelineEntry(BaseModel):
     """A named pipeline clients may ``run``, and the params they may set."""
 
@@ -240,6 +298,11 @@ class ServerConfig(BaseModel):
     )
     bridge: BridgeConfig | None = Field(
         None, description="Share streams with other nodes through Redis (see scaling out)."
+    )
+    sandbox: SandboxConfig = Field(
+        default_factory=SandboxConfig,
+        description="What the pipelines may open and run: file roots, callables, programs, "
+        "hosts (see the Security page).",
     )
 
     @field_validator("pipelines", mode="before")
