@@ -60,6 +60,7 @@ from ._common import (
     _verbosity,
     parse_overrides,
 )
+from .logs import _apply_log_options
 from .parser import build_parser
 
 __all__ = [
@@ -86,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: Callable[[argparse.Namespace], int] = args.func
     try:
         _setup_logging(verbosity, _consoles(force_terminal=_forced_terminal(args))[1])
+        _apply_log_options(args)
         return int(command(args))
     except CLIError as exc:
         _error(str(exc))

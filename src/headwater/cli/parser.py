@@ -7,6 +7,7 @@ import argparse
 from .. import __version__
 from ._common import _EPILOG, _add_global_options
 from .checkpoints import _add_checkpoint_commands
+from .logs import _add_log_options
 from .plugins import _add_describe_command, _add_new_plugin_command, _add_plugins_command
 from .run import _add_run_command, _add_schema_command, _add_validate_command
 from .serve import _add_server_commands
@@ -23,8 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"headwater {__version__}")
     _add_global_options(parser)
+    _add_log_options(parser)
     common = argparse.ArgumentParser(add_help=False)
     _add_global_options(common, suffix="_sub")
+    _add_log_options(common, suffix="_sub")
 
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_run_command(commands, common)
