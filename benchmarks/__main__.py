@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Sequence
@@ -84,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}"
         )
     names = list(dict.fromkeys(args.scenarios)) or list(SCENARIOS)
+    # the scenarios write in temporary folders: a file root for their engines and children
+    roots = os.environ.get("HEADWATER_ROOTS") or os.getcwd()
+    os.environ["HEADWATER_ROOTS"] = os.pathsep.join([roots, tempfile.gettempdir()])
     settings = Settings(
         quick=args.quick, rounds=args.rounds, warmup=args.warmup, n=args.n, plugins=args.plugins
     )

@@ -96,7 +96,9 @@ def _child(path: str, mode: str, slow: float) -> dict[str, Any]:
     pipeline = pipeline.sink("bench.bytes")
     baseline = vm_hwm_bytes()
     started = time.perf_counter()
-    result = pipeline.run_sync(plugins=plugins)
+    # the file lives in a temporary folder: the sandbox's one root
+    policy = headwater.SandboxPolicy(roots=(Path(path).parent,))
+    result = pipeline.run_sync(engine=headwater.Engine(plugin_manager=plugins, policy=policy))
     seconds = time.perf_counter() - started
     return {
         "mode": mode,

@@ -96,7 +96,8 @@ def _spawn(cwd: Path, attempt: int) -> tuple[subprocess.Popen[bytes], Path]:
             cwd=cwd,
             stdout=subprocess.DEVNULL,
             stderr=sink,
-            env={k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")},
+            env={k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
+            | {"HEADWATER_ROOTS": os.environ["HEADWATER_ROOTS"]},  # the input is in another folder
         )
     return proc, err
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 import headwater
 from headwater.core.context import StreamContext
 
+from ._sandbox import check_path_param, param_of, policy_in
 from ._values import fspath as _fspath
 from ._values import type_name as _type_name
 from .sqlite_sink import SqliteSink
@@ -166,7 +167,10 @@ class JsonlParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
-    path: str = Field(description="File to write (relative to the working directory).")
+    path: str = Field(
+        description="File to write (relative to the working directory); it must lie inside "
+        "the operator's file roots."
+    )
     append: bool = Field(False, description="Append to an existing file instead of truncating it.")
     ensure_ascii: bool = Field(
         False, description="Escape non-ASCII characters (\\uXXXX) instead of writing UTF-8."
@@ -180,6 +184,7 @@ class JsonlParams(BaseModel):
     )
 
     _path = field_validator("path", mode="before")(_fspath)
+    _path_allowed = field_validator("path")(check_path_param)
 
 
 @headwater.sink("jsonl", params=JsonlParams)
@@ -204,14 +209,22 @@ class JsonlSink:
         self._file: IO[str] | None = None
         self._encode = _json_encoder(params.ensure_ascii).encode
         self._resuming = bool(getattr(ctx, "resuming", False))
+        self._policy = policy_in(ctx)
+        self._param = param_of(ctx)
 
     def open(self) -> None:
-        """Open (and truncate, unless ``append`` or resuming) the file."""
+        """Open (and truncate, unless ``append`` or resuming) the file, inside the roots."""
         path = os.path.expanduser(self.path)
         if self._resuming:
-            _truncate_torn_line(path)
+            try:
+                with self._policy.open_file(path, "rb+", buffering=0, param=self._param) as raw:
+                    _truncate_torn_line(raw.fileno())
+            except FileNotFoundError:
+                pass
         mode = "a" if self.params.append or self._resuming else "w"
-        self._file = open(path, mode, encoding="utf-8", newline="\n")  # noqa: SIM115
+        self._file = self._policy.open_file(
+            path, mode, encoding="utf-8", newline="\n", param=self._param
+        )
 
     def commit_checkpoint(self, checkpoint: Any) -> None:
         """Make every line written so far durable before the checkpoint is acknowledged."""
@@ -249,29 +262,22 @@ class JsonlSink:
         return {"path": self.path, "items": self.items}
 
 
-def _truncate_torn_line(path: str) -> None:
-    """Cut a file back to its last newline (a crash may have left half a line)."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return
-    try:
-        size = os.fstat(fd).st_size
-        end = size
-        while end > 0:
-            start = max(0, end - 65536)
-            os.lseek(fd, start, os.SEEK_SET)
-            block = os.read(fd, end - start)
-            newline = block.rfind(b"\n")
-            if newline >= 0:
-                end = start + newline + 1
-                break
-            end = start
-        if end != size:
-            os.ftruncate(fd, end)
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+def _truncate_torn_line(fd: int) -> None:
+    """Cut an open file back to its last newline (a crash may have left half a line)."""
+    size = os.fstat(fd).st_size
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        os.lseek(fd, start, os.SEEK_SET)
+        block = os.read(fd, end - start)
+        newline = block.rfind(b"\n")
+        if newline >= 0:
+            end = start + newline + 1
+            break
+        end = start
+    if end != size:
+        os.ftruncate(fd, end)
+        os.fsync(fd)
 
 
 # ---------------------------------------------------------------------------------------

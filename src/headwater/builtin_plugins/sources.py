@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 import headwater
 from headwater.core.context import StreamContext
 
+from ._sandbox import check_path_param, param_of
 from ._textio import check_encoding, check_errors
 from ._values import fspath as _fspath
 
@@ -102,7 +103,10 @@ class FileLinesParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
-    path: str = Field(description="Path of the text file to read (relative to the working dir).")
+    path: str = Field(
+        description="Path of the text file to read (relative to the working dir); it must "
+        "lie inside the operator's file roots."
+    )
     encoding: str = Field("utf-8", description="Text encoding of the file, e.g. utf-8, latin-1.")
     errors: str = Field(
         "strict",
@@ -126,6 +130,7 @@ class FileLinesParams(BaseModel):
     )
 
     _path = field_validator("path", mode="before")(_fspath)
+    _path_allowed = field_validator("path")(check_path_param)
     _encoding = field_validator("encoding")(check_encoding)
     _errors = field_validator("errors")(check_errors)
 
@@ -197,8 +202,10 @@ def _decode_error(what: str, encoding: str, offset: int, exc: UnicodeDecodeError
 class _LineReader:
     """Blocking, block-wise reader of a file's lines; every method runs in a worker thread."""
 
-    def __init__(self, params: FileLinesParams) -> None:
+    def __init__(self, params: FileLinesParams, ctx: StreamContext) -> None:
         self.path = params.path
+        self.policy = ctx.policy
+        self.param = param_of(ctx)
         self.encoding = params.encoding
         self.block_size = params.block_size
         self.splitter = _LineSplitter(params.encoding, params.errors, params.strip_newline)
@@ -215,7 +222,7 @@ class _LineReader:
         try:
             # unbuffered: one read() syscall per block, which also returns promptly with
             # what is there on a FIFO or a character device
-            self.file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+            self.file = self.policy.open_file(path, "rb", buffering=0, param=self.param)
         except FileNotFoundError:
             raise FileNotFoundError(f"no such file: {self.path!r}{where}") from None
         except IsADirectoryError:
@@ -293,7 +300,7 @@ async def file_lines_source(
     "line": lines read so far}``; resuming seeks there (exact for encodings whose text
     re-encodes to the same bytes, such as UTF-8 read with ``errors: strict``).
     """
-    reader = _LineReader(params)
+    reader = _LineReader(params, ctx)
     await anyio.to_thread.run_sync(reader.open)
     try:
         consumed = 0

@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 import headwater
 from headwater.core.context import StreamContext
+from headwater.core.policy import SandboxError
 
+from ._sandbox import IN_MEMORY_DB, check_db_path_param, param_of, policy_in
 from ._values import fspath as _fspath
 from ._values import type_name as _type_name
 
@@ -52,7 +54,10 @@ class SqliteParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
-    path: str = Field(description="SQLite database file (created if missing).")
+    path: str = Field(
+        description="SQLite database file (created if missing); it must lie inside the "
+        "operator's file roots (':memory:' is no file)."
+    )
     table: str = Field(description="Table to write to (letters, digits and _).")
     columns: list[str] | None = Field(
         None,
@@ -78,6 +83,7 @@ class SqliteParams(BaseModel):
     )
 
     _path = field_validator("path", mode="before")(_fspath)
+    _path_allowed = field_validator("path")(check_db_path_param)
 
     @field_validator("table")
     @classmethod
@@ -131,14 +137,16 @@ class SqliteSink:
         """In a checkpointed run, rows stay in an open transaction until the checkpoint
         that covers them commits with them (exactly-once)."""
         self._pipeline: str | None = getattr(ctx, "pipeline", None)
+        self._policy = policy_in(ctx)
+        self._param = param_of(ctx)
 
     def open(self) -> None:
         """Connect, switch to WAL, and create the table when the columns are known."""
         import sqlite3
 
         path = self.params.path
-        if path != ":memory:":
-            path = os.path.expanduser(path)
+        if path not in IN_MEMORY_DB:
+            path = self._checked_path(path)
         # isolation_level=None: no implicit transactions, we issue BEGIN/COMMIT ourselves.
         # check_same_thread=False: each call may run on another worker thread; the runtime
         # never calls two methods of a sink concurrently.
@@ -160,6 +168,21 @@ class SqliteSink:
             conn.close()
             raise
         self._conn = conn
+
+    def _checked_path(self, path: str) -> str:
+        """The real path of the database once the policy allowed it, created through a
+        descriptor that follows no symlink; SQLite's own files beside it (``-wal``,
+        ``-shm``, ``-journal``) must not be symlinks either."""
+        with self._policy.open_file(path, "ab", buffering=0, param=self._param):
+            pass
+        real = str(self._policy.check_path(path, param=self._param))
+        for suffix in ("-wal", "-shm", "-journal"):
+            if os.path.islink(real + suffix) and not self._policy.unrestricted:
+                raise SandboxError(
+                    f"{self._param}: {real + suffix!r} is a symbolic link; SQLite would "
+                    "write through it"
+                )
+        return real
 
     def _prepare(self, conn: sqlite3.Connection, columns: list[str]) -> None:
         """Create the table (if asked) and build the INSERT statement."""

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 import headwater
 from headwater.core.checkpoints import DEFAULT_PATH, Checkpoint, SQLiteCheckpointStore
+
+from ._sandbox import check_path_param
 
 
 class SQLiteStoreParams(BaseModel):
@@ -17,9 +19,14 @@ class SQLiteStoreParams(BaseModel):
 
     path: str = Field(
         str(DEFAULT_PATH),
-        description="Database file; relative paths start at the working directory.",
+        description="Database file; relative paths start at the working directory. A path "
+        "set in a pipeline must lie inside the operator's file roots; the default is the "
+        "operator's own.",
     )
     timeout: float = Field(5.0, ge=0, description="Seconds to wait for another process's lock.")
+
+    # runs only on a path the pipeline sets (pydantic does not validate defaults)
+    _path_allowed = field_validator("path")(check_path_param)
 
 
 @headwater.checkpoint_store("sqlite", params=SQLiteStoreParams)

@@ -9,14 +9,16 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import IO, Any
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 import headwater
 from headwater.core.context import StreamContext
+from headwater.core.policy import SandboxError, SandboxPolicy
 
+from .._sandbox import check_path_param, param_of
 from .._textio import check_errors, check_line_encoding, pull
 from .._values import fspath as _fspath
 from .paths import _where
@@ -30,7 +32,11 @@ class FileFindParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
-    path: str = Field(".", description="Directory to search recursively, or a single file.")
+    path: str = Field(
+        ".",
+        description="Directory to search recursively, or a single file; it must lie inside "
+        "the operator's file roots.",
+    )
     pattern: str = Field(min_length=1, description="Text to look for (a regex with regex: true).")
     regex: bool = Field(False, description="Treat the pattern as a Python regular expression.")
     ignore_case: bool = Field(False, description="Match without regard to case.")
@@ -47,8 +53,9 @@ class FileFindParams(BaseModel):
     hidden: bool = Field(True, description="Search entries whose name starts with a dot.")
     follow_symlinks: bool = Field(
         False,
-        description="Follow symlinks met in the tree (like grep -R; loops are not entered); "
-        "by default they are skipped (like grep -r).",
+        description="Follow symlinks met in the tree (like grep -R; loops are not entered, "
+        "and symlinks out of the file roots are skipped); by default they are skipped "
+        "(like grep -r).",
     )
     max_depth: int | None = Field(
         None, ge=1, description="Deepest directory level to search (1: the root's own files)."
@@ -71,6 +78,7 @@ class FileFindParams(BaseModel):
     )
 
     _path = field_validator("path", mode="before")(_fspath)
+    _path_allowed = field_validator("path")(check_path_param)
     _errors = field_validator("errors")(check_errors)
 
     @field_validator("encoding")
@@ -95,8 +103,10 @@ _NO_PREFILTER = re.compile(r"\(\?[=!<]|\(\?[aiLmsux-]+[:)]|\\[AZz]")
 class _Searcher:
     """The blocking search behind ``file.find``: a generator of match items."""
 
-    def __init__(self, params: FileFindParams) -> None:
+    def __init__(self, params: FileFindParams, policy: SandboxPolicy, param: str) -> None:
         self.params = params
+        self.policy = policy
+        self.param = param
         flags = re.IGNORECASE if params.ignore_case else 0
         source = params.pattern if params.regex else re.escape(params.pattern)
         self.rx = re.compile(source, flags)
@@ -131,13 +141,21 @@ class _Searcher:
         """Yield one item per matching line; None after each file (a heartbeat)."""
         p = self.params
         root = os.path.expanduser(p.path)
-        if os.path.isfile(root):
-            yield from self._search_file(root, p.path)
+        real = self.policy.check_path(p.path, param=self.param)
+        if real.is_file():
+            try:
+                handle = self.policy.open_file(p.path, "rb", buffering=0, param=self.param)
+            except OSError:
+                self.errors += 1
+                return
+            yield from self._search_file(handle, p.path)
             return
-        if not os.path.exists(root):
+        if not real.exists():
             raise FileNotFoundError(f"no such file or directory: {p.path!r}{_where(root)}")
         self.walker = _Walker(
             p.path,
+            policy=self.policy,
+            param=self.param,
             max_depth=p.max_depth,
             follow_symlinks=p.follow_symlinks,
             exclude=p.exclude,
@@ -147,19 +165,20 @@ class _Searcher:
             if entry is None or not self._wanted(entry):
                 yield None
                 continue
-            yield from self._search_file(entry.path, entry.path)
+            try:
+                handle = self.walker.open_file(entry)
+            except (OSError, SandboxError):  # gone, or changed into a symlink: skipped
+                self.errors += 1
+                yield None
+                continue
+            yield from self._search_file(handle, entry.path)
             if self.truncated:
                 return
         self.errors += self.walker.errors
 
-    def _search_file(self, path: str, shown: str) -> Iterator[dict[str, Any] | None]:
+    def _search_file(self, handle: IO[bytes], shown: str) -> Iterator[dict[str, Any] | None]:
+        """Search one opened file (closed at the end)."""
         p = self.params
-        try:
-            handle = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
-        except OSError:
-            self.errors += 1
-            yield None
-            return
         self.files += 1
         try:
             line = 1
@@ -251,8 +270,11 @@ async def file_find(params: FileFindParams, ctx: StreamContext) -> AsyncIterator
     walked depth first in name order; ``include`` / ``exclude`` globs select them; binary
     files (a NUL byte) are skipped; symlinks are skipped unless ``follow_symlinks``, and
     symlink loops are never entered. Progress counts the files searched.
+
+    The search stays inside the operator's file roots (see the Security page): the path
+    must lie inside them, and with ``follow_symlinks`` symlinks out of them are skipped.
     """
-    searcher = _Searcher(params)
+    searcher = _Searcher(params, ctx.policy, param_of(ctx))
     walk = iter(searcher)
     try:
         done = False
@@ -266,6 +288,9 @@ async def file_find(params: FileFindParams, ctx: StreamContext) -> AsyncIterator
         skipped = f", {searcher.binary} binary skipped" if searcher.binary else ""
         errors = f", {searcher.errors} unreadable" if searcher.errors else ""
         more = " (stopped at max_matches)" if searcher.truncated else ""
+        refused = searcher.walker.refused if searcher.walker is not None else 0
+        if refused:
+            errors += f", {refused} symlinks out of the file roots skipped"
         ctx.status(
             f"{searcher.matches} matching lines in {searcher.files} files{skipped}{errors}{more}"
         )

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 import headwater
 from headwater.core.context import StreamContext
 
+from .._sandbox import check_path_param, param_of
 from .._textio import pull
 from .._values import fspath as _fspath
 from .walk import _BATCH_SECONDS, _close_iterator, _Entry, _Walker
@@ -21,14 +22,19 @@ class DirTreeParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
-    path: str = Field(".", description="Directory to walk (relative to the working dir).")
+    path: str = Field(
+        ".",
+        description="Directory to walk (relative to the working dir); it must lie inside "
+        "the operator's file roots.",
+    )
     max_depth: int | None = Field(
         None, ge=1, description="Deepest level to show: 1 is the directory's own entries."
     )
     follow_symlinks: bool = Field(
         False,
-        description="Enter symlinked directories (loops are detected and not entered); "
-        "otherwise symlinks are listed as type symlink.",
+        description="Enter symlinked directories (loops are detected and not entered); a "
+        "symlink whose target is outside the file roots is listed with an error and not "
+        "followed. Otherwise symlinks are listed as type symlink.",
     )
     exclude: list[str] = Field(
         default_factory=list,
@@ -39,6 +45,7 @@ class DirTreeParams(BaseModel):
     dirs_only: bool = Field(False, description="Only list directories.")
 
     _path = field_validator("path", mode="before")(_fspath)
+    _path_allowed = field_validator("path")(check_path_param)
 
 
 def _tree_batch(walk: Iterator[_Entry | None], dirs_only: bool) -> tuple[list[Any], bool]:
@@ -59,9 +66,15 @@ async def dir_tree(params: DirTreeParams, ctx: StreamContext) -> AsyncIterator[l
     Each entry has its path (the root joined with the relative path), name, type, size
     and depth (1 for the root's own entries). Symlinks are not followed unless asked,
     and a symlink loop is never entered. Progress counts the entries seen.
+
+    The walk stays inside the operator's file roots (see the Security page): the
+    directory must lie inside them, and with ``follow_symlinks`` a symlink pointing out
+    of them is listed with an ``error`` and not followed.
     """
     walker = _Walker(
         params.path,
+        policy=ctx.policy,
+        param=param_of(ctx),
         max_depth=params.max_depth,
         follow_symlinks=params.follow_symlinks,
         exclude=params.exclude,
@@ -77,8 +90,13 @@ async def dir_tree(params: DirTreeParams, ctx: StreamContext) -> AsyncIterator[l
             ctx.progress(walker.entries, None)
             if items:
                 yield items
+        notes = []
         if walker.errors:
-            ctx.status(f"{walker.errors} entries could not be read")
+            notes.append(f"{walker.errors} entries could not be read")
+        if walker.refused:
+            notes.append(f"{walker.refused} symlinks out of the file roots not followed")
+        if notes:
+            ctx.status("; ".join(notes))
     finally:
         # never running in a worker thread here: run_sync waits for the thread to return
         _close_iterator(walk)

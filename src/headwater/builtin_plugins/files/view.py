@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 import headwater
 from headwater.core.context import StreamContext
+from headwater.core.policy import SandboxPolicy
 
+from .._sandbox import check_path_param, param_of
 from .._textio import ByteLineSplitter, check_encoding, check_errors, is_ascii_compatible
 from .._values import fspath as _fspath
 from .paths import _where
@@ -31,7 +33,10 @@ class FileViewParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
-    path: str = Field(description="Path of the file to view (relative to the working dir).")
+    path: str = Field(
+        description="Path of the file to view (relative to the working dir); it must lie "
+        "inside the operator's file roots."
+    )
     mode: Literal["lines", "chunks"] = Field(
         "lines",
         description="lines: numbered lines {line, offset, text}; chunks: blocks of the file "
@@ -80,6 +85,7 @@ class FileViewParams(BaseModel):
     )
 
     _path = field_validator("path", mode="before")(_fspath)
+    _path_allowed = field_validator("path")(check_path_param)
 
     @field_validator("encoding")
     @classmethod
@@ -101,11 +107,12 @@ class FileViewParams(BaseModel):
         return self
 
 
-def _open_file(path: str) -> tuple[IO[bytes], os.stat_result]:
-    """Open ``path`` for unbuffered binary reading; errors name the path."""
+def _open_file(path: str, policy: SandboxPolicy, param: str) -> tuple[IO[bytes], os.stat_result]:
+    """Open ``path`` for unbuffered binary reading inside the policy's roots; errors name
+    the path (and ``param`` when the policy refuses it)."""
     real = os.path.expanduser(path)
     try:
-        handle = open(real, "rb", buffering=0)  # noqa: SIM115 - closed by the caller
+        handle = policy.open_file(path, "rb", buffering=0, param=param)
     except FileNotFoundError:
         raise FileNotFoundError(f"no such file: {path!r}{_where(real)}") from None
     except IsADirectoryError:
@@ -132,8 +139,10 @@ def _count_newlines(handle: IO[bytes], end: int, block_size: int) -> int:
 class _Viewer:
     """Blocking, block-wise reader behind ``file.view``; methods run in a worker thread."""
 
-    def __init__(self, params: FileViewParams) -> None:
+    def __init__(self, params: FileViewParams, policy: SandboxPolicy, param: str) -> None:
         self.params = params
+        self.policy = policy
+        self.param = param
         self.handle: IO[bytes] | None = None
         self.start = 0
         self.total: int | None = None
@@ -150,7 +159,7 @@ class _Viewer:
     def open(self) -> None:
         """Open the file, resolve the byte range, count lines before it if asked."""
         p = self.params
-        self.handle, info = _open_file(p.path)
+        self.handle, info = _open_file(p.path, self.policy, self.param)
         regular = stat.S_ISREG(info.st_mode)
         size = info.st_size if regular else None
         if size is None:
@@ -253,8 +262,11 @@ async def file_view(params: FileViewParams, ctx: StreamContext) -> AsyncIterator
     Lines carry their 1-based number and byte offset; lines longer than
     ``max_line_bytes`` come out in pieces marked ``partial``. Progress is in bytes of the
     range. The file is read in blocks in a worker thread.
+
+    The file must lie inside the operator's file roots (see the Security page), checked
+    again when it is opened.
     """
-    viewer = _Viewer(params)
+    viewer = _Viewer(params, ctx.policy, param_of(ctx))
     try:
         await anyio.to_thread.run_sync(viewer.open)
         while not viewer.eof:
