@@ -26,8 +26,9 @@ class ReduceParams(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True, arbitrary_types_allowed=True)
 
     fn: CallableRef = Field(
-        description="Importable function fn(accumulator, item) -> new accumulator, e.g. "
-        "'operator:add' (or a callable when building the pipeline in Python)."
+        description="Function fn(accumulator, item) -> new accumulator, e.g. 'operator:add' "
+        "(or a callable when building the pipeline in Python). A name must be allowed by the "
+        "operator's sandbox policy, as for map's fn."
     )
     initial: Any = Field(
         None,

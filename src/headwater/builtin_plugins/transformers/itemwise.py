@@ -36,8 +36,10 @@ class CallableParams(BaseModel):
 
     fn: CallableRef | None = Field(
         None,
-        description="Importable callable, e.g. 'mypkg.transforms:clean' (or a callable "
-        "when building the pipeline in Python). Give fn or expr.",
+        description="Callable named 'module:function', e.g. 'math:sqrt' (or a callable when "
+        "building the pipeline in Python). A name must be allowed by the operator's sandbox "
+        "policy: by default a few pure builtins and the modules operator, math, statistics, "
+        "json, re and datetime; more with HEADWATER_ALLOW_CALLABLES. Give fn or expr.",
     )
     expr: Expr | None = Field(
         None,
