@@ -1,7 +1,9 @@
 """The WebSocket server over real sockets: fan-out, slow clients, resumption, limits,
 runs, the ``websocket`` sink, HTTP endpoints and shutdown.
 
-Every server listens on 127.0.0.1, port 0. The server runs on asyncio only (websockets is
+Every test that talks to a server runs against both front ends (the ``front`` fixture):
+``headwater serve``'s :class:`Server` and the ASGI app under uvicorn. Every server
+listens on 127.0.0.1, port 0. The server runs on asyncio only (websockets is
 asyncio-based), so these tests do too. Waits are bounded (``fail_after``) and wait for
 messages, never for time to pass.
 """
@@ -29,7 +31,9 @@ from headwater.server.protocol import (
     parse_server_frame,
 )
 from test_server_helpers import (
+    FRONTS,
     WAIT,
+    Served,
     client_of,
     config,
     http_get,
@@ -49,6 +53,12 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(params=FRONTS)
+def front(request: pytest.FixtureRequest) -> str:
+    """Which front end serves: ``serve`` or ``asgi``."""
+    return str(request.param)
+
+
 async def read_stream(client: Client, stream: str) -> list[ServerMessage]:
     """Every message of ``stream`` until its ``stream_complete`` (included)."""
     return await until(client, of_type("stream_complete", stream))
@@ -57,8 +67,8 @@ async def read_stream(client: Client, stream: str) -> list[ServerMessage]:
 # -- fan-out ----------------------------------------------------------------------------
 
 
-async def test_many_clients_receive_the_same_ordered_chunks() -> None:
-    async with running() as server:
+async def test_many_clients_receive_the_same_ordered_chunks(front: str) -> None:
+    async with running(front=front) as server:
         manager = server.manager
         await manager.create_stream("feed")
         n_clients, n_chunks = 20, 200
@@ -96,7 +106,7 @@ async def test_many_clients_receive_the_same_ordered_chunks() -> None:
     assert len(results) == n_clients
 
 
-async def stalled_connection(server: Server, stream: str) -> Any:
+async def stalled_connection(server: Served, stream: str) -> Any:
     """A raw connection subscribed to ``stream`` that then stops reading.
 
     Its socket's receive buffer is tiny and websockets stops reading after one queued
@@ -113,11 +123,13 @@ async def stalled_connection(server: Server, stream: str) -> Any:
 
 
 @pytest.mark.parametrize("policy", ["drop_oldest", "disconnect"])
-async def test_a_client_that_stops_reading_does_not_slow_the_others(policy: str) -> None:
+async def test_a_client_that_stops_reading_does_not_slow_the_others(
+    policy: str, front: str
+) -> None:
     cfg = config(
         streaming={"client_queue_size": 32, "slow_consumer": policy, "inactivity_timeout": None}
     )
-    async with running(cfg) as server:
+    async with running(cfg, front=front) as server:
         manager = server.manager
         await manager.create_stream("feed")
         slow = await stalled_connection(server, "feed")
@@ -194,8 +206,8 @@ async def test_a_client_that_stops_reading_does_not_slow_the_others(policy: str)
 # -- resumption -------------------------------------------------------------------------
 
 
-async def test_reconnecting_with_since_misses_nothing_still_buffered() -> None:
-    async with running(config(streaming={"replay_max_chunks": 100})) as server:
+async def test_reconnecting_with_since_misses_nothing_still_buffered(front: str) -> None:
+    async with running(config(streaming={"replay_max_chunks": 100}), front=front) as server:
         manager = server.manager
         await manager.create_stream("feed")
         first: list[int] = []
@@ -236,8 +248,8 @@ async def test_reconnecting_with_since_misses_nothing_still_buffered() -> None:
         assert updates(messages) == list(range(51, 151))
 
 
-async def test_the_inactivity_timeout_closes_an_idle_stream() -> None:
-    async with running(config(streaming={"inactivity_timeout": 0.2})) as server:
+async def test_the_inactivity_timeout_closes_an_idle_stream(front: str) -> None:
+    async with running(config(streaming={"inactivity_timeout": 0.2}), front=front) as server:
         await server.manager.create_stream("quiet")
         async with client_of(server) as client:
             await client.subscribe("quiet")
@@ -254,12 +266,12 @@ async def test_the_inactivity_timeout_closes_an_idle_stream() -> None:
 # -- limits and errors ------------------------------------------------------------------
 
 
-async def test_limits_produce_their_documented_error_codes() -> None:
+async def test_limits_produce_their_documented_error_codes(front: str) -> None:
     cfg = config(
         limits={"max_subscriptions": 2, "max_frame_bytes": 1024, "max_runs": 1},
         streaming={"max_clients_per_stream": 1, "max_streams": 3},
     )
-    async with running(cfg) as server:
+    async with running(cfg, front=front) as server:
         manager = server.manager
         for name in ("a", "b", "c"):
             await manager.create_stream(name)
@@ -298,8 +310,11 @@ async def test_limits_produce_their_documented_error_codes() -> None:
             assert await one.ping() > 0  # the other connection is unaffected
 
 
-async def test_run_limit_and_stream_exists() -> None:
-    async with running(config(limits={"max_runs": 1})) as server, client_of(server) as client:
+async def test_run_limit_and_stream_exists(front: str) -> None:
+    async with (
+        running(config(limits={"max_runs": 1}), front=front) as server,
+        client_of(server) as client,
+    ):
         started = await client.run("ticks", stream="mine")
         assert started.stream == "mine"
         with pytest.raises(RequestFailed) as info:
@@ -316,9 +331,9 @@ async def test_run_limit_and_stream_exists() -> None:
         assert info.value.code == "stream_exists"
 
 
-async def test_message_rate_is_limited_per_connection() -> None:
+async def test_message_rate_is_limited_per_connection(front: str) -> None:
     async with (
-        running(config(limits={"rate": 0.1, "burst": 3})) as server,
+        running(config(limits={"rate": 0.1, "burst": 3}), front=front) as server,
         client_of(server) as client,
         client_of(server) as other,
     ):
@@ -330,8 +345,8 @@ async def test_message_rate_is_limited_per_connection() -> None:
         assert await other.ping() > 0  # another connection has its own budget
 
 
-async def test_bad_input_is_answered_and_changes_nothing() -> None:
-    async with running() as server, client_of(server) as client:
+async def test_bad_input_is_answered_and_changes_nothing(front: str) -> None:
+    async with running(front=front) as server, client_of(server) as client:
         await server.manager.create_stream("feed")
         await client.subscribe("feed")
         cases = {
@@ -362,8 +377,8 @@ async def test_bad_input_is_answered_and_changes_nothing() -> None:
 # -- runs -------------------------------------------------------------------------------
 
 
-async def test_run_and_cancel_a_named_pipeline_with_progress_forwarded() -> None:
-    async with running() as server, client_of(server) as client:
+async def test_run_and_cancel_a_named_pipeline_with_progress_forwarded(front: str) -> None:
+    async with running(front=front) as server, client_of(server) as client:
         started = await client.run("ticks")
         assert started.pipeline == "ticks"
         assert started.stream == f"ticks-{started.run}"
@@ -394,7 +409,7 @@ async def test_run_and_cancel_a_named_pipeline_with_progress_forwarded() -> None
         assert statuses[0].state == "running"  # type: ignore[union-attr]
 
 
-async def test_a_failing_run_reports_its_error() -> None:
+async def test_a_failing_run_reports_its_error(front: str) -> None:
     pipeline = {
         "pipeline": {
             "name": "boom",
@@ -403,7 +418,10 @@ async def test_a_failing_run_reports_its_error() -> None:
             "sinks": [{"sink": "websocket"}],
         }
     }
-    async with running(config(pipelines={"boom": pipeline})) as server, client_of(server) as client:
+    async with (
+        running(config(pipelines={"boom": pipeline}), front=front) as server,
+        client_of(server) as client,
+    ):
         started = await client.run("boom")
         messages = await read_stream(client, started.stream)
     errors = [m for m in messages if m.type == "stream_error"]
@@ -415,9 +433,9 @@ async def test_a_failing_run_reports_its_error() -> None:
 # -- the websocket sink -----------------------------------------------------------------
 
 
-async def test_websocket_sink_publishes_from_a_pipeline() -> None:
-    async with running() as server, client_of(server) as client:
-        assert server.engine.servers == [server]
+async def test_websocket_sink_publishes_from_a_pipeline(front: str) -> None:
+    async with running(front=front) as server, client_of(server) as client:
+        assert server.engine.servers == [server.app]
         await server.manager.create_stream("events")
         await client.subscribe("events")
         spec = (
@@ -466,8 +484,8 @@ async def test_websocket_sink_without_a_server_fails_clearly() -> None:
 # -- HTTP -------------------------------------------------------------------------------
 
 
-async def test_http_endpoints_answer_on_the_websocket_port() -> None:
-    async with running() as server, client_of(server) as client:
+async def test_http_endpoints_answer_on_the_websocket_port(front: str) -> None:
+    async with running(front=front) as server, client_of(server) as client:
         await server.manager.create_stream("feed", metadata={"source": "test"})
         await server.manager.push("feed", 1)
         await client.subscribe("feed")
@@ -516,8 +534,8 @@ async def test_http_endpoints_answer_on_the_websocket_port() -> None:
 # -- shutdown ---------------------------------------------------------------------------
 
 
-async def test_shutdown_notifies_every_client() -> None:
-    async with running() as server:
+async def test_shutdown_notifies_every_client(front: str) -> None:
+    async with running(front=front) as server:
         manager = server.manager
         await manager.create_stream("a")
         await manager.create_stream("b")

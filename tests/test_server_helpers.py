@@ -4,16 +4,22 @@ Servers run on real sockets on 127.0.0.1 with port 0, with a private plugin mana
 holds the built-in plugins (registered by hand, as in ``test_plugins.py``) plus the test
 components below. Every wait is bounded (``WAIT``) and waits for messages, never for
 time to pass.
+
+:func:`running` starts either front end (``FRONTS``): ``serve`` (:class:`Server`, the
+websockets-based ``headwater serve``) or ``asgi`` (:class:`AsgiApp` under uvicorn, on
+the same event loop), and yields a :class:`Served`: its base URLs, and the app.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 import anyio
 from pydantic import BaseModel, ConfigDict
@@ -25,11 +31,15 @@ from headwater.builtin_plugins import sources as builtin_sources
 from headwater.builtin_plugins import transformers as builtin_transformers
 from headwater.client import Client, connect
 from headwater.hookspecs import Register
-from headwater.server import Server, ServerConfig
+from headwater.server import AsgiApp, Server, ServerConfig
+from headwater.server.base import BaseServer
 from headwater.server.protocol import ServerMessage
 
 WAIT = 10.0
 """Upper bound of every wait in the server tests."""
+
+FRONTS: Final = ("serve", "asgi")
+"""The server's front ends: ``headwater serve`` and the ASGI app under uvicorn."""
 
 
 class TickParams(BaseModel):
@@ -110,24 +120,84 @@ def config(**fields: Any) -> ServerConfig:
     return ServerConfig.model_validate(fields)
 
 
+@dataclass
+class Served:
+    """A running server, whichever its front end: its URLs, and the app itself."""
+
+    app: BaseServer
+    port: int
+    front: str
+    uvicorn: Any = None
+
+    @property
+    def url(self) -> str:
+        """The WebSocket URL."""
+        return f"ws://127.0.0.1:{self.port}/"
+
+    @property
+    def http_url(self) -> str:
+        """The base URL of the HTTP endpoints."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.app, name)
+
+
+@asynccontextmanager
+async def serve_asgi(app: Any, port: int = 0) -> AsyncIterator[Any]:
+    """``app`` under uvicorn on 127.0.0.1 (lifespan on), on this event loop; yields the
+    uvicorn server (its port: ``server.servers[0].sockets[0].getsockname()[1]``)."""
+    import uvicorn
+
+    cfg = uvicorn.Config(
+        app, host="127.0.0.1", port=port, lifespan="on", log_level="warning", ws="auto"
+    )
+    server = uvicorn.Server(cfg)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve)
+        with anyio.fail_after(WAIT):
+            while not server.started:
+                if server.should_exit:
+                    raise RuntimeError("uvicorn could not start")
+                await anyio.sleep(0.01)  # uvicorn offers no event to wait on
+        try:
+            yield server
+        finally:
+            server.should_exit = True
+
+
+def uvicorn_port(server: Any) -> int:
+    """The port a started uvicorn server listens on."""
+    return int(server.servers[0].sockets[0].getsockname()[1])
+
+
 @asynccontextmanager
 async def running(
     cfg: ServerConfig | None = None,
     plugins: headwater.PluginManager | None = None,
     environ: dict[str, str] | None = None,
-) -> AsyncIterator[Server]:
-    """A started server (shut down at the end)."""
-    server = Server(
-        cfg if cfg is not None else config(),
-        plugins=plugins if plugins is not None else make_plugins(),
-        environ=environ if environ is not None else {},
-    )
-    async with server:
-        yield server
+    *,
+    front: str = "serve",
+) -> AsyncIterator[Served]:
+    """A started server of front end ``front`` (shut down at the end)."""
+    kwargs: dict[str, Any] = {
+        "plugins": plugins if plugins is not None else make_plugins(),
+        "environ": environ if environ is not None else {},
+    }
+    cfg = cfg if cfg is not None else config()
+    if front == "serve":
+        async with Server(cfg, **kwargs) as server:
+            yield Served(server, server.port, front)
+        return
+    assert front == "asgi", front
+    app = AsgiApp(cfg, **kwargs)
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    async with serve_asgi(app) as uv:
+        yield Served(app, uvicorn_port(uv), front, uv)
 
 
 @asynccontextmanager
-async def client_of(server: Server, **kwargs: Any) -> AsyncIterator[Client]:
+async def client_of(server: Served | Server, **kwargs: Any) -> AsyncIterator[Client]:
     """A protocol client connected to ``server``."""
     async with connect(server.url, **kwargs) as client:
         yield client

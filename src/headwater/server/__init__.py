@@ -4,6 +4,8 @@
 * :class:`Server` (:mod:`headwater.server.app`): ``headwater serve`` as an async context
   manager, on asyncio; fan-out, replay and limits live in
   :class:`headwater.core.streaming.StreamingManager`, which the server drives;
+* :func:`asgi_app` (:class:`AsgiApp`, :mod:`headwater.server.asgi`): the same server as
+  an ASGI 3 application, for uvicorn or mounting in Starlette / FastAPI;
 * :class:`ServerConfig` and :func:`load_server_config` (:mod:`headwater.server.config`);
 * :class:`StreamingManager` (with :class:`StreamingConfig`, :class:`StreamError`,
   :class:`ClientTransport`): stream lifecycles and fan-out, usable without a server;
@@ -44,10 +46,13 @@ if TYPE_CHECKING:
     )
 
     from .app import RunInfo, Server, ServerError
+    from .asgi import AsgiApp, asgi_app
     from .auth import AuthRequest, TokenPrincipal
     from .config import ServerConfig, ServerConfigError, load_server_config, parse_server_config
 
 _LAZY: dict[str, str] = {
+    "AsgiApp": "asgi",
+    "asgi_app": "asgi",
     "RunInfo": "app",
     "Server": "app",
     "ServerError": "app",
@@ -78,6 +83,7 @@ _REMOVED: dict[str, str] = {
 }
 
 __all__ = [
+    "AsgiApp",
     "AuthRequest",
     "ClientTransport",
     "ExporterEntry",
@@ -93,6 +99,7 @@ __all__ = [
     "StreamingConfig",
     "StreamingManager",
     "TokenPrincipal",
+    "asgi_app",
     "build_exporters",
     "exposition",
     "load_server_config",
