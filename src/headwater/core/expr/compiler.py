@@ -10,6 +10,7 @@ on ``KeyError`` or ``TypeError``.
 from __future__ import annotations
 
 import ast
+import warnings
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -98,6 +99,9 @@ class _Translator:
     def error(self, node: ast.AST, reason: str) -> ExprError:
         line: int = getattr(node, "lineno", 1)
         offset: int = getattr(node, "col_offset", 0)
+        if isinstance(node, ast.Attribute) and node.end_lineno and node.end_col_offset:
+            # Point at the attribute's name, not at the value it is read from.
+            line, offset = node.end_lineno, node.end_col_offset - len(node.attr.encode())
         text = self.lines[line - 1] if line <= len(self.lines) else ""
         column = len(text.encode()[:offset].decode(errors="replace")) + 1
         return ExprError(reason, line, column)
@@ -279,7 +283,8 @@ class _Translator:
             value = self.visit(func.value, depth)
             args = self.each(node.args, depth)
             if self.checked:
-                return _call("_hw_method", ast.Constant(value=func.attr), value, *args)
+                method = _call("_hw_method", ast.Constant(value=func.attr), value)
+                return ast.Call(func=method, args=args, keywords=[])
             return _call(f"_hw_str_{func.attr}", value, *args)
         if isinstance(func, ast.Attribute):
             return self.visit_Attribute(func, depth)
@@ -306,10 +311,13 @@ class _NotConstant(Exception):
 
 
 def _constant(node: ast.expr) -> Any:
-    """The value of a tree of literal numbers and strings under arithmetic, for the
-    validation-time check of the guarded operations."""
+    """The value of a tree of literals (numbers, strings, lists and tuples of them) under
+    arithmetic, for the validation-time check of the guarded operations."""
     if isinstance(node, ast.Constant):
         return node.value
+    if isinstance(node, ast.List | ast.Tuple):
+        values = [_constant(element) for element in node.elts]
+        return values if isinstance(node, ast.List) else tuple(values)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
         value = _constant(node.operand)
         return -value if isinstance(node.op, ast.USub) else +value
@@ -328,10 +336,12 @@ _SYNTAX_HINTS: Final = {"&&": "and", "||": "or", "===": "=="}
 
 def _parse(text: str) -> ast.expr:
     """Parse ``text``, mapping syntax errors to :class:`ExprError` with line and column."""
-    if len(text) > MAX_LENGTH:
-        raise ExprError(f"the expression is {len(text):,} characters long; at most {MAX_LENGTH:,}")
     try:
-        return ast.parse(text, mode="eval").body
+        with warnings.catch_warnings():
+            # Invalid escapes and the like warn at parse time; the text is checked anyway.
+            warnings.simplefilter("ignore", SyntaxWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return ast.parse(text, mode="eval").body
     except SyntaxError as exc:
         line = exc.lineno or 1
         lines = text.split("\n")
@@ -346,9 +356,12 @@ def _parse(text: str) -> ast.expr:
             reason = "the expression contains a NUL character"
         after = here[column - 1 :]
         for bad, good in _SYNTAX_HINTS.items():
-            if after.startswith(bad) or here[column - 2 : column - 2 + len(bad)] == bad:
-                reason += f": write '{good}' instead of '{bad}'"
-                break
+            if here[column - 2 : column - 2 + len(bad)] == bad:
+                column -= 1  # Python points at the second character of the operator
+            elif not after.startswith(bad):
+                continue
+            reason += f": write '{good}' instead of '{bad}'"
+            break
         else:
             if after.startswith("=") and not after.startswith("=="):
                 reason += ": write '==' to compare"
@@ -371,6 +384,8 @@ def _hw_checked(item):
 
 def compile_text(text: str) -> tuple[Callable[[Any], Any], tuple[str, ...]]:
     """Check ``text`` and compile it: the function of the item and the names it reads."""
+    if len(text) > MAX_LENGTH:
+        raise ExprError(f"the expression is {len(text):,} characters long; at most {MAX_LENGTH:,}")
     stripped = text.lstrip()
     skipped = text[: len(text) - len(stripped)]
     try:
@@ -394,5 +409,8 @@ def compile_text(text: str) -> tuple[Callable[[Any], Any], tuple[str, ...]]:
 
     module = ast.fix_missing_locations(Fill().visit(module))
     namespace = dict(GLOBALS)
-    exec(compile(module, "<expr>", "exec"), namespace)  # the translated tree only
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)  # "'int' object is not subscriptable"
+        code = compile(module, "<expr>", "exec")
+    exec(code, namespace)  # the translated tree only
     return namespace["_hw_expr"], tuple(dict.fromkeys(fast.names))

@@ -8,6 +8,7 @@ calls to the ``_hw_*`` helpers, names no user text can produce.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -56,17 +57,22 @@ def _mul(a: Any, b: Any) -> Any:
     return a * b
 
 
+def _number(n: int) -> str:
+    """``n`` for a message: its digits, or its size when they would flood the message."""
+    return str(n) if n.bit_length() <= 64 else f"(an integer of {n.bit_length():,} bits)"
+
+
 def _pow(a: Any, b: Any) -> Any:
     """``a ** b``, refusing integer results over :data:`MAX_INT_BITS` bits."""
     if isinstance(b, int) and not isinstance(a, float):
         if isinstance(a, int):
-            if b > 0 and abs(a) > 1 and a.bit_length() * b > MAX_INT_BITS:
+            if b > 0 and abs(a) > 1 and (bits := b * math.log2(abs(a))) > MAX_INT_BITS:
                 raise ExprLimitError(
-                    f"{a} ** {b} would have about {a.bit_length() * b:,} bits; "
+                    f"{_number(a)} ** {_number(b)} would have about {bits:,.0f} bits; "
                     f"the limit is {MAX_INT_BITS:,}"
                 )
         elif abs(b) > MAX_INT_BITS:
-            raise ExprLimitError(f"exponent {b} is too large (at most {MAX_INT_BITS:,})")
+            raise ExprLimitError(f"exponent {_number(b)} is too large (at most {MAX_INT_BITS:,})")
     return a**b
 
 
@@ -74,7 +80,8 @@ def _lshift(a: Any, b: Any) -> Any:
     """``a << b``, refusing integer results over :data:`MAX_INT_BITS` bits."""
     if isinstance(a, int) and isinstance(b, int) and a and a.bit_length() + b > MAX_INT_BITS:
         raise ExprLimitError(
-            f"{a} << {b} would have {a.bit_length() + b:,} bits; the limit is {MAX_INT_BITS:,}"
+            f"{_number(a)} << {_number(b)} would have {a.bit_length() + b:,} bits; "
+            f"the limit is {MAX_INT_BITS:,}"
         )
     return a << b
 
@@ -157,11 +164,12 @@ def _index(value: Any, key: Any, subject: str) -> Any:
         raise MissingField(key, "has no key", subject) from None
 
 
-def _method(name: str, value: Any, *args: Any) -> Any:
-    """The checked call of a ``str`` method."""
+def _method(name: str, value: Any) -> Callable[..., Any]:
+    """The checked ``str`` method ``name`` bound to ``value``, refused before the
+    arguments are evaluated (as Python looks a method up before it evaluates them)."""
     if not isinstance(value, str):
         raise TypeError(f"{name}() is a str method; the value is of type {type(value).__name__}")
-    return getattr(str, name)(value, *args)
+    return getattr(str, name).__get__(value)  # type: ignore[no-any-return]
 
 
 GLOBALS: Final[dict[str, Any]] = {
