@@ -205,7 +205,7 @@ def test_compose_modes_and_defaults() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("name: [unclosed\n", "not valid YAML: line 2, column 1"),
+        ("name: [unclosed\n", "not valid YAML: expected ',' or ']'"),
         ("- just\n- a list\n", "a pipeline must be a mapping, got list"),
         ("", "a pipeline must be a mapping, got NoneType"),
     ],

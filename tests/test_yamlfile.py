@@ -25,8 +25,10 @@ from headwater.core.errors import (
 from headwater.core.jobs import JobsFileError
 from headwater.core.scheduler import SchedulerError
 from headwater.core.yamlfile import (
-    MAX_ALIAS_NODES,
     MAX_DEPTH,
+    MAX_FILE_BYTES,
+    MAX_INTEGER_DIGITS,
+    MAX_NODES,
     YamlFileError,
     load_yaml_file,
     parse_yaml,
@@ -81,8 +83,9 @@ def test_a_duplicate_key_is_rejected_with_the_key_and_both_lines(
     assert error.problem == f"duplicate key {key!r} (first at line {first_line})"
     assert error.line == 1 + sum(c.count("\n") for c in chunks[:again])
     assert error.column in (1, 3)  # 3: a key in the explicit form ``? KEY``
-    where = f"line {error.line}, column {error.column}"
-    assert str(error).startswith(f"dup.yaml is not valid YAML: {where}: duplicate key ")
+    assert error.where == key
+    assert str(error).startswith(f"dup.yaml:{error.line}: ")
+    assert str(error).endswith(f": duplicate key {key!r} (first at line {first_line})")
 
 
 @settings(max_examples=300, deadline=None)
@@ -114,14 +117,30 @@ def problem(text: str) -> tuple[int | None, str]:
     return info.value.line, info.value.problem
 
 
+def located(text: str) -> str:
+    """The error of ``text`` as the loader words it for a file ``pipe.yaml``."""
+    with pytest.raises(YamlFileError) as info:
+        parse_yaml(text, path="pipe.yaml")
+    return str(info.value)
+
+
 def test_aliases_are_bounded() -> None:
     assert len(parse_yaml(laughs(4))["l3"]) == 10  # 1,000 nodes behind *l2: fine
     line, message = problem(laughs(9))
-    assert message == f"aliases stand for more than {MAX_ALIAS_NODES:,} nodes in all"
+    assert message == f"aliases expand the document to more than {MAX_NODES:,} nodes (at *l3)"
     assert line == 5  # l4: its aliases stand for 111,110 nodes
-    assert problem("a: &a [1, *a]\n") == (
+    assert located(laughs(9)).startswith("pipe.yaml:5: l4[")
+    assert located("a: &a [1, *a]\n") == (
+        "pipe.yaml:1: a[1]: alias *a is inside the node it names (a recursive structure)"
+    )
+    assert located("a: &a {b: [1, {c: *a}]}\n").startswith("pipe.yaml:1: a.b[1].c: alias *a ")
+
+
+def test_nodes_are_bounded_without_aliases_too() -> None:
+    assert len(parse_yaml("[" + "1," * (MAX_NODES - 2) + "]")) == MAX_NODES - 2
+    assert problem("[" + "1," * MAX_NODES + "]") == (
         1,
-        "alias *a is inside the node it names (a recursive structure)",
+        f"the document has more than {MAX_NODES:,} nodes",
     )
 
 
@@ -131,6 +150,10 @@ def test_nesting_is_bounded_aliases_included() -> None:
         1,
         f"nesting deeper than {MAX_DEPTH} levels",
     )
+    deep = "a:\n  b: " + "[" * (MAX_DEPTH + 5) + "]" * (MAX_DEPTH + 5) + "\n"
+    assert located(deep) == (
+        f"pipe.yaml:2: a.b[0][0][0][0][0][0][0][0][0][0]...: nesting deeper than {MAX_DEPTH} levels"
+    )
     half = MAX_DEPTH // 2 + 5
     text = "a: &a " + "[" * half + "]" * half + "\nb: " + "[" * half + "*a" + "]" * half + "\n"
     line, message = problem(text)
@@ -138,11 +161,14 @@ def test_nesting_is_bounded_aliases_included() -> None:
 
 
 def test_integers_are_bounded() -> None:
-    assert parse_yaml("n: " + "9" * 100) == {"n": int("9" * 100)}
-    assert problem("n: " + "9" * 5000) == (
-        1,
-        "an integer of 5000 characters is too large (at most 100)",
+    assert parse_yaml("n: " + "9" * MAX_INTEGER_DIGITS) == {"n": int("9" * MAX_INTEGER_DIGITS)}
+    assert parse_yaml("n: -0x" + "f" * MAX_INTEGER_DIGITS)["n"] == -int("f" * 100, 16)
+    text = "sources:\n  n:\n    params: {stop: " + "1_" * 2500 + "}\n"
+    assert located(text) == (
+        f"pipe.yaml:3: sources.n.params.stop: integer has 2500 digits (limit {MAX_INTEGER_DIGITS})"
     )
+    assert problem("[!!int '" + "9" * 5000 + "']")[1] == "integer has 5000 digits (limit 100)"
+    assert problem("{" + "9" * 5000 + ": a}")[1] == "integer has 5000 digits (limit 100)"
     assert parse_yaml("n: '" + "9" * 5000 + "'")["n"] == "9" * 5000  # a string is fine
 
 
@@ -160,7 +186,7 @@ def test_scalars_pyyaml_cannot_build_are_yaml_errors() -> None:
     )
     assert problem("a: 1\nb: \x00\n") == (
         2,
-        "unacceptable character #x0000: special characters are not allowed",
+        "not valid YAML: unacceptable character #x0000: special characters are not allowed",
     )
 
 
@@ -170,13 +196,23 @@ def test_merge_keys_work_and_explicit_keys_win() -> None:
     line, message = problem("d:\n  <<: {a: 1}\n  <<: {b: 2}\n")
     assert line == 3
     assert message.startswith("duplicate merge key << (first at line 2)")
+    assert located("a:\n  b: 1\n  b: 2\n") == (
+        "pipe.yaml:3: a.b: duplicate key 'b' (first at line 2)"
+    )
 
 
 def test_other_mistakes_name_line_and_problem() -> None:
-    assert problem("a: 1\n  b: 2\n") == (2, "mapping values are not allowed here")
+    assert problem("a: 1\n  b: 2\n") == (
+        2,
+        "not valid YAML: mapping values are not allowed here (column 4)",
+    )
     assert problem("a: 1\n---\nb: 2\n") == (
         2,
-        "expected a single document in the stream, but found another document",
+        "not valid YAML: expected a single document in the stream, but found another "
+        "document (column 1)",
+    )
+    assert located("a:\n  b: [1, 2\n") == (
+        "pipe.yaml:3: a.b: not valid YAML: expected ',' or ']', but got '<stream end>' (column 1)"
     )
     assert problem("a: &x 1\nb: &x 2\n") == (2, "duplicate anchor &x (first at line 1)")
     assert problem("{1: a, 0x1: b}") == (1, "duplicate key 1 (first at line 1)")
@@ -200,8 +236,13 @@ def test_reading_files(tmp_path: Path) -> None:
         load_yaml_file(path, headwater.PipelineValidationError)
     assert raised.value.source == str(path)
     [issue] = raised.value.issues
-    assert issue.path == ""
-    assert issue.message.startswith("not valid YAML: line 2, column 1: expected ',' or ']'")
+    assert (issue.path, issue.line) == ("a", 2)
+    assert issue.message.startswith("not valid YAML: expected ',' or ']'")
+    assert f"\n  {path}:2: a: not valid YAML: expected" in str(raised.value)
+    path.write_text("a: " + "x" * MAX_FILE_BYTES, encoding="utf-8")
+    with pytest.raises(YamlFileError, match=r"larger than 1,048,576 bytes") as info:
+        read_yaml(path)
+    assert info.value.unreadable
 
 
 # -- the shared error type and the pydantic converter --------------------------------------

@@ -55,6 +55,8 @@ from ._common import (
     _consoles,
     _error,
     _forced_terminal,
+    _mask_logs,
+    _secrets,
     _setup_logging,
     _unexpected,
     _verbosity,
@@ -85,12 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     verbosity = _verbosity(args)
     command: Callable[[argparse.Namespace], int] = args.func
+    secrets = _secrets(args)  # filled as the command's files are loaded
     try:
         _setup_logging(verbosity, _consoles(force_terminal=_forced_terminal(args))[1])
         _apply_log_options(args)
+        _mask_logs(secrets)
         return int(command(args))
     except CLIError as exc:
-        _error(str(exc))
+        _error(str(exc), secrets)
         return exc.code
     except KeyboardInterrupt:
         _error("interrupted")
@@ -101,4 +105,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILED
     except Exception as caught:
-        return _unexpected(caught, verbosity)
+        return _unexpected(caught, verbosity, secrets)

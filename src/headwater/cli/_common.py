@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ..core.pipeline import PipelineSpec, ResolvedPipeline
     from ..core.plugins import PluginManager
     from ..core.policy import SandboxPolicy
+    from ..core.secrets import Secrets
 
 EXIT_OK = 0
 """The command did what was asked (the pipeline succeeded)."""
@@ -185,9 +186,10 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
     VALUE is read as a YAML scalar (``10`` is an int, ``true`` a bool, ``'10'`` a string,
     an empty VALUE is null). Bracketed flow collections (``[a, b]``, ``{k: v}``) become
     lists and mappings; any other text, including text YAML would read as a mapping such
-    as ``ERROR: (.*)``, stays the literal string.
+    as ``ERROR: (.*)``, stays the literal string. VALUE is read by the loader of pipeline
+    files, within its limits (size, nesting, aliases, integers), and never substituted.
     """
-    import yaml
+    from ..core.yamlfile import YamlFileError, parse_yaml
 
     overrides: dict[str, Any] = {}
     for pair in pairs:
@@ -196,8 +198,10 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
         if not sep or not key:
             raise CLIError(f"--set expects KEY=VALUE, got {pair!r}")
         try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
+            value = parse_yaml(raw)
+        except YamlFileError as exc:
+            if not exc.syntax:
+                raise CLIError(f"--set {key}: {exc.problem}") from None
             value = raw
         if isinstance(value, dict | list) and not raw.lstrip().startswith(("[", "{")):
             value = raw
@@ -246,9 +250,21 @@ def _engine(
         strict=strict,
         policy=policy if policy is not None else _policy(args),
     )
+    engine.services.secrets = _secrets(args)  # what the command's files substituted
     set_default_engine(engine)
     engine.load()
     return engine
+
+
+def _secrets(args: argparse.Namespace) -> Secrets:
+    """The command's secrets: every value its files substituted (``${VAR}``), masked in
+    all it prints and logs. Its engine holds the same object."""
+    from ..core.secrets import Secrets
+
+    found = getattr(args, "secrets", None)
+    if not isinstance(found, Secrets):
+        found = args.secrets = Secrets()
+    return found
 
 
 def _plugin_manager(
@@ -269,7 +285,7 @@ def _load_spec(args: argparse.Namespace) -> PipelineSpec:
     if path.is_dir():
         raise CLIError(f"{args.file} is a directory, not a pipeline file")
     overrides = parse_overrides(args.overrides)
-    return load_pipeline(path, overrides)
+    return load_pipeline(path, overrides, secrets=_secrets(args))
 
 
 def _prepare(
@@ -352,14 +368,20 @@ def _describe_value(value: Any) -> str:
     return f"{type(value).__name__} object"
 
 
-def _print_json(data: Any) -> None:
+def _print_json(data: Any, secrets: Secrets | None = None) -> None:
+    """``data`` as indented JSON on stdout, masked with ``secrets`` when given."""
     import json
 
-    sys.stdout.write(json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
+    safe = _json_safe(data)
+    if secrets is not None:
+        safe = secrets.mask_data(safe)
+    sys.stdout.write(json.dumps(safe, indent=2, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 
-def _error(message: str) -> None:
+def _error(message: str, secrets: Secrets | None = None) -> None:
+    if secrets is not None:
+        message = secrets.mask(message)
     sys.stderr.write(f"headwater: error: {message}\n")
     sys.stderr.flush()
 
@@ -381,7 +403,9 @@ def _setup_logging(verbosity: int, console: Console) -> None:
                 message = record.getMessage()
                 if verbosity:
                     message = f"{message} [{record.name}]"
-                    if record.exc_info:
+                    if record.exc_text:
+                        message += "\n" + record.exc_text
+                    elif record.exc_info:
                         message += "\n" + logging.Formatter().formatException(record.exc_info)
                 level = record.levelname.lower()
                 style = "red" if record.levelno >= logging.ERROR else "yellow"
@@ -402,25 +426,40 @@ def _setup_logging(verbosity: int, console: Console) -> None:
     )
 
 
-def _unexpected(caught: BaseException, verbosity: int) -> int:
-    """Report an exception that escaped a command; return the exit code."""
+def _mask_logs(secrets: Secrets) -> None:
+    """Mask the records of the command's log handlers (text or JSON) with its secrets:
+    their messages and tracebacks."""
+    import logging
+
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, "_headwater_cli", False):
+            handler.addFilter(secrets.logging_filter())
+
+
+def _unexpected(caught: BaseException, verbosity: int, secrets: Secrets | None = None) -> int:
+    """Report an exception that escaped a command (masked with ``secrets``); return the
+    exit code."""
     import traceback
 
     from ..core.errors import HeadwaterError, PipelineValidationError
+
+    def print_traceback() -> None:
+        text = "".join(traceback.format_exception(caught))
+        sys.stderr.write(secrets.mask(text) if secrets is not None else text)
 
     exc = caught
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]  # a task group's wrapper around one error
     if isinstance(exc, HeadwaterError):
         if verbosity and not isinstance(exc, PipelineValidationError):
-            traceback.print_exception(caught)
-        _error(str(exc))
+            print_traceback()
+        _error(str(exc), secrets)
         return EXIT_USAGE
     if verbosity:
-        traceback.print_exception(caught)
-        _error(f"unexpected {type(exc).__name__}: {exc}")
+        print_traceback()
+        _error(f"unexpected {type(exc).__name__}: {exc}", secrets)
     else:
-        _error(f"unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)")
+        _error(f"unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)", secrets)
     return EXIT_FAILED
 
 

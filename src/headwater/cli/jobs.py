@@ -20,6 +20,7 @@ from ._common import (
     _forced_terminal,
     _on_signals,
     _plugin_manager,
+    _secrets,
 )
 from .metrics import _metrics_exporters, _with_exporters
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
     from ..core.plugins import PluginManager
     from ..core.scheduler import ScheduledRun, ScheduledState, Scheduler
+    from ..core.secrets import Secrets
 
 _STATE_STYLE: dict[str, str] = {
     "pending": "dim",
@@ -55,7 +57,9 @@ def _cmd_run_jobs(args: argparse.Namespace) -> int:
     if args.overrides or args.json:
         raise CLIError("--set and --json apply to pipeline files, not to jobs files")
     manager = _plugin_manager(args)
-    validate_jobs(args.file, plugins=manager)  # every problem, before the event loop starts
+    secrets = _secrets(args)
+    # every problem, before the event loop starts
+    validate_jobs(args.file, plugins=manager, secrets=secrets)
     _, err = _consoles(force_terminal=_forced_terminal(args))
     exporters = _metrics_exporters(args, manager)
     live = sys.stderr.isatty() if args.progress is None else bool(args.progress)
@@ -66,7 +70,7 @@ def _cmd_run_jobs(args: argparse.Namespace) -> int:
         async with anyio.create_task_group() as tg:
             await tg.start(_stop_on_signals, stop, err, received)
             code = await _run_jobs(
-                args.file, progress=live, console=err, plugins=manager, stop=stop
+                args.file, progress=live, console=err, plugins=manager, stop=stop, secrets=secrets
             )
             tg.cancel_scope.cancel()
         return code
@@ -100,9 +104,11 @@ async def _run_jobs(
     console: Console,
     plugins: PluginManager | None = None,
     stop: anyio.Event | None = None,
+    secrets: Secrets | None = None,
 ) -> int:
     """Run a jobs file with :func:`~headwater.core.jobs.run_jobs`, showing the jobs on
-    ``console``; return the exit code: 0 if every job succeeded, else 1.
+    ``console`` (masked with ``secrets``); return the exit code: 0 if every job
+    succeeded, else 1.
 
     ``progress=True`` shows a live table of every job's state and progress while they
     run; otherwise one line per start and end. A summary table follows (not when the
@@ -111,8 +117,8 @@ async def _run_jobs(
     """
     from ..core.jobs import run_jobs
 
-    view = _JobsView(console, live=progress)
-    code = await run_jobs(path, plugins=plugins, stop=stop, watch=view.watch)
+    view = _JobsView(console, live=progress, secrets=secrets)
+    code = await run_jobs(path, plugins=plugins, stop=stop, watch=view.watch, secrets=secrets)
     view.summary()
     return code
 
@@ -143,9 +149,14 @@ class _JobsView:
     scheduler: Scheduler
     """The scheduler of the jobs, set by :meth:`watch`."""
 
-    def __init__(self, console: Console, *, live: bool) -> None:
+    def __init__(self, console: Console, *, live: bool, secrets: Secrets | None = None) -> None:
         self.console = console
         self.live = live
+        self.secrets = secrets
+        """Masked in the reasons shown."""
+
+    def _masked(self, text: str) -> str:
+        return self.secrets.mask(text) if self.secrets is not None else text
 
     def watch(self, scheduler: Scheduler) -> AbstractAsyncContextManager[None]:
         """Follow the jobs of ``scheduler``.
@@ -189,7 +200,7 @@ class _JobsView:
         if new == "succeeded":
             line.append(f" in {_seconds(run)}")
         elif run.reason:
-            line.append(f" ({run.reason})", style="dim")
+            line.append(f" ({self._masked(run.reason)})", style="dim")
         self.console.print(line, soft_wrap=True)
 
     def _progress_cell(self, run: ScheduledRun) -> RenderableType:
@@ -235,7 +246,7 @@ class _JobsView:
                 Text(run.state, style=_STATE_STYLE[run.state]),
                 self._progress_cell(run),
                 _seconds(run),
-                Text(note, style="dim"),
+                Text(self._masked(note), style="dim"),
             )
         return table
 

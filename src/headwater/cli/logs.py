@@ -76,8 +76,8 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, attr, None)
             if value is not None:
                 out[key] = value
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
+        if record.exc_info:  # exc_text: as a filter (masking secrets) left it
+            out["exception"] = record.exc_text or self.formatException(record.exc_info)
         stack = getattr(record, "stack", None) or record.stack_info
         if stack:
             out["stack"] = stack

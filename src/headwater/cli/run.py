@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ._common import (
@@ -31,6 +32,7 @@ from ._common import (
     _prepare,
     _print_json,
     _rate,
+    _secrets,
     _verbosity,
 )
 from .checkpoints import _checkpoint_line, _raise_checkpoint_error
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
     from ..core.pipeline import PipelineSpec, ResolvedPipeline
     from ..core.plugins import PluginManager
     from ..core.runtime import RunHandle, RunResult
+    from ..core.secrets import Secrets
 
 _MAX_ERROR_LINES = 5
 """Handled errors printed per stage while a run goes on; the rest are only counted."""
@@ -168,7 +171,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _, err = _consoles(force_terminal=_forced_terminal(args))
     exporters = _metrics_exporters(args, manager)
     live = sys.stderr.isatty() if args.progress is None else bool(args.progress)
-    view = _RunView(err, resolved, live=live)
+    secrets = _secrets(args)
+    view = _RunView(err, resolved, live=live, secrets=secrets)
     result: RunResult
     signum: int | None
     try:
@@ -187,13 +191,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         view.stop()
     _raise_checkpoint_error(result)
-    _print_summary(err, result, resolved, verbose=_verbosity(args) > 0)
+    _print_summary(err, result, resolved, verbose=_verbosity(args) > 0, secrets=secrets)
     if args.json:
         outputs = _in_order(result.outputs, _sink_keys(resolved))
         summary = dict(result.summary)
         summary["stages"] = _in_order(summary.get("stages") or {}, _stage_order(resolved))
         summary["outputs"] = {k: _output_for_json(v) for k, v in outputs.items()}
-        _print_json(summary)
+        _print_json(summary, secrets)
     if result.state == "succeeded":
         return EXIT_OK
     if signum is not None:
@@ -293,8 +297,17 @@ class _RunView:
     messages and the first handled errors of each stage are printed above the bars.
     """
 
-    def __init__(self, console: Console, resolved: ResolvedPipeline, *, live: bool) -> None:
+    def __init__(
+        self,
+        console: Console,
+        resolved: ResolvedPipeline,
+        *,
+        live: bool,
+        secrets: Secrets | None = None,
+    ) -> None:
         self.console = console
+        self.secrets = secrets
+        """Masked in every line and message shown."""
         self.resolved = resolved
         self.live = live
         self.handle: RunHandle | None = None
@@ -313,7 +326,10 @@ class _RunView:
         """Print one line above the live display (or plainly)."""
         from rich.text import Text
 
-        self.console.print(Text(text, style=style or ""), soft_wrap=True)
+        self.console.print(Text(self._masked(text), style=style or ""), soft_wrap=True)
+
+    def _masked(self, text: str) -> str:
+        return self.secrets.mask(text) if self.secrets is not None else text
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -391,6 +407,8 @@ class _RunView:
     def _on_progress(self, event: ProgressEvent) -> None:
         if self._progress is None:
             return
+        if event.message:
+            event = replace(event, message=self._masked(event.message))
         task = self._tasks.get(event.stage)
         if task is None:
             self._tasks[event.stage] = self._progress.add_task(
@@ -487,11 +505,20 @@ def _make_progress(console: Console) -> RichProgress:
 
 
 def _print_summary(
-    console: Console, result: RunResult, resolved: ResolvedPipeline, *, verbose: bool = False
+    console: Console,
+    result: RunResult,
+    resolved: ResolvedPipeline,
+    *,
+    verbose: bool = False,
+    secrets: Secrets | None = None,
 ) -> None:
-    """The end of a run on stderr: outcome, per-stage counts, sink outputs, errors."""
+    """The end of a run on stderr: outcome, per-stage counts, sink outputs, errors (every
+    text masked with ``secrets``, when given)."""
     from rich.table import Table
-    from rich.text import Text
+    from rich.text import Text as RichText
+
+    def Text(text: str, style: str = "") -> RichText:  # rich's Text, masked
+        return RichText(secrets.mask(text) if secrets is not None else text, style=style)
 
     summary = result.summary
     items = int(summary.get("items_in") or 0)
@@ -559,19 +586,21 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if is_jobs_path(args.file):
         if args.overrides:
             raise CLIError("--set applies to pipeline files, not to jobs files")
-        n = len(validate_jobs(args.file, plugins=_plugin_manager(args)).jobs)
+        jobs = validate_jobs(args.file, plugins=_plugin_manager(args), secrets=_secrets(args))
+        n = len(jobs.jobs)
         print(f"OK: jobs file {args.file} is valid ({n} job{'s' if n != 1 else ''})")
         return EXIT_OK
     spec = _load_spec(args)
     resolved, _ = _prepare(args, spec)
     n_src, n_steps, n_sinks = len(resolved.sources), len(resolved.steps), len(resolved.sinks)
     compose = f", {spec.compose.mode}d" if spec.compose and n_src > 1 else ""
-    print(
+    ok = (
         f"OK: pipeline {spec.name!r} in {args.file} is valid "
         f"({n_src} source{'s' if n_src != 1 else ''}{compose}, "
         f"{n_steps} step{'s' if n_steps != 1 else ''}, "
         f"{n_sinks} sink{'s' if n_sinks != 1 else ''})"
     )
+    print(_secrets(args).mask(ok))
     return EXIT_OK
 
 

@@ -16,6 +16,7 @@ from ._common import (
     _engine,
     _num,
     _port,
+    _secrets,
 )
 from .metrics import _add_metrics_options, _metrics_exporters, _with_exporters
 
@@ -89,7 +90,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         path = Path(args.config)
         if not path.is_file():
             raise CLIError(f"no such file: {args.config}")
-        config = load_server_config(path)
+        config = load_server_config(path, secrets=_secrets(args))
         base_dir = path.parent
     else:
         config = ServerConfig()

@@ -28,6 +28,7 @@ from .pipeline import PipelineSpec, ResolvedPipeline, load_pipeline, parse_pipel
 from .plugins import PluginManager
 from .policy import SandboxPolicy
 from .runtime import RunHandle, RunResult, create_run
+from .secrets import Secrets
 from .services import EngineServices, StreamPublisher
 
 if TYPE_CHECKING:
@@ -44,12 +45,15 @@ PipelineLike = PipelineSpec | Mapping[str, Any] | str | Path | _Buildable
 """A pipeline model, a mapping in the YAML shape, a path to a YAML file, or a builder."""
 
 
-def to_spec(pipeline: PipelineLike) -> tuple[PipelineSpec, str | None]:
-    """The pipeline model of anything :data:`PipelineLike`, and the file it came from."""
+def to_spec(
+    pipeline: PipelineLike, secrets: Secrets | None = None
+) -> tuple[PipelineSpec, str | None]:
+    """The pipeline model of anything :data:`PipelineLike`, and the file it came from
+    (whose substituted values go to ``secrets``)."""
     if isinstance(pipeline, PipelineSpec):
         return pipeline, None
     if isinstance(pipeline, str | Path):
-        return load_pipeline(pipeline), str(pipeline)
+        return load_pipeline(pipeline, secrets=secrets), str(pipeline)
     if isinstance(pipeline, Mapping):
         return parse_pipeline(dict(pipeline)), None
     build = getattr(pipeline, "build", None)
@@ -171,7 +175,7 @@ class Engine:
         engine loaded, it is resolved against a new manager loaded with both lists of
         disabled plugins and the same strictness. ``source`` names the file in errors.
         """
-        spec, origin = to_spec(pipeline)
+        spec, origin = to_spec(pipeline, self.services.secrets)
         base = self.load()
         wanted = set(spec.plugins.disable)
         if wanted - base.disabled:

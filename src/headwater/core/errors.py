@@ -34,13 +34,24 @@ class HeadwaterError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ValidationIssue:
-    """One problem in a pipeline definition: where (a dotted path) and what."""
+    """One problem in a pipeline definition: where (a dotted path) and what.
+
+    ``line`` (1-based) is the line of the file it is on, when known.
+    """
 
     path: str
     message: str
+    line: int | None = None
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
+
+    def located(self, source: str | None = None) -> str:
+        """The issue with its place in the file: ``pipe.yaml:3: PATH: MESSAGE``
+        (``line 3: ...`` without ``source``; just the issue when the line is unknown)."""
+        if self.line is None:
+            return str(self)
+        return f"{source}:{self.line}: {self}" if source else f"line {self.line}: {self}"
 
 
 def format_loc(loc: Sequence[int | str]) -> str:
@@ -82,7 +93,7 @@ class InvalidFileError(HeadwaterError):
         self.issues = issues
         self.source = source
         where = f"{self.source_prefix}{source}" if source else ""
-        lines = "\n".join(f"  {issue}" for issue in issues)
+        lines = "\n".join(f"  {issue.located(source)}" for issue in issues)
         count = f"{len(issues)} problem{'s' if len(issues) != 1 else ''}"
         super().__init__(f"invalid {self.subject}{where} ({count}):\n{lines}")
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from pydantic import (
@@ -52,6 +52,9 @@ from .scheduler import (
     Scheduler,
     SchedulerError,
 )
+
+if TYPE_CHECKING:
+    from .secrets import Secrets
 
 __all__ = [
     "JobSpec",
@@ -135,7 +138,7 @@ def is_jobs_path(path: str | Path) -> bool:
     from .yamlfile import YamlFileError, read_yaml
 
     try:
-        return is_jobs_file(read_yaml(path))
+        return is_jobs_file(read_yaml(path, substitute=False))
     except YamlFileError:
         return False
 
@@ -158,22 +161,38 @@ def parse_jobs(data: Any, *, source: str | None = None) -> JobsFile:
         raise JobsFileError(_issues(exc), source) from None
 
 
-def load_jobs(path: str | Path) -> JobsFile:
-    """Read and validate the shape of a jobs file (see :func:`validate_jobs` for the rest)."""
+def load_jobs(path: str | Path, *, secrets: Secrets | None = None) -> JobsFile:
+    """Read and validate the shape of a jobs file (see :func:`validate_jobs` for the rest).
+
+    ``${VAR}``, ``${VAR:-default}`` and ``${file:PATH}`` in its string values are
+    substituted, and the values substituted added to ``secrets``.
+    """
     from .yamlfile import load_yaml_file
 
     path = Path(path)
-    return parse_jobs(load_yaml_file(path, JobsFileError), source=str(path))
+    return parse_jobs(load_yaml_file(path, JobsFileError, secrets=secrets), source=str(path))
 
 
-def _requests(jobs: JobsFile, base_dir: Path) -> list[RunRequest]:
+def _read_pipeline(file: Path, secrets: Secrets | None) -> Any:
+    """The mapping of a job's pipeline file, substituted; the path itself when it cannot
+    be read as one (the scheduler reports why, as for any pipeline file)."""
+    from .yamlfile import YamlFileError, read_yaml
+
+    try:
+        data = read_yaml(file, secrets=secrets)
+    except YamlFileError:
+        return file
+    return data if isinstance(data, Mapping) else file
+
+
+def _requests(jobs: JobsFile, base_dir: Path, secrets: Secrets | None = None) -> list[RunRequest]:
     requests = []
     for name, job in jobs.jobs.items():
         pipeline: Any
         source = None
         if isinstance(job.pipeline, str):
             file = Path(job.pipeline)
-            pipeline = file if file.is_absolute() else base_dir / file
+            pipeline = _read_pipeline(file if file.is_absolute() else base_dir / file, secrets)
             source = job.pipeline
         else:
             pipeline = {"name": name, **job.pipeline}
@@ -201,31 +220,37 @@ def submit_jobs(
     *,
     base_dir: str | Path = ".",
     source: str | None = None,
+    secrets: Secrets | None = None,
 ) -> dict[str, ScheduledRun]:
     """Submit every job (all or none); returns the runs by job name.
 
     Every problem is reported at once as a :class:`JobsFileError` with paths such as
     ``jobs.load.depends_on[0]`` or ``jobs.load.pipeline.sources.rows.action``: unknown
     dependencies, cycles, unknown resources or needs above capacity, invalid pipelines,
-    ``from_run`` naming a job that is not a dependency.
+    ``from_run`` naming a job that is not a dependency. Pipeline files are read with
+    substitution, the values substituted added to ``secrets``.
     """
     try:
-        runs = scheduler.submit_many(_requests(jobs, Path(base_dir)))
+        runs = scheduler.submit_many(_requests(jobs, Path(base_dir), secrets))
     except RunRejected as exc:
         issues = [ValidationIssue(f"jobs.{i.path}", i.message) for i in exc.issues]
         raise JobsFileError(issues, source) from None
     return {run.name: run for run in runs}
 
 
-def validate_jobs(path: str | Path, *, plugins: PluginManager | None = None) -> JobsFile:
+def validate_jobs(
+    path: str | Path, *, plugins: PluginManager | None = None, secrets: Secrets | None = None
+) -> JobsFile:
     """Check a jobs file completely without running anything; returns the model.
 
     Raises :class:`JobsFileError` listing every problem (shape, dependencies, resources
-    and each pipeline against the registered components).
+    and each pipeline against the registered components). The values substituted in the
+    jobs file and its pipeline files are added to ``secrets``.
     """
     path = Path(path)
-    jobs = load_jobs(path)
-    submit_jobs(scheduler_for(jobs, plugins=plugins), jobs, base_dir=path.parent, source=str(path))
+    jobs = load_jobs(path, secrets=secrets)
+    scheduler = scheduler_for(jobs, plugins=plugins)
+    submit_jobs(scheduler, jobs, base_dir=path.parent, source=str(path), secrets=secrets)
     return jobs
 
 
@@ -249,6 +274,7 @@ async def run_jobs(
     plugins: PluginManager | None = None,
     stop: anyio.Event | None = None,
     watch: JobsWatch | None = None,
+    secrets: Secrets | None = None,
 ) -> int:
     """Run a jobs file; return the exit code: 0 if every job succeeded, else 1.
 
@@ -260,13 +286,14 @@ async def run_jobs(
     ``headwater run`` command shows its live table of the jobs that way.
 
     Setting ``stop`` (e.g. from a signal handler) cancels every unfinished job, which
-    then ends ``cancelled``. Cancelling the calling task also cancels every job.
+    then ends ``cancelled``. Cancelling the calling task also cancels every job. The
+    values substituted in the files are added to ``secrets``.
     """
     path = Path(path)
-    jobs = load_jobs(path)
+    jobs = load_jobs(path, secrets=secrets)
     scheduler = scheduler_for(jobs, plugins=plugins)
     watching = nullcontext() if watch is None else watch(scheduler)
-    submit_jobs(scheduler, jobs, base_dir=path.parent, source=str(path))
+    submit_jobs(scheduler, jobs, base_dir=path.parent, source=str(path), secrets=secrets)
     async with watching, scheduler, anyio.create_task_group() as tg:
         if stop is not None:
             tg.start_soon(_cancel_on, stop, scheduler)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
 
     from .policy import SandboxPolicy
+    from .secrets import Secrets
 
 __all__ = [
     "CheckpointSpec",
@@ -311,12 +312,24 @@ def parse_pipeline(data: Any, *, source: str | None = None) -> PipelineSpec:
         raise PipelineValidationError(_issues_from(exc), source) from None
 
 
-def load_pipeline(path: str | Path, overrides: Mapping[str, Any] | None = None) -> PipelineSpec:
-    """Read a pipeline YAML file; ``overrides`` maps dotted paths to values (``--set``)."""
+def load_pipeline(
+    path: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    secrets: Secrets | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> PipelineSpec:
+    """Read a pipeline YAML (or JSON) file; ``overrides`` maps dotted paths to values
+    (``--set``, applied as given: never substituted).
+
+    ``${VAR}``, ``${VAR:-default}`` and ``${file:PATH}`` in its string values are
+    substituted from ``environ`` (default: ``os.environ``) and files beside it; the values
+    substituted are added to ``secrets`` (see :mod:`headwater.core.substitution`).
+    """
     from .yamlfile import load_yaml_file
 
     path = Path(path)
-    data = load_yaml_file(path, PipelineValidationError)
+    data = load_yaml_file(path, PipelineValidationError, secrets=secrets, environ=environ)
     if overrides:
         if data is None:
             data = {}

@@ -17,6 +17,7 @@ from typing import Any, Final, Protocol
 from .errors import HeadwaterError
 from .metrics import MetricsRegistry
 from .policy import SandboxPolicy
+from .secrets import Secrets
 
 __all__ = ["DrainSignal", "EngineServices", "NoServerRunning", "StreamPublisher"]
 
@@ -86,6 +87,8 @@ class EngineServices:
     """The server that started the run, when one did."""
     policy: SandboxPolicy = field(default_factory=SandboxPolicy.from_environment)
     """The operator's sandbox: what the engine's pipelines may run and read."""
+    secrets: Secrets = field(default_factory=Secrets)
+    """Values substituted into the engine's files (``${VAR}``): masked wherever shown."""
 
     @property
     def publisher(self) -> StreamPublisher:

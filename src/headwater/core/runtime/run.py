@@ -159,7 +159,8 @@ class _Run:
         self.errors.append(error)
         if isinstance(error, StageError):
             self.stage_stats(error.stage).error(error.cause)
-            self.events.emit(ErrorEvent(error.stage, error.to_dict(), handled=False))
+            masked = self.services.secrets.mask_data(error.to_dict())
+            self.events.emit(ErrorEvent(error.stage, masked, handled=False))
             with anyio.CancelScope(shield=True):
                 await self.plugins.stream_error(self.spec, self.identity.run_id, error, False)
         if first and self._scope is not None:
@@ -168,7 +169,8 @@ class _Run:
     async def handled_error(self, error: StageError) -> None:
         """Report an error the stage's policy handled (retried or skipped)."""
         self.stage_stats(error.stage).error(error.cause)
-        self.events.emit(ErrorEvent(error.stage, error.to_dict(), handled=True))
+        masked = self.services.secrets.mask_data(error.to_dict())
+        self.events.emit(ErrorEvent(error.stage, masked, handled=True))
         await self.plugins.stream_error(self.spec, self.identity.run_id, error, True)
 
     # -- main ---------------------------------------------------------------------------
@@ -207,7 +209,8 @@ class _Run:
             else:
                 state = "succeeded"
             self.state = state
-            summary = _summary(self, state, elapsed)
+            # what is recorded and shown of the run never holds a secret of the engine
+            summary = self.services.secrets.mask_data(_summary(self, state, elapsed))
             self.result = RunResult(
                 self.spec.name,
                 self.identity.run_id,
