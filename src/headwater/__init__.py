@@ -30,6 +30,7 @@ this version fails to load with a message naming both."""
 if TYPE_CHECKING:
     from .core.api import open_run, run, run_sync
     from .core.builder import Pipeline
+    from .core.cancel import CancelToken
     from .core.checkpoints import Checkpoint, CheckpointError, CheckpointStore
     from .core.components import (
         Capability,
@@ -88,6 +89,7 @@ _LAZY: dict[str, str] = {
     "run": "core.api",
     "run_sync": "core.api",
     "Pipeline": "core.builder",
+    "CancelToken": "core.cancel",
     "Capability": "core.components",
     "Component": "core.components",
     "ComponentKind": "core.components",
@@ -174,6 +176,7 @@ _REMOVED: dict[str, str] = {
 __all__ = [
     "AuthRequest",
     "CallableRef",
+    "CancelToken",
     "Capability",
     "Checkpoint",
     "CheckpointError",
