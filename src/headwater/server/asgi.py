@@ -128,10 +128,15 @@ class AsgiApp(BaseServer):
         finally:
             await self.aclose()
 
-    def lifespan(self, app: Any = None) -> AbstractAsyncContextManager[Any]:
+    def lifespan(self, app: Any = None) -> AbstractAsyncContextManager[None]:
         """A Starlette ``lifespan``: ``Starlette(..., lifespan=hw.lifespan)`` (the host
-        app is passed and ignored)."""
-        return self.serving()
+        app is passed and ignored; no state is added to the host's)."""
+        return self._hosted()
+
+    @asynccontextmanager
+    async def _hosted(self) -> AsyncIterator[None]:
+        async with self.serving():
+            yield
 
     # -- ASGI ---------------------------------------------------------------------------
 

@@ -3,11 +3,30 @@
 const REQUEST_TIMEOUT_MS = 10000;
 const MAX_BACKOFF_MS = 10000;
 
-/** The server's WebSocket URL, with the token as `?token=` (browsers cannot set headers). */
+/**
+ * The server's WebSocket URL, with the token as `?token=` (browsers cannot set headers).
+ * Relative to the page, so that it works where the server is mounted (`/hw/ws`).
+ */
 export function socketUrl(token) {
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const query = token ? `?token=${encodeURIComponent(token)}` : "";
-  return `${scheme}://${location.host}/ws${query}`;
+  const url = new URL("ws", document.baseURI);
+  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  if (token) url.searchParams.set("token", token);
+  return url.href;
+}
+
+/** The page's own folder (where the server is mounted): `/` or `/hw/`. */
+export function basePath() {
+  return new URL(".", document.baseURI).pathname;
+}
+
+/**
+ * Keep the token in a cookie of the server's paths, for clients that cannot send
+ * headers (`EventSource`); an empty token removes it.
+ */
+export function rememberToken(token) {
+  const value = token ? encodeURIComponent(token) : "";
+  const expiry = token ? "" : "; max-age=0";
+  document.cookie = `headwater_token=${value}; path=${basePath()}; SameSite=Strict${expiry}`;
 }
 
 export class Connection {

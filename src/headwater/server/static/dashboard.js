@@ -9,7 +9,7 @@
 // polled. No request leaves this server: no CDN, no font, no analytics.
 
 import { LineChart } from "./chart.js";
-import { Connection, socketUrl } from "./connection.js";
+import { Connection, rememberToken, socketUrl } from "./connection.js";
 import {
   el,
   formatAxis,
@@ -101,7 +101,9 @@ class HttpError extends Error {
 
 async function api(path) {
   const headers = state.token ? { Authorization: `Bearer ${state.token}` } : {};
-  const response = await fetch(path, { headers, cache: "no-store" });
+  // relative to the page: the server may be mounted under a prefix (`/hw/api/...`)
+  const url = new URL(path.replace(/^\//, ""), document.baseURI);
+  const response = await fetch(url, { headers, cache: "no-store" });
   if (response.status === 401) {
     showAuth();
     throw new HttpError(401, "authentication required");
@@ -138,6 +140,7 @@ $("#auth").addEventListener("submit", (event) => {
 });
 
 async function start() {
+  rememberToken(state.token);
   try {
     const health = await api("/healthz");
     $("#version").textContent = `v${health.version}`;
