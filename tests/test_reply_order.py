@@ -20,8 +20,7 @@ import anyio.lowlevel
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from headwater.server import Server
-from test_server_helpers import WAIT, config, running
+from test_server_helpers import WAIT, Served, config, running
 
 pytestmark = pytest.mark.anyio
 
@@ -34,13 +33,19 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(params=["serve", "asgi"])
+def front(request: pytest.FixtureRequest) -> str:
+    """The server's front end: ``headwater serve``'s websockets server, or the ASGI app."""
+    return str(request.param)
+
+
 def fast_config() -> Any:
     """No rate limit in the way of a burst of requests."""
     return config(limits={"rate": 1_000_000, "burst": 1_000_000})
 
 
 @asynccontextmanager
-async def fast_stream(server: Server, stream: str) -> AsyncIterator[None]:
+async def fast_stream(server: Served, stream: str) -> AsyncIterator[None]:
     """``stream``, its replay buffer full, written to until the block ends."""
     manager = server.manager
     await manager.create_stream(stream, inactivity_timeout=None)
@@ -76,10 +81,12 @@ def send(ws: ClientConnection, **message: Any) -> Any:
     return ws.send(json.dumps(message))
 
 
-async def test_subscribe_then_unsubscribe_while_a_replay_is_queued_gets_every_reply() -> None:
+async def test_subscribe_then_unsubscribe_while_a_replay_is_queued_gets_every_reply(
+    front: str,
+) -> None:
     rounds = 50
     async with (
-        running(fast_config()) as server,
+        running(fast_config(), front=front) as server,
         fast_stream(server, "fast"),
         connect(server.url, max_size=None) as ws,
     ):
@@ -104,12 +111,12 @@ async def test_subscribe_then_unsubscribe_while_a_replay_is_queued_gets_every_re
     assert got == expected
 
 
-async def test_direct_replies_wait_for_queued_ones() -> None:
+async def test_direct_replies_wait_for_queued_ones(front: str) -> None:
     """``pong`` and ``error`` (sent by the session) never overtake a ``subscribed`` or
     ``unsubscribed`` still queued behind a replay."""
     rounds = 30
     async with (
-        running(fast_config()) as server,
+        running(fast_config(), front=front) as server,
         fast_stream(server, "fast"),
         connect(server.url, max_size=None) as ws,
     ):
