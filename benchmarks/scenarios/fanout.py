@@ -1,10 +1,13 @@
 """``fanout``: one stream pushed to many WebSocket clients over real loopback sockets.
 
-Two servers, measured in alternating rounds in the harness process (asyncio):
+Three servers, measured in alternating rounds in the harness process (asyncio):
 
 * ``headwater``: :class:`headwater.server.Server` (``StreamingManager`` + websockets),
   stream ``bench``, slow-consumer policy ``block`` (nothing may be dropped), the
   producer calls ``manager.push_many`` once per batch of 64 chunks;
+* ``headwater_sse``: the same server and stream, the clients following it with
+  Server-Sent Events (``GET /api/streams/bench/events``) instead of WebSocket: the same
+  frames written as ``id:``/``event:``/``data:`` events by the server's own HTTP path;
 * ``bare_broadcast``: a bare ``websockets`` server whose producer encodes the same
   protocol frame once per chunk and calls ``websockets.broadcast(connections, frame,
   text=True)``; the same batches. No queues, no backpressure: the floor.
@@ -16,7 +19,8 @@ one-way latency).
 The clients live in one child process (``python -m benchmarks.scenarios.fanout client``)
 so that their work does not run on the server's event loop. They are deliberately
 cheap: raw asyncio protocols that do the opening handshake by hand, parse frame headers
-and only look inside a payload for the timestamp. Phases of one round:
+and only look inside a payload for the timestamp (SSE clients: a GET, then events split
+on blank lines). Phases of one round:
 
 1. **throughput** for 1, 10 and 100 clients: every client subscribes, the producer pushes
    N chunks as fast as the server takes them; delivered messages per second =
@@ -56,10 +60,11 @@ from ..harness import (
 from ..procs import REPO_ROOT, child_env
 from . import Progress
 
-TITLE = "one stream to 1/10/100 WebSocket clients vs bare websockets.broadcast()"
+TITLE = "one stream to 1/10/100 WebSocket (and SSE) clients vs bare websockets.broadcast()"
 DESCRIPTION = (
-    "headwater's server (StreamingManager + websockets) against a bare websockets "
-    "broadcast() server, alternating rounds, real loopback sockets, clients in a child "
+    "headwater's server (StreamingManager + websockets; and its Server-Sent Events) against "
+    "a bare websockets broadcast() server, alternating rounds, real loopback sockets, "
+    "clients in a child "
     "process. Metrics: delivered msgs/s at 1, 10 and 100 clients; one-way latency p50/p99 "
     "at 100 clients under a steady paced load; subscribe-to-first-update p50/p99."
 )
@@ -125,6 +130,16 @@ class _HeadwaterServer:
 
     async def stop(self) -> None:
         await self.server.aclose()
+
+
+class _HeadwaterSseServer(_HeadwaterServer):
+    """The same server; its clients follow the stream over Server-Sent Events."""
+
+    name = "headwater_sse"
+
+    async def start(self) -> str:
+        await super().start()
+        return f"{self.server.http_url}/api/streams/bench/events"
 
 
 class _BareServer:
@@ -383,6 +398,67 @@ class _Conn(asyncio.Protocol):
             self.transport.close()
 
 
+class _SseConn(asyncio.Protocol):
+    """A minimal Server-Sent Events client: a GET, then events split on blank lines."""
+
+    def __init__(self, host: str, path: str, owner: _Clients, probe: bool = False) -> None:
+        self.host = host
+        self.path = path
+        self.owner = owner
+        self.probe = probe
+        self.buf = bytearray()
+        self.open = False
+        self.subscribed = asyncio.get_running_loop().create_future()
+        self.first_update: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.subscribe_sent = 0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.subscribe_sent = time.monotonic_ns()
+        transport.write(
+            f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        if not self.open:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not buf.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"request refused: {bytes(buf[:40])!r}")
+            del buf[: end + 4]
+            self.open = True
+        pos = 0
+        owner = self.owner
+        while True:
+            end = buf.find(b"\n\n", pos)
+            if end < 0:
+                break
+            if buf.startswith(b"id: ", pos):  # chunks only carry an id
+                t = buf.rfind(b'"t":', pos, end)
+                sent = int(buf[t + 4 : buf.index(b"}", t)])
+                now = time.monotonic_ns()
+                if self.probe:
+                    if not self.first_update.done():
+                        self.first_update.set_result(now)
+                else:
+                    owner.on_update(now, sent)
+            elif buf.startswith(b"event: subscribed", pos) and not self.subscribed.done():
+                self.subscribed.set_result(None)
+            pos = end + 2
+        if pos:
+            del buf[:pos]
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
 class _Clients:
     """Counts what every connection received, and the latency of each message."""
 
@@ -422,19 +498,20 @@ async def _client_main(url: str) -> None:
 
     parts = urlsplit(url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
+    protocol = _SseConn if parts.scheme == "http" else _Conn
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     state = _Clients()
-    conns: list[_Conn] = []
+    conns: list[_Conn | _SseConn] = []
 
     def say(data: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(data) + "\n")
         sys.stdout.flush()
 
-    async def open_conn(probe: bool = False) -> _Conn:
+    async def open_conn(probe: bool = False) -> _Conn | _SseConn:
         _, conn = await loop.create_connection(
-            lambda: _Conn(f"{host}:{port}", path, state, probe), host, port
+            lambda: protocol(f"{host}:{port}", path, state, probe), host, port
         )
         await conn.subscribed
         return conn
@@ -526,6 +603,7 @@ def run(settings: Settings, progress: Progress) -> ScenarioReport:
 
     impls = [
         impl(_HeadwaterServer, "headwater Server: StreamingManager + websockets"),
+        impl(_HeadwaterSseServer, "headwater Server, clients over Server-Sent Events"),
         impl(_BareServer, "bare websockets server, broadcast() per chunk"),
     ]
     expected = (*(k * n for k, n in counts.items()), PACED_CLIENTS * paced_n)
@@ -576,6 +654,13 @@ def run(settings: Settings, progress: Progress) -> ScenarioReport:
         ratio = report.ratio("headwater", "bare_broadcast", f"msgs_per_s_{k}")
         if ratio is not None:
             report.notes.append(f"headwater vs bare_broadcast at {k} client(s): {ratio:.2f}x")
+    sse = report.ratio("headwater_sse", "bare_broadcast", f"msgs_per_s_{CLIENT_COUNTS[-1]}")
+    ws = report.ratio("headwater", "bare_broadcast", f"msgs_per_s_{CLIENT_COUNTS[-1]}")
+    if sse is not None and ws is not None:
+        report.notes.append(
+            f"at {CLIENT_COUNTS[-1]} clients: headwater_sse (Server-Sent Events) {sse:.2f}x "
+            f"bare_broadcast, headwater (WebSocket) {ws:.2f}x"
+        )
     report.notes.append(
         "every round delivered every chunk to every client (counts checked); policy `block`"
     )
