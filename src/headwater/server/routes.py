@@ -349,19 +349,24 @@ class HttpEndpoints:
             }
         )
 
+    def _masked(self, value: Any) -> HttpResponse:
+        """A JSON response of ``value`` with the engine's secrets masked (the values its
+        files substituted, URL passwords): pipelines' params are shown as they are set."""
+        return json_response(self.server.engine.services.secrets.mask_data(value))
+
     async def api_streams(self, request: HttpRequest) -> HttpResponse | None:
         """``/api/streams``: see :meth:`streams_snapshot`."""
-        return json_response(await self.streams_snapshot(request.principal))
+        return self._masked(await self.streams_snapshot(request.principal))
 
     async def api_pipelines(self, request: HttpRequest) -> HttpResponse | None:
         """``/api/pipelines``: see :meth:`pipelines_snapshot`."""
-        return json_response(await self.pipelines_snapshot(request.principal))
+        return self._masked(await self.pipelines_snapshot(request.principal))
 
     async def api_dashboard(self, request: HttpRequest) -> HttpResponse | None:
         """``/api/dashboard``: the dashboard feed's recent history."""
         if not await self.server.allowed(request.principal, "subscribe", DASHBOARD_STREAM):
             return error_response(403, f"not allowed to see {DASHBOARD_STREAM}")
-        return json_response(self.server.dashboard.history())
+        return self._masked(self.server.dashboard.history())
 
     async def api_components(self, request: HttpRequest) -> HttpResponse | None:
         """``/api/components``: see :meth:`components_snapshot`."""
@@ -386,6 +391,9 @@ class HttpEndpoints:
             body, content_type = exposition(request.headers.get("accept"), self._prometheus)
         except ImportError as exc:
             return error_response(501, str(exc))
+        secrets = self.server.engine.services.secrets
+        if len(secrets):  # a label (a sink's name, say) may hold a substituted value
+            body = secrets.mask(body.decode()).encode()
         return HttpResponse(200, body, content_type, (("Cache-Control", "no-store"),))
 
     # -- the bodies of the API ----------------------------------------------------------
