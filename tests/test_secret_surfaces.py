@@ -205,9 +205,13 @@ async def test_a_running_server_masks_every_surface(
         async with ws_connect(url) as watcher:
             ref = {"type": "run", "pipeline": "ticking", "params": {}, "id": 7}
             await watcher.send(json.dumps(ref))
+            await watcher.send(json.dumps({"type": "subscribe", "stream": "$dashboard", "id": 8}))
+            feed: list[str] = []  # the dashboard's live feed, as a browser gets it
             with anyio.fail_after(WAIT):
-                while json.loads(await watcher.recv())["type"] != "stream_update":
-                    pass
+                while not any('"stream":"$dashboard"' in f and "***" in f for f in feed):
+                    frame = await watcher.recv()
+                    feed.append(str(frame).replace(" ", ""))
+            assert_masked("the $dashboard stream", "".join(feed))
             seen = {}
             for path in ("/api/pipelines", "/api/streams", "/api/dashboard", "/metrics"):
                 status, _, body = await http_get(base + path)
