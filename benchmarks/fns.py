@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 
-__all__ = ["anumbers", "double", "expected_sum", "not_div3", "numbers"]
+__all__ = [
+    "anumbers",
+    "double",
+    "expected_sum",
+    "not_div3",
+    "numbers",
+    "records",
+    "slow_error",
+]
 
 
 def double(x: int) -> int:
@@ -38,3 +46,16 @@ def expected_sum(n: int) -> int:
     total = n * (n - 1)  # sum of 2x over range(n)
     k = (n + 2) // 3  # multiples of 3 in range(n): 0, 3, ..., 3(k-1)
     return total - 6 * (k * (k - 1) // 2)
+
+
+_LEVELS = ("INFO", "WARN", "ERROR", "DEBUG")
+
+
+def records(n: int) -> list[dict[str, object]]:
+    """``n`` log records ``{"level", "latency"}``, the same every time (the ``expr`` input)."""
+    return [{"level": _LEVELS[i % 4], "latency": (i * 37 % 100) / 100} for i in range(n)]
+
+
+def slow_error(record: dict[str, object]) -> bool:
+    """The ``expr`` scenario's condition as a function: ``level == 'ERROR' and latency > 0.5``."""
+    return record["level"] == "ERROR" and record["latency"] > 0.5  # type: ignore[operator]

@@ -43,8 +43,9 @@ class CallableParams(BaseModel):
     )
     expr: Expr | None = Field(
         None,
-        description="An expression of the item instead of fn, e.g. \"level == 'ERROR'\"; "
-        "the item is `item`, its keys are names.",
+        description="An expression of the item instead of fn, e.g. \"level == 'ERROR' and "
+        'latency > 0.5": the item is `item`, its keys are names; needs no allowance from the '
+        "operator. See Expressions in the docs.",
     )
 
     @model_validator(mode="after")
@@ -112,7 +113,7 @@ class SelectParams(BaseModel):
     expr: dict[str, Expr] = Field(
         default_factory=dict,
         description="Further fields computed from the item: mapping new name -> "
-        'expression, e.g. {ms: "latency * 1000"}.',
+        'expression, e.g. {ms: "latency * 1000"} (see Expressions in the docs).',
     )
     missing: Literal["error", "null", "omit"] = Field(
         "error",

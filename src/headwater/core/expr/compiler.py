@@ -171,6 +171,12 @@ class _Translator:
                 return self.numeric_or("_hw_mul", right, op, left, swapped=True)
             return _call("_hw_mul", left, right)
         if isinstance(op, ast.Mod):
+            if isinstance(left, ast.Constant) and isinstance(left.value, str | bytes):
+                kind = type(left.value).__name__
+                raise self.error(
+                    node,
+                    f"'%' on a {kind} is string formatting, which is not allowed in expressions",
+                )
             if _is_number(left):
                 return plain  # a number on the left: arithmetic, never formatting
             return self.numeric_or("_hw_mod", left, op, right)

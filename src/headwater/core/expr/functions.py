@@ -90,7 +90,7 @@ def _mod(a: Any, b: Any) -> Any:
     """``a % b`` as arithmetic; ``%`` string formatting is refused (it pads to any width)."""
     if isinstance(a, _FORMATTABLE):
         raise ExprLimitError(
-            f"'%' on a {type(a).__name__} is string formatting, which expressions do not do"
+            f"'%' on a {type(a).__name__} is string formatting, which is not allowed in expressions"
         )
     return a % b
 
