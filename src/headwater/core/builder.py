@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import Callable, Generator, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 from .pipeline import ErrorPolicy, PipelineSpec, RetryPolicy, parse_pipeline
 from .runtime import RunResult
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 __all__ = ["Pipeline"]
 
@@ -23,6 +26,8 @@ class Pipeline:
         result = spec.run_sync()
 
     Each method returns the builder; :meth:`build` validates and returns the model.
+    A pipeline that is only iterated (:meth:`iter_sync`, ``engine.stream(builder)``)
+    needs no sink.
     """
 
     def __init__(
@@ -38,9 +43,16 @@ class Pipeline:
             "sinks": [],
         }
 
-    def source(self, action: str, *, name: str | None = None, **params: Any) -> Pipeline:
-        """Add a source running ``action``; ``name`` defaults to the action name."""
-        self._data["sources"][name or action] = {"action": action, "params": params}
+    def source(
+        self, action: str, *, name: str | None = None, fallback: str | None = None, **params: Any
+    ) -> Pipeline:
+        """Add a source running ``action``; ``name`` defaults to the action name.
+        ``fallback`` names the action run with the same params when ``action`` fails
+        before its first item or is not available."""
+        source: dict[str, Any] = {"action": action, "params": params}
+        if fallback is not None:
+            source["fallback"] = fallback
+        self._data["sources"][name or action] = source
         return self
 
     def compose(self, mode: Literal["merge", "zip", "concat"], *names: str) -> Pipeline:
@@ -123,6 +135,29 @@ class Pipeline:
     def build(self) -> PipelineSpec:
         """Validate the shape and return the pipeline model."""
         return parse_pipeline(self._data)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The pipeline in the YAML shape, not validated: a copy of its mappings and
+        lists (changing it does not change the builder); other values are shared."""
+        from .embedding import copy_tree
+
+        data: dict[str, Any] = copy_tree(self._data)
+        return data
+
+    def iter_sync(
+        self, engine: Engine | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> Generator[Any, None, None]:
+        """Build and iterate the items leaving the steps from synchronous code (see
+        :meth:`Engine.iter_sync <headwater.Engine.iter_sync>`; default: the default
+        engine)::
+
+            for item in headwater.Pipeline("p").source("range", stop=3).iter_sync():
+                ...
+        """
+        from .engine import default_engine
+
+        target = engine if engine is not None else default_engine()
+        return target.iter_sync(self, overrides=overrides)
 
     async def run(self, **kwargs: Any) -> RunResult:
         """Build and run (see :func:`headwater.run`)."""

@@ -132,6 +132,8 @@ class Component:
     factory: bool = False
     batched: bool = False
     delivery: Delivery | None = None
+    fallback: str | None = None
+    """For an action: the action run instead when this one fails before its first item."""
     plugin: str | None = None
     distribution: str | None = None
     version: str | None = None
@@ -178,6 +180,8 @@ class Component:
             data["transformer_kind"] = self.transformer_kind
         if self.delivery is not None:
             data["delivery"] = self.delivery
+        if self.fallback is not None:
+            data["fallback"] = self.fallback
         return data
 
 
@@ -208,6 +212,7 @@ def action(
     output: str = "",
     capabilities: tuple[str, ...] | list[str] = (),
     batched: bool = False,
+    fallback: str | None = None,
 ) -> Callable[[Callable[..., Any]], Component]:
     """Declare a stream action (a source).
 
@@ -216,9 +221,18 @@ def action(
     thread), a coroutine function or a plain function (their return value becomes a
     one-chunk stream). With ``batched=True`` every yielded value is a *list* of items,
     which lets fast sources skip per-item overhead.
+
+    ``fallback`` names another action that runs, with the same params, when this one
+    fails before its first item (a streaming API that is down, a faster tool that is not
+    installed). It is used when it is registered and accepts the params; once a first
+    item was produced, an error fails the run as usual.
     """
     _check_name(name)
     _check_params(params)
+    if fallback is not None:
+        _check_name(fallback)
+        if fallback == name:
+            raise ValueError(f"action {name!r} cannot be its own fallback")
 
     def decorate(fn: Callable[..., Any]) -> Component:
         shape = _shape_of(fn)
@@ -237,6 +251,7 @@ def action(
             output=output,
             capabilities=frozenset(caps),
             batched=batched,
+            fallback=fallback,
         )
 
     return decorate

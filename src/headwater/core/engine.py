@@ -15,13 +15,21 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 
 import anyio
+from anyio.abc import TaskGroup
 
 from .metrics import MetricsRegistry
 from .pipeline import PipelineSpec, ResolvedPipeline, load_pipeline, parse_pipeline, resolve
@@ -32,6 +40,10 @@ from .secrets import Secrets
 from .services import EngineServices, StreamPublisher
 
 if TYPE_CHECKING:
+    from .cancel import CancelToken
+    from .embedding import ItemStream
+    from .events import Event, Progress
+    from .pipeline import Timeouts
     from .scheduler import Scheduler
 
 __all__ = ["Engine", "PipelineLike", "default_engine", "set_default_engine"]
@@ -118,6 +130,11 @@ class Engine:
         self._handles: weakref.WeakSet[RunHandle] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._loaded = False
+        self._host: TaskGroup | None = None
+        """Task group of the ``async with engine:`` block: runs of streams iterated
+        without ``async with`` of their own live here."""
+        self._host_thread = 0
+        self._depth = 0
 
     # -- services -----------------------------------------------------------------------
 
@@ -262,6 +279,109 @@ class Engine:
                 if not handle.done:
                     handle.cancel("run handle closed")
 
+    # -- embedding: iterate a run's items -------------------------------------------------
+
+    def stream(
+        self,
+        pipeline: PipelineLike,
+        *,
+        overrides: Mapping[str, Any] | None = None,
+        on_event: Callable[[Event], Any] | None = None,
+        cancel: CancelToken | None = None,
+    ) -> ItemStream:
+        """The items that reach the end of the pipeline's steps, as an async iterator::
+
+            async with engine.stream("pipe.yaml", overrides={"sources.n.params.stop": 5}) as items:
+                async for item in items:
+                    ...
+
+        The pipeline is validated now (raising :class:`~headwater.PipelineValidationError`);
+        it may declare no sink (declared sinks still receive every item). ``overrides``
+        maps dotted paths to values as ``headwater run --set`` does. The run starts on
+        entering ``async with`` or on the first item asked for; iterated without ``async
+        with``, it runs in the task group of ``async with engine:``. It never gets more
+        than its bounded channels ahead of the consumer. Leaving early (``aclose()``, the
+        end of the ``async with`` block, the consumer cancelled while waiting) cancels the
+        run and returns once every generator's ``finally`` and sink's ``close`` ran. A run
+        that did not succeed raises :class:`~headwater.PipelineFailed` (or
+        ``PipelineCancelled`` / ``PipelineTimeout``) at the end of the iteration.
+        ``on_event`` is called with every control event (awaited when it returns an
+        awaitable); ``cancel`` is a :class:`~headwater.CancelToken` that cancels the run.
+        """
+        from .embedding import ItemStream, stream_spec
+
+        spec, origin = stream_spec(pipeline, overrides)
+        resolved, plugins = self.prepare(spec, source=origin)
+        return ItemStream(self, resolved, plugins, on_event=on_event, cancel=cancel)
+
+    def iter_sync(
+        self,
+        pipeline: PipelineLike,
+        *,
+        overrides: Mapping[str, Any] | None = None,
+        backend: Literal["asyncio", "trio"] = "asyncio",
+    ) -> Generator[Any, None, None]:
+        """:meth:`stream` for synchronous code (a thread with no running event loop): a
+        plain generator of the items, running the pipeline on an event loop of its own.
+        ``close()`` of the generator cancels the run and returns after its clean-up."""
+        from .embedding import iter_sync
+
+        return iter_sync(self.stream(pipeline, overrides=overrides), backend)
+
+    def stream_action(
+        self,
+        name: str,
+        /,
+        *,
+        on_progress: Callable[[Progress], Any] | None = None,
+        on_event: Callable[[Event], Any] | None = None,
+        cancel: CancelToken | None = None,
+        timeouts: Timeouts | Mapping[str, Any] | None = None,
+        **params: Any,
+    ) -> ItemStream:
+        """The chunks of one stream action, as an async iterator (see :meth:`stream`)::
+
+            async for chunk in engine.stream_action("file.find", path=".", pattern="TODO"):
+                ...
+
+        ``params`` are validated by the action's params model with this engine's
+        :class:`~headwater.SandboxPolicy` (raising a
+        :class:`~headwater.PipelineValidationError` naming each bad param; an unknown
+        action raises :class:`~headwater.ComponentNotFound`). ``on_progress`` is called
+        with the action's :class:`~headwater.Progress` (awaited when it returns an
+        awaitable), ``on_event`` with every event. ``cancel`` (a
+        :class:`~headwater.CancelToken`) or a cancelled scope around the loop ends it;
+        a token raises :class:`~headwater.PipelineCancelled`. ``timeouts``
+        (``first_item``, ``idle``, ``total`` seconds) raise
+        :class:`~headwater.PipelineTimeout`. An action that fails before its first chunk
+        is replaced by its declared fallback (the ``result`` says so). It is a pipeline
+        with one source and no sink; its events' stage is ``sources.action``.
+        """
+        from .components import ComponentKind
+        from .embedding import ActionParamsError, action_pipeline, listener_for, stream_spec
+        from .errors import PipelineValidationError
+
+        self.load().get(ComponentKind.ACTION, name)
+        data = action_pipeline(name, params, timeouts)
+        try:
+            spec, _ = stream_spec(data)
+            resolved, plugins = self.prepare(spec)
+        except PipelineValidationError as exc:
+            raise ActionParamsError.from_pipeline(name, exc) from None
+        from .embedding import ItemStream
+
+        listener = listener_for(on_event, on_progress)
+        return ItemStream(self, resolved, plugins, on_event=listener, cancel=cancel)
+
+    def _host_group(self) -> TaskGroup:
+        """The task group of the ``async with engine:`` block of this thread's loop."""
+        if self._host is None or self._host_thread != threading.get_ident():
+            raise RuntimeError(
+                "a stream's run needs a task group: iterate it inside "
+                "'async with engine.stream(...) as items:' or inside 'async with engine:'"
+            )
+        return self._host
+
     def scheduler(self, **options: Any) -> Scheduler:
         """A :class:`~headwater.scheduler.Scheduler` that validates and runs pipelines on
         this engine (``options`` as for the scheduler)."""
@@ -273,6 +393,11 @@ class Engine:
 
     async def __aenter__(self) -> Self:
         self.load()
+        self._depth += 1
+        if self._host is None:
+            host = anyio.create_task_group()
+            await host.__aenter__()
+            self._host, self._host_thread = host, threading.get_ident()
         return self
 
     async def __aexit__(
@@ -281,13 +406,27 @@ class Engine:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        self._depth -= 1
+        host = self._host if self._depth == 0 else None
+        try:
+            await self.aclose()
+        finally:
+            if host is not None:
+                self._host = None
+                # the streams' runs were cancelled and awaited above: this only joins
+                # their tasks. The block's exception is not the task group's (handing it
+                # over would wrap it in an exception group)
+                await host.__aexit__(None, None, None)
+        return None
 
     async def aclose(self) -> None:
-        """Cancel the runs this engine started that are still going; wait for them."""
+        """Cancel the runs this engine started that are still going and wait for them;
+        runs created but not started yet are cancelled as they start."""
         with anyio.CancelScope(shield=True):
             for handle in list(self._handles):
-                if handle.state == "running":
+                if handle.state == "pending":
+                    handle.cancel("engine closed")
+                elif handle.state == "running":
                     handle.cancel("engine closed")
                     await handle.wait()
 

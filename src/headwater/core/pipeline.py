@@ -10,7 +10,7 @@ the pipeline against the registered components: every name must exist, and every
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -87,6 +87,12 @@ class SourceSpec(BaseModel):
 
     action: str = Field(description="Name of a registered stream action.")
     params: dict[str, Any] = Field(default_factory=dict, description="The action's params.")
+    fallback: str | None = Field(
+        None,
+        description="Action run with the same params when this one fails before its first "
+        "item, or is not available (its plugin failed to load or is disabled); overrides "
+        "the fallback the action declares.",
+    )
 
 
 class ComposeSpec(BaseModel):
@@ -258,12 +264,17 @@ class PipelineSpec(BaseModel):
 
         Sinks, timeouts, batch sizes and the checkpoint settings may change between a run
         and its resumption; a change of a source or a step makes old positions and states
-        meaningless, and resuming is refused. Callables count by their import path.
+        meaningless, and resuming is refused. Callables count by their import path. A
+        source's ``fallback`` does not count: it resumes from the same positions.
         """
         import hashlib
         import json
 
-        data = self.model_dump(mode="python", include={"sources", "compose", "steps"})
+        data = self.model_dump(
+            mode="python",
+            include={"sources", "compose", "steps"},
+            exclude={"sources": {"__all__": {"fallback"}}},
+        )
         text = json.dumps(data, sort_keys=True, default=_stable_repr)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -400,6 +411,13 @@ class ResolvedStage:
     params: BaseModel | None
     on_error: ErrorPolicy = "fail"
     retry: RetryPolicy | None = None
+    fallback: ResolvedStage | None = None
+    """For a source: the action run instead when this one fails before its first item."""
+    stands_in_for: str | None = None
+    """For a source whose action is not available: that action's name (``component`` is
+    then the declared fallback)."""
+    unavailable: str | None = None
+    """Why the action :attr:`stands_in_for` names is not available."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,6 +468,64 @@ def _validate_params(
         return None
 
 
+def _resolve_source(
+    registry: Any,
+    name: str,
+    src: SourceSpec,
+    path: str,
+    issues: list[ValidationIssue],
+    policy: SandboxPolicy | None,
+) -> ResolvedStage | None:
+    """The source's stage with its fallback, if any.
+
+    A fallback declared by the pipeline (``fallback:``) must exist and accept the
+    params; it also stands in for an action that is not available. The fallback an
+    action declares itself is best effort: it is left out when it is not registered or
+    does not accept the params.
+    """
+    stage = f"sources.{name}"
+    try:
+        comp: Component = registry.get(ComponentKind.ACTION, src.action)
+    except ComponentNotFound as exc:
+        issue = ValidationIssue(f"{path}.action", str(exc))
+        if src.fallback is None:
+            issues.append(issue)
+            return None
+        found: list[ValidationIssue] = []
+        sub = _lookup(registry, ComponentKind.ACTION, src.fallback, f"{path}.fallback", found)
+        if sub is None:
+            issues.extend([issue, *found])
+            return None
+        params = _validate_params(sub, src.params, path, found, policy)
+        issues.extend(_about_fallback(found, src.fallback))
+        return ResolvedStage(stage, sub, params, stands_in_for=src.action, unavailable=str(exc))
+    params = _validate_params(comp, src.params, path, issues, policy)
+    fallback: ResolvedStage | None = None
+    wanted = src.fallback or comp.fallback
+    if wanted is not None and wanted != comp.name:
+        declared = src.fallback is not None
+        found = []
+        other = _lookup(registry, ComponentKind.ACTION, wanted, f"{path}.fallback", found)
+        other_params = None
+        if other is not None:
+            other_params = _validate_params(other, src.params, path, found, policy)
+        if not found and other is not None:
+            fallback = ResolvedStage(stage, other, other_params)
+        elif declared:
+            issues.extend(_about_fallback(found, wanted))
+    return ResolvedStage(stage, comp, params, fallback=fallback)
+
+
+def _about_fallback(issues: list[ValidationIssue], fallback: str) -> list[ValidationIssue]:
+    """Issues of the params checked against a fallback's model, saying so."""
+    return [
+        i
+        if i.path.endswith(".fallback")
+        else ValidationIssue(i.path, f"{i.message} (fallback {fallback!r})")
+        for i in issues
+    ]
+
+
 def resolve(
     spec: PipelineSpec,
     registry: Any,
@@ -469,10 +545,9 @@ def resolve(
     sources: dict[str, ResolvedStage] = {}
     for name, src in spec.sources.items():
         path = f"sources.{name}" if name.isidentifier() else f"sources[{name!r}]"
-        comp = _lookup(registry, ComponentKind.ACTION, src.action, f"{path}.action", issues)
-        if comp is not None:
-            params = _validate_params(comp, src.params, path, issues, policy)
-            sources[name] = ResolvedStage(f"sources.{name}", comp, params)
+        resolved_source = _resolve_source(registry, name, src, path, issues, policy)
+        if resolved_source is not None:
+            sources[name] = resolved_source
     steps: list[ResolvedStage] = []
     for i, step in enumerate(spec.steps):
         path = f"steps[{i}]"
@@ -532,13 +607,26 @@ def _resolve_checkpointing(
                 "sources cannot be committed consistently); split the pipeline",
             )
         )
-    for name, stage in sources.items():
+    for name, stage in list(sources.items()):
         if Capability.RESUMABLE not in stage.component.capabilities:
             issues.append(
                 ValidationIssue(
                     f"sources.{name}.action",
                     f"action {stage.component.name!r} is not resumable, so it cannot be "
                     "checkpointed; remove the checkpoint section or use a resumable source",
+                )
+            )
+        fallback = stage.fallback
+        if fallback is not None and Capability.RESUMABLE not in fallback.component.capabilities:
+            if spec.sources[name].fallback is None:
+                # the action's own fallback is best effort: this run goes without it
+                sources[name] = replace(stage, fallback=None)
+                continue
+            issues.append(
+                ValidationIssue(
+                    f"sources.{name}.fallback",
+                    f"fallback {fallback.component.name!r} is not resumable, so a "
+                    "checkpointed pipeline cannot fall back to it",
                 )
             )
     for i, step in enumerate(steps):

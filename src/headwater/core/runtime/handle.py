@@ -77,6 +77,13 @@ class RunResult:
         """The result of the only sink (or of the first one)."""
         return next(iter(self.outputs.values()), None)
 
+    @property
+    def fallbacks(self) -> dict[str, dict[str, Any]]:
+        """Sources that ran their fallback action, by stage: ``{"action": ...,
+        "fallback": ..., "reason": ...}`` (empty when none did)."""
+        found: dict[str, dict[str, Any]] = self.summary.get("fallbacks") or {}
+        return found
+
     def raise_for_state(self) -> RunResult:
         """Raise the matching error unless the run succeeded; returns self otherwise."""
         if self.state == "succeeded":
@@ -85,7 +92,9 @@ class RunResult:
             timeout = next((e for e in self.errors if isinstance(e, PipelineTimeout)), None)
             if timeout is not None:
                 raise timeout
-            raise PipelineCancelled(f"pipeline {self.pipeline!r} was cancelled")
+            reason = self.summary.get("cancel_reason")
+            why = f": {reason}" if reason else ""
+            raise PipelineCancelled(f"pipeline {self.pipeline!r} was cancelled{why}")
         raise PipelineFailed(self.pipeline, self.errors)
 
 

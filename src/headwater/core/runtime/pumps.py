@@ -13,7 +13,7 @@ import anyio
 from ..channels import BatchChannel, DownstreamClosed, ThreadFeed
 from ..pipeline import ResolvedStage
 from .handle import StageStats
-from .tasks import CLEANUP_GRACE, _Stop
+from .tasks import CLEANUP_GRACE, _FallBack, _Stop
 
 if TYPE_CHECKING:
     from .run import _Run
@@ -23,7 +23,13 @@ log = logging.getLogger("headwater.runtime")
 
 
 async def _pump_async(
-    run: _Run, agen: Any, out: _Output, stats: StageStats, stage: ResolvedStage, batched: bool
+    run: _Run,
+    agen: Any,
+    out: _Output,
+    stats: StageStats,
+    stage: ResolvedStage,
+    batched: bool,
+    fallback: bool = False,
 ) -> None:
     """Move an async generator's output into ``out``; always ``aclose`` it.
 
@@ -39,7 +45,8 @@ async def _pump_async(
 
     Ends: :class:`DownstreamClosed` (the consumer stopped reading), :class:`_Stop` and
     cancellation propagate. Any other error of the generator is recorded as the stage's
-    failure, at the position of the items produced so far, and :class:`_Stop` raised.
+    failure, at the position of the items produced so far, and :class:`_Stop` raised;
+    with ``fallback``, an error before the first item raises :class:`_FallBack` instead.
     In every case the generator is ``aclose``-d, shielded, within :data:`CLEANUP_GRACE`
     (an error while closing is logged).
     """
@@ -78,6 +85,8 @@ async def _pump_async(
     except (DownstreamClosed, _Stop, anyio.get_cancelled_exc_class()):
         raise
     except Exception as exc:
+        if fallback and not produced:
+            raise _FallBack(exc) from exc
         await run.fail(run.stage_error(stage, produced, exc))
         raise _Stop from exc
     finally:
@@ -97,6 +106,7 @@ async def _pump_thread(
     stats: StageStats,
     stage: ResolvedStage,
     batched: bool,
+    fallback: bool = False,
 ) -> None:
     """Run a sync generator in a worker thread, feeding ``out`` with backpressure.
 
@@ -107,7 +117,8 @@ async def _pump_thread(
     full; the clock and ``stats`` are updated per batch.
 
     The generator's exception ends the stage: an ``Exception`` is recorded as its
-    failure and :class:`_Stop` raised, anything else is re-raised. On every exit
+    failure and :class:`_Stop` raised (with ``fallback``, before the first item,
+    :class:`_FallBack` instead), anything else is re-raised. On every exit
     (end, error, cancellation, :class:`DownstreamClosed`) the feed is stopped: the
     thread stops and closes the generator at its next item. It is a daemon thread, so a
     generator blocked on input does not keep the process alive.
@@ -136,6 +147,7 @@ async def _pump_thread(
     # a socket) must not keep the process alive after its run was cancelled.
     threading.Thread(target=work, name=f"headwater {stage.stage}", daemon=True).start()
     mark = run.clock.mark
+    base = stats.items_out
     try:
         while True:
             items, done = await feed.drain()
@@ -149,6 +161,8 @@ async def _pump_thread(
                 if feed.error is not None:
                     err = feed.error
                     if isinstance(err, Exception):
+                        if fallback and stats.items_out == base:
+                            raise _FallBack(err) from err
                         await run.fail(run.stage_error(stage, stats.items_out, err))
                         raise _Stop from err
                     raise err

@@ -71,6 +71,8 @@ class _Run:
         self.stats: dict[str, StageStats] = {}
         self.errors: list[BaseException] = []
         self.outputs: dict[str, Any] = {}
+        self.fallbacks: dict[str, dict[str, Any]] = {}
+        """Sources that ran a fallback action: stage -> action, fallback and reason."""
         self.result: RunResult | None = None
         self.finished = anyio.Event()
         self.cancel_reason: str | None = None
@@ -165,6 +167,14 @@ class _Run:
                 await self.plugins.stream_error(self.spec, self.identity.run_id, error, False)
         if first and self._scope is not None:
             self._scope.cancel()
+
+    def fell_back(self, stage: str, action: str, fallback: str, reason: str | None) -> None:
+        """Record that source ``stage`` runs ``fallback`` instead of ``action`` (which
+        failed before its first item, or is not available) and say so in a status event."""
+        self.fallbacks[stage] = {"action": action, "fallback": fallback, "reason": reason}
+        why = f": {reason}" if reason else ""
+        message = f"action {action!r} did not run{why}; running fallback {fallback!r}"
+        self.events.emit(Status("fallback", stage, message))
 
     async def handled_error(self, error: StageError) -> None:
         """Report an error the stage's policy handled (retried or skipped)."""

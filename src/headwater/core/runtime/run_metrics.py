@@ -26,7 +26,7 @@ class _Clock:
     the latency probes that sinks time end-to-end latency with.
     """
 
-    __slots__ = ("first_item_at", "last_item_at", "last_probe", "probing", "t0")
+    __slots__ = ("first_item_at", "held", "last_item_at", "last_probe", "probing", "t0")
 
     def __init__(self, probing: bool) -> None:
         self.probing = probing
@@ -35,6 +35,16 @@ class _Clock:
         """Seconds from the start to the first item a source produced."""
         self.last_item_at = 0.0
         self.last_probe = 0.0
+        self.held = False
+        """True while the consumer of an ``engine.stream`` has not taken the items handed
+        to it yet: the sources wait for it, which is not the run being idle."""
+
+    def hold(self, held: bool) -> None:
+        """The consumer starts (True) or stops (False) holding the run back; when it
+        stops, the ``idle`` timeout counts from now."""
+        self.held = held
+        if not held:
+            self.last_item_at = time.monotonic()
 
     def start(self) -> None:
         """The run's graph starts now: the timeouts count from here."""
@@ -80,6 +90,7 @@ def _summary(run: _Run, state: RunState, elapsed: float) -> dict[str, Any]:
         ],
         "cancel_reason": run.cancel_reason,
         "checkpoint": run.checkpoints.summary(),
+        "fallbacks": {stage: dict(info) for stage, info in run.fallbacks.items()},
     }
 
 

@@ -13,8 +13,9 @@ from anyio.abc import TaskGroup
 from ..channels import BatchChannel, DownstreamClosed
 from ..invoke import params_and_ctx, positional_arity
 from ..pipeline import ResolvedStage
+from .handle import StageStats
 from .pumps import _pump_async, _pump_thread
-from .tasks import _producer, _Stop
+from .tasks import _FallBack, _producer, _Stop
 
 if TYPE_CHECKING:
     from .run import _Run
@@ -81,7 +82,39 @@ class _Sources:
                 ch.close_reader()
 
     async def _source(self, stage: ResolvedStage, out: BatchChannel) -> None:
-        """Run one source into ``out`` with the pump its shape needs.
+        """Run one source into ``out``, falling back to its fallback action when it fails
+        before its first item (see :meth:`_produce`).
+
+        A fallback (or a stand-in for an action that is not available) is announced with
+        a ``Status`` event of state ``fallback`` and recorded in the run's summary; the
+        error that caused it is reported as a handled error of the stage. It runs with the
+        same params, into the same channel, under the same stage name.
+        """
+        run = self.run
+        stats = run.stage_stats(stage.stage)
+        if stage.stands_in_for is not None:
+            run.fell_back(stage.stage, stage.stands_in_for, stage.component.name, stage.unavailable)
+        fallback = stage.fallback
+        try:
+            await self._produce(stage, stage, out, stats, fallback is not None)
+        except _FallBack as failed:
+            assert fallback is not None
+            error = run.stage_error(stage, 0, failed.error)
+            await run.handled_error(error)
+            cause = f"{type(failed.error).__name__}: {failed.error}"
+            run.fell_back(stage.stage, stage.component.name, fallback.component.name, cause)
+            await self._produce(stage, fallback, out, stats, False)
+
+    async def _produce(
+        self,
+        stage: ResolvedStage,
+        actual: ResolvedStage,
+        out: BatchChannel,
+        stats: StageStats,
+        can_fall_back: bool,
+    ) -> None:
+        """Run the action of ``actual`` (``stage`` itself or its fallback) as ``stage``,
+        with the pump its shape needs.
 
         Generators are pumped (see :func:`_pump_async`, :func:`_pump_thread`): items in
         the order yielded, with backpressure. A function or coroutine is called once and
@@ -89,38 +122,46 @@ class _Sources:
         the source's context reports positions as markers, and a source that ended
         normally is followed by the final marker (unless its consumer stopped reading).
 
-        :class:`DownstreamClosed`, :class:`_Stop` and cancellation propagate; any other
-        error is recorded as the source's failure (at the count of its items so far) and
-        :class:`_Stop` raised.
+        :class:`DownstreamClosed`, :class:`_Stop` and cancellation propagate; so does
+        :class:`_FallBack`, raised when ``can_fall_back`` and the action failed before its
+        first item. Any other error is recorded as the source's failure (at the count of
+        its items so far) and :class:`_Stop` raised.
         """
         run = self.run
-        comp = stage.component
-        stats = run.stage_stats(stage.stage)
+        comp = actual.component
         ctx = run.ctx(stage.stage, comp)
         ckpt = run.checkpoints.checkpointer
         if ckpt is not None:
             run.checkpoints.wire_source(ctx, comp, stage.stage.removeprefix("sources."), out)
-        lead = params_and_ctx(stage.params, ctx)
+        lead = params_and_ctx(actual.params, ctx)
         args = lead[: positional_arity(comp.obj)]
         try:
             if comp.shape == "async_gen":
-                await _pump_async(run, comp.obj(*args), out, stats, stage, comp.batched)
+                agen = comp.obj(*args)
+                await _pump_async(run, agen, out, stats, stage, comp.batched, can_fall_back)
             elif comp.shape == "sync_gen":
-                await _pump_thread(run, comp.obj, args, out, stats, stage, comp.batched)
+                await _pump_thread(
+                    run, comp.obj, args, out, stats, stage, comp.batched, can_fall_back
+                )
             else:
-                if comp.shape == "coroutine":
-                    value = await comp.obj(*args)
-                else:
-                    value = await anyio.to_thread.run_sync(lambda: comp.obj(*args))
-                    if inspect.isawaitable(value):
-                        value = await value
+                try:
+                    if comp.shape == "coroutine":
+                        value = await comp.obj(*args)
+                    else:
+                        value = await anyio.to_thread.run_sync(lambda: comp.obj(*args))
+                        if inspect.isawaitable(value):
+                            value = await value
+                except Exception as exc:
+                    if can_fall_back:
+                        raise _FallBack(exc) from exc
+                    raise
                 items = list(value) if comp.batched else [value]
                 run.clock.mark(len(items))
                 stats.items_out += len(items)
                 await out.put_batch(items)
             if ckpt is not None and not out.reader_closed:
                 out.put_marker(ckpt.final(out.taken + len(out.items)))
-        except (DownstreamClosed, _Stop, anyio.get_cancelled_exc_class()):
+        except (DownstreamClosed, _Stop, _FallBack, anyio.get_cancelled_exc_class()):
             raise
         except Exception as exc:
             await run.fail(run.stage_error(stage, stats.items_out, exc))

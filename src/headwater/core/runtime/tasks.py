@@ -26,6 +26,18 @@ class _Stop(Exception):
     """
 
 
+class _FallBack(Exception):
+    """Internal: a source that has a fallback failed before its first item.
+
+    Raised by the pumps instead of recording the failure, so that the source can run its
+    fallback in its place; ``error`` is what the source raised.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 async def _producer(run: _Run, out: _Output, body: Callable[..., Any], *args: Any) -> None:
     """Run a producing task in its own scope, so its consumer can stop it.
 

@@ -35,7 +35,9 @@ async def _watchdog(run: _Run, scope: anyio.CancelScope) -> None:
             if t.first_item is not None and clock.first_item_at is None:
                 deadlines.append((clock.t0 + t.first_item, "first item", t.first_item))
             if t.idle is not None:
-                deadlines.append((clock.last_item_at + t.idle, "idle", t.idle))
+                # a stream's consumer holding the items is not the run being idle
+                idle_from = now if clock.held else clock.last_item_at
+                deadlines.append((idle_from + t.idle, "idle", t.idle))
             if not deadlines:
                 return
             when, which, seconds = min(deadlines)
