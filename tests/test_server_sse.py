@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import string
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -18,9 +19,12 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from headwater.core.streaming import wire
 from headwater.server.protocol import parse_server_frame
+from headwater.server.sse import parse_event_id, sse_event
 from test_server_helpers import FRONTS, WAIT, Served, client_of, config, running, until
 
 pytestmark = pytest.mark.anyio
@@ -316,3 +320,48 @@ async def test_a_slow_event_stream_gets_the_slow_consumer_policy(front: str, pol
                 assert manager.totals()["dropped"] > 0
         finally:
             slow.close()
+
+
+# -- the event encoding and Last-Event-ID, property-based -------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=10,
+)
+epochs = st.text(alphabet="0123456789abcdef", min_size=16, max_size=16)
+
+
+@settings(max_examples=300, deadline=None)
+@given(stream=st.text(min_size=1), seq=st.integers(1, 2**53), data=json_values, epoch=epochs)
+def test_a_chunk_event_carries_the_frame_and_its_epoch_and_seq(
+    stream: str, seq: int, data: Any, epoch: str
+) -> None:
+    frame = wire.stream_update(stream, seq, data)
+    event = sse_event(frame, epoch)
+    assert event.endswith(b"\n\n")
+    lines = event[:-2].split(b"\n")  # a frame never holds a line break
+    assert lines == [f"id: {epoch}:{seq}".encode(), b"event: stream_update", b"data: " + frame]
+    assert parse_event_id(f"{epoch}:{seq}") == (seq, epoch)
+    assert parse_event_id(str(seq)) == (seq, None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(stream=st.text(min_size=1), reason=st.text(), last=st.integers(0, 2**53))
+def test_other_messages_are_events_without_an_id(stream: str, reason: str, last: int) -> None:
+    frame = wire.stream_complete(stream, reason, last, None)
+    assert sse_event(frame, "0123456789abcdef") == b"event: stream_complete\ndata: %b\n\n" % frame
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=st.text(max_size=100))
+def test_any_last_event_id_parses_or_is_refused_with_a_clear_error(value: str) -> None:
+    epoch, sep, seq = value.strip().rpartition(":")
+    allowed = set(string.ascii_letters + string.digits + "_-")
+    valid = seq.isascii() and seq.isdigit() and len(seq) <= 19
+    valid = valid and (not sep or (0 < len(epoch) <= 64 and set(epoch) <= allowed))
+    if not valid:
+        with pytest.raises(ValueError, match="Last-Event-ID"):
+            parse_event_id(value)
+        return
+    assert parse_event_id(value) == (int(seq), epoch if sep else None)
