@@ -474,3 +474,35 @@ def test_the_public_names() -> None:
     from headwater.builtin_plugins.transformers import MissingField as FieldsMissing
 
     assert FieldsMissing is MissingField
+
+
+# ---------------------------------------------------------------------------------------
+# any text: compiled, or refused with ExprError, never another exception
+# ---------------------------------------------------------------------------------------
+
+_TOKENS = [*"()[]{}.,:;*%+-/<>=!&|^~@'\"\\ \n\t#", "item", "xs", "1", "0.5", "'a'", "not"]
+_TOKENS += ["and", "or", "if", "else", "in", "is", "None", "lambda", "for", "len", "**"]
+_TOKENS += ["__class__", "get", "lower", "é", "1e400", "0x", "\x00", "yield", ":=", "*xs"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.one_of(st.text(max_size=60), st.lists(st.sampled_from(_TOKENS)).map("".join)))
+def test_any_text_compiles_or_is_refused_cleanly(text: str) -> None:
+    kind, compiled = _outcome(Expression, text)
+    if kind == "error":
+        assert isinstance(compiled, ExprError), f"{text!r}: {compiled!r}"
+        where = (compiled.line, compiled.column)
+        assert where == (None, None) or (where[0] >= 1 and where[1] >= 1), f"{text!r}: {where}"
+        return
+    try:
+        compiled({"xs": [1, 2], "a": "b"})
+    except (ExprError, SyntaxError, SystemError, RecursionError) as exc:  # compile-time kinds
+        raise AssertionError(f"{text!r}: {exc!r} at run time") from exc
+    except Exception:  # a run-time error of the expression (TypeError, MissingField...)
+        pass
+
+
+def test_a_tuple_of_slices_compiles_in_both_variants() -> None:
+    with pytest.raises(TypeError, match="list indices"):
+        Expression("xs[1:2, 0]")({"xs": [1, 2]})
+    assert Expression("xs[::-1][:1]")({"xs": [1, 2]}) == [2]

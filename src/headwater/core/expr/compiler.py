@@ -22,6 +22,7 @@ from .functions import (
     MAX_DEPTH,
     MAX_LENGTH,
     MAX_NODES,
+    MAX_REPEAT,
     STR_METHODS,
 )
 
@@ -236,7 +237,10 @@ class _Translator:
 
     def visit_Subscript(self, node: ast.Subscript, depth: int) -> ast.expr:
         value, key = self.visit(node.value, depth), self.visit(node.slice, depth)
-        if self.checked and not isinstance(key, ast.Slice):
+        sliced = isinstance(key, ast.Slice) or (
+            isinstance(key, ast.Tuple) and any(isinstance(e, ast.Slice) for e in key.elts)
+        )
+        if self.checked and not sliced:  # a slice is only valid inside brackets
             if isinstance(value, ast.Name) and value.id == "item":
                 return _call("_hw_field", value, key)
             return _call("_hw_index", value, key, ast.Constant(value=ast.unparse(node.value)))
@@ -333,7 +337,10 @@ def _constant(node: ast.expr) -> Any:
         if guard is not None:
             return guard(left, right)
         if isinstance(node.op, ast.Add | ast.Sub):
-            return left + right if isinstance(node.op, ast.Add) else left - right
+            value = left + right if isinstance(node.op, ast.Add) else left - right
+            if isinstance(value, str | bytes | list | tuple) and len(value) > MAX_REPEAT:
+                raise _NotConstant  # too big to fold; the run time builds it if it must
+            return value
     raise _NotConstant
 
 
