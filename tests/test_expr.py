@@ -9,6 +9,7 @@ text in a namespace holding only the item's keys and the allowed functions.
 from __future__ import annotations
 
 import math
+import pickle
 from typing import Any
 
 import pytest
@@ -81,6 +82,9 @@ def test_an_expression_is_its_text() -> None:
     assert hash(one) == hash(Expression("a == 1"))
     assert repr(one) == "Expression('a == 1')"
     assert one.fn({"a": 1}) is True
+    again = pickle.loads(pickle.dumps(one))
+    assert again == one
+    assert again({"a": 1}) is True
 
 
 # ---------------------------------------------------------------------------------------

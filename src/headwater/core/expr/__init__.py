@@ -98,6 +98,10 @@ class Expression:
     def __hash__(self) -> int:
         return hash(self.text)
 
+    def __reduce__(self) -> tuple[type[Expression], tuple[str]]:
+        # The compiled function cannot be pickled; the text compiles again.
+        return (Expression, (self.text,))
+
 
 def _validate(value: Any) -> Expression:
     return value if isinstance(value, Expression) else Expression(value)
