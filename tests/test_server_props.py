@@ -1,4 +1,5 @@
-"""Property-based tests: arbitrary frames thrown at one shared server (per module).
+"""Property-based tests: arbitrary frames thrown at one shared server (per module and
+front end: ``headwater serve``'s :class:`Server`, and the ASGI app under uvicorn).
 
 The server runs in a background thread (its own asyncio loop, through an anyio blocking
 portal); the tests talk to it with websockets' synchronous client. For every frame, the
@@ -25,7 +26,6 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as sync_connect
 
 import headwater
-from headwater.server import Server
 from headwater.server.protocol import (
     CLIENT_MESSAGE_TYPES,
     ERROR_CODES,
@@ -36,7 +36,7 @@ from headwater.server.protocol import (
     parse_client_frame,
     parse_server_frame,
 )
-from test_server_helpers import WAIT, config, make_plugins
+from test_server_helpers import FRONTS, WAIT, Served, config, make_plugins, running
 
 MAX_FRAME = 2048
 
@@ -46,25 +46,25 @@ class Shared:
     """The module's server, the portal to its loop, and a watcher of its stream."""
 
     portal: anyio.from_thread.BlockingPortal
-    server: Server
+    server: Served
     watcher: ClientConnection
 
     def push(self, data: Any) -> int:
         return int(self.portal.call(self.server.manager.push, "feed", data))
 
 
-@pytest.fixture(scope="module")
-def shared() -> Iterator[Shared]:
+@pytest.fixture(scope="module", params=FRONTS)
+def shared(request: pytest.FixtureRequest) -> Iterator[Shared]:
     cfg = config(
         limits={"rate": 1e9, "burst": 10**9, "max_frame_bytes": MAX_FRAME},
         streaming={"inactivity_timeout": None},
     )
 
-    async def serve(task_status: TaskStatus[Server]) -> None:
-        async with Server(cfg, plugins=make_plugins(), environ={}) as server:
+    async def serve(task_status: TaskStatus[Served]) -> None:
+        async with running(cfg, make_plugins(), {}, front=request.param) as server:
             await server.manager.create_stream("feed")
             task_status.started(server)
-            await server.serve_forever()
+            await server.app.serve_forever()
 
     with anyio.from_thread.start_blocking_portal(backend="asyncio") as portal:
         future, server = portal.start_task(serve)
