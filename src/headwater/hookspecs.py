@@ -177,8 +177,9 @@ def stream_error(
 def authenticate(token: str | None, request: AuthRequest) -> Any:
     """Map the credentials of a connection to a principal, or reject it.
 
-    Called by the server for every WebSocket upgrade and every ``/api`` request, *before*
-    the upgrade: a rejected connection gets HTTP 401 and never becomes a WebSocket.
+    Called by the server for every WebSocket upgrade, every ``/api`` request (event
+    streams included) and every plugin route, *before* the upgrade or the answer: a
+    rejected connection gets HTTP 401 and never becomes a WebSocket.
     Implementations are called one after the other (the last registered first, as in
     pluggy; ``tryfirst`` / ``trylast`` are honoured) and **the first non-None result
     wins**; the rest are not called.
@@ -195,7 +196,9 @@ def authenticate(token: str | None, request: AuthRequest) -> Any:
 
     :param token: The bearer token of the request: the ``Authorization: Bearer TOKEN``
         header, else the ``token`` query parameter (``ws://host:port/?token=TOKEN``), else
-        None.
+        (on GET requests other than WebSocket upgrades, for clients that cannot send
+        headers such as ``EventSource``) the ``headwater_token`` cookie the dashboard
+        sets, else None.
     :param request: What else is known about the request: ``path``, ``headers``,
         ``remote`` address, ``origin`` and ``auth`` (the server's ``auth`` settings, so a
         plugin configured from the server configuration can read its section).
