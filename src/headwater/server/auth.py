@@ -1,8 +1,10 @@
 """What the security hooks receive, and the static bearer tokens of the built-in plugin.
 
-The server extracts a bearer token from every WebSocket upgrade and ``/api`` request (the
-``Authorization: Bearer TOKEN`` header, else the ``token`` query parameter) and asks the
-``authenticate`` hook for a principal; the ``authorize`` hook then decides each
+The server extracts a bearer token from every WebSocket upgrade, ``/api`` request and
+plugin route (the ``Authorization: Bearer TOKEN`` header, else the ``token`` query
+parameter, else on GET requests the dashboard's cookie: see
+:func:`headwater.server.http.request_token`) and asks the ``authenticate`` hook for a
+principal; the ``authorize`` hook then decides each
 ``subscribe``, ``run`` and ``cancel``. The types both sides share (:class:`AuthRequest`,
 :class:`AuthSettings`, :class:`TokenGrant`, :class:`TokenPrincipal`) live in
 :mod:`headwater.types`, which the hook specifications may import; they are re-exported
