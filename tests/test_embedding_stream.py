@@ -482,3 +482,29 @@ async def test_iter_sync_inside_an_event_loop_is_refused() -> None:
     items = engine.iter_sync({"name": "p", "sources": {"n": {"action": "embed.count"}}})
     with pytest.raises(RuntimeError, match="async for"):
         next(items)
+
+
+# -- benchmark -----------------------------------------------------------------------------
+
+
+def test_the_embedding_benchmark_runs(tmp_path: Path) -> None:
+    """``python -m benchmarks embedding`` runs and counts the same items three ways (the
+    harness aborts on a mismatch); nothing here is about speed."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    args = ["--json", str(out), "--n", "3000", "--rounds", "1", "--warmup", "1", "embedding"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "stream vs null_sink" in proc.stdout
+    data = json.loads(out.read_text())
+    assert set(data["embedding"]) == {"null_sink", "stream", "stream_batches"}

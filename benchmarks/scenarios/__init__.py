@@ -27,6 +27,7 @@ SCENARIOS: dict[str, str] = {
     "workers": "workers",
     "checkpoint": "checkpoint",
     "metrics": "metrics",
+    "embedding": "embedding",
     "expr": "expr",
 }
 """Scenario name (as typed on the command line) -> module name in this package.
