@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import suppress
 from typing import Final
 
+import anyio
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -30,6 +31,10 @@ __all__ = [
 
 CLOSE_GOING_AWAY: Final = 1001
 """WebSocket close code sent to every client when the server shuts down."""
+
+CLOSE_HANDSHAKE_TIMEOUT: Final = 5.0
+"""Seconds a dropped client has to answer the close frame when its connection has no
+``close_timeout`` of its own; then the TCP connection is aborted."""
 
 CLOSE_CODES: Final[Mapping[str, int]] = {
     CLOSE_SLOW_CONSUMER: 4001,
@@ -85,13 +90,14 @@ class WebSocketTransport:
     manager uses it for clients that are keeping up, instead of waking their drain task.
     """
 
-    __slots__ = ("_conn", "_fast", "_open")
+    __slots__ = ("_closed", "_conn", "_fast", "_open")
 
     def __init__(self, conn: ServerConnection) -> None:
         from websockets.protocol import State
 
         self._conn = conn
         self._open = State.OPEN
+        self._closed = State.CLOSED
         # The batch fast path uses websockets' send_context + the Sans-I/O protocol
         # object; fall back to one send() per frame if a future version lacks them.
         self._fast = callable(getattr(conn, "send_context", None)) and callable(
@@ -164,8 +170,21 @@ class WebSocketTransport:
             pass
 
     async def close(self, code: str, reason: str) -> None:
-        """Close the connection (4001 ``slow_consumer``, 4002 ``send_failed``...)."""
-        await self._conn.close(CLOSE_CODES.get(code, 1011), close_reason(code, reason))
+        """Close the connection (4001 ``slow_consumer``, 4002 ``send_failed``...).
+
+        A bounded close handshake: the close frame goes out after what the socket's
+        buffer already holds, and the client has the connection's ``close_timeout`` to
+        answer it. A client that stopped reading (a slow consumer, whose buffer is full)
+        never gets that far, so the TCP connection is then aborted, also when this call
+        is cancelled: a stalled client never keeps its connection and buffers alive.
+        """
+        conn = self._conn
+        try:
+            with anyio.move_on_after(conn.close_timeout or CLOSE_HANDSHAKE_TIMEOUT):
+                await conn.close(CLOSE_CODES.get(code, 1011), close_reason(code, reason))
+        finally:
+            if conn.protocol.state is not self._closed:
+                conn.transport.abort()
 
 
 class WebSocketsConnection:
