@@ -3,13 +3,18 @@
 A broker hands each message to one member of a group and holds it until that member
 acknowledges it. A broker source acknowledges a message only after every sink committed
 it (at-least-once), so what differs between brokers is small and sits behind
-:class:`Broker`: connect, fetch a batch, decode a message, acknowledge, close.
+:class:`Broker`: connect, fetch a batch, decode it, acknowledge, reconnect, close.
 :func:`read_broker` does the rest, the same for every broker:
 
 * each batch handed to the pipeline is recorded in a :class:`~._brokers.Ledger`, and its
   delivery number reported with ``ctx.checkpoint`` as ``{"delivered": N, "last_<cursor>":
   KEY}`` (again while the broker is idle, so that time-based checkpoints still happen);
 * ``ctx.on_commit`` acknowledges every message delivered up to the committed ``N``;
+* every call to the broker goes through :func:`~headwater.core.reconnect.retry` on the
+  broker's :class:`~headwater.core.reconnect.Link`: through an outage the source waits
+  and reconnects (the broker re-reads what it left pending), acknowledgements wait too
+  (a message is acknowledged once, never dropped from the ledger before that), and past
+  the outage deadline the run fails saying so;
 * reading stops when the run drains (``ctx.draining``) or is cancelled, after
   ``max_messages``, or after ``idle_exit`` seconds without a message; a normal stop
   reports a last checkpoint, and the connection is kept until the final commit
@@ -26,8 +31,9 @@ from typing import Any, Generic, Protocol, TypeVar
 import anyio
 
 from headwater.core.context import StreamContext
+from headwater.core.reconnect import BrokerUnavailable, Link, retry
 
-from ._brokers import Ledger, delivered_upto
+from ._brokers import Ledger, delivered_upto, track
 
 __all__ = ["Acknowledger", "Broker", "ReadLimits", "read_broker"]
 
@@ -59,25 +65,41 @@ class Broker(Protocol[K, M]):
     """What a key is (``id``): the position says ``last_id``, the progress ``last id K``."""
     start: Any
     """The ``last_<cursor>`` reported before the first message."""
-    log: logging.Logger
+
+    @property
+    def log(self) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+        """Where its messages go (with the run and stage)."""
+
+    @property
+    def link(self) -> Link:
+        """The connection's state through outages."""
+
+    def transient(self, exc: BaseException) -> bool:
+        """True for an error worth retrying (the broker is unreachable or restarting)."""
 
     async def open(self) -> str:
         """Connect and join the group (creating what is missing); returns the status."""
+
+    async def reconnect(self) -> None:
+        """Before retrying after a transient error: connect again if needed, and arrange
+        to re-read what this member left pending (a reply lost with the connection)."""
 
     async def fetch(self, count: int, held: Acknowledger[K]) -> list[tuple[K, M]]:
         """Up to ``count`` messages to deliver, without those still ``held`` (a
         redelivery that the pending acknowledgement covers). A message that must not
         be delivered is settled here (e.g. ``held.ack_now``)."""
 
-    def decode(self, key: K, message: M) -> Any:
-        """The item a fetched message becomes."""
+    def decode(self, fetched: list[tuple[K, M]]) -> list[Any]:
+        """The items the fetched messages become, in order (the hot path: one call per
+        batch)."""
 
     async def ack(self, keys: list[K]) -> int:
         """Acknowledge ``keys`` upstream; returns how many it did (0: it no longer can,
         and the broker redelivers them). Raises when that failed."""
 
     def ack_failed(self, keys: list[K], exc: Exception) -> bool:
-        """Log a failed :meth:`ack`; True to retry those keys at the next commit."""
+        """Log a failed :meth:`ack` (not a transient error: those are retried); True to
+        retry those keys at the next commit."""
 
     async def close(self) -> None:
         """Disconnect (called once reading ended and acknowledging is done)."""
@@ -88,7 +110,9 @@ class Acknowledger(Generic[K]):
 
     The runtime places the final checkpoint marker after the source generator returned,
     so the last commit callback comes after the generator's ``finally``: the connection
-    is then kept open until everything delivered is acknowledged.
+    is then kept open until everything delivered is acknowledged. Keys being
+    acknowledged (through an outage, that may take a while) still count as held, so that
+    a re-read of this member's pending messages does not deliver them again.
     """
 
     def __init__(self, broker: Broker[K, Any]) -> None:
@@ -96,11 +120,12 @@ class Acknowledger(Generic[K]):
         self.ledger: Ledger[K] = Ledger()
         self.finished = False
         self.acked = 0
+        self._acking: set[K] = set()
         self._lock = anyio.Lock()
         self._done = f"{broker.name}: acknowledged %d {broker.noun} (%d in all)"
 
     def __contains__(self, key: object) -> bool:
-        return key in self.ledger
+        return key in self.ledger or key in self._acking
 
     async def commit(self, position: Any) -> None:
         """``ctx.on_commit`` callback: acknowledge what was delivered up to ``position``."""
@@ -122,14 +147,24 @@ class Acknowledger(Generic[K]):
 
     async def _ack(self, keys: list[K]) -> None:
         broker = self.broker
+        self._acking.update(keys)
         try:
-            done = await broker.ack(keys)
+            done = await retry(
+                broker.link,
+                lambda: broker.ack(keys),
+                transient=broker.transient,
+                reconnect=broker.reconnect,
+            )
+        except BrokerUnavailable:
+            raise  # the outage outlasted the deadline: the run fails
         except Exception as exc:
-            # Never fail the run: what is not acknowledged is delivered again (at the
-            # next commit, or by the broker later). At-least-once either way.
+            # Never fail the run for one refused ack: what is not acknowledged is
+            # delivered again (at the next commit, or by the broker later).
             if broker.ack_failed(keys, exc):
                 self.ledger.restore(keys)
             return
+        finally:
+            self._acking.difference_update(keys)
         if done:
             self.acked += done
             broker.log.debug(self._done, done, self.acked)
@@ -165,8 +200,10 @@ async def read_broker(
     field, label = f"last_{broker.cursor}", f"last {broker.cursor}"
     last = broker.start
     normally = False
+    link, transient, reconnect = broker.link, broker.transient, broker.reconnect
+    untrack = track(ctx, link, "source")
     try:
-        ctx.status(await broker.open())
+        ctx.status(await retry(link, broker.open, transient=transient))
         delivered = 0
         idle_since = time.monotonic()
         ctx.checkpoint({"delivered": 0, field: last})
@@ -176,13 +213,17 @@ async def read_broker(
                 if delivered >= limits.max_messages:
                     break
                 count = min(count, limits.max_messages - delivered)
-            fetched = await broker.fetch(count, acker)
+            fetched = await retry(
+                link,
+                lambda: broker.fetch(count, acker),  # noqa: B023 - awaited at once
+                transient=transient,
+                reconnect=reconnect,
+            )
             if fetched:
-                items = [broker.decode(key, message) for key, message in fetched]
-                keys = [key for key, _ in fetched]
-                n = ledger.add(keys)
-                delivered += len(keys)
-                last = keys[-1]
+                items = broker.decode(fetched)
+                n = ledger.add([key for key, _ in fetched])
+                delivered += len(fetched)
+                last = fetched[-1][0]
                 yield items
                 ctx.checkpoint({"delivered": n, field: last})
                 ctx.progress(delivered, message=f"{label} {last}")
@@ -198,5 +239,6 @@ async def read_broker(
         ctx.checkpoint({"delivered": ledger.delivered, field: last})
         normally = True
     finally:
+        untrack()
         with anyio.CancelScope(shield=True):
             await acker.finish(normally=normally)

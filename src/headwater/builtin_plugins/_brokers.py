@@ -5,38 +5,78 @@ Their read loop itself is :func:`._broker_source.read_broker`; here are its part
 * **The ledger** of messages delivered to the pipeline but not yet committed by every
   sink, by delivery number: the source reports that number as its checkpoint position,
   and the commit callback releases (acknowledges upstream) everything up to it.
-* **Consumer names** (``--consumer``, ``HEADWATER_CONSUMER``, or ``HOST-PID``), and the
-  lazy import of optional client libraries with an actionable error (:func:`require`,
-  from :mod:`headwater.core.optional`).
+* **Consumer names** given by the operator (``--consumer``, ``HEADWATER_CONSUMER``);
+  without one, a broker leases a ``HOST-SLOT`` name of its own.
+* **Links**: every connection to a broker is a :class:`~headwater.core.reconnect.Link`
+  (reconnection through outages), whose figures join the engine's metrics under
+  ``brokers`` (:func:`track`), and whose messages carry the run and stage
+  (:func:`stage_logger`).
+* The lazy import of optional client libraries with an actionable error
+  (:func:`require`, from :mod:`headwater.core.optional`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import socket
 from collections import deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Final, Generic, TypeVar
 
+from headwater.core.context import StreamContext
 from headwater.core.optional import MissingDependency, require
+from headwater.core.reconnect import Link
 
 __all__ = [
     "CONSUMER_ENV",
+    "METRICS_GROUP",
     "Ledger",
     "MissingDependency",
-    "default_consumer",
     "delivered_upto",
+    "given_consumer",
     "require",
+    "stage_logger",
+    "track",
 ]
 
 CONSUMER_ENV: Final = "HEADWATER_CONSUMER"
 """Environment variable naming this process's consumer (``headwater worker --consumer``)."""
 
 
-def default_consumer() -> str:
-    """This process's consumer name: ``HEADWATER_CONSUMER``, else ``HOSTNAME-PID``."""
-    name = os.environ.get(CONSUMER_ENV, "").strip()
-    return name or f"{socket.gethostname()}-{os.getpid()}"
+METRICS_GROUP: Final = "brokers"
+"""Where broker connections appear in the engine's metrics snapshot (one entry each)."""
+
+
+def given_consumer(param: str | None) -> str | None:
+    """The consumer name the operator chose: the component's ``consumer`` param, else
+    ``HEADWATER_CONSUMER`` (``headwater worker --consumer``); None: lease a default one."""
+    if param:
+        return param
+    return os.environ.get(CONSUMER_ENV, "").strip() or None
+
+
+def stage_logger(name: str, ctx: StreamContext) -> logging.LoggerAdapter[logging.Logger]:
+    """Logger ``name`` whose records carry the run and stage of ``ctx`` (``run_id``,
+    ``pipeline``, ``stage`` attributes, as ``ctx.logger``'s)."""
+    extra = {"pipeline": ctx.pipeline, "stage": ctx.stage, "run_id": ctx.run_id}
+    return logging.LoggerAdapter(logging.getLogger(name), extra)
+
+
+def track(ctx: StreamContext, link: Link, role: str) -> Callable[[], None]:
+    """Show ``link`` in the engine's metrics while the stage runs; returns the remover.
+
+    The entry is ``{"id", "pipeline", "stage", "role", "component", "address",
+    "connected", "reconnects", "outages", "disconnected_seconds"}``.
+    """
+    key = f"{ctx.run_id}/{ctx.stage}/{role}"
+    labels = {"pipeline": ctx.pipeline, "stage": ctx.stage, "role": role}
+    metrics = ctx.metrics
+
+    def figures() -> dict[str, Any]:
+        return {**labels, **link.figures()}
+
+    metrics.add_member(METRICS_GROUP, key, figures)
+    return lambda: metrics.remove_member(METRICS_GROUP, key)
 
 
 K = TypeVar("K", bound=Hashable)

@@ -16,7 +16,13 @@ imports without it; a component reports the missing package when used.
 * ``nats.jetstream`` (sink) publishes each item to JetStream and waits for every
   ``PubAck`` of the batch (the messages are stored when ``write`` returns).
 
-Delivery is at-least-once. Runs on asyncio (``nats-py`` is asyncio-based).
+Both ride out an outage of the server: the connection is replaced with backoff for up
+to ``outage_deadline`` seconds (:mod:`headwater.core.reconnect`; the client library's
+own reconnection is off, so that there is one policy and one log line per change of
+state), then the run fails saying so. Messages delivered before the outage are
+acknowledged through the new connection (an ack names its message, not the
+connection); what a lost fetch had handed out is redelivered by the server after
+``ack_wait``. Delivery is at-least-once. Runs on asyncio (``nats-py`` is asyncio-based).
 """
 
 from __future__ import annotations
@@ -24,17 +30,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any, Literal
 
+import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
 import headwater
 from headwater.core.context import StreamContext
+from headwater.core.reconnect import DEFAULT_OUTAGE_DEADLINE, Link, retry
 
 from ._broker_source import Acknowledger, read_broker
-from ._brokers import require
+from ._brokers import require, stage_logger, track
 
 __all__ = [
     "NatsSinkParams",
@@ -57,9 +65,57 @@ def _nats(component: str) -> Any:
     return require("nats", "nats", component)
 
 
-async def _connect(url: str, component: str) -> Any:
+_ACK = b""
+"""Payload of a JetStream acknowledgement (published to the message's reply subject)."""
+_TERM = b"+TERM"
+
+
+async def _connect(
+    url: str, component: str, log: logging.Logger | logging.LoggerAdapter[Any]
+) -> Any:
+    """A connection without the library's own reconnection (see the module docstring).
+
+    Its errors are logged at debug level only: every user-visible line about the
+    connection comes from the link (lost, still down, back, given up).
+    """
     nats = _nats(component)
-    return await nats.connect(url, connect_timeout=5, max_reconnect_attempts=5)
+
+    async def quiet(exc: Exception) -> None:
+        log.debug("%s: connection error: %s", component, exc)
+
+    return await nats.connect(
+        url,
+        connect_timeout=5,
+        allow_reconnect=False,
+        # the smallest bound of the library's own connect loop (0 would mean endless)
+        max_reconnect_attempts=1,
+        reconnect_time_wait=0.05,
+        ping_interval=10,
+        max_outstanding_pings=3,
+        error_cb=quiet,
+    )
+
+
+def transient(exc: BaseException) -> bool:
+    """True for errors of an unreachable, restarting or not yet ready server."""
+    if isinstance(exc, OSError | TimeoutError):
+        return True
+    errors = require("nats.errors", "nats", "nats.jetstream")
+    js_errors = require("nats.js.errors", "nats", "nats.jetstream")
+    kinds = (
+        errors.ConnectionClosedError,
+        errors.NoServersError,
+        errors.StaleConnectionError,
+        errors.UnexpectedEOF,
+        errors.OutboundBufferLimitError,
+        errors.ConnectionReconnectingError,
+        errors.ConnectionDrainingError,
+        errors.NoRespondersError,
+        errors.FlushTimeoutError,
+        js_errors.ServiceUnavailableError,
+        js_errors.NoStreamResponseError,
+    )
+    return isinstance(exc, kinds)
 
 
 async def _ensure_stream(js: Any, stream: str, subjects: list[str]) -> None:
@@ -139,6 +195,12 @@ class NatsSourceParams(BaseModel):
     max_messages: int | None = Field(
         None, ge=1, description="End after delivering this many messages (None: no limit)."
     )
+    outage_deadline: float = Field(
+        DEFAULT_OUTAGE_DEADLINE,
+        gt=0,
+        description="Seconds the server may stay unreachable (reconnecting with backoff) "
+        "before the run fails.",
+    )
 
 
 def _decode_msg(msg: Any, seq: int, deliveries: int, params: NatsSourceParams) -> Any:
@@ -184,7 +246,9 @@ async def _ensure_consumer(js: Any, params: NatsSourceParams) -> None:
         await js.consumer_info(params.stream, params.durable)  # created meanwhile by a peer
 
 
-async def _dead_letter(js: Any, nc: Any, msg: Any, params: NatsSourceParams) -> None:
+async def _dead_letter(
+    js: Any, nc: Any, msg: Any, params: NatsSourceParams, log: logging.LoggerAdapter[Any]
+) -> None:
     """Publish ``msg`` to the dead-letter subject (if any) and terminate it."""
     meta = msg.metadata
     deliveries = int(meta.num_delivered)
@@ -220,81 +284,155 @@ async def _dead_letter(js: Any, nc: Any, msg: Any, params: NatsSourceParams) -> 
             deliveries,
             params.max_deliver,
         )
-    await msg.term()
+    await nc.publish(msg.reply, _TERM)
+
+
+def _decoder(params: NatsSourceParams) -> Callable[[list[tuple[int, Any]]], list[Any]]:
+    """The batch decoder of ``params`` (JSON payloads as one comprehension; a message it
+    cannot handle is decoded again one by one, for the error message)."""
+    loads = json.loads
+
+    def slow(fetched: list[tuple[int, Any]]) -> list[Any]:
+        return [_decode_msg(m, seq, int(m.metadata.num_delivered), params) for seq, m in fetched]
+
+    if params.envelope or params.decode != "json":
+        return slow
+
+    def decode(fetched: list[tuple[int, Any]]) -> list[Any]:
+        try:
+            return [loads(m.data) for _, m in fetched]
+        except ValueError:
+            return slow(fetched)
+
+    return decode
 
 
 class _PullConsumer:
     """``nats.jetstream``'s :class:`~._broker_source.Broker`: a durable pull consumer.
 
-    It keeps the message objects of what it delivered and has not yet acknowledged (a
-    message is acknowledged through its own object, over the connection).
+    It keeps the message objects of what it delivered and has not yet acknowledged: a
+    message is acknowledged by publishing to its reply subject, through whichever
+    connection is current (one made after an outage too).
     """
 
     name = "nats.jetstream"
     noun = "messages"
     cursor = "seq"
     start = 0
-    log = log
 
-    def __init__(self, params: NatsSourceParams) -> None:
+    def __init__(self, params: NatsSourceParams, ctx: StreamContext) -> None:
         self.params = params
+        self.log = stage_logger("headwater.nats", ctx)
+        self.link = Link(
+            "nats.jetstream source", params.url, deadline=params.outage_deadline, log=self.log
+        )
         self.nc: Any = None
         self.js: Any = None
         self.psub: Any = None
         self.msgs: dict[int, Any] = {}
+        self.decode = _decoder(params)
+        self.closed = False
+        self._connecting = anyio.Lock()
+
+    def transient(self, exc: BaseException) -> bool:
+        return transient(exc)
 
     async def open(self) -> str:
+        await self._connect()
         params = self.params
-        self.nc = await _connect(params.url, "nats.jetstream")
-        self.js = js = self.nc.jetstream()
-        if params.create_stream:
-            await _ensure_stream(js, params.stream, params.create_stream)
-        await _ensure_consumer(js, params)
-        self.psub = await js.pull_subscribe_bind(params.durable, params.stream)
+        self.log.info(
+            "nats.jetstream: bound to durable consumer %s of stream %s at %s",
+            params.durable,
+            params.stream,
+            self.link.address,
+        )
         return f"durable consumer {params.durable!r} of stream {params.stream!r}"
+
+    async def _connect(self) -> None:
+        params = self.params
+        old, self.nc = self.nc, None
+        if old is not None:
+            with anyio.move_on_after(2):
+                await _close_quietly(old)
+        nc = await _connect(params.url, "nats.jetstream", self.log)
+        try:
+            js = nc.jetstream()
+            if params.create_stream:
+                await _ensure_stream(js, params.stream, params.create_stream)
+            await _ensure_consumer(js, params)
+            self.psub = await js.pull_subscribe_bind(params.durable, params.stream)
+        except BaseException:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await _close_quietly(nc)
+            raise
+        self.nc, self.js = nc, js
+
+    async def reconnect(self) -> None:
+        async with self._connecting:
+            if self.closed or (self.nc is not None and self.nc.is_connected):
+                return  # another operation replaced it already
+            await self._connect()
 
     async def fetch(self, count: int, held: Acknowledger[int]) -> list[tuple[int, Any]]:
         params = self.params
+        if self.nc is None or not self.nc.is_connected:
+            raise _nats("nats.jetstream").errors.ConnectionClosedError()
         try:
             msgs = await self.psub.fetch(count, timeout=params.fetch_timeout)
         except TimeoutError:  # nats.errors.TimeoutError and asyncio's: nothing came
+            if not self.nc.is_connected:
+                raise _nats("nats.jetstream").errors.ConnectionClosedError() from None
             return []
         fetched: list[tuple[int, Any]] = []
+        max_deliver = params.max_deliver
         for msg in msgs:
             meta = msg.metadata
             seq = int(meta.sequence.stream)
             if seq in held:
                 continue  # redelivered while we still hold it: our ack will cover it
-            if params.max_deliver is not None and int(meta.num_delivered) > params.max_deliver:
-                await _dead_letter(self.js, self.nc, msg, params)
+            if max_deliver is not None and int(meta.num_delivered) > max_deliver:
+                await _dead_letter(self.js, self.nc, msg, params, self.log)
                 continue
             fetched.append((seq, msg))
             self.msgs[seq] = msg
         return fetched
 
-    def decode(self, key: int, message: Any) -> Any:
-        return _decode_msg(message, key, int(message.metadata.num_delivered), self.params)
-
     async def ack(self, keys: list[int]) -> int:
-        if self.nc is None:
-            return 0  # closed: the server redelivers them after ack_wait
+        if self.closed:
+            return 0  # closed for good: the server redelivers them after ack_wait
+        nc = self.nc
+        if nc is None or not nc.is_connected:  # being replaced: retried once it is
+            raise _nats("nats.jetstream").errors.ConnectionClosedError()
+        msgs = self.msgs
+        publish = nc.publish
         for seq in keys:
-            msg = self.msgs.pop(seq, None)
-            if msg is not None and not msg.is_acked:
-                await msg.ack()
-        await self.nc.flush(timeout=10)
+            msg = msgs.get(seq)
+            if msg is not None:
+                await publish(msg.reply, _ACK)
+        await nc.flush(timeout=10)
+        for seq in keys:  # forgotten once the server has them (retried otherwise)
+            msgs.pop(seq, None)
         return len(keys)
 
     def ack_failed(self, keys: list[int], exc: Exception) -> bool:
         # Unacked messages are redelivered after ack_wait: at-least-once holds.
-        log.warning("nats.jetstream: acking %d messages failed: %s", len(keys), exc)
+        self.log.warning("nats.jetstream: acking %d messages failed: %s", len(keys), exc)
         return False
 
     async def close(self) -> None:
+        self.closed = True
         nc, self.nc = self.nc, None
         self.msgs.clear()
         if nc is not None:
-            await nc.close()
+            await _close_quietly(nc)
+
+
+async def _close_quietly(nc: Any) -> None:
+    """Close a connection that may be broken already."""
+    try:
+        await nc.close()
+    except Exception:  # a closed or broken connection: nothing left to release
+        return
 
 
 @headwater.action(
@@ -314,7 +452,7 @@ async def nats_jetstream_source(
     each commit the messages delivered up to ``N`` are acknowledged.
     """
     _nats("nats.jetstream")
-    async with aclosing(read_broker(_PullConsumer(params), params, ctx)) as batches:
+    async with aclosing(read_broker(_PullConsumer(params, ctx), params, ctx)) as batches:
         async for batch in batches:
             yield batch
 
@@ -341,6 +479,12 @@ class NatsSinkParams(BaseModel):
         "json", description="How an item becomes a payload: json, text (str()) or bytes."
     )
     timeout: float = Field(30.0, gt=0, description="Seconds to wait for a batch's PubAcks.")
+    outage_deadline: float = Field(
+        DEFAULT_OUTAGE_DEADLINE,
+        gt=0,
+        description="Seconds the server may stay unreachable (reconnecting with backoff) "
+        "before the run fails.",
+    )
 
 
 def _payload(item: Any, mode: Decode) -> bytes:
@@ -361,8 +505,9 @@ def _payload(item: Any, mode: Decode) -> bytes:
 class NatsStreamSink:
     """Publish every item to JetStream; ``write`` returns once every PubAck arrived.
 
-    Publishes of a batch are pipelined (``publish_async``), then awaited together. The
-    output is ``{"subject", "published"}``.
+    Publishes of a batch are pipelined (``publish_async``), then awaited together. A
+    batch interrupted by an outage is published again in full once the server is back
+    (at-least-once). The output is ``{"subject", "published"}``.
     """
 
     def __init__(self, params: NatsSinkParams, ctx: StreamContext) -> None:
@@ -371,36 +516,58 @@ class NatsStreamSink:
         self.published = 0
         self._nc: Any = None
         self._js: Any = None
+        self.log = stage_logger("headwater.nats", ctx)
+        self.link = Link(
+            "nats.jetstream sink", params.url, deadline=params.outage_deadline, log=self.log
+        )
+        self._untrack: Callable[[], None] = lambda: None
 
     async def open(self) -> None:
-        """Connect (and create the stream if asked)."""
-        self._nc = await _connect(self.params.url, "nats.jetstream sink")
-        self._js = self._nc.jetstream()
+        """Connect, waiting through an outage (and create the stream if asked)."""
+        if self.params.create_stream and self.params.stream is None:
+            raise ValueError("nats.jetstream: create_stream needs `stream`")
+        self._untrack = track(self.ctx, self.link, "sink")
+        await retry(self.link, self._connect, transient=transient)
+
+    async def _connect(self) -> None:
+        old, self._nc = self._nc, None
+        if old is not None:
+            with anyio.move_on_after(2):
+                await _close_quietly(old)
+        nc = await _connect(self.params.url, "nats.jetstream sink", self.log)
+        self._nc, self._js = nc, nc.jetstream()
         if self.params.create_stream:
-            if self.params.stream is None:
-                raise ValueError("nats.jetstream: create_stream needs `stream`")
+            assert self.params.stream is not None
             await _ensure_stream(self._js, self.params.stream, [self.params.subject])
 
+    async def _reconnect(self) -> None:
+        if self._nc is None or not self._nc.is_connected:
+            await self._connect()
+
     async def write(self, batch: list[Any]) -> None:
-        """Publish the batch and wait for its acknowledgements."""
+        """Publish the batch and wait for its acknowledgements (again after an outage)."""
         if not batch:
             return
         params = self.params
-        js = self._js
-        futures = [
-            await js.publish_async(
-                params.subject, _payload(item, params.encode), stream=params.stream
-            )
-            for item in batch
-        ]
-        await asyncio.wait_for(asyncio.gather(*futures), params.timeout)
+        payloads = [_payload(item, params.encode) for item in batch]
+
+        async def publish() -> None:
+            js = self._js
+            futures = [
+                await js.publish_async(params.subject, data, stream=params.stream)
+                for data in payloads
+            ]
+            await asyncio.wait_for(asyncio.gather(*futures), params.timeout)
+
+        await retry(self.link, publish, transient=transient, reconnect=self._reconnect)
         self.published += len(batch)
 
     async def close(self, error: BaseException | None) -> dict[str, Any]:
         """Disconnect; returns ``{"subject", "published"}``."""
+        self._untrack()
         nc, self._nc = self._nc, None
         if nc is not None:
-            await nc.close()
+            await _close_quietly(nc)
         return {"subject": self.params.subject, "published": self.published}
 
 

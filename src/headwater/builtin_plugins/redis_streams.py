@@ -9,37 +9,50 @@ This module imports without it; a component reports the missing package when use
   are acknowledged (``XACK``) only after every sink committed them: the source reports
   its deliveries as checkpoint positions and acknowledges in ``ctx.on_commit``, so the
   pipeline needs a ``checkpoint:`` section (``{store: memory}`` is enough;
-  ``headwater worker`` adds it). Entries left pending by a dead consumer are reclaimed
-  with ``XAUTOCLAIM`` once idle for ``claim_idle_ms``. A drain request (``headwater
-  worker`` on SIGTERM) makes it stop reading and return: what it delivered is committed
-  and acknowledged before the run ends.
+  ``headwater worker`` adds it). Without a ``consumer`` name it leases ``HOST-SLOT``
+  (:class:`~._redis.ConsumerLease`), and first re-reads what it left pending under that
+  name. Entries left pending by a dead consumer are reclaimed with ``XAUTOCLAIM`` once
+  idle for ``claim_idle_ms``; an entry delivered more than ``max_deliver`` times goes
+  to the ``dead_letter`` stream; consumers that hold nothing and stayed idle
+  ``delete_idle_consumers`` seconds are deleted. A drain request (``headwater worker``
+  on SIGTERM) makes it stop reading and return: what it delivered is committed and
+  acknowledged before the run ends.
 * ``redis.stream`` (sink) appends each item with ``XADD``, one pipelined round trip per
   batch, with optional approximate ``MAXLEN`` trimming.
 * ``redis`` (checkpoint store) keeps checkpoints as JSON strings under
   ``headwater:checkpoint:PIPELINE``.
 
-Delivery is at-least-once: a consumer killed between a sink's write and the ``XACK``
-leaves its entries pending, and another member (or the same one restarted) delivers
-them again. Runs on asyncio (the ``redis`` client's async API is asyncio-based).
+Every component rides out a Redis outage (a restart, a failover, a partition): it
+reconnects with backoff for up to ``outage_deadline`` seconds, then fails saying so
+(:mod:`headwater.core.reconnect`). Delivery is at-least-once: a consumer killed between
+a sink's write and the ``XACK`` leaves its entries pending, and another member (or the
+same one restarted) delivers them again. Runs on asyncio (the ``redis`` client's async
+API is asyncio-based).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 import headwater
-from headwater.core.checkpoints import Checkpoint, CheckpointError
 from headwater.core.context import StreamContext
+from headwater.core.reconnect import DEFAULT_OUTAGE_DEADLINE, Link
 
+from . import _redis
 from ._broker_source import Acknowledger, read_broker
-from ._brokers import default_consumer, require
+from ._brokers import given_consumer, stage_logger
+from .redis_sink import (
+    RedisCheckpointStore,
+    RedisSinkParams,
+    RedisStoreParams,
+    RedisStreamSink,
+)
 
 __all__ = [
     "RedisCheckpointStore",
@@ -51,15 +64,15 @@ __all__ = [
 ]
 
 DEFAULT_URL = "redis://127.0.0.1:6379"
-log = logging.getLogger("headwater.redis")
 _ACK_CHUNK = 10_000
 """Most entry ids per ``XACK`` command (one pipelined round trip for all chunks)."""
+_CLEANUP_SECONDS = 60.0
+"""Seconds between two looks for idle consumers to delete."""
+DLQ_FIELDS = ("headwater-stream", "headwater-group", "headwater-id", "headwater-deliveries")
+"""Fields added to a dead-lettered entry: original stream, group, entry id and the
+number of deliveries."""
 
 Decode = Literal["json", "text", "bytes", "fields"]
-
-
-def _redis_asyncio(component: str) -> Any:
-    return require("redis.asyncio", "redis", component)
 
 
 def _text(value: bytes | str) -> str:
@@ -83,7 +96,8 @@ class RedisSourceParams(BaseModel):
         None,
         min_length=1,
         description="This member's name in the group. Default: HEADWATER_CONSUMER (set by "
-        "`headwater worker --consumer`), else HOSTNAME-PID.",
+        "`headwater worker --consumer`), else HOSTNAME-SLOT, the lowest slot no live worker "
+        "of this host holds (leased in Redis; a restarted worker takes its predecessor's).",
     )
     start_id: str = Field(
         "0",
@@ -105,8 +119,37 @@ class RedisSourceParams(BaseModel):
         "this long: it is presumed dead. Must exceed the time the pipeline takes to commit "
         "a batch. None: never reclaim.",
     )
-    claim_interval: float = Field(
-        5.0, gt=0, description="Seconds between two scans for entries to reclaim."
+    claim_interval: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds between two scans for entries to reclaim. Default: a tenth of "
+        "claim_idle_ms, so a dead member's entries move within 1.1 x claim_idle_ms (plus "
+        "one block_ms).",
+    )
+    max_deliver: int | None = Field(
+        None,
+        ge=1,
+        description="An entry delivered more than this many times (it keeps failing the "
+        "pipeline) goes to dead_letter and is acknowledged. None: redeliver forever.",
+    )
+    dead_letter: str | None = Field(
+        None,
+        min_length=1,
+        description="Stream receiving entries over max_deliver (their fields plus "
+        "headwater-stream, -group, -id and -deliveries). Without it they are only "
+        "acknowledged and logged.",
+    )
+    delete_idle_consumers: float | None = Field(
+        3600.0,
+        gt=0,
+        description="Delete consumers of the group that hold no pending entry and stayed "
+        "idle this many seconds (dead workers' names). None: keep them.",
+    )
+    outage_deadline: float = Field(
+        DEFAULT_OUTAGE_DEADLINE,
+        gt=0,
+        description="Seconds Redis may stay unreachable (reconnecting with backoff) "
+        "before the run fails.",
     )
     decode: Decode = Field(
         "json",
@@ -171,6 +214,40 @@ def _entries(raw: list[Any]) -> list[Entry]:
     return [(_text(entry_id), fields) for entry_id, fields in raw]
 
 
+def _decoder(params: RedisSourceParams) -> Callable[[list[Entry]], list[Any]]:
+    """The batch decoder of ``params``: the common modes as one comprehension each;
+    any entry they cannot handle is decoded again one by one, for the error message."""
+    key = params.field.encode()
+    loads = json.loads
+
+    def slow(entries: list[Entry]) -> list[Any]:
+        return [_decode_entry(i, f, params) for i, f in entries]
+
+    if params.envelope or params.decode == "fields":
+        return slow
+    fast: Callable[[list[Entry]], list[Any]]
+    if params.decode == "json":
+
+        def fast(entries: list[Entry]) -> list[Any]:
+            return [loads(f[key]) for _, f in entries]
+    elif params.decode == "text":
+
+        def fast(entries: list[Entry]) -> list[Any]:
+            return [f[key].decode() for _, f in entries]
+    else:
+
+        def fast(entries: list[Entry]) -> list[Any]:
+            return [bytes(f[key]) for _, f in entries]
+
+    def decode(entries: list[Entry]) -> list[Any]:
+        try:
+            return fast(entries)
+        except (KeyError, TypeError, ValueError, UnicodeDecodeError):
+            return slow(entries)
+
+    return decode
+
+
 async def _ensure_group(client: Any, params: RedisSourceParams) -> None:
     """``XGROUP CREATE ... MKSTREAM`` unless the group exists."""
     try:
@@ -187,70 +264,193 @@ class _ConsumerGroup:
     noun = "entries"
     cursor = "id"
     start = ""
-    log = log
 
-    def __init__(self, params: RedisSourceParams) -> None:
+    def __init__(self, params: RedisSourceParams, ctx: StreamContext) -> None:
         self.params = params
-        self.consumer = params.consumer or default_consumer()
+        self.log = stage_logger("headwater.redis", ctx)
+        self.link = Link(
+            "redis.stream source", params.url, deadline=params.outage_deadline, log=self.log
+        )
+        given = given_consumer(params.consumer)
+        self.lease = None if given else _redis.ConsumerLease(params.stream, params.group)
+        self.consumer = given or ""
         self.client: Any = None
+        self.decode = _decoder(params)
         self.own_cursor: bytes | None = b"0"  # first our own pending entries, then new ones
         self.claim_cursor = b"0-0"
         self.claim_due = 0.0
+        self.cleanup_due = 0.0
+        idle = params.claim_idle_ms
+        self.claim_interval = params.claim_interval or max(0.05, (idle or 0) / 10_000)
+
+    def transient(self, exc: BaseException) -> bool:
+        return _redis.transient(exc, missing_group=True)
 
     async def open(self) -> str:
         params = self.params
-        self.client = _redis_asyncio("redis.stream").Redis.from_url(params.url)
+        if self.client is None:
+            # a read never waits longer than block_ms: a silent server is found in time
+            timeout = params.block_ms / 1000 + 10.0
+            self.client = _redis.client(params.url, "redis.stream", timeout=timeout)
         await _ensure_group(self.client, params)
-        self.claim_due = time.monotonic()
+        if self.lease is not None:
+            self.consumer = await self.lease.acquire(self.client)
+        self.claim_due = self.cleanup_due = time.monotonic()
+        where = f"{params.stream!r} at {self.link.address}"
+        self.log.info(
+            "redis.stream: consumer %s joined group %s of %s", self.consumer, params.group, where
+        )
         return f"consumer {self.consumer!r} of group {params.group!r} on {params.stream!r}"
 
+    async def reconnect(self) -> None:
+        if self.client is None:
+            return
+        await _ensure_group(self.client, self.params)  # gone if Redis lost its data
+        if self.lease is not None and not await self.lease.refresh(self.client):
+            await self._lost_lease()
+        self.own_cursor = b"0"  # a read whose reply was lost left entries pending for us
+
+    async def _lost_lease(self) -> None:
+        assert self.lease is not None
+        old = self.consumer
+        self.consumer = await self.lease.acquire(self.client)
+        self.log.warning(
+            "redis.stream: consumer name %s was taken over while this worker was out of "
+            "reach; reading as %s now",
+            old,
+            self.consumer,
+        )
+        self.own_cursor = b"0"
+
     async def fetch(self, count: int, held: Acknowledger[str]) -> list[Entry]:
-        params, client, consumer = self.params, self.client, self.consumer
-        stream, group = params.stream, params.group
-        entries: list[Entry] = []
+        params, client = self.params, self.client
         now = time.monotonic()
+        lease = self.lease
+        if lease is not None and now >= lease.refresh_due and not await lease.refresh(client):
+            await self._lost_lease()
+        if params.delete_idle_consumers is not None and now >= self.cleanup_due:
+            await self._delete_idle_consumers()
+            self.cleanup_due = now + _CLEANUP_SECONDS
+        entries: list[Entry] = []
         if params.claim_idle_ms is not None and now >= self.claim_due:
-            reply = await client.xautoclaim(
-                stream, group, consumer, params.claim_idle_ms, self.claim_cursor, count=count
-            )
-            self.claim_cursor = reply[0]
-            entries = [e for e in _entries(reply[1]) if e[0] not in held]
-            gone = [_text(i) for i in reply[2]] if len(reply) > 2 else []
-            await held.ack_now(gone)  # deleted from the stream: nothing to deliver
-            if self.claim_cursor in (b"0-0", "0-0"):
-                self.claim_cursor = b"0-0"
-                self.claim_due = now + params.claim_interval
-            if entries:
-                log.info(
-                    "redis.stream: consumer %s reclaimed %d entries of %r",
-                    consumer,
-                    len(entries),
-                    stream,
-                )
+            entries = await self._claim(count, held, now)
         if not entries and self.own_cursor is not None:
-            reply = await client.xreadgroup(group, consumer, {stream: self.own_cursor}, count=count)
-            own = reply[0][1] if reply else []
-            if own:
-                self.own_cursor = own[-1][0]
-                entries = [e for e in _entries(own) if e[0] not in held]
-                gone = [e[0] for e in entries if not e[1]]
-                entries = [e for e in entries if e[1]]
-                await held.ack_now(gone)
-            else:
-                self.own_cursor = None
+            entries = await self._own_pending(count, held)
         elif not entries:
             reply = await client.xreadgroup(
-                group, consumer, {stream: ">"}, count=count, block=params.block_ms
+                params.group,
+                self.consumer,
+                {params.stream: ">"},
+                count=count,
+                block=params.block_ms,
             )
             entries = _entries(reply[0][1]) if reply else []
         return entries
 
-    def decode(self, key: str, message: Any) -> Any:
-        return _decode_entry(key, message, self.params)
+    async def _claim(self, count: int, held: Acknowledger[str], now: float) -> list[Entry]:
+        params = self.params
+        assert params.claim_idle_ms is not None
+        reply = await self.client.xautoclaim(
+            params.stream,
+            params.group,
+            self.consumer,
+            params.claim_idle_ms,
+            self.claim_cursor,
+            count=count,
+        )
+        self.claim_cursor = reply[0]
+        entries = [e for e in _entries(reply[1]) if e[0] not in held]
+        gone = [_text(i) for i in reply[2]] if len(reply) > 2 else []
+        await held.ack_now(gone)  # deleted from the stream: nothing to deliver
+        if self.claim_cursor in (b"0-0", "0-0"):
+            self.claim_cursor = b"0-0"
+            self.claim_due = now + self.claim_interval
+        if entries:
+            self.log.info(
+                "redis.stream: consumer %s reclaimed %d entries of %r",
+                self.consumer,
+                len(entries),
+                params.stream,
+            )
+        return await self._dead_letters(entries, held)
+
+    async def _own_pending(self, count: int, held: Acknowledger[str]) -> list[Entry]:
+        params = self.params
+        reply = await self.client.xreadgroup(
+            params.group, self.consumer, {params.stream: self.own_cursor}, count=count
+        )
+        own = reply[0][1] if reply else []
+        if not own:
+            self.own_cursor = None
+            return []
+        self.own_cursor = own[-1][0]
+        entries = [e for e in _entries(own) if e[0] not in held]
+        await held.ack_now([e[0] for e in entries if not e[1]])  # deleted upstream
+        return await self._dead_letters([e for e in entries if e[1]], held)
+
+    async def _dead_letters(self, entries: list[Entry], held: Acknowledger[str]) -> list[Entry]:
+        """Redelivered entries past ``max_deliver``: to the dead-letter stream, acked."""
+        params = self.params
+        if params.max_deliver is None or not entries:
+            return entries
+        rows = await self.client.xpending_range(
+            params.stream,
+            params.group,
+            min=entries[0][0],
+            max=entries[-1][0],
+            count=len(entries) + len(held.ledger) + 1,
+            consumername=self.consumer,
+        )
+        counts = {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
+        over = [e for e in entries if counts.get(e[0], 0) > params.max_deliver]
+        if not over:
+            return entries
+        pipe = self.client.pipeline(transaction=True)  # dead-lettered if and only if acked
+        for entry_id, fields in over:
+            if params.dead_letter is not None:
+                extra = (params.stream, params.group, entry_id, str(counts[entry_id]))
+                pipe.xadd(
+                    params.dead_letter, {**fields, **dict(zip(DLQ_FIELDS, extra, strict=True))}
+                )
+        pipe.xack(params.stream, params.group, *[e[0] for e in over])
+        await pipe.execute()
+        for entry_id, _ in over:
+            self.log.warning(
+                "redis.stream: entry %s of %r delivered %d times (> max_deliver %d): %s",
+                entry_id,
+                params.stream,
+                counts[entry_id],
+                params.max_deliver,
+                f"sent to {params.dead_letter}"
+                if params.dead_letter
+                else "acknowledged and dropped (configure dead_letter to keep such entries)",
+            )
+        dead = {e[0] for e in over}
+        return [e for e in entries if e[0] not in dead]
+
+    async def _delete_idle_consumers(self) -> None:
+        params = self.params
+        assert params.delete_idle_consumers is not None
+        idle_ms = int(params.delete_idle_consumers * 1000)
+        deleted = await self.client.eval(
+            _redis.DELETE_IDLE_CONSUMERS,
+            1,
+            params.stream,
+            params.group,
+            idle_ms,
+            self.consumer,
+        )
+        if deleted:
+            self.log.info(
+                "redis.stream: deleted %d idle consumers of group %s holding nothing: %s",
+                len(deleted),
+                params.group,
+                ", ".join(_text(n) for n in deleted),
+            )
 
     async def ack(self, keys: list[str]) -> int:
         if self.client is None:  # closed by the reader: reopen for the final commit
-            self.client = _redis_asyncio("redis.stream").Redis.from_url(self.params.url)
+            self.client = _redis.client(self.params.url, "redis.stream", timeout=10.0)
         pipe = self.client.pipeline(transaction=False)
         for start in range(0, len(keys), _ACK_CHUNK):
             pipe.xack(self.params.stream, self.params.group, *keys[start : start + _ACK_CHUNK])
@@ -260,7 +460,7 @@ class _ConsumerGroup:
     def ack_failed(self, keys: list[str], exc: Exception) -> bool:
         # The entries stay pending upstream: they are retried at the next commit (or
         # reclaimed after a restart).
-        log.warning(
+        self.log.warning(
             "redis.stream: XACK of %d entries of %r failed (%s); retrying at the next commit",
             len(keys),
             self.params.stream,
@@ -271,7 +471,13 @@ class _ConsumerGroup:
     async def close(self) -> None:
         client, self.client = self.client, None
         if client is not None:
-            await client.aclose()
+            try:
+                if self.lease is not None:
+                    await self.lease.release(client)
+            except Exception as exc:  # it expires by itself
+                self.log.debug("redis.stream: releasing the consumer name failed: %s", exc)
+            finally:
+                await client.aclose()
 
 
 @headwater.action(
@@ -288,191 +494,15 @@ async def redis_stream_source(
 
     Needs a ``checkpoint:`` section (``{store: memory}`` suffices: the group keeps the
     position). The checkpoint position is ``{"delivered": N, "last_id": ID}``; on each
-    commit every entry delivered up to ``N`` is acknowledged with ``XACK``. At start the
-    consumer first re-delivers its own pending entries (a restart under the same name),
-    then reads new ones, and every ``claim_interval`` seconds reclaims entries that dead
+    commit every entry delivered up to ``N`` is acknowledged with ``XACK``. At start (and
+    after reconnecting) the consumer first re-delivers its own pending entries, then
+    reads new ones, and every ``claim_interval`` seconds reclaims entries that dead
     members left pending longer than ``claim_idle_ms``.
     """
-    _redis_asyncio("redis.stream")
-    async with aclosing(read_broker(_ConsumerGroup(params), params, ctx)) as batches:
+    _redis.redis_asyncio("redis.stream")
+    async with aclosing(read_broker(_ConsumerGroup(params, ctx), params, ctx)) as batches:
         async for batch in batches:
             yield batch
-
-
-# ---------------------------------------------------------------------------------------
-# sink
-# ---------------------------------------------------------------------------------------
-
-
-class RedisSinkParams(BaseModel):
-    """Params of the ``redis.stream`` sink."""
-
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-
-    url: str = Field(DEFAULT_URL, description="Redis URL, e.g. redis://127.0.0.1:6379/0.")
-    stream: str = Field(min_length=1, description="Key of the stream to append to.")
-    encode: Decode = Field(
-        "json",
-        description="How an item becomes an entry: json (one field, JSON), text (str()), "
-        "bytes (bytes or str) or fields (the item is a mapping of field -> value).",
-    )
-    field: str = Field("data", min_length=1, description="Field holding the payload.")
-    maxlen: int | None = Field(
-        None, ge=1, description="Trim the stream to about this many entries (MAXLEN ~)."
-    )
-
-
-def _encode_item(item: Any, params: RedisSinkParams) -> dict[str | bytes, Any]:
-    mode = params.encode
-    if mode == "fields":
-        if not isinstance(item, Mapping) or not item:
-            raise TypeError(
-                f"redis.stream with encode: fields needs non-empty mappings, got "
-                f"{type(item).__name__}"
-            )
-        return {
-            str(k): v if isinstance(v, str | bytes | int | float) else json.dumps(v)
-            for k, v in item.items()
-        }
-    if mode == "json":
-        from pydantic_core import to_json
-
-        return {params.field: to_json(item, inf_nan_mode="null")}
-    if mode == "bytes":
-        if not isinstance(item, bytes | bytearray | str):
-            raise TypeError(f"redis.stream with encode: bytes needs bytes or str, got {item!r}")
-        return {params.field: bytes(item) if not isinstance(item, str) else item}
-    return {params.field: str(item)}
-
-
-@headwater.sink("redis.stream", params=RedisSinkParams)
-class RedisStreamSink:
-    """Append every item to a Redis stream with XADD (one pipelined round trip per batch).
-
-    At-least-once: an entry is in Redis when ``write`` returns. The output is ``{"stream",
-    "written"}``.
-    """
-
-    def __init__(self, params: RedisSinkParams, ctx: StreamContext) -> None:
-        self.params = params
-        self.ctx = ctx
-        self.written = 0
-        self._client: Any = None
-
-    async def open(self) -> None:
-        """Connect (and check the server answers)."""
-        aioredis = _redis_asyncio("redis.stream sink")
-        self._client = aioredis.Redis.from_url(self.params.url)
-        await self._client.ping()
-
-    async def write(self, batch: list[Any]) -> None:
-        """XADD every item of the batch, pipelined."""
-        if not batch:
-            return
-        params = self.params
-        pipe = self._client.pipeline(transaction=False)
-        for item in batch:
-            pipe.xadd(
-                params.stream,
-                _encode_item(item, params),
-                maxlen=params.maxlen,
-                approximate=True,
-            )
-        await pipe.execute()
-        self.written += len(batch)
-
-    async def close(self, error: BaseException | None) -> dict[str, Any]:
-        """Disconnect; returns ``{"stream", "written"}``."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
-        return {"stream": self.params.stream, "written": self.written}
-
-
-# ---------------------------------------------------------------------------------------
-# checkpoint store
-# ---------------------------------------------------------------------------------------
-
-
-class RedisStoreParams(BaseModel):
-    """Params of the ``redis`` checkpoint store."""
-
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-
-    url: str = Field(DEFAULT_URL, description="Redis URL, e.g. redis://127.0.0.1:6379/0.")
-    prefix: str = Field(
-        "headwater:checkpoint:", description="Key prefix; the pipeline name follows it."
-    )
-    timeout: float = Field(5.0, gt=0, description="Socket timeout in seconds.")
-
-
-@headwater.checkpoint_store("redis", params=RedisStoreParams)
-class RedisCheckpointStore:
-    """Checkpoints in Redis, one JSON string per pipeline (``PREFIX + pipeline``).
-
-    Shared by every process that reaches the server: a pipeline resumed on another
-    machine continues from the same checkpoint. Durable only as far as the Redis server
-    persists its data (AOF or RDB). Pipelines run by several workers at once should use
-    ``memory`` (the consumer group holds their position) or distinct pipeline names.
-    """
-
-    def __init__(self, params: RedisStoreParams | None = None) -> None:
-        self.params = params if params is not None else RedisStoreParams()
-        sync = require("redis", "redis", "the redis checkpoint store")
-        self._client: Any = sync.Redis.from_url(
-            self.params.url,
-            socket_timeout=self.params.timeout,
-            socket_connect_timeout=self.params.timeout,
-        )
-
-    def _key(self, pipeline: str) -> str:
-        return f"{self.params.prefix}{pipeline}"
-
-    def _call(self, what: str, fn: Any, *args: Any) -> Any:
-        try:
-            return fn(*args)
-        except Exception as exc:
-            raise CheckpointError(
-                f"redis checkpoint store at {self.params.url}: cannot {what}: {exc}"
-            ) from None
-
-    def load(self, pipeline: str) -> Checkpoint | None:
-        """The latest checkpoint of ``pipeline``, or None."""
-        raw = self._call("read", self._client.get, self._key(pipeline))
-        if raw is None:
-            return None
-        try:
-            return Checkpoint.from_json(_text(raw))
-        except (ValueError, TypeError) as exc:
-            raise CheckpointError(
-                f"checkpoint of {pipeline!r} in Redis ({self._key(pipeline)}) is unreadable "
-                f"({exc}); delete the key to start over"
-            ) from None
-
-    def save(self, checkpoint: Checkpoint) -> None:
-        """Replace ``checkpoint.pipeline``'s checkpoint."""
-        data = checkpoint.to_json()
-        self._call("write", self._client.set, self._key(checkpoint.pipeline), data)
-
-    def list(self) -> list[Checkpoint]:
-        """Every pipeline's checkpoint under the prefix, by name."""
-        keys = sorted(
-            self._call("list", lambda: list(self._client.scan_iter(match=self.params.prefix + "*")))
-        )
-        out: list[Checkpoint] = []
-        for key in keys:
-            raw = self._call("read", self._client.get, key)
-            if raw is not None:
-                out.append(Checkpoint.from_json(_text(raw)))
-        return out
-
-    def reset(self, pipeline: str) -> bool:
-        """Forget ``pipeline``'s checkpoint."""
-        return bool(self._call("delete", self._client.delete, self._key(pipeline)))
-
-    def close(self) -> None:
-        """Close the connection pool."""
-        self._client.close()
 
 
 @headwater.hookimpl
