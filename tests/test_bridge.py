@@ -4,6 +4,9 @@
   of the owner's stream reaches the mirrors; replay with ``since`` works on a mirror.
 * Two server processes on two ports with the bridge, a pipeline publishing on the first,
   clients on both: every client receives every chunk in order with identical numbers.
+* Liveness: a node killed with SIGKILL stops heart-beating; the clients of its streams
+  on the other nodes get ``stream_error`` with code ``owner_lost``; a node started later
+  ignores the streams of owners that are not alive; no key of the bridge lives for ever.
 """
 
 from __future__ import annotations
@@ -248,3 +251,105 @@ async def test_two_serve_processes_with_the_bridge(
     for got in results[:-1]:
         assert got == expected
     assert results[-1] == expected[100:]
+
+
+# -- liveness ------------------------------------------------------------------------
+
+
+def keys_without_ttl(client: Any, prefix: str) -> list[bytes]:
+    """Keys under ``prefix`` that would never expire."""
+    return [k for k in client.scan_iter(match=f"{prefix}*") if client.pttl(k) == -1]
+
+
+async def test_a_late_node_ignores_streams_of_dead_owners(
+    redis_url: str, redis_client: Any
+) -> None:
+    prefix = unique("bridge") + ":"
+    # what a node killed with SIGKILL leaves behind: its entry, no heartbeat any more
+    info = {"node": "ghost", "epoch": "e1", "metadata": {}}
+    redis_client.hset(f"{prefix}open", "old", json.dumps(info))
+    redis_client.xadd(f"{prefix}stream:old", {"t": "open", "e": "e1", "n": "ghost", "m": "{}"})
+    async with node(redis_url, prefix, "a") as a:
+        await a.create_stream("live")
+        async with node(redis_url, prefix, "late") as late:
+            await until(lambda: late.has_stream("live"), 5, "the live stream's mirror")
+            assert not late.has_stream("old")
+        assert redis_client.hget(f"{prefix}open", "old") is None
+        assert redis_client.hget(f"{prefix}open", "live") is not None
+        redis_client.delete(f"{prefix}stream:old")
+        assert keys_without_ttl(redis_client, prefix) == []
+
+
+async def test_owner_killed_mirrors_close_with_owner_lost(
+    tmp_path: Path, redis_url: str, redis_client: Any
+) -> None:
+    from headwater.client import connect
+
+    prefix = unique("bridge") + ":"
+    source, stream = unique("in"), unique("live")
+    interval, missed = 0.2, 3
+    pipeline = {
+        "name": "feed",
+        "sources": {
+            "in": {
+                "action": "redis.stream",
+                "params": {"url": redis_url, "stream": source, "group": "feed", "block_ms": 50},
+            }
+        },
+        "checkpoint": {"store": "memory", "every_seconds": 0.1},
+        "sinks": [{"sink": "websocket"}],
+    }
+    bridge = {
+        "redis": redis_url,
+        "prefix": prefix,
+        "block_ms": 50,
+        "heartbeat_interval": interval,
+        "missed_heartbeats": missed,
+    }
+    base = {"port": 0, "pipelines": {"feed": pipeline}}
+    nodes = [start_node({**base, "bridge": {**bridge, "node": n}}, tmp_path) for n in "ab"]
+    owner, mirror = nodes[0][0], nodes[1][0]
+    urls = [f"ws://127.0.0.1:{port}/" for _, port in nodes]
+    messages: list[Any] = []
+    try:
+        with anyio.fail_after(60):
+            async with AsyncExitStack() as stack:
+                runner = await stack.enter_async_context(connect(urls[0]))
+                await runner.run("feed", stream=stream)
+                watcher = await subscribe_when_mirrored(stack, urls[1], stream, 0)
+                for i in range(5):
+                    redis_client.xadd(source, {"data": json.dumps({"i": i})})
+                async for message in watcher:  # bounded by fail_after
+                    if getattr(message, "stream", None) != stream:
+                        continue
+                    messages.append(message)
+                    if message.type == "stream_update" and message.seq == 5:
+                        break
+                assert redis_client.hget(f"{prefix}open", stream) is not None
+                owner.kill()  # SIGKILL: no closing, no last word
+                owner.wait(timeout=10)
+                async for message in watcher:
+                    if getattr(message, "stream", None) != stream:
+                        continue
+                    messages.append(message)
+                    if message.type == "stream_complete":
+                        break
+    finally:
+        for proc in (owner, mirror):
+            proc.terminate()
+        for proc in (owner, mirror):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                stop(proc)
+    kinds = [m.type for m in messages]
+    assert kinds.count("stream_update") == 5
+    errors = [m for m in messages if m.type == "stream_error"]
+    assert [e.error.get("code") for e in errors] == ["owner_lost"], errors
+    assert "node a" in errors[0].error["message"]
+    assert messages[-1].type == "stream_complete"
+    assert messages[-1].reason == "error"
+    # the dead owner's entry is gone, and nothing it left lives for ever
+    assert redis_client.hget(f"{prefix}open", stream) is None
+    assert redis_client.get(f"{prefix}node:a") is None
+    assert keys_without_ttl(redis_client, prefix) == []

@@ -1,8 +1,8 @@
 """What the Redis components (``redis.stream`` source and sink, ``redis`` store) share.
 
 * :func:`client`: an asyncio client whose own retries are off, so that every retry goes
-  through :mod:`headwater.core.reconnect` (one policy, one log line per change of state);
-  :func:`transient` says which errors are worth retrying.
+  through :mod:`headwater.core.reconnect`; :func:`transient` says which errors are worth
+  retrying (both from :mod:`headwater.core.redis_conn`, shared with the stream bridge).
 * :class:`ConsumerLease`: a default consumer name (``HOST-SLOT``) leased in Redis with
   ``SET NX`` and a TTL, so that two live workers never share a name, and a worker
   restarted on the same host takes its predecessor's name (and so its pending entries).
@@ -19,6 +19,8 @@ import socket
 import time
 from typing import Any, Final
 
+from headwater.core.redis_conn import redis_client, redis_transient
+
 from ._brokers import require
 
 __all__ = [
@@ -29,10 +31,6 @@ __all__ = [
     "transient",
 ]
 
-_TRANSIENT_REPLIES: Final = ("LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
-"""Error replies of a server that is restarting or failing over: retried like a lost
-connection."""
-
 
 def redis_asyncio(component: str) -> Any:
     """``redis.asyncio``, or an error naming the extra to install."""
@@ -40,42 +38,13 @@ def redis_asyncio(component: str) -> Any:
 
 
 def client(url: str, component: str, *, timeout: float | None = None) -> Any:
-    """An asyncio client for ``url`` with the client library's own retries off.
-
-    ``timeout`` bounds every socket read (None: none, for blocking reads whose wait is
-    bounded by the command itself); the connection attempt is bounded to 5 s, and TCP
-    keepalive finds a silent peer (a network partition) even without a timeout.
-    """
-    aioredis = redis_asyncio(component)
-    retry_mod = require("redis.asyncio.retry", "redis", component)
-    backoff = require("redis.backoff", "redis", component)
-    return aioredis.Redis.from_url(
-        url,
-        retry=retry_mod.Retry(backoff.NoBackoff(), 0),
-        socket_timeout=timeout,
-        socket_connect_timeout=5.0,
-        socket_keepalive=True,
-    )
+    """:func:`headwater.core.redis_conn.redis_client` (retries off: see the module)."""
+    return redis_client(url, component, timeout=timeout)
 
 
 def transient(exc: BaseException, *, missing_group: bool = False) -> bool:
-    """True for errors of an unreachable or restarting server (retry them); with
-    ``missing_group``, also ``NOGROUP`` (the group vanished with a server restarted
-    without persistence: the source creates it again)."""
-    if isinstance(exc, OSError | TimeoutError):
-        return True
-    try:
-        from redis import exceptions
-    except ImportError:  # pragma: no cover - the caller imported it already
-        return False
-    if isinstance(exc, exceptions.ConnectionError | exceptions.TimeoutError):
-        return True
-    if isinstance(exc, exceptions.ResponseError):
-        text = str(exc)
-        if text.startswith(_TRANSIENT_REPLIES):
-            return True
-        return missing_group and text.startswith("NOGROUP")
-    return False
+    """:func:`headwater.core.redis_conn.redis_transient`."""
+    return redis_transient(exc, missing_group=missing_group)
 
 
 # ---------------------------------------------------------------------------------------

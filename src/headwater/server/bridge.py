@@ -18,8 +18,20 @@ A :class:`StreamBridge` attaches to one node's
   started late mirrors what Redis still holds (about the replay buffer).
 
 Events leave in order through one queue and one pipelined writer task; one reader task
-follows every mirrored stream with ``XREAD``. Redis outages are logged and retried; the
-chunks published meanwhile are kept in a bounded queue.
+follows every mirrored stream with ``XREAD``. A Redis outage is ridden out through
+:mod:`headwater.core.reconnect` (backoff with jitter, one log line per change of state,
+for as long as it lasts: a node keeps serving its own streams); the chunks published
+meanwhile are kept in a bounded queue.
+
+**Liveness.** Every ``heartbeat_interval`` seconds each node sets ``PREFIX node:NODE``
+(a new value each time, expiring after ``missed_heartbeats`` intervals) and refreshes
+the expiry of every key it owns: its open streams' keys, its entries of ``PREFIX open``
+(the hash), the announcements. A mirror whose owner's heartbeat has not changed for
+``missed_heartbeats`` intervals (on the mirror's own clock, and not counting time the
+mirror itself was cut off from Redis) sends its clients ``stream_error`` with code
+``owner_lost`` and closes the stream. A node starting up ignores (and removes)
+announcements of owners that are not alive. Closed streams' keys expire ``ttl`` seconds
+after closing; every other key expires by itself once no node refreshes it.
 
 Enabled in the server configuration (``bridge: {redis: "redis://127.0.0.1:6379"}``), or
 around any manager::
@@ -37,6 +49,7 @@ import fnmatch
 import json
 import logging
 import secrets
+import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,6 +60,8 @@ import anyio
 from anyio.abc import TaskGroup
 from pydantic import BaseModel, ConfigDict, Field
 
+from headwater.core.reconnect import Link
+from headwater.core.redis_conn import redis_client, redis_transient
 from headwater.core.streaming import Frame, StreamError, StreamingManager, encode_json
 
 __all__ = ["BridgeConfig", "StreamBridge"]
@@ -57,8 +72,8 @@ _QUEUE_LIMIT: Final = 100_000
 """Events waiting to be written to Redis before the oldest are dropped (Redis is down)."""
 _WRITE_BATCH: Final = 1000
 """Most events per pipelined round trip."""
-_RETRY_SECONDS: Final = (0.5, 1.0, 2.0, 5.0)
-"""Pauses between attempts when Redis does not answer (the last one repeats)."""
+OWNER_LOST: Final = "owner_lost"
+"""``code`` of the ``stream_error`` a mirror sends when its owner stopped heart-beating."""
 
 
 class BridgeConfig(BaseModel):
@@ -89,6 +104,16 @@ class BridgeConfig(BaseModel):
     block_ms: int = Field(
         1000, ge=10, le=60_000, description="Longest wait of one XREAD for new events."
     )
+    heartbeat_interval: float = Field(
+        2.0, gt=0, le=3600, description="Seconds between two heartbeats of this node."
+    )
+    missed_heartbeats: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="Heartbeats an owner may miss before its mirrored streams are closed "
+        "with stream_error code owner_lost (and its keys expire).",
+    )
 
 
 @dataclass(slots=True)
@@ -111,9 +136,10 @@ def _text(value: bytes | str) -> str:
 class StreamBridge:
     """Shares a node's streams through Redis and mirrors the other nodes' (see module).
 
-    An async context manager: entering connects to Redis, starts the writer and reader
-    tasks and begins observing the manager (which must be running); leaving writes what
-    is queued (briefly), then stops.
+    An async context manager: entering connects to Redis (waiting through an outage),
+    starts the writer, reader, heartbeat and owner-watching tasks and begins observing
+    the manager (which must be running); leaving writes what is queued (briefly), then
+    stops.
     """
 
     def __init__(self, manager: StreamingManager, config: BridgeConfig) -> None:
@@ -125,39 +151,83 @@ class StreamBridge:
         self._open_key = f"{prefix}open"
         self._prefix = prefix
         self._maxlen = config.maxlen or max(1, manager.config.replay_max_chunks)
+        self._window = config.heartbeat_interval * config.missed_heartbeats
+        """Seconds without a new heartbeat after which an owner counts as lost."""
+        self._key_ttl_ms = int(self._window * 2000) + 1000
+        """Expiry of the keys a node refreshes at each heartbeat (two windows)."""
         self._queue: deque[tuple[str, dict[str, Any]]] = deque()
         self._wake = anyio.Event()
         self._write_lock = anyio.Lock()
         self._mirrors: dict[str, _Mirror] = {}
-        self._shared: set[str] = set()
+        self._shared: dict[str, str] = {}
+        """This node's shared open streams: id -> their ``open`` hash entry (JSON)."""
+        self._beats: dict[str, tuple[bytes | None, float]] = {}
+        """Owner node -> (its last heartbeat value, when this node saw it change)."""
+        self._beat = 0
+        self._outages_seen = 0
         self._client: Any = None
         self._tg: TaskGroup | None = None
         self._announce_cursor: bytes = b"$"
+        self.link = Link("stream bridge", config.redis, deadline=None, log=log)
+        """The connection to Redis through outages (figures: :meth:`Link.figures`)."""
         self.dropped = 0
         """Events dropped because Redis was unreachable for too long."""
         self.relayed = 0
         """Remote chunks published into the local manager."""
+        self.owners_lost = 0
+        """Mirrored streams closed because their owner stopped heart-beating."""
 
     # -- lifecycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        from headwater.core.optional import require
+        from headwater.core.reconnect import retry
 
-        aioredis = require("redis.asyncio", "redis", "the stream bridge")
-        self._client = aioredis.Redis.from_url(self.config.redis)
-        await self._client.ping()
-        newest = await self._client.xrevrange(self._announce_key, count=1)
-        self._announce_cursor = newest[0][0] if newest else b"0-0"
-        for stream_id, raw in (await self._client.hgetall(self._open_key)).items():
-            self._follow(_text(stream_id), json.loads(raw))
+        self._client = redis_client(self.config.redis, "the stream bridge", timeout=None)
+        await retry(self.link, self._start, transient=redis_transient)
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
         tg.start_soon(self._writer)
         tg.start_soon(self._reader)
+        tg.start_soon(self._heartbeat)
+        tg.start_soon(self._watch_owners)
         self.manager.add_observer(self)
-        log.info("bridge: node %s sharing streams through %s", self.node, self.config.redis)
+        log.info("bridge: node %s sharing streams through %s", self.node, self.link.address)
         return self
+
+    async def _start(self) -> None:
+        """Beat once, then follow the open streams of the live owners."""
+        client = self._client
+        await self._beat_once()
+        newest = await client.xrevrange(self._announce_key, count=1)
+        self._announce_cursor = newest[0][0] if newest else b"0-0"
+        entries = {
+            _text(k): json.loads(v) for k, v in (await client.hgetall(self._open_key)).items()
+        }
+        owners = sorted({str(info.get("node", "")) for info in entries.values()} - {self.node})
+        alive = (
+            dict(zip(owners, await client.mget(self._node_key(n) for n in owners), strict=True))
+            if owners
+            else {}
+        )
+        dead = []
+        now = time.monotonic()
+        for stream_id, info in entries.items():
+            owner = str(info.get("node", ""))
+            if owner == self.node:
+                continue
+            if alive.get(owner) is None:
+                dead.append(stream_id)
+                continue
+            self._beats.setdefault(owner, (alive[owner], now))
+            self._follow(stream_id, info)
+        if dead:
+            await client.hdel(self._open_key, *dead)
+            log.info(
+                "bridge: ignored %d streams of nodes that are not alive: %s",
+                len(dead),
+                ", ".join(sorted(dead)),
+            )
 
     async def __aexit__(
         self,
@@ -173,6 +243,9 @@ class StreamBridge:
                     if not self._queue:
                         break
                     await self._flush()
+                await self._client.delete(self._node_key(self.node))
+        except Exception as exc:
+            log.warning("bridge: could not write the last events to Redis: %s", exc)
         finally:
             if tg is not None:
                 tg.cancel_scope.cancel()
@@ -182,6 +255,21 @@ class StreamBridge:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                     await client.aclose()
 
+    async def _retrying(self, step: Any, what: str) -> None:
+        """Run ``step()`` for ever: a Redis error pauses it (see :class:`Link`), any other
+        error is logged and retried after the same pauses (the bridge must outlive it)."""
+        while True:
+            try:
+                await step()
+            except Exception as exc:
+                if redis_transient(exc):
+                    await anyio.sleep(self.link.failed(exc))
+                else:
+                    log.exception("bridge: %s failed; retrying", what)
+                    await anyio.sleep(self.link.backoff.pause(3))
+                continue
+            self.link.succeeded()
+
     # -- observer (out) -----------------------------------------------------------------
 
     def _shares(self, stream_id: str) -> bool:
@@ -189,6 +277,9 @@ class StreamBridge:
 
     def _key(self, stream_id: str) -> str:
         return f"{self._prefix}stream:{stream_id}"
+
+    def _node_key(self, node: str) -> str:
+        return f"{self._prefix}node:{node}"
 
     def _put(self, key: str, fields: dict[str, Any]) -> None:
         if len(self._queue) >= _QUEUE_LIMIT:
@@ -205,14 +296,15 @@ class StreamBridge:
             return
         if not any(fnmatch.fnmatchcase(stream_id, p) for p in self.config.streams):
             return
-        self._shared.add(stream_id)
         try:
             meta = encode_json(dict(metadata))
         except Exception:
             meta = b"{}"
+        info = {"node": self.node, "epoch": epoch, "metadata": json.loads(meta)}
+        self._shared[stream_id] = json.dumps(info)
         fields = {"t": "open", "e": epoch, "n": self.node, "m": meta}
         self._put(self._key(stream_id), fields)
-        self._put("", {"op": "open", "stream": stream_id, "node": self.node, "e": epoch, "m": meta})
+        self._put("", {"op": "open", "stream": stream_id})
 
     def chunk_published(self, stream_id: str, epoch: str, seq: int, payload: bytes) -> None:
         """Queue one chunk of a shared stream."""
@@ -234,7 +326,7 @@ class StreamBridge:
         """Queue the closing of a shared stream."""
         if stream_id not in self._shared:
             return
-        self._shared.discard(stream_id)
+        del self._shared[stream_id]
         fields: dict[str, Any] = {"t": "close", "r": reason}
         if summary is not None:
             try:
@@ -244,24 +336,19 @@ class StreamBridge:
         if error is not None:
             fields["x"] = error
         self._put(self._key(stream_id), fields)
-        self._put("", {"op": "close", "stream": stream_id, "node": self.node})
+        self._put("", {"op": "close", "stream": stream_id})
 
     # -- writer -------------------------------------------------------------------------
 
     async def _writer(self) -> None:
-        attempt = 0
-        while True:
-            if not self._queue:
-                self._wake = anyio.Event()
-                await self._wake.wait()
-            try:
+        async def step() -> None:
+            while True:
+                if not self._queue:
+                    self._wake = anyio.Event()
+                    await self._wake.wait()
                 await self._flush()
-                attempt = 0
-            except Exception as exc:
-                pause = _RETRY_SECONDS[min(attempt, len(_RETRY_SECONDS) - 1)]
-                attempt += 1
-                log.warning("bridge: writing to Redis failed (%s); retrying in %gs", exc, pause)
-                await anyio.sleep(pause)
+
+        await self._retrying(step, "writing to Redis")
 
     async def _flush(self) -> None:
         """Write up to one batch of queued events (removed once written)."""
@@ -273,21 +360,22 @@ class StreamBridge:
         batch = [queue[i] for i in range(min(len(queue), _WRITE_BATCH))]
         if not batch:
             return
+        ttl = self._key_ttl_ms
         pipe = self._client.pipeline(transaction=False)
         for key, fields in batch:
             if key:
                 pipe.xadd(key, fields, maxlen=self._maxlen, approximate=True)
                 if fields["t"] == "close":
                     pipe.expire(key, int(self.config.ttl))
+                elif fields["t"] == "open":
+                    pipe.pexpire(key, ttl)
                 continue
             stream_id = fields["stream"]
             if fields["op"] == "open":
-                info = {
-                    "node": self.node,
-                    "epoch": fields["e"],
-                    "metadata": json.loads(fields["m"]),
-                }
-                pipe.hset(self._open_key, stream_id, json.dumps(info))
+                info = self._shared.get(stream_id)
+                if info is not None:
+                    pipe.hset(self._open_key, stream_id, info)
+                    pipe.pexpire(self._open_key, ttl)
             else:
                 pipe.hdel(self._open_key, stream_id)
             pipe.xadd(
@@ -296,9 +384,96 @@ class StreamBridge:
                 maxlen=10_000,
                 approximate=True,
             )
+            pipe.pexpire(self._announce_key, ttl)
         await pipe.execute()
         for _ in batch:
             queue.popleft()
+
+    # -- liveness -----------------------------------------------------------------------
+
+    async def _beat_once(self) -> None:
+        """Say this node is alive; keep the keys it owns from expiring."""
+        self._beat += 1
+        ttl = self._key_ttl_ms
+        pipe = self._client.pipeline(transaction=False)
+        pipe.set(
+            self._node_key(self.node),
+            f"{self._beat}",
+            px=int(self._window * 1000),
+        )
+        for stream_id, info in list(self._shared.items()):
+            pipe.pexpire(self._key(stream_id), ttl)
+            pipe.hset(self._open_key, stream_id, info)  # back, if Redis lost its data
+        pipe.pexpire(self._open_key, ttl)
+        pipe.pexpire(self._announce_key, ttl)
+        await pipe.execute()
+
+    async def _heartbeat(self) -> None:
+        async def step() -> None:
+            while True:
+                await anyio.sleep(self.config.heartbeat_interval)
+                await self._beat_once()
+
+        await self._retrying(step, "the heartbeat")
+
+    async def _watch_owners(self) -> None:
+        async def step() -> None:
+            while True:
+                await anyio.sleep(self.config.heartbeat_interval)
+                await self._check_owners()
+
+        await self._retrying(step, "watching the owners of mirrored streams")
+
+    async def _check_owners(self) -> None:
+        """Close the mirrors of owners whose heartbeat stopped changing."""
+        owners = sorted({m.node for m in self._mirrors.values()})
+        if not owners:
+            return
+        values = await self._client.mget([self._node_key(n) for n in owners])
+        now = time.monotonic()
+        # time this node spent cut off from Redis says nothing of the owners
+        cut_off = self.link.outages != self._outages_seen
+        self._outages_seen = self.link.outages
+        for owner, value in zip(owners, values, strict=True):
+            seen = self._beats.get(owner)
+            if seen is None or seen[0] != value or cut_off:
+                # new, alive, or our own outage just ended: count from now
+                self._beats[owner] = (value, now)
+            elif now - seen[1] >= self._window:
+                await self._owner_lost(owner, now - seen[1])
+        for gone in set(self._beats) - set(owners):
+            del self._beats[gone]
+
+    async def _owner_lost(self, owner: str, silent: float) -> None:
+        lost = [m for m in self._mirrors.values() if m.node == owner]
+        log.warning(
+            "bridge: node %s sent no heartbeat for %.1fs (%d missed): closing its %d "
+            "mirrored streams with %s",
+            owner,
+            silent,
+            self.config.missed_heartbeats,
+            len(lost),
+            OWNER_LOST,
+        )
+        self._beats.pop(owner, None)
+        for mirror in lost:
+            self._mirrors.pop(mirror.stream_id, None)
+            self.owners_lost += 1
+            if mirror.epoch is None or not self.manager.has_stream(mirror.stream_id):
+                continue
+            error = {
+                "error": "OwnerLost",
+                "code": OWNER_LOST,
+                "message": f"node {owner}, which owns stream {mirror.stream_id!r}, stopped "
+                f"sending heartbeats ({self.config.missed_heartbeats} missed)",
+                "node": owner,
+            }
+            try:
+                await self.manager.handle_stream_error(mirror.stream_id, error)
+            except StreamError:
+                continue  # closed meanwhile
+        if lost:
+            await self._client.hdel(self._open_key, *[m.stream_id for m in lost])
 
     # -- reader (in) --------------------------------------------------------------------
 
@@ -315,16 +490,11 @@ class StreamBridge:
         )
 
     async def _reader(self) -> None:
-        attempt = 0
-        while True:
-            try:
+        async def step() -> None:
+            while True:
                 await self._read_once()
-                attempt = 0
-            except Exception as exc:
-                pause = _RETRY_SECONDS[min(attempt, len(_RETRY_SECONDS) - 1)]
-                attempt += 1
-                log.warning("bridge: reading from Redis failed (%s); retrying in %gs", exc, pause)
-                await anyio.sleep(pause)
+
+        await self._retrying(step, "reading from Redis")
 
     async def _read_once(self) -> None:
         keys: dict[str, bytes] = {self._announce_key: self._announce_cursor}
@@ -354,6 +524,7 @@ class StreamBridge:
         if op == "open" and node != self.node:
             raw = await self._client.hget(self._open_key, stream_id)
             info = json.loads(raw) if raw else {"node": node}
+            self._beats.setdefault(node, (None, time.monotonic()))
             self._follow(stream_id, info)
 
     async def _relay(self, mirror: _Mirror, fields: dict[str, Any]) -> None:
