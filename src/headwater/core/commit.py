@@ -87,6 +87,11 @@ class Checkpointer:
         """The marker after the last item of a source that ended normally."""
         return self._marker(produced, final=True)
 
+    def stopped(self, produced: int) -> Marker:
+        """The marker after the last item of a source stopped by a clean cancellation:
+        the sources' last reported positions, not a completion."""
+        return self._marker(produced, final=False)
+
     def _marker(self, produced: int, *, final: bool) -> Marker:
         self.seq += 1
         self._last_items = produced

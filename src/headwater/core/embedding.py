@@ -302,7 +302,9 @@ class _Shared:
         assert self.done is not None
         with anyio.CancelScope(shield=True):
             if not self.done.is_set():
-                self.handle.cancel(reason)
+                # the consumer left: what the tap holds was never delivered, so no final
+                # checkpoint may count it (and the tap would wait for it)
+                self.handle.cancel(reason, immediate=True)
                 await self.done.wait()
             self.receive.close()
 

@@ -44,6 +44,11 @@ class _Checkpointing:
         """The checkpoint found in the store at start (even when not resuming)."""
         self._completed_at: Checkpoint | None = None
         """Set when a resumed run found its pipeline already completed."""
+        self.stopping = False
+        """The run was cancelled cleanly (:meth:`stop`): its sources stopped, and what
+        they produced goes on to the sinks, to be committed as a final checkpoint."""
+        self._sources: set[anyio.CancelScope] = set()
+        """The scopes of the sources running now (see :meth:`source_scope`)."""
 
     # -- before the stages start -----------------------------------------------------------
 
@@ -177,6 +182,44 @@ class _Checkpointing:
 
     # -- while the stages run ------------------------------------------------------------
 
+    def source_scope(self) -> anyio.CancelScope:
+        """A scope for one source to run in, which :meth:`stop` cancels; hand it back to
+        :meth:`source_ended` when the source ended."""
+        scope = anyio.CancelScope()
+        if self.stopping:
+            scope.cancel()
+        self._sources.add(scope)
+        return scope
+
+    def source_ended(self, scope: anyio.CancelScope) -> None:
+        """The source of ``scope`` ended."""
+        self._sources.discard(scope)
+
+    def stop(self) -> bool:
+        """A clean cancellation: stop the sources, so that every item they produced goes
+        on through the stages to the sinks, followed by a stop marker (see
+        :meth:`end_marker`) whose checkpoint is committed once every sink acknowledged it.
+
+        False when that does not apply (no checkpoints, or no source running): the run
+        is then cancelled at once. Stateful steps keep what they hold in the checkpoint
+        rather than flushing it (:meth:`complete`).
+        """
+        if self.stopping:
+            return True
+        if self.checkpointer is None or not self._sources:
+            return False
+        self.stopping = True
+        for scope in self._sources:
+            scope.cancel()
+        return True
+
+    def end_marker(self, produced: int) -> Marker:
+        """The marker after a source's last item (``produced`` items into its channel so
+        far): the final one, or the stop marker once the run is stopping."""
+        ckpt = self.checkpointer
+        assert ckpt is not None
+        return ckpt.stopped(produced) if self.stopping else ckpt.final(produced)
+
     def wire_source(
         self, ctx: StreamContext, comp: Component, name: str, out: BatchChannel
     ) -> None:
@@ -249,7 +292,13 @@ class _Checkpointing:
     def complete(self, held: list[Marker]) -> None:
         """A stage that ended normally without the source's final marker (``take`` got
         enough, a stream transformer stopped reading) marks the end of the run itself:
-        otherwise what it emitted after the last checkpoint would never be committed."""
+        otherwise what it emitted after the last checkpoint would never be committed.
+
+        A stopping run did not complete: the final markers of sources that had ended are
+        dropped (the stop markers, later ones, went ahead of them)."""
+        if self.stopping:
+            held.clear()
+            return
         ckpt = self.checkpointer
         if ckpt is not None and not any(m.final for m in held):
             held.append(ckpt.final(self.run.produced()))

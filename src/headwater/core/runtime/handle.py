@@ -128,9 +128,18 @@ class RunHandle:
         """True once the run finished, whatever the outcome."""
         return self._run.finished.is_set()
 
-    def cancel(self, reason: str = "cancelled") -> None:
-        """Stop the run: every stage stops and cleans up. Safe to call more than once."""
-        self._run.cancel(reason)
+    def cancel(self, reason: str = "cancelled", *, immediate: bool = False) -> None:
+        """Stop the run: every stage stops and cleans up. Safe to call more than once.
+
+        A checkpointed run stops cleanly: its sources stop, what they produced goes
+        through the steps to the sinks, and once every sink acknowledged it a final
+        checkpoint is committed (with the steps' states), so that a resumed run goes on
+        from there; then the run ends ``cancelled``. A run still stopping after
+        ``CLEANUP_GRACE`` seconds is cancelled as below. With ``immediate`` (or without
+        checkpoints) every stage is cancelled at once: what happened since the last
+        checkpoint is done again after a resume.
+        """
+        self._run.cancel(reason, immediate=immediate)
 
     def drain(self) -> None:
         """Ask the run's broker sources to stop taking messages and return: what they

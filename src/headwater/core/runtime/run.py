@@ -35,6 +35,7 @@ from .run_metrics import _Clock, _live_metrics, _summary
 from .sinks import _close_sinks, _FanOut, _Output, _SinkRuntime, _Sinks
 from .sources import _Sources
 from .stages import _Stages
+from .tasks import CLEANUP_GRACE
 from .timeouts import _watchdog
 
 __all__ = ["create_run", "execute"]
@@ -94,11 +95,20 @@ class _Run:
 
     # -- control ------------------------------------------------------------------------
 
-    def cancel(self, reason: str = "cancelled") -> None:
+    def cancel(self, reason: str = "cancelled", *, immediate: bool = False) -> None:
+        """Cancel the run (see :meth:`RunHandle.cancel`).
+
+        With checkpoints, unless ``immediate``, the sources stop and the rest of the run
+        ends by itself once the sinks committed what they produced, or is cancelled
+        :data:`CLEANUP_GRACE` seconds later.
+        """
         if self.cancel_reason is None:
             self.cancel_reason = reason
-        if self._scope is not None:
-            self._scope.cancel()
+        scope = self._scope
+        if scope is not None and not immediate and self.checkpoints.stop():
+            scope.deadline = min(scope.deadline, anyio.current_time() + CLEANUP_GRACE)
+        elif scope is not None:
+            scope.cancel()
         else:
             self._pending_cancel = True
 

@@ -52,8 +52,11 @@ class _Sources:
             tg.start_soon(_producer, run, head, self._zip, chans, head)
 
     async def _concat(self, stages: list[ResolvedStage], out: BatchChannel) -> None:
-        """Run the sources one after the other into ``out``: all of one before the next."""
+        """Run the sources one after the other into ``out``: all of one before the next
+        (none after a clean stop)."""
         for stage in stages:
+            if self.run.checkpoints.stopping:
+                return
             await self._source(stage, out)
 
     async def _zip(self, chans: list[BatchChannel], out: BatchChannel) -> None:
@@ -89,21 +92,32 @@ class _Sources:
         a ``Status`` event of state ``fallback`` and recorded in the run's summary; the
         error that caused it is reported as a handled error of the stage. It runs with the
         same params, into the same channel, under the same stage name.
+
+        A clean cancellation of a checkpointed run stops the source (its scope is
+        cancelled) and the stop marker follows its last item, as the final marker would.
         """
         run = self.run
         stats = run.stage_stats(stage.stage)
         if stage.stands_in_for is not None:
             run.fell_back(stage.stage, stage.stands_in_for, stage.component.name, stage.unavailable)
         fallback = stage.fallback
+        checkpoints = run.checkpoints
+        scope = checkpoints.source_scope()
         try:
-            await self._produce(stage, stage, out, stats, fallback is not None)
-        except _FallBack as failed:
-            assert fallback is not None
-            error = run.stage_error(stage, 0, failed.error)
-            await run.handled_error(error)
-            cause = f"{type(failed.error).__name__}: {failed.error}"
-            run.fell_back(stage.stage, stage.component.name, fallback.component.name, cause)
-            await self._produce(stage, fallback, out, stats, False)
+            with scope:
+                try:
+                    await self._produce(stage, stage, out, stats, fallback is not None)
+                except _FallBack as failed:
+                    assert fallback is not None
+                    error = run.stage_error(stage, 0, failed.error)
+                    await run.handled_error(error)
+                    cause = f"{type(failed.error).__name__}: {failed.error}"
+                    run.fell_back(stage.stage, stage.component.name, fallback.component.name, cause)
+                    await self._produce(stage, fallback, out, stats, False)
+        finally:
+            checkpoints.source_ended(scope)
+        if scope.cancelled_caught and not out.reader_closed:
+            out.put_marker(checkpoints.end_marker(out.taken + len(out.items)))
 
     async def _produce(
         self,
@@ -160,7 +174,7 @@ class _Sources:
                 stats.items_out += len(items)
                 await out.put_batch(items)
             if ckpt is not None and not out.reader_closed:
-                out.put_marker(ckpt.final(out.taken + len(out.items)))
+                out.put_marker(run.checkpoints.end_marker(out.taken + len(out.items)))
         except (DownstreamClosed, _Stop, _FallBack, anyio.get_cancelled_exc_class()):
             raise
         except Exception as exc:

@@ -145,7 +145,9 @@ class _Stages:
                     await out.put_batch(batch)
                 exhausted = any(s.exhausted for s in steps)
             for i, step in enumerate(steps):
-                if step.flush is not None:
+                # a stopping run's steps keep their tails: their states are in the stop
+                # markers' checkpoint, and a resumed run goes on from them
+                if step.flush is not None and not checkpoints.stopping:
                     try:
                         tail = step.flush()
                     except Exception as exc:
