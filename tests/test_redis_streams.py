@@ -289,3 +289,125 @@ def test_resumable_pipeline_resumes_from_the_redis_store(
     saved = json.loads(redis_client.get(prefix + spec["name"]))
     assert saved["completed"] is True
     assert saved["items"] == 40
+
+
+# -- consumer hygiene ------------------------------------------------------------------
+
+
+def test_default_names_are_leased_per_host_slot(redis_url: str, redis_client: Any) -> None:
+    import socket
+
+    from headwater.builtin_plugins._redis import ConsumerLease
+
+    stream = unique("lease")
+    prefix = f"{stream}:lease:"
+    host = socket.gethostname()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead_pid = int(dead.stdout)
+
+    async def scenario() -> tuple[str, str, str, str]:
+        from headwater.core.redis_conn import redis_client as make
+
+        client = make(redis_url, "test")
+        try:
+            first = ConsumerLease(stream, "g", prefix=prefix)
+            second = ConsumerLease(stream, "g", prefix=prefix)
+            a = await first.acquire(client)
+            b = await second.acquire(client)  # a live holder: the next slot
+            await first.release(client)
+            third = ConsumerLease(stream, "g", prefix=prefix)
+            c = await third.acquire(client)  # released: slot 0 again
+            # a holder of this host whose process is gone is taken over
+            stale = json.dumps({"host": host, "pid": dead_pid, "start": None, "token": "x"})
+            await client.set(third.key(f"{host}-2"), stale, px=60_000)
+            await client.set(third.key(f"{host}-3"), stale.replace(host, "elsewhere"))
+            d = await ConsumerLease(stream, "g", prefix=prefix).acquire(client)
+            return a, b, c, d
+        finally:
+            await client.aclose()
+
+    a, b, c, d = anyio.run(scenario)
+    assert (a, b, c) == (f"{host}-0", f"{host}-1", f"{host}-0")
+    assert d == f"{host}-2"
+    assert 0 < redis_client.pttl(f"{prefix}{stream}:g:{host}-1") <= 30_000
+
+
+def test_claim_interval_follows_claim_idle_ms() -> None:
+    from headwater.builtin_plugins.redis_streams import RedisSourceParams, _ConsumerGroup
+    from headwater.core.context import RunIdentity, StreamContext
+
+    ctx = StreamContext(RunIdentity("p", "r"), "sources.s")
+    params = RedisSourceParams(stream="s", group="g", consumer="c", claim_idle_ms=30_000)
+    assert _ConsumerGroup(params, ctx).claim_interval == 3.0
+    params = RedisSourceParams(stream="s", group="g", consumer="c", claim_interval=0.5)
+    assert _ConsumerGroup(params, ctx).claim_interval == 0.5
+
+
+def test_entries_over_max_deliver_go_to_the_dead_letter_stream(
+    redis_url: str, redis_client: Any
+) -> None:
+    src, dlq = unique("in"), unique("dlq")
+    ids = preload(redis_client, src, 6)
+    redis_client.xgroup_create(src, "g", id="0")
+    redis_client.xreadgroup("g", "me", {src: ">"}, count=2)  # mine: 1 delivery so far
+    redis_client.xreadgroup("g", "me", {src: "0"}, count=2)  # a restart: 2 deliveries
+    redis_client.xreadgroup("g", "dead", {src: ">"}, count=2)  # a dead member's: 1
+    spec = pipeline(
+        {
+            "url": redis_url,
+            "stream": src,
+            "group": "g",
+            "consumer": "me",
+            "claim_idle_ms": 1,
+            "max_deliver": 2,
+            "dead_letter": dlq,
+            "idle_exit": 0.3,
+        }
+    )
+    result = headwater.run_sync(spec, plugins=broker_plugins())
+    # mine come a third time: dead-lettered; the dead member's a second time: delivered
+    assert sorted(item["n"] for item in result.output) == [2, 3, 4, 5]
+    dead = redis_client.xrange(dlq)
+    assert [f[b"headwater-id"] for _, f in dead] == ids[:2]
+    assert {f[b"headwater-deliveries"] for _, f in dead} == {b"3"}
+    assert dead[0][1][b"data"] == b'{"n": 0}'
+    assert dead[0][1][b"headwater-stream"] == src.encode()
+    assert pending(redis_client, src, "g") == 0
+
+
+def test_idle_consumers_holding_nothing_are_deleted(redis_url: str, redis_client: Any) -> None:
+    src = unique("in")
+    preload(redis_client, src, 3)
+    redis_client.xgroup_create(src, "g", id="0")
+    redis_client.xgroup_createconsumer(src, "g", "gone")  # holds nothing
+    redis_client.xreadgroup("g", "holder", {src: ">"}, count=1)  # holds an entry
+
+    def idle_ms(name: bytes) -> int:
+        return next(c["idle"] for c in redis_client.xinfo_consumers(src, "g") if c["name"] == name)
+
+    import time
+
+    for _ in range(200):  # bounded: until both have been idle 100 ms
+        if min(idle_ms(b"gone"), idle_ms(b"holder")) >= 100:
+            break
+        time.sleep(0.01)
+    spec = pipeline(
+        {
+            "url": redis_url,
+            "stream": src,
+            "group": "g",
+            "consumer": "me",
+            "claim_idle_ms": None,
+            "delete_idle_consumers": 0.1,
+            "idle_exit": 0.2,
+        }
+    )
+    result = headwater.run_sync(spec, plugins=broker_plugins())
+    assert len(result.output) == 2
+    names = {c["name"] for c in redis_client.xinfo_consumers(src, "g")}
+    assert names == {b"holder", b"me"}

@@ -345,3 +345,80 @@ def test_sigterm_drains_and_leaves_nothing_pending(
     read = int(redis_client.xinfo_groups(stream)[0]["entries-read"] or 0)
     assert 0 < read < 20_000, "the worker read everything before SIGTERM: no drain tested"
     assert redis_client.xlen(out) == read  # what it read, it wrote, and acknowledged
+
+
+def test_a_restarted_worker_takes_its_name_back_and_reads_its_pending_first(
+    tmp_path: Path, redis_url: str, redis_client: Any
+) -> None:
+    stream = unique("work")
+    ids = preload_redis(redis_client, stream, 3000)
+    spec = {
+        "name": "restart-test",
+        "sources": {
+            "in": {
+                "action": "redis.stream",
+                "params": {
+                    "url": redis_url,
+                    "stream": stream,
+                    "group": "g",
+                    "batch": 100,
+                    "claim_idle_ms": None,  # only its own restart may deliver them again
+                },
+            }
+        },
+        "steps": [{"transformer": "throttle", "params": {"rate": 1000, "burst": 50}}],
+        "sinks": [{"sink": "jsonl", "params": {"path": "first.jsonl"}}],
+        "checkpoint": {"store": "memory", "every_seconds": 0.2},
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(json.dumps(spec), encoding="utf-8")
+    env = plugin_env(tmp_path)
+    env.pop("HEADWATER_CONSUMER", None)
+
+    def worker(out: str) -> subprocess.Popen[bytes]:
+        with open(tmp_path / f"{out}.err", "wb") as err:
+            return subprocess.Popen(
+                headwater_command("worker", str(path), f"--set=sinks.0.params.path={out}.jsonl"),
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=env,
+                cwd=tmp_path,
+            )
+
+    def lines(out: str) -> list[int]:
+        file = tmp_path / f"{out}.jsonl"
+        text = file.read_text(encoding="utf-8") if file.exists() else ""
+        return [json.loads(line)["n"] for line in text.splitlines() if line.endswith("}")]
+
+    def consumers() -> dict[bytes, int]:
+        try:
+            infos = redis_client.xinfo_consumers(stream, "g")
+        except Exception:
+            return {}
+        return {c["name"]: int(c["pending"]) for c in infos}
+
+    first = worker("first")
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        wait_for(
+            lambda: len(lines("first")) >= 300 and sum(consumers().values()) > 0,
+            60,
+            "the first worker to write and hold entries",
+        )
+        first.kill()
+        first.wait(timeout=10)
+        ((name, held),) = consumers().items()
+        rows = redis_client.xpending_range(stream, "g", "-", "+", 3000, name)
+        pending = [ids[r["message_id"]] for r in rows]
+        assert len(pending) == held > 0
+        second = worker("second")
+        wait_for(lambda: len(lines("second")) >= len(pending), 60, "the pending entries")
+        assert list(consumers()) == [name], "the restarted worker took another name"
+        assert lines("second")[: len(pending)] == pending
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=20) == 0
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)
+    assert name.decode().rsplit("-", 1)[1] == "0"

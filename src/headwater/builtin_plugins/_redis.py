@@ -107,8 +107,8 @@ class ConsumerLease:
 
     The lowest free slot is taken with ``SET key VALUE NX PX ttl`` (the key is
     ``PREFIX STREAM:GROUP:NAME``), and refreshed while the worker runs. A lease whose
-    holder was a process of this host that no longer runs (same pid, different start
-    time, or the pid of this very process, as in a restarted container) is taken over:
+    holder was a process of this host that no longer runs (its pid is gone, or belongs
+    to a process started at another time, as in a restarted container) is taken over:
     a worker restarted on the same host gets its predecessor's name, and so reads the
     entries its predecessor left pending first. Leases of other hosts are only taken once
     expired.
@@ -119,13 +119,14 @@ class ConsumerLease:
     ) -> None:
         self.host = socket.gethostname()
         self.pid = os.getpid()
+        self.start = _process_start(self.pid)
         self.ttl_ms = max(1000, int(ttl * 1000))
         self._prefix = f"{prefix}{stream}:{group}:"
         self.value = json.dumps(
             {
                 "host": self.host,
                 "pid": self.pid,
-                "start": _process_start(self.pid),
+                "start": self.start,
                 "token": secrets.token_hex(8),
             }
         )
@@ -145,11 +146,13 @@ class ConsumerLease:
             return False
         if held.get("host") != self.host:
             return False
+        start = held.get("start")
         if pid == self.pid:
-            return True  # our own pid, and not our value: an earlier life (a container)
+            # this process (another source of it), or an earlier life with the same pid
+            # (a restarted container): only a different start time tells them apart
+            return start is not None and self.start is not None and start != self.start
         if not _alive(pid):
             return True
-        start = held.get("start")
         return start is not None and _process_start(pid) not in (None, start)
 
     async def acquire(self, client: Any) -> str:
