@@ -419,7 +419,9 @@ class ItemStream:
 
     async def next_batch(self) -> list[Any] | None:
         """The next batch of items as the run handed it over, or None at the end (a
-        cheaper way through many small items than one ``async for`` step per item)."""
+        cheaper way through many small items than one ``async for`` step per item).
+        Use it inside ``async with``: unlike ``async for``, a caller cancelled while it
+        waits here does not cancel the run by itself."""
         return await self._shared.next_batch()
 
     async def aclose(self) -> None:
