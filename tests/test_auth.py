@@ -163,8 +163,8 @@ async def test_no_authentication_means_localhost_only() -> None:
     ):
         async with running(config(host="0.0.0.0")):
             pass  # pragma: no cover - refused
-    # with authentication, any address may be bound
-    async with running(secured(host="0.0.0.0")) as server:
+    # with authentication, any address may be bound (TLS waived here: see test_server_tls)
+    async with running(secured(host="0.0.0.0", tls={"required": False})) as server:
         assert server.host == "0.0.0.0"
     # a malformed HEADWATER_TOKENS is a configuration error, not a crash
     with pytest.raises(ServerConfigError, match="HEADWATER_TOKENS"):

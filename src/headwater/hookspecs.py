@@ -211,25 +211,49 @@ def authenticate(token: str | None, request: AuthRequest) -> Any:
 def authorize(principal: Any, action: str, target: str) -> bool | Awaitable[bool | None] | None:
     """Decide whether a principal may subscribe to a stream, run a pipeline, or cancel a run.
 
-    Called by the server before it acts on a ``subscribe``, ``run`` or ``cancel`` request
-    and to filter ``/api/streams``. Implementations are called one after the other (the
-    last registered first) and **the first non-None result wins**: ``True`` allows,
-    ``False`` denies (the client gets an ``unauthorized`` error), ``None`` leaves the
-    decision to other plugins. When every implementation returns None, the request is
-    allowed if the server runs without authentication and denied otherwise. The
-    principal that started a run may always subscribe to its stream and cancel it. An
-    implementation that raises (or returns something other than a bool or None) denies
-    the request; the error is logged.
+    Called by the server before it acts on a ``subscribe``, ``unsubscribe``, ``run`` or
+    ``cancel`` request, before it streams a stream's events (Server-Sent Events), before
+    it answers ``/metrics`` and ``/api/dashboard``, and to filter what ``/api/streams``
+    and ``/api/pipelines`` list, so that a principal never learns the names of streams,
+    runs and pipelines it may not reach. Implementations are called one after the other
+    (the last registered first) and **the first non-None result wins**: ``True``
+    allows, ``False`` denies (the client gets an ``unauthorized`` error, or HTTP 403,
+    the same whether the stream exists or not), ``None`` leaves the decision to other
+    plugins. When every implementation returns None, the request is allowed if the
+    server runs without authentication and denied otherwise. The principal that started
+    a run may always subscribe to its stream and cancel it. An implementation that
+    raises (or returns something other than a bool or None) denies the request; the
+    error is logged.
 
     May be ``async def`` (it is awaited on the server's event loop).
 
     :param principal: What ``authenticate`` returned for the connection (None for an
         anonymous connection to a server without authentication).
-    :param action: ``subscribe`` (target: a stream id), ``run`` (target: a pipeline name
-        from the server configuration) or ``cancel`` (target: the stream id of a run).
-    :param target: The stream id or pipeline name the request is about.
+    :param action: One of
+
+        * ``subscribe``: target a stream id (also asked for ``unsubscribe`` from a
+          stream the connection does not follow, for a stream's event stream, for the
+          dashboard feed, ``$dashboard``, and for each stream and run ``/api/streams``
+          lists);
+        * ``run``: target a pipeline name from the server configuration (also asked
+          for each name ``/api/pipelines`` and ``/api/streams`` list);
+        * ``cancel``: target the stream id of a run;
+        * ``create``: target the stream id a ``run`` request names for its output
+          (asked before the server looks whether the stream exists, so that a denied
+          principal can neither squat a name nor learn that it is taken; a run whose
+          client names no stream writes to ``PIPELINE-RUNID``, not asked);
+        * ``metrics``: target ``$metrics``, for ``/metrics`` (whose series name every
+          stream, pipeline and stage).
+
+        The built-in static tokens match ``run`` against a token's ``pipelines``
+        patterns and every other action against its ``streams`` patterns. A plugin
+        should answer None, not False, for an action it does not know.
+    :param target: The stream id, pipeline name or reserved name the request is about.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+        Actions ``create`` and ``metrics``; asked for ``unsubscribe``, event streams and
+        the names the HTTP API lists.
     """
 
 

@@ -34,9 +34,10 @@ def _add_server_commands(commands: Any, common: argparse.ArgumentParser) -> None
         help="serve streams and named pipelines over WebSockets (and HTTP)",
         description="Serve protocol v1 over WebSockets and /healthz, /api/streams,\n"
         "/api/components over HTTP, on one port. Without authentication (auth.tokens or\n"
-        "HEADWATER_TOKENS) it binds 127.0.0.1 only. Ctrl-C (SIGINT) or SIGTERM shuts it\n"
-        "down cleanly: every client is told, then disconnected; the exit status is then\n"
-        "130 (SIGINT) or 143 (SIGTERM).",
+        "HEADWATER_TOKENS) it binds 127.0.0.1 only; with it, binding beyond loopback needs\n"
+        "TLS (tls.cert_file in the configuration), reloaded on SIGHUP. Ctrl-C (SIGINT) or\n"
+        "SIGTERM shuts it down cleanly: every client is told, then disconnected; the exit\n"
+        "status is then 130 (SIGINT) or 143 (SIGTERM).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("--config", metavar="FILE", help="server configuration (YAML)")
@@ -142,11 +143,16 @@ async def _serve(config: Any, engine: Engine, base_dir: Any, err: Console) -> in
             soft_wrap=True,
         )
         err.print(Text(f"headwater: pipelines: {names}; Ctrl-C to stop"), soft_wrap=True)
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        hangup = getattr(signal, "SIGHUP", None)  # not on Windows
+        watched = [signal.SIGINT, signal.SIGTERM] + ([hangup] if hangup is not None else [])
+        with anyio.open_signal_receiver(*watched) as signals:
             async with anyio.create_task_group() as tg:
 
                 async def on_signal() -> None:
                     async for signum in signals:
+                        if signum == hangup:
+                            _reload_tls(server, err)
+                            continue
                         received.append(signum)
                         name = signal.Signals(signum).name
                         err.print(Text(f"headwater: {name}: shutting down"), soft_wrap=True)
@@ -158,6 +164,23 @@ async def _serve(config: Any, engine: Engine, base_dir: Any, err: Console) -> in
                 tg.cancel_scope.cancel()
     err.print(Text("headwater: server stopped"), soft_wrap=True)
     return 128 + received[0] if received else EXIT_OK
+
+
+def _reload_tls(server: Any, err: Console) -> None:
+    """SIGHUP: load the TLS certificate again (new connections get it)."""
+    from rich.text import Text
+
+    try:
+        reloaded = server.reload_tls()
+    except ValueError as exc:
+        text = f"headwater: SIGHUP: {exc}; the current certificate stays"
+    else:
+        text = (
+            "headwater: SIGHUP: TLS certificate reloaded"
+            if reloaded
+            else "headwater: SIGHUP: no TLS certificate configured, nothing to reload"
+        )
+    err.print(Text(text), soft_wrap=True)
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:

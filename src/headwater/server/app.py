@@ -32,11 +32,13 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from headwater import __version__
 
+from .auth import RedactingLogger
 from .base import SHUTDOWN_TIMEOUT, BaseServer, ServerError
 from .routes import WEBSOCKET_PATHS, is_loopback, url_host
 from .runs import RunInfo
 from .serve_http import SniffingConnection
 from .session import Session
+from .tls import ServerCertificate, tls_requirement
 from .transport import (
     CLOSE_CODES,
     CLOSE_GOING_AWAY,
@@ -83,6 +85,7 @@ class Server(BaseServer):
     """
 
     _ws: WsServer | None = None
+    _tls: ServerCertificate | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -124,6 +127,18 @@ class Server(BaseServer):
                 "(or HEADWATER_TOKENS, or auth.required with an authentication plugin), or "
                 "bind 127.0.0.1"
             )
+        requirement = tls_requirement(host, self.auth.required, config.tls)
+        paths = config.tls.paths(self._base_dir)
+        try:
+            if requirement.error is not None:
+                raise ServerError(requirement.error)
+            if paths is not None:
+                self._tls = ServerCertificate(*paths)
+        except (ServerError, ValueError) as exc:
+            self._failed()
+            raise ServerError(str(exc)) from None
+        if requirement.warning is not None:
+            log.warning("%s", requirement.warning)
         if host == "localhost":
             host = "127.0.0.1"  # one address, so that port 0 means one port
         stack = await self._start_services()
@@ -142,6 +157,8 @@ class Server(BaseServer):
                 ping_timeout=config.ping_timeout,
                 close_timeout=5,
                 server_header=self.server_header,
+                ssl=self._tls.context if self._tls is not None else None,
+                logger=RedactingLogger(logging.getLogger("websockets.server")),
             )
         except BaseException:
             # Not inside a new cancel scope: the stack holds a task group entered at start.
@@ -181,19 +198,45 @@ class Server(BaseServer):
     # -- properties ---------------------------------------------------------------------
 
     @property
+    def bound_address(self) -> tuple[str, int] | None:
+        """``(host, port)`` the server listens on (known once started)."""
+        return (self._host, self._port) if self._ws is not None else None
+
+    @property
     def server_header(self) -> str:
         """The ``Server`` header of every response."""
         return f"headwater/{__version__}"
 
     @property
+    def tls(self) -> bool:
+        """True when the server speaks TLS (HTTPS and ``wss://``)."""
+        return self._tls is not None
+
+    @property
     def url(self) -> str:
-        """``ws://HOST:PORT/``: the WebSocket URL of the server."""
-        return f"ws://{url_host(self._host)}:{self._port}/"
+        """``ws://HOST:PORT/`` (``wss://`` with TLS): the WebSocket URL of the server."""
+        scheme = "wss" if self._tls is not None else "ws"
+        return f"{scheme}://{url_host(self._host)}:{self._port}/"
 
     @property
     def http_url(self) -> str:
-        """``http://HOST:PORT``: the base URL of the HTTP endpoints."""
-        return f"http://{url_host(self._host)}:{self._port}"
+        """``http://HOST:PORT`` (``https://`` with TLS): the base URL of the HTTP
+        endpoints."""
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://{url_host(self._host)}:{self._port}"
+
+    def reload_tls(self) -> bool:
+        """Load the TLS certificate and key again from their files (``headwater serve``
+        does on SIGHUP): new connections get the new certificate, open ones keep theirs.
+
+        Returns False when the server has no TLS configured. Raises ``ValueError``
+        saying which file is wrong; the server then keeps its certificate.
+        """
+        if self._tls is None:
+            return False
+        self._tls.reload()
+        log.info("TLS certificate reloaded from %s", self._tls.cert_file)
+        return True
 
     # -- WebSocket ----------------------------------------------------------------------
 

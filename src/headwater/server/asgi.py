@@ -215,7 +215,7 @@ class AsgiApp(BaseServer):
                 await _respond(send, error_response(413, f"a body may take {MAX_BODY} bytes"))
                 return
         request = self._request(scope, method, bytes(body))
-        refused = self._refusal(scope)
+        refused = self._refusal(scope) or self._http.refuse_host(request, _local(scope))
         if refused is not None:
             await _respond(send, refused)
             return

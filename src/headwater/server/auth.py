@@ -16,7 +16,9 @@ Importing it is cheap (no pydantic, no websockets): plugins import it at load ti
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import re
+from collections.abc import Mapping, MutableMapping
 from typing import Any, Final
 from urllib.parse import parse_qs
 
@@ -26,12 +28,14 @@ __all__ = [
     "TOKENS_ENV",
     "AuthRequest",
     "AuthSettings",
+    "RedactingLogger",
     "TokenGrant",
     "TokenPrincipal",
     "bearer_token",
     "match_token",
     "parse_tokens_env",
     "principal_name",
+    "redact_credentials",
 ]
 
 TOKENS_ENV: Final = "HEADWATER_TOKENS"
@@ -95,3 +99,40 @@ def principal_name(principal: Any) -> str | None:
         return None
     name = getattr(principal, "name", None)
     return name if isinstance(name, str) else str(principal)
+
+
+_CREDENTIALS: Final = re.compile(
+    r"(?P<query>[?&;](?:access_token|token)=)[^&;#\s\"']+"
+    r"|(?P<header>(?:proxy-)?authorization:\s*)[^\r\n]+"
+    r"|(?P<bearer>\bbearer\s+)[^\s\"']+"
+    r"|(?P<cookie>headwater_token=)[^;\s\"']+",
+    re.IGNORECASE,
+)
+
+
+def redact_credentials(text: str) -> str:
+    """``text`` with bearer tokens replaced by ``***``: ``?token=`` values,
+    ``Authorization`` header values, ``Bearer X`` and the dashboard's cookie."""
+    return _CREDENTIALS.sub(lambda m: f"{m.group(m.lastgroup or 0)}***", text)
+
+
+class RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger for the ``websockets`` library that never writes a token.
+
+    At debug level ``websockets`` logs every request line and header: ``?token=`` and
+    ``Authorization`` values would reach the log. Records are formatted here and
+    redacted (:func:`redact_credentials`) before they go to the wrapped logger.
+    """
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if not self.isEnabledFor(level):
+            return
+        try:
+            text = str(msg) % args if args else str(msg)
+        except (TypeError, ValueError):
+            text = " ".join(map(str, (msg, *args)))
+        kwargs.setdefault("stacklevel", 2)
+        self.logger.log(level, redact_credentials(text), **kwargs)
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        return msg, kwargs

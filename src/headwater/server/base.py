@@ -250,6 +250,12 @@ class BaseServer:
         return self._host
 
     @property
+    def bound_address(self) -> tuple[str, int] | None:
+        """``(host, port)`` the server listens on; None when it does not know (the ASGI
+        app: that is the ASGI server's business)."""
+        return None
+
+    @property
     def port(self) -> int:
         """The port the server listens on (as configured, for the ASGI app)."""
         return self._port
@@ -356,7 +362,8 @@ class BaseServer:
     # -- security -----------------------------------------------------------------------
 
     async def allowed(self, principal: Any, action: str, target: str, *, owner: Any = None) -> bool:
-        """May ``principal`` do ``action`` (``subscribe``, ``run``, ``cancel``) on ``target``?
+        """May ``principal`` do ``action`` (``subscribe``, ``run``, ``cancel``, ``create``,
+        ``metrics``) on ``target``? See the ``authorize`` hook for the actions.
 
         The principal that started a run may always subscribe to and cancel it. Otherwise
         the ``authorize`` hook decides; with no answer, the request is allowed only when

@@ -15,6 +15,8 @@ Every problem is reported with its path (``pipelines.count.params.stop``,
     streaming: {inactivity_timeout: 300, client_queue_size: 1024}   # StreamingConfig
     auth: {tokens: {s3cret: alice, t0ken: {principal: bob, streams: ["errors*"]}}}
     origins: ["https://dashboard.example.com"]
+    allowed_hosts: [streams.example.com]  # Host header values served (default: this machine)
+    tls: {cert_file: cert.pem, key_file: key.pem}   # HTTPS and wss:// (reloaded on SIGHUP)
     limits: {max_frame_bytes: 65536, max_subscriptions: 100, rate: 50, burst: 100}
     sse: {heartbeat: 15, retry: 3000}     # Server-Sent Events
     sandbox: {roots: [data], commands: [git]}   # what pipelines may open and run
@@ -27,9 +29,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from headwater.core.errors import (
     InvalidFileError,
@@ -47,6 +49,9 @@ from headwater.core.streaming import StreamingConfig
 from .auth import TOKENS_ENV, AuthSettings, TokenGrant, parse_tokens_env
 from .bridge import BridgeConfig
 
+if TYPE_CHECKING:
+    from .hosts import HostPolicy
+
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
@@ -58,6 +63,7 @@ __all__ = [
     "ServerConfig",
     "ServerConfigError",
     "SseConfig",
+    "TlsConfig",
     "TokenConfig",
     "load_server_config",
     "parse_server_config",
@@ -83,7 +89,8 @@ class TokenConfig(BaseModel):
     principal: str = Field(min_length=1, description="Name of the principal the token is for.")
     streams: list[str] = Field(
         default_factory=lambda: ["*"],
-        description="Patterns (fnmatch) of the stream ids it may subscribe to and cancel.",
+        description="Patterns (fnmatch) of the stream ids it may subscribe to, cancel and "
+        "name in a `run` (`$dashboard` and `$metrics` included: `*` matches them).",
     )
     pipelines: list[str] = Field(
         default_factory=lambda: ["*"],
@@ -183,6 +190,54 @@ class SseConfig(BaseModel):
     )
 
 
+class TlsConfig(BaseModel):
+    """TLS for ``headwater serve``: HTTPS and ``wss://`` on its one port.
+
+    The files are read at start and again on SIGHUP (new connections then get the new
+    certificate; open ones keep theirs). Relative paths start at the configuration
+    file's folder.
+    """
+
+    model_config = _STRICT
+
+    cert_file: str | None = Field(
+        None,
+        min_length=1,
+        description="PEM file with the server's certificate chain (and its key, when "
+        "`key_file` is not given).",
+    )
+    key_file: str | None = Field(
+        None, min_length=1, description="PEM file with the certificate's private key."
+    )
+    required: bool | None = Field(
+        None,
+        description="Refuse to start without a certificate. Default: required when the "
+        "server authenticates clients and binds an address beyond loopback (tokens must "
+        "not cross the network in clear). `false` waives it, with a warning (a proxy in "
+        "front terminates TLS).",
+    )
+
+    @field_validator("key_file")
+    @classmethod
+    def _key_needs_cert(cls, value: str | None, info: Any) -> str | None:
+        if value is not None and info.data.get("cert_file") is None:
+            raise ValueError("key_file needs cert_file")
+        return value
+
+    def paths(self, base_dir: str | Path | None = None) -> tuple[Path, Path | None] | None:
+        """``(cert_file, key_file)`` relative to ``base_dir`` (the configuration file's
+        folder; default: the working directory), or None without a certificate."""
+        if self.cert_file is None:
+            return None
+        base = Path(base_dir) if base_dir is not None else Path.cwd()
+
+        def resolve(name: str) -> Path:
+            path = Path(os.path.expanduser(name))
+            return path if path.is_absolute() else base / path
+
+        return resolve(self.cert_file), resolve(self.key_file) if self.key_file else None
+
+
 class SandboxConfig(BaseModel):
     """The operator's sandbox for the server's pipelines (see the Security page).
 
@@ -257,6 +312,13 @@ class PipelineEntry(BaseModel):
     description: str = ""
 
 
+def _host_entry(value: str) -> str:
+    from .hosts import HostPolicy
+
+    HostPolicy.parse([value])  # ValueError says what is wrong
+    return value
+
+
 class ServerConfig(BaseModel):
     """Everything ``headwater serve`` needs: address, pipelines, limits, security."""
 
@@ -281,6 +343,21 @@ class ServerConfig(BaseModel):
             "(non-browser) are always allowed."
         ),
     )
+    allowed_hosts: list[Annotated[str, AfterValidator(_host_entry)]] | None = Field(
+        None,
+        description=(
+            "Values of the `Host` header the server answers (`HOST`: any port, "
+            "`HOST:PORT`, `[IPV6]:PORT`, `.example.com`: the domain and its subdomains, "
+            "`*`: any); others get 421, which defeats DNS rebinding. Default: `localhost`, "
+            "`127.0.0.1`, `[::1]`, the bound address and the address a request arrived "
+            "on, with the server's port or none (ASGI app: the loopback names with any "
+            "port, and the address the ASGI server reports)."
+        ),
+    )
+    tls: TlsConfig = Field(
+        default_factory=TlsConfig,
+        description="TLS certificate of `headwater serve` (HTTPS, wss://), reloaded on SIGHUP.",
+    )
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     sse: SseConfig = Field(default_factory=SseConfig, description="Server-Sent Events.")
     compression: bool = Field(
@@ -304,6 +381,12 @@ class ServerConfig(BaseModel):
         description="What the pipelines may open and run: file roots, callables, programs, "
         "hosts (see the Security page).",
     )
+
+    def host_policy(self) -> HostPolicy | None:
+        """The policy of ``allowed_hosts`` (None: the default, see :mod:`.hosts`)."""
+        from .hosts import HostPolicy
+
+        return None if self.allowed_hosts is None else HostPolicy.parse(self.allowed_hosts)
 
     @field_validator("pipelines", mode="before")
     @classmethod

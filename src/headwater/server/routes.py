@@ -22,7 +22,7 @@ import logging
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
@@ -35,6 +35,7 @@ from headwater.types import HttpRequest, HttpResponse, HttpRoute
 
 from .auth import AuthRequest
 from .dashboard import DASHBOARD_STREAM, pipelines_listing, static_response
+from .hosts import HostPolicy, default_hosts
 from .http import (
     PathPattern,
     error_response,
@@ -51,12 +52,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EVENTS_PATH",
+    "METRICS_TARGET",
     "ROUTES",
     "WEBSOCKET_PATHS",
     "Handler",
     "HttpEndpoints",
     "Route",
     "is_loopback",
+    "local_address",
     "url_host",
 ]
 
@@ -68,7 +71,19 @@ WEBSOCKET_PATHS: Final = frozenset({"/", "/ws"})
 EVENTS_PATH: Final = "/api/streams/{stream}/events"
 """The Server-Sent Events endpoint of a stream."""
 
+METRICS_TARGET: Final = "$metrics"
+"""The target of the ``authorize`` question for ``/metrics`` (action ``metrics``): a
+reserved name, so that static tokens grant it through their stream patterns (``*``,
+or ``$metrics`` itself)."""
+
 _AUTH_REQUIRED: Final = (("WWW-Authenticate", "Bearer"),)
+
+
+def local_address(sockname: Any) -> tuple[str, int] | None:
+    """``(host, port)`` of a socket's local address (None for other kinds of sockets)."""
+    if isinstance(sockname, tuple | list) and len(sockname) >= 2:
+        return str(sockname[0]), int(sockname[1])
+    return None
 
 
 def url_host(host: str) -> str:
@@ -145,6 +160,7 @@ class HttpEndpoints:
             weakref.WeakKeyDictionary()
         )
         self._prometheus: Any = None
+        self._hosts: HostPolicy | Literal[False] | None = None
         self.plugin_routes: list[PluginRoute] = []
         self.route_failures: list[LoadFailure] = []
         """Plugin routes refused (clashes) and plugins that raised in ``register_routes``."""
@@ -200,6 +216,9 @@ class HttpEndpoints:
 
         path = request.path
         method = "GET" if request.method == "HEAD" else request.method
+        refused = self.refuse_host(request, local)
+        if refused is not None:
+            return refused
         try:
             found: Route | PluginRoute | None = None
             params: dict[str, str] | None = None
@@ -242,7 +261,10 @@ class HttpEndpoints:
     ) -> tuple[HttpResponse | None, Any]:
         """Refuse a WebSocket upgrade (wrong path, origin, too many connections, no valid
         token) with an HTTP error, or accept it: ``(None, principal)``. ``local`` is the
-        address the server answers on (for the default origin check)."""
+        address the server answers on (for the default origin and host checks)."""
+        refused = self.refuse_host(request, local)
+        if refused is not None:
+            return refused, None
         if request.path not in WEBSOCKET_PATHS:
             return error_response(404, f"no WebSocket endpoint at {request.path}; use /"), None
         refused = self.refuse_connection(request, local)
@@ -277,14 +299,14 @@ class HttpEndpoints:
     async def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         """Answer an HTTP request, or vet a WebSocket upgrade (None lets it happen)."""
         neutral = from_websockets(request, conn.remote_address)
+        local = local_address(conn.local_address) or (self.server.host, self.server.port)
         if "websocket" in request.headers.get("Upgrade", "").lower():
-            server = self.server
-            refused, principal = await self.vet_upgrade(neutral, (server.host, server.port))
+            refused, principal = await self.vet_upgrade(neutral, local)
             if refused is not None:
                 return to_websockets(refused)
             self._principals[conn] = principal
             return None
-        answer = await self.dispatch(neutral, (self.server.host, self.server.port))
+        answer = await self.dispatch(neutral, local)
         if not isinstance(answer, HttpResponse):  # pragma: no cover - sniffed before
             return to_websockets(error_response(500, "events are not served here"))
         return to_websockets(answer)
@@ -294,6 +316,32 @@ class HttpEndpoints:
         return self._principals.pop(conn, None)
 
     # -- security -----------------------------------------------------------------------
+
+    def host_policy(self, local: tuple[str, int] | None) -> HostPolicy:
+        """The ``Host`` values answered on a connection that arrived at ``local``:
+        ``allowed_hosts`` of the configuration, else the default (see
+        :mod:`headwater.server.hosts`)."""
+        if self._hosts is None:
+            self._hosts = self.server.config.host_policy() or False
+        if self._hosts is not False:
+            return self._hosts
+        bound = self.server.bound_address
+        return default_hosts(bound, local, any_port_loopback=bound is None)
+
+    def refuse_host(
+        self, request: HttpRequest, local: tuple[str, int] | None
+    ) -> HttpResponse | None:
+        """421 for a request whose ``Host`` header names no allowed host (DNS rebinding:
+        a page of another site reaching this server through the visitor's browser)."""
+        host = request.headers.get("host")
+        if self.host_policy(local).allows(host):
+            return None
+        shown = "no Host header" if host is None else f"Host {host[:200]!r}"
+        return error_response(
+            421,
+            f"{shown} is not a name of this server: requests must name an allowed host "
+            "(allowed_hosts in the server configuration)",
+        )
 
     async def authenticate(self, request: HttpRequest, *, cookie: bool = True) -> tuple[bool, Any]:
         """``(ok, principal)`` of a request, from the ``authenticate`` hook. The token
@@ -382,8 +430,13 @@ class HttpEndpoints:
 
     async def metrics(self, request: HttpRequest) -> HttpResponse | None:
         """``/metrics``: the Prometheus exposition of the engine's metrics (see
-        ``docs/metrics.md``); scrapers send the same bearer token as other clients."""
+        ``docs/metrics.md``); scrapers send the same bearer token as other clients. The
+        series name every stream, pipeline and stage, so the principal must be allowed
+        action ``metrics`` on :data:`METRICS_TARGET` (403 otherwise)."""
         from headwater.core.metrics.prometheus import exposition, prometheus_registry
+
+        if not await self.server.allowed(request.principal, "metrics", METRICS_TARGET):
+            return error_response(403, f"not allowed to read the metrics ({METRICS_TARGET})")
 
         try:
             if self._prometheus is None:
@@ -427,11 +480,20 @@ class HttpEndpoints:
                     "metadata": dict(info.metadata),
                 }
             )
+        # only the names the principal may know of: pipelines it may run, runs whose
+        # streams it may follow
+        pipelines = [
+            p for p in sorted(server.pipelines) if await server.allowed(principal, "run", p)
+        ]
+        runs = 0
+        for run_info in server.runs:
+            if await server.allowed(principal, "subscribe", run_info.stream, owner=run_info.owner):
+                runs += 1
         return {
             "streams": streams,
             "clients": server.connections,
-            "pipelines": sorted(server.pipelines),
-            "runs": len(server.runs),
+            "pipelines": pipelines,
+            "runs": runs,
         }
 
     async def pipelines_snapshot(self, principal: Any = None) -> dict[str, Any]:

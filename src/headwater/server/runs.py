@@ -118,7 +118,9 @@ class ClientRuns:
             raise ProtocolError("unavailable", "the server is shutting down")
         named = self.pipelines.get(pipeline)
         if named is None:
-            known = ", ".join(sorted(self.pipelines)) or "none is configured"
+            # only the names the requester may run: the others are not its business
+            names = [n for n in sorted(self.pipelines) if await server.allowed(owner, "run", n)]
+            known = ", ".join(names) or "none"
             raise ProtocolError("unknown_pipeline", f"no pipeline {pipeline!r} (known: {known})")
         limit = server.config.limits.max_runs
         if len(self._by_id) >= limit:
@@ -165,16 +167,25 @@ class ClientRuns:
         The principal that started it may always cancel it; anybody else needs
         ``authorize(principal, "cancel", stream)``. Raises
         :class:`~headwater.server.protocol.ProtocolError` ``unknown_run`` or
-        ``unauthorized``.
+        ``unauthorized``. A run named by a stream the principal may not cancel gets
+        ``unauthorized`` whether a run goes on there or not, naming only what the client
+        named (never the run id).
         """
         info = self._by_id.get(run) if run is not None else None
+        named_stream = stream if info is None else None
         if info is None and stream is not None:
             info = self._by_stream.get(stream)
+        what = f"run {run!r}" if run is not None else f"the run on stream {stream!r}"
+        if (
+            info is None
+            and named_stream is not None
+            and not await self.server.allowed(principal, "cancel", named_stream)
+        ):
+            raise ProtocolError("unauthorized", f"not allowed to cancel {what}")
         if info is None:
-            what = f"run {run!r}" if run is not None else f"run on stream {stream!r}"
-            raise ProtocolError("unknown_run", f"no {what} is going on")
+            raise ProtocolError("unknown_run", f"no {what.removeprefix('the ')} is going on")
         if not await self.server.allowed(principal, "cancel", info.stream, owner=info.owner):
-            raise ProtocolError("unauthorized", f"not allowed to cancel run {info.run_id!r}")
+            raise ProtocolError("unauthorized", f"not allowed to cancel {what}")
         info.handle.cancel("cancelled by client")
         return info
 

@@ -29,6 +29,7 @@ from websockets.asyncio.server import ServerConnection
 from headwater.types import HttpRequest, HttpResponse
 
 from .http import encode_response, error_response, remote_text
+from .routes import local_address
 from .sse import SSE_HEADERS, DirectSseConnection
 from .transport import ConnectionGone
 
@@ -259,7 +260,8 @@ class HttpConnection(asyncio.Protocol):
             body=bytes(self.body),
         )
         try:
-            answer = await server.http.dispatch(neutral, (server.host, server.port))
+            local = local_address(self.transport.get_extra_info("sockname"))
+            answer = await server.http.dispatch(neutral, local or (server.host, server.port))
             if isinstance(answer, HttpResponse):
                 self.transport.write(
                     encode_response(answer, server.server_header, head=method == "HEAD")

@@ -146,12 +146,7 @@ class Session:
         if isinstance(message, SubscribeMessage):
             await self.subscribe(message)
         elif isinstance(message, UnsubscribeMessage):
-            try:
-                await self.server.manager.deregister_client(
-                    message.stream, self.client_id, notify=True, ref=message.id
-                )
-            except StreamError as exc:
-                raise ProtocolError.from_stream_error(exc, ref=message.id) from None
+            await self.unsubscribe(message)
         elif isinstance(message, RunMessage):
             await self.run(message)
         elif isinstance(message, CancelMessage):
@@ -171,15 +166,19 @@ class Session:
                 ref=ref,
             )
 
+    async def _authorize_subscription(self, stream: str, ref: str | int | None) -> None:
+        """``unauthorized`` unless the principal may subscribe to ``stream`` (the same
+        answer whether the stream exists or not)."""
+        server = self.server
+        run = server.run_of_stream(stream)
+        owner = run.owner if run is not None else None
+        if not await server.allowed(self.principal, "subscribe", stream, owner=owner):
+            raise ProtocolError("unauthorized", f"not allowed to subscribe to {stream!r}", ref=ref)
+
     async def subscribe(self, message: SubscribeMessage) -> None:
         """``subscribe``: authorize, check the limit, register with the manager."""
         server = self.server
-        run = server.run_of_stream(message.stream)
-        owner = run.owner if run is not None else None
-        if not await server.allowed(self.principal, "subscribe", message.stream, owner=owner):
-            raise ProtocolError(
-                "unauthorized", f"not allowed to subscribe to {message.stream!r}", ref=message.id
-            )
+        await self._authorize_subscription(message.stream, message.id)
         self._check_room(message.stream, message.id)
         if message.stream == DASHBOARD_STREAM:
             await server.dashboard.open()  # created on demand, fed while watched
@@ -195,8 +194,23 @@ class Session:
         except StreamError as exc:
             raise ProtocolError.from_stream_error(exc, ref=message.id) from None
 
+    async def unsubscribe(self, message: UnsubscribeMessage) -> None:
+        """``unsubscribe``: a stream this connection does not follow is answered as a
+        ``subscribe`` would be first (``unauthorized`` for streams it may not see,
+        existing or not)."""
+        manager = self.server.manager
+        if message.stream not in manager.subscriptions(self.client_id):
+            await self._authorize_subscription(message.stream, message.id)
+        try:
+            await manager.deregister_client(
+                message.stream, self.client_id, notify=True, ref=message.id
+            )
+        except StreamError as exc:
+            raise ProtocolError.from_stream_error(exc, ref=message.id) from None
+
     async def run(self, message: RunMessage) -> None:
-        """``run``: authorize, start the pipeline, subscribe the requester to its stream."""
+        """``run``: authorize (the pipeline, and the stream when the client names one),
+        start the pipeline, subscribe the requester to its stream."""
         server = self.server
         if not await server.allowed(self.principal, "run", message.pipeline):
             raise ProtocolError(
@@ -207,6 +221,14 @@ class Session:
                 raise ProtocolError(
                     "invalid_message",
                     f"stream: ids starting with {RESERVED_PREFIX!r} are reserved",
+                    ref=message.id,
+                )
+            # asked before the stream is looked at, so that the answer is the same
+            # whether a stream of that name exists or not
+            if not await server.allowed(self.principal, "create", message.stream):
+                raise ProtocolError(
+                    "unauthorized",
+                    f"not allowed to create stream {message.stream!r}",
                     ref=message.id,
                 )
             self._check_room(message.stream, message.id)
