@@ -1210,9 +1210,9 @@ def test_a_stateful_step_without_snapshot_cannot_be_checkpointed(components: Non
 def test_a_sync_generator_source_cannot_report_positions_yet(components: None) -> None:
     spec = ticks_spec("sync", 10)
     spec["sources"] = {"n": {"action": "test.sync_ticks", "params": {"stop": 10}}}
-    result = headwater.run_sync(spec, raise_on_error=False)
-    assert result.state == "failed"
-    assert "cannot report checkpoint positions yet" in str(result.errors[0])
+    # refused when validated, before a run could fail on its first position
+    with pytest.raises(headwater.PipelineValidationError, match="cannot report checkpoint"):
+        headwater.run_sync(spec, raise_on_error=False)
 
 
 # ---------------------------------------------------------------------------------------

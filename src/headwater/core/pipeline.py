@@ -482,6 +482,7 @@ def resolve(
     :class:`PipelineValidationError` listing every problem.
     """
     from .fallbacks import resolve_source
+    from .preflight import setup_issues
     from .requirements import requirement_issues
 
     issues: list[ValidationIssue] = requirement_issues(spec.requires)
@@ -526,6 +527,7 @@ def resolve(
     store: ResolvedStage | None = None
     if spec.checkpoint is not None:
         store = _resolve_checkpointing(spec, registry, sources, steps, issues, policy)
+    issues += setup_issues(spec, sources, sinks, dead)  # what a run would refuse at start
     if issues:
         raise PipelineValidationError(issues, source)
     return ResolvedPipeline(spec, sources, steps, sinks, dead, store)

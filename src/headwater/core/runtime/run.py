@@ -271,15 +271,18 @@ class _Run:
             except CheckpointError as exc:
                 checkpoints.failed(exc)
                 return
-        sinks = [_SinkRuntime(s, self.ctx(s.stage, s.component)) for s in res.sinks]
-        for s in sinks:
-            self.stats[s.spec.stage] = s.stats
-        dead = None
-        if res.dead_letter is not None:
-            dead = _SinkRuntime(res.dead_letter, self.ctx("dead_letter", res.dead_letter.component))
-            self.stats["dead_letter"] = dead.stats
         opened: list[_SinkRuntime] = []
         try:
+            try:  # a sink that cannot even be built fails the run as that sink's error
+                sinks = [self._sink(s, s.stage) for s in res.sinks]
+                dead = None
+                if res.dead_letter is not None:
+                    dead = self._sink(res.dead_letter, "dead_letter")
+            except StageError as exc:
+                await self.fail(exc)
+                return
+            for s in [*sinks, *([dead] if dead else [])]:
+                self.stats[s.spec.stage] = s.stats
             for s in [*sinks, *([dead] if dead else [])]:
                 try:
                     await s.open()
@@ -305,6 +308,13 @@ class _Run:
                 if store is not None:
                     with contextlib.suppress(Exception):
                         await anyio.to_thread.run_sync(store.close)
+
+    def _sink(self, spec: ResolvedStage, stage: str) -> _SinkRuntime:
+        """This run's instance of a sink; one that cannot be built is its stage's error."""
+        try:
+            return _SinkRuntime(spec, self.ctx(stage, spec.component))
+        except Exception as exc:
+            raise self.stage_error(spec, None, exc) from exc
 
     async def _run_stages(self, sinks: list[_SinkRuntime], dead: _SinkRuntime | None) -> None:
         """Start the sinks' tasks, the stages and the sources; return once all ended.
