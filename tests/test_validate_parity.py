@@ -20,7 +20,7 @@ import headwater
 from headwater.builtin_plugins import sinks as builtin_sinks
 from headwater.builtin_plugins import sources as builtin_sources
 from headwater.builtin_plugins import stores as builtin_stores
-from headwater.hookspecs import Register
+from headwater.types import Register
 
 
 class NoWrite:
