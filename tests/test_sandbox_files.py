@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import headwater
 from headwater import SandboxPolicy
-from headwater.builtin_plugins.files.walk import OUTSIDE_ROOTS, _Walker
+from headwater.builtin_plugins.files.walk import NEVER_OPENED, OUTSIDE_ROOTS, _Walker
 from headwater.core.errors import PipelineFailed, PipelineValidationError, StageError
 from headwater.core.pipeline import resolve
 from headwater.core.policy import SandboxError, open_nofollow
@@ -394,6 +394,28 @@ def test_follow_symlinks_never_walks_out_of_the_roots(engine: headwater.Engine, 
     texts = sorted(f["text"] for f in found)
     assert texts == ["ERROR deep", "ERROR deep", "ERROR inside", "ERROR inside"]  # via in/
     assert not any("outside" in f["text"] for f in found)
+
+
+def test_a_walk_of_root_slash_never_enters_proc_sys_dev(plugins: headwater.PluginManager) -> None:
+    slash = headwater.Engine(plugin_manager=plugins, policy=SandboxPolicy(roots=(Path("/"),)))
+    entries = collect(slash, "dir.tree", path="/", max_depth=2)
+    by_path = {e["path"]: e for e in entries}
+    for folder in ("/proc", "/sys", "/dev"):
+        if folder in by_path:
+            assert by_path[folder]["error"] == NEVER_OPENED
+    assert "/proc" in by_path
+    assert not [p for p in by_path if p.startswith(("/proc/", "/sys/", "/dev/"))]
+    assert any(p.startswith("/etc/") for p in by_path)  # the rest is walked
+    found = collect(
+        slash,
+        "file.find",
+        path="/",
+        pattern=".",
+        regex=True,
+        max_depth=2,
+        include=["version", "cmdline", "hostname"],
+    )
+    assert not [f for f in found if f["file"].startswith(("/proc/", "/sys/", "/dev/"))]
 
 
 def test_a_folder_or_file_swapped_while_walking_is_not_followed(tree: Path) -> None:

@@ -135,7 +135,9 @@ class _Searcher:
 
     def _wanted(self, entry: _Entry) -> bool:
         include = self.params.include
-        return entry.kind == "file" and (not include or _matches(include, entry.name, entry.rel))
+        if entry.kind != "file" or entry.error is not None:
+            return False
+        return not include or _matches(include, entry.name, entry.rel)
 
     def __iter__(self) -> Iterator[dict[str, Any] | None]:
         """Yield one item per matching line; None after each file (a heartbeat)."""
@@ -290,7 +292,7 @@ async def file_find(params: FileFindParams, ctx: StreamContext) -> AsyncIterator
         more = " (stopped at max_matches)" if searcher.truncated else ""
         refused = searcher.walker.refused if searcher.walker is not None else 0
         if refused:
-            errors += f", {refused} symlinks out of the file roots skipped"
+            errors += f", {refused} entries out of the file roots skipped"
         ctx.status(
             f"{searcher.matches} matching lines in {searcher.files} files{skipped}{errors}{more}"
         )

@@ -94,7 +94,7 @@ async def dir_tree(params: DirTreeParams, ctx: StreamContext) -> AsyncIterator[l
         if walker.errors:
             notes.append(f"{walker.errors} entries could not be read")
         if walker.refused:
-            notes.append(f"{walker.refused} symlinks out of the file roots not followed")
+            notes.append(f"{walker.refused} entries out of the file roots not entered")
         if notes:
             ctx.status("; ".join(notes))
     finally:

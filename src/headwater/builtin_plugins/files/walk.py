@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Final
 
-from headwater.core.policy import SandboxError, SandboxPolicy, open_nofollow
+from headwater.core.policy import FORBIDDEN_PATHS, SandboxError, SandboxPolicy, open_nofollow
 
 from .paths import _where
 
@@ -33,6 +33,12 @@ _FILE_FLAGS: Final = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
 
 OUTSIDE_ROOTS: Final = "points outside the allowed roots: not followed"
 """The ``error`` of a symlink that ``follow_symlinks`` does not follow."""
+
+NEVER_OPENED: Final = "the file tools never open this folder: not entered"
+"""The ``error`` of ``/proc``, ``/sys`` and ``/dev`` met in a walk (of ``/``, say)."""
+
+_GUARDED: Final = frozenset(str(path.parent) for path in FORBIDDEN_PATHS)
+"""Real folders holding a forbidden one: only their entries need the policy's check."""
 
 
 @dataclass(slots=True)
@@ -132,7 +138,8 @@ class _Walker:
         self.errors = 0
         self.entries = 0
         self.refused = 0
-        """Symlinks not followed because their target is outside the roots."""
+        """Entries not followed or entered: symlinks whose target is outside the roots,
+        and ``/proc``, ``/sys`` and ``/dev``."""
 
     @staticmethod
     def _list(fd: int) -> tuple[list[os.DirEntry[str]], str | None]:
@@ -211,11 +218,15 @@ class _Walker:
                     continue
                 item = self._classify(entry, folder, os.path.join(folder.path, name), rel)
                 item.dir_fd = folder.fd
+                if folder.real in _GUARDED and self._forbidden(item, folder):
+                    item.error = NEVER_OPENED
+                    self.refused += 1
                 self.entries += 1
                 descend: _Folder | None = None
-                if item.kind == "dir" and (self.max_depth is None or folder.depth < self.max_depth):
+                deeper = self.max_depth is None or folder.depth < self.max_depth
+                if item.kind == "dir" and item.error is None and deeper:
                     descend = self._descend(item, folder, active)
-                if item.error is not None and item.error != OUTSIDE_ROOTS:
+                if item.error is not None and item.error not in (OUTSIDE_ROOTS, NEVER_OPENED):
                     self.errors += 1
                 yield item
                 if descend is not None:
@@ -226,6 +237,12 @@ class _Walker:
                 os.close(fd)
             for folder in stack:
                 os.close(folder.fd)
+
+    def _forbidden(self, item: _Entry, folder: _Folder) -> bool:
+        """Is a plain entry of ``folder`` one the policy never opens (``/proc``, ...)?"""
+        if item.target is not None or item.error is not None:
+            return False  # a followed link's target was checked; an error stops it anyway
+        return not self.policy.allows_path(os.path.join(folder.real, item.name))
 
     def _descend(
         self, item: _Entry, folder: _Folder, active: set[tuple[int, int]]
