@@ -97,6 +97,7 @@ def test_default_root_is_the_working_directory_and_the_environment_sets_others(
         Path("/srv/data"),
         Path("/opt/x"),
     )
+    assert SandboxPolicy(roots="a").roots == (tmp_path.resolve() / "a",)  # type: ignore[arg-type]
     # an override (server config, --root) wins over the environment
     policy = SandboxPolicy.from_environment(env, roots=("/srv/other",))
     assert policy.roots == (Path("/srv/other"),)

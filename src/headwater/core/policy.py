@@ -107,7 +107,10 @@ class SandboxPolicy:
     """Settings of plugins' own checks, by plugin name."""
 
     def __post_init__(self) -> None:
-        roots = self.roots or (Path.cwd(),)
+        roots: Any = self.roots
+        if isinstance(roots, str | os.PathLike):  # one folder given on its own
+            roots = (roots,)
+        roots = roots or (Path.cwd(),)
         object.__setattr__(
             self,
             "roots",
