@@ -160,8 +160,8 @@ def test_the_default_is_this_machine_and_the_server_address() -> None:
     policy = default_hosts(("0.0.0.0", 8765), ("192.0.2.7", 8765))
     for host in ("localhost", "localhost:8765", "192.0.2.7:8765", "[::1]:8765", "0.0.0.0"):
         assert policy.allows(host), host
-    for host in ("localhost:8766", "192.0.2.8", "attacker.example:8765", None, ""):
-        assert not policy.allows(host), host
+    for refused in ("localhost:8766", "192.0.2.8", "attacker.example:8765", None, ""):
+        assert not policy.allows(refused), refused
 
 
 @given(st.text(max_size=40))

@@ -65,7 +65,7 @@ async def ask(ws: ClientConnection, message: dict[str, Any]) -> dict[str, Any]:
     await ws.send(json.dumps({"type": "ping", "id": f"{ref}-after"}))
     with anyio.fail_after(WAIT):
         while True:
-            frame = json.loads(await ws.recv())
+            frame: dict[str, Any] = json.loads(await ws.recv())
             if frame.get("ref") == ref and frame["type"] != "stream_update":
                 return frame
             if frame["type"] == "pong" and frame.get("id") == f"{ref}-after":
