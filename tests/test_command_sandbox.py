@@ -328,3 +328,31 @@ def test_long_patterns_refuse_every_prefix(name: str, pattern: str) -> None:
 
 def test_protected_names_are_documented() -> None:
     assert {"PATH", "LD_*", "PYTHON*", "DYLD_*", "BASH_ENV", "ENV", "IFS"} <= set(PROTECTED_ENV)
+
+
+# -- the working folder and the inherited environment -----------------------------------------
+
+
+def test_cwd_outside_the_roots_is_refused(plugins: headwater.PluginManager, tmp_path: Path) -> None:
+    message = refused(plugins, {"argv": ["ls"], "cwd": "/etc"}, commands=("ls",), roots=(tmp_path,))
+    assert "cwd" in message
+    assert "outside" in message
+
+
+def test_cwd_inside_the_roots_runs_there(plugins: headwater.PluginManager, tmp_path: Path) -> None:
+    (tmp_path / "marker.txt").write_text("x")
+    items = run(
+        plugins, {"argv": ["ls"], "cwd": str(tmp_path)}, commands=("ls",), roots=(tmp_path,)
+    )
+    assert "marker.txt" in stdout(items)
+
+
+def test_programs_never_inherit_the_server_tokens(
+    plugins: headwater.PluginManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HEADWATER_TOKENS", "planted-token-123")
+    monkeypatch.setenv("HEADWATER_TEST_VISIBLE", "visible-value")
+    items = run(plugins, {"argv": ["env"]}, commands=("env",), roots=(tmp_path,))
+    lines = stdout(items)
+    assert "HEADWATER_TEST_VISIBLE=visible-value" in lines
+    assert not any("planted-token-123" in line for line in lines)

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, Final
 
 import anyio
 from anyio.abc import ByteReceiveStream, Process
@@ -39,6 +39,9 @@ from headwater.core.policy import SandboxPolicy, policy_of
 
 from ._textio import ByteLineSplitter, check_errors, check_line_encoding
 from .command_policy import ALLOW_ENV, check_environment, resolve_command
+
+WITHHELD_ENV: Final = ("HEADWATER_TOKENS",)
+"""Variables of this process a program never inherits (they hold the server's secrets)."""
 
 __all__ = [
     "ALLOW_ENV",
@@ -89,7 +92,11 @@ class CommandParams(BaseModel):
         "refuse clusters such as '-lx'. List both forms of an option, e.g. "
         "['-R', '--recursive'].",
     )
-    cwd: str | None = Field(None, description="Working directory (default: the current one).")
+    cwd: str | None = Field(
+        None,
+        description="Working directory (default: the current one); must lie inside the "
+        "sandbox roots.",
+    )
     env: dict[str, str] = Field(
         default_factory=dict,
         description="Environment variables to set for the program. PATH, LD_*, PYTHON* and "
@@ -97,7 +104,9 @@ class CommandParams(BaseModel):
         "allows them (HEADWATER_COMMAND_ENV or sandbox.command_env).",
     )
     inherit_env: bool = Field(
-        True, description="Start from this process's environment (otherwise only env)."
+        True,
+        description="Start from this process's environment (otherwise only env); the "
+        "server's tokens (HEADWATER_TOKENS) are never passed on.",
     )
     timeout: float | None = Field(
         300.0,
@@ -150,6 +159,8 @@ class CommandParams(BaseModel):
         :raises ValueError: Naming the refused program, argument or variable.
         """
         check_environment(self.env, policy)
+        if self.cwd is not None:
+            policy.check_path(self.cwd, param="cwd")
         return resolve_command(
             self.argv, allow=self.allow, deny=self.deny, policy=policy, cwd=self.cwd
         )
@@ -157,6 +168,8 @@ class CommandParams(BaseModel):
     def child_environment(self) -> dict[str, str]:
         """The environment the program runs with."""
         base = dict(os.environ) if self.inherit_env else {}
+        for name in WITHHELD_ENV:
+            base.pop(name, None)
         base.update(self.env)
         return base
 
