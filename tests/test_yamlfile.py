@@ -311,3 +311,35 @@ def test_pydantic_errors_become_dotted_issues() -> None:
     assert join_path("steps[2]", "params") == "steps[2].params"
     assert join_path("", "x") == "x"
     assert join_path("x", "") == "x"
+
+
+def test_pipeline_server_and_jobs_files_refuse_duplicate_keys(tmp_path: Path) -> None:
+    from headwater.core.jobs import load_jobs
+    from headwater.server.config import load_server_config
+
+    cases: list[tuple[str, str, Any, str]] = [
+        (
+            "pipe.yaml",
+            "name: p\nsources:\n  n: {action: range}\nsinks: [{sink: collect}]\nname: q\n",
+            headwater.load_pipeline,
+            "pipe.yaml:5: name: duplicate key 'name' (first at line 1)",
+        ),
+        (
+            "serve.yaml",
+            "port: 0\nauth:\n  tokens: {abc: alice}\n  tokens: {abc: mallory}\n",
+            load_server_config,
+            "serve.yaml:4: auth.tokens: duplicate key 'tokens' (first at line 3)",
+        ),
+        (
+            "jobs.yaml",
+            "jobs:\n  a: {pipeline: x.yaml}\n  a: {pipeline: y.yaml}\n",
+            load_jobs,
+            "jobs.yaml:3: jobs.a: duplicate key 'a' (first at line 2)",
+        ),
+    ]
+    for name, text, load, says in cases:
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(InvalidFileError) as info:
+            load(path)
+        assert str(info.value).endswith(f"\n  {tmp_path}/{says}")

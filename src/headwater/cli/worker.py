@@ -24,6 +24,7 @@ from ._common import (
     _port,
     _prepare,
     _print_json,
+    _secrets,
     _verbosity,
 )
 from .run import _in_order, _print_summary, _RunView, _stage_order
@@ -131,18 +132,20 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     resolved, manager = _prepare(args, spec)
     _, err = _consoles()
     logged = log_format(args) == "json"
-    view = _LoggedView(err, resolved, live=False) if logged else _RunView(err, resolved, live=False)
+    secrets = _secrets(args)
+    view_type = _LoggedView if logged else _RunView
+    view = view_type(err, resolved, live=False, secrets=secrets)
     result, drained = anyio.run(_work, spec, manager, view, args, backend="asyncio")
     if logged:
         assert isinstance(view, _LoggedView)
         view.summary(result)
     else:
-        _print_summary(err, result, resolved, verbose=_verbosity(args) > 0)
+        _print_summary(err, result, resolved, verbose=_verbosity(args) > 0, secrets=secrets)
     if args.json:
         summary = dict(result.summary)
         summary["stages"] = _in_order(summary.get("stages") or {}, _stage_order(resolved))
         summary["drained"] = drained
-        _print_json(summary)
+        _print_json(summary, secrets)
     return EXIT_OK if result.state == "succeeded" else EXIT_FAILED
 
 
