@@ -270,16 +270,77 @@ async def test_jsonl_bad_item_fails_with_type_and_position(tmp_path: Path) -> No
 
 
 @pytest.mark.anyio
-async def test_jsonl_unwritable_path_fails_at_open(tmp_path: Path) -> None:
-    out = tmp_path / "missing-dir" / "o.jsonl"
-    spec = headwater.Pipeline("j").source("range", stop=3).sink("jsonl", path=str(out))
-    with pytest.raises(headwater.PipelineFailed) as info:
-        await spec.run()
-    err = info.value.errors[0]
-    assert isinstance(err, headwater.StageError)
-    assert err.stage == "sinks.jsonl"
-    assert isinstance(err.cause, FileNotFoundError)
-    assert str(out) in str(err.cause)
+@pytest.mark.parametrize("sink", ["jsonl", "sqlite"])
+async def test_file_sinks_create_missing_folders(tmp_path: Path, sink: str) -> None:
+    out = tmp_path / "a" / "b" / "o.data"
+    params: dict[str, Any] = {"table": "t"} if sink == "sqlite" else {}
+    spec = headwater.Pipeline("j").source("range", stop=3)
+    spec = spec.map(lambda i: {"i": i}).sink(sink, path=str(out), **params)
+    await spec.run()
+    if sink == "jsonl":
+        assert line_count(out) == 3
+    else:
+        assert count_rows(out) == 3
+
+
+@pytest.mark.parametrize("sink", ["jsonl", "sqlite"])
+@pytest.mark.parametrize(
+    ("blocker", "needle"),
+    [("file", "is a file, not a folder"), ("folder", "is a folder")],
+)
+def test_file_sink_path_that_cannot_be_created_is_a_validation_error(
+    tmp_path: Path, sink: str, blocker: str, needle: str
+) -> None:
+    out = tmp_path / "out" / "o.data"
+    if blocker == "file":
+        (tmp_path / "out").write_text("not a folder")
+    else:
+        out.mkdir(parents=True)
+    params: dict[str, Any] = {"table": "t"} if sink == "sqlite" else {}
+    spec = headwater.Pipeline("j").source("range", stop=3).sink(sink, path=str(out), **params)
+    with pytest.raises(headwater.PipelineValidationError) as info:
+        spec.run_sync()
+    [issue] = info.value.issues
+    assert issue.path == "sinks[0].params.path"
+    assert needle in issue.message
+
+
+def test_file_sink_folders_are_not_made_through_a_link_out_of_the_roots(tmp_path: Path) -> None:
+    from headwater.builtin_plugins._sandbox import make_parents
+    from headwater.core.policy import SandboxError, SandboxPolicy
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "link").symlink_to(outside)
+    policy = SandboxPolicy(roots=(root,))
+    make_parents(policy, str(root / "a" / "b" / "o.jsonl"), "sinks.jsonl.params.path")
+    assert (root / "a" / "b").is_dir()
+    with pytest.raises(SandboxError, match=r"sinks.jsonl.params.path: .*outside the allowed roots"):
+        make_parents(policy, str(root / "link" / "sub" / "o.jsonl"), "sinks.jsonl.params.path")
+    assert list(outside.iterdir()) == []
+
+
+def test_validate_command_names_the_sink_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from headwater.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").write_text("a file where the folder should be")
+    (tmp_path / "p.yaml").write_text(
+        "name: p\nsources:\n  n: {action: range, params: {stop: 3}}\n"
+        "sinks:\n  - {sink: jsonl, params: {path: out/x.jsonl}}\n"
+    )
+    assert main(["validate", "p.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "sinks[0].params.path: cannot create 'out/x.jsonl'" in err
+    assert "Traceback" not in err
+    (tmp_path / "out").unlink()
+    assert main(["validate", "p.yaml"]) == 0
+    assert not (tmp_path / "out").exists()  # validating makes no folder
+    assert main(["run", "p.yaml"]) == 0
+    assert line_count(tmp_path / "out" / "x.jsonl") == 3
 
 
 # -- sqlite ---------------------------------------------------------------------------------

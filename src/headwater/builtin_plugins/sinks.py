@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 import headwater
 from headwater.core.context import StreamContext
 
-from ._sandbox import check_path_param, param_of, policy_in
+from ._sandbox import check_output_path_param, make_parents, param_of, policy_in
 from ._values import fspath as _fspath
 from ._values import type_name as _type_name
 from .sqlite_sink import SqliteSink
@@ -168,8 +168,8 @@ class JsonlParams(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
     path: str = Field(
-        description="File to write (relative to the working directory); it must lie inside "
-        "the operator's file roots."
+        description="File to write (relative to the working directory; missing folders are "
+        "created); it must lie inside the operator's file roots."
     )
     append: bool = Field(False, description="Append to an existing file instead of truncating it.")
     ensure_ascii: bool = Field(
@@ -184,7 +184,7 @@ class JsonlParams(BaseModel):
     )
 
     _path = field_validator("path", mode="before")(_fspath)
-    _path_allowed = field_validator("path")(check_path_param)
+    _path_allowed = field_validator("path")(check_output_path_param)
 
 
 @headwater.sink("jsonl", params=JsonlParams)
@@ -213,8 +213,10 @@ class JsonlSink:
         self._param = param_of(ctx)
 
     def open(self) -> None:
-        """Open (and truncate, unless ``append`` or resuming) the file, inside the roots."""
+        """Open (and truncate, unless ``append`` or resuming) the file, inside the roots,
+        creating its missing folders."""
         path = os.path.expanduser(self.path)
+        make_parents(self._policy, path, self._param)
         if self._resuming:
             try:
                 with self._policy.open_file(path, "rb+", buffering=0, param=self._param) as raw:

@@ -17,7 +17,7 @@ import headwater
 from headwater.core.context import StreamContext
 from headwater.core.policy import SandboxError
 
-from ._sandbox import IN_MEMORY_DB, check_db_path_param, param_of, policy_in
+from ._sandbox import IN_MEMORY_DB, check_db_path_param, make_parents, param_of, policy_in
 from ._values import fspath as _fspath
 from ._values import type_name as _type_name
 
@@ -172,7 +172,8 @@ class SqliteSink:
     def _checked_path(self, path: str) -> str:
         """The real path of the database once the policy allowed it, created through a
         descriptor that follows no symlink; SQLite's own files beside it (``-wal``,
-        ``-shm``, ``-journal``) must not be symlinks either."""
+        ``-shm``, ``-journal``) must not be symlinks either. Missing folders are made."""
+        make_parents(self._policy, path, self._param)
         with self._policy.open_file(path, "ab", buffering=0, param=self._param):
             pass
         real = str(self._policy.check_path(path, param=self._param))
