@@ -245,7 +245,10 @@ class HttpEndpoints:
             if isinstance(found, PluginRoute):
                 response = await found.answer(request)
             elif found.handler is None:
-                return await prepare_sse(self.server, request, local)
+                vetted = await prepare_sse(self.server, request, local)
+                if isinstance(vetted, HttpResponse):
+                    return self._masked_error(vetted)
+                return vetted
             else:
                 response = await found.handler(self, request)
         except Exception:
@@ -254,7 +257,22 @@ class HttpEndpoints:
             return error_response(500, "internal error (see the server's log)")
         if response is None:
             return error_response(404, f"no such endpoint: {path}")
-        return response
+        return self._masked_error(response) if response.status >= 400 else response
+
+    def _masked_error(self, response: HttpResponse) -> HttpResponse:
+        """An error's text with the engine's secrets masked (it may quote a value a
+        pipeline file substituted)."""
+        secrets = self.server.engine.services.secrets
+        kind = response.content_type
+        if not len(secrets) or not (
+            kind.startswith("text/") or kind.startswith("application/json")
+        ):
+            return response
+        text = response.body.decode("utf-8", errors="replace")
+        masked = secrets.mask(text)
+        if masked == text:
+            return response
+        return HttpResponse(response.status, masked.encode(), kind, response.headers)
 
     async def vet_upgrade(
         self, request: HttpRequest, local: tuple[str, int] | None

@@ -12,14 +12,15 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
 
 from headwater.core.errors import PipelineValidationError
+from headwater.core.events import Complete, ErrorEvent, Event, Progress, Status
 from headwater.core.runtime import RunHandle
 from headwater.core.streaming import StreamError
 
@@ -27,6 +28,8 @@ from .auth import principal_name
 from .protocol import ProtocolError
 
 if TYPE_CHECKING:
+    from headwater.core.secrets import Secrets
+
     from .base import BaseServer as Server
     from .config import NamedPipeline
 
@@ -207,9 +210,10 @@ class ClientRuns:
             log.info("run %s of pipeline %r ended: %s", run.run_id, run.pipeline, run.handle.state)
 
     async def _forward(self, run: RunInfo) -> None:
+        events = masked_events(run.handle.events(), self.server.engine.services.secrets)
         with run.forward:
             try:
-                await self.server.manager.forward_events(run.stream, run.handle.events())
+                await self.server.manager.forward_events(run.stream, events)
             except StreamError as exc:
                 log.warning("events of run %s not forwarded: %s", run.run_id, exc)
 
@@ -218,3 +222,29 @@ class ClientRuns:
             del self._by_id[run.run_id]
         if self._by_stream.get(run.stream) is run:
             del self._by_stream[run.stream]
+
+
+async def masked_events(events: AsyncIterable[Event], secrets: Secrets) -> AsyncIterator[Event]:
+    """``events`` with the engine's secrets masked in what clients are shown: stage
+    names (a step may be named after a substituted value), progress and status
+    messages (a component may report the address it reads), error details."""
+    async for event in events:
+        if len(secrets) and not isinstance(event, Complete):  # the summary is masked
+            event = _masked_event(event, secrets)
+        yield event
+
+
+def _masked_event(event: Event, secrets: Secrets) -> Event:
+    if isinstance(event, Progress | Status):
+        stage = secrets.mask(event.stage) if event.stage is not None else None
+        message = secrets.mask(event.message) if event.message is not None else None
+        if stage != event.stage or message != event.message:
+            event = replace(event, stage=stage, message=message)  # type: ignore[arg-type]
+        if isinstance(event, Status) and secrets.mask(event.state) != event.state:
+            event = replace(event, state=secrets.mask(event.state))
+    elif isinstance(event, ErrorEvent):
+        stage = secrets.mask(event.stage)
+        error = secrets.mask_data(event.error)
+        if stage != event.stage or error is not event.error:
+            return replace(event, stage=stage, error=error)
+    return event

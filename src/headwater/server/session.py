@@ -258,7 +258,14 @@ class Session:
             raise
 
     async def reply(self, message: BaseModel) -> None:
-        """Send one reply (``pong``, ``run_started``, ``error``) on this connection."""
+        """Send one reply (``pong``, ``run_started``, ``error``) on this connection. An
+        error's text is masked with the engine's secrets (it may quote a pipeline's
+        substituted values, e.g. a path the sandbox refuses)."""
+        if isinstance(message, ErrorMessage):
+            secrets = self.server.engine.services.secrets
+            masked = secrets.mask(message.message)
+            if masked != message.message:
+                message = message.model_copy(update={"message": masked})
         await self.conn.send(encode_message(message))
 
     async def error(self, code: ErrorCode, text: str, ref: str | int | None = None) -> None:

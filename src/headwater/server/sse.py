@@ -313,7 +313,9 @@ class SseConnection:
     async def _error(self, exc: StreamError) -> None:
         from .protocol import ProtocolError, encode_message
 
-        frame = encode_message(ProtocolError.from_stream_error(exc).to_message())
+        message = ProtocolError.from_stream_error(exc).to_message()
+        masked = self.server.engine.services.secrets.mask(message.message)
+        frame = encode_message(message.model_copy(update={"message": masked}))
         await self.writer.write(sse_event(frame, None))
 
 
