@@ -8,10 +8,12 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 import headwater
 from headwater.core.errors import InvalidFileError
@@ -20,6 +22,7 @@ from headwater.core.secrets import MASK, Secrets, mask_url_credentials
 from headwater.core.substitution import MAX_FILE_BYTES, Substitution, SubstitutionError
 from headwater.core.yamlfile import YamlFileError, parse_yaml, read_yaml
 from headwater.server.config import load_server_config
+from headwater.types import Register
 
 PIPE = """\
 name: p
@@ -295,3 +298,45 @@ def test_read_yaml_reports_substitution_problems_as_yaml_file_errors(tmp_path: P
     error = info.value
     assert (error.line, error.where, error.syntax) == (3, "a[1]", False)
     assert read_yaml(path, substitute=False) == {"a": ["ok", "${NOT_SET_ANYWHERE}"]}
+
+
+class AddressParams(BaseModel):
+    url: str
+
+
+async def connecting(params: AddressParams, ctx: headwater.StreamContext) -> Any:
+    """Reports its (secret-bearing) address in its progress and status messages."""
+    ctx.status(f"connecting to {params.url}")
+    ctx.progress(1, 1, f"read from {params.url}")
+    yield 1
+
+
+class AddressPlugin:
+    @headwater.hookimpl
+    def register_actions(self, register: Register) -> None:
+        register(headwater.action("test.connecting", params=AddressParams)(connecting))
+
+
+@pytest.mark.anyio
+async def test_the_messages_of_a_runs_events_are_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from headwater.builtin_plugins import sinks as builtin_sinks
+
+    monkeypatch.setenv("HW_TEST_HOST", "db-7c1e.internal")
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "name: p\nsources:\n  n: {action: test.connecting, params: "
+        "{url: 'postgres://app:pw-92ab@${HW_TEST_HOST}/x'}}\nsinks: [{sink: collect}]\n"
+    )
+    engine = headwater.Engine(plugins=[builtin_sinks, AddressPlugin()])
+    messages = []
+    async with engine.open_run(path) as handle:
+        async for event in handle.events():
+            message = getattr(event, "message", None)
+            if message and getattr(event, "stage", None) == "sources.n":
+                messages.append(message)
+    assert messages == [
+        f"connecting to postgres://app:{MASK}@{MASK}/x",
+        f"read from postgres://app:{MASK}@{MASK}/x",
+    ]

@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -24,7 +25,7 @@ from ..checkpoints import CheckpointError
 from ..components import Component
 from ..context import RunIdentity, StreamContext
 from ..errors import PipelineCancelled, PipelineTimeout, StageError
-from ..events import Complete, ErrorEvent, RunState, Status
+from ..events import Complete, ErrorEvent, Event, Progress, RunState, Status
 from ..events_queue import EventQueue
 from ..metrics import Histogram
 from ..pipeline import ResolvedPipeline, ResolvedStage
@@ -129,7 +130,7 @@ class _Run:
             self.identity,
             stage,
             component.plugin if component else None,
-            self.events.emit,
+            self._emit if len(self.services.secrets) else self.events.emit,
             self._is_cancelled,
             checkpointing=self.resolved.checkpoint_store is not None,
             resuming=self.checkpoints.resuming,
@@ -184,7 +185,16 @@ class _Run:
         self.fallbacks[stage] = {"action": action, "fallback": fallback, "reason": reason}
         why = f": {reason}" if reason else ""
         message = f"action {action!r} did not run{why}; running fallback {fallback!r}"
-        self.events.emit(Status("fallback", stage, message))
+        self._emit(Status("fallback", stage, message))
+
+    def _emit(self, event: Event) -> None:
+        """Emit an event whose message a component wrote, masked with the engine's
+        secrets (a progress or status message may name an address, a path...)."""
+        if isinstance(event, Progress | Status) and event.message:
+            masked = self.services.secrets.mask(event.message)
+            if masked != event.message:
+                event = replace(event, message=masked)
+        self.events.emit(event)
 
     async def handled_error(self, error: StageError) -> None:
         """Report an error the stage's policy handled (retried or skipped)."""
