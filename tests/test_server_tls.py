@@ -313,8 +313,11 @@ async def test_tokens_never_reach_the_log(tmp_path: Path) -> None:
         base = f"127.0.0.1:{port}"
         async with connect(f"ws://{base}/?token={token}") as client:
             await client.ping()
-        async with connect(f"ws://{base}/", token=token) as client:  # the header
-            await client.ping()
+        headers = {"Authorization": f"Bearer {token}", "Cookie": f"headwater_token={token}"}
+        async with ws_connect(f"ws://{base}/", additional_headers=headers) as ws:
+            await ws.send(json.dumps({"type": "ping", "id": 1}))
+            with anyio.fail_after(WAIT):
+                await ws.recv()
         with pytest.raises(Exception, match="401"):
             async with connect(f"ws://{base}/?token={wrong}"):
                 pass  # pragma: no cover - refused
@@ -341,6 +344,7 @@ async def test_tokens_never_reach_the_log(tmp_path: Path) -> None:
         with anyio.fail_after(WAIT):
             assert await server.wait() == 130
         text = await err.rest()
-    assert "< Authorization: ***" in text  # the header line is there, without its value
+    assert "< Authorization: ***" in text  # the header lines are there, without values
+    assert "< Cookie: headwater_token=***" in text
     assert token not in text
     assert wrong not in text
