@@ -241,7 +241,8 @@ def test_deny_lets_other_arguments_through(
     plugins: headwater.PluginManager, tmp_path: Path, arg: str
 ) -> None:
     params = {"argv": ["ls", arg, "."], "allow": ["ls"], "deny": ["-R", "--recursive"]}
-    assert run(plugins, {**params, "cwd": str(tmp_path)})[-1]["stream"] == "exit"
+    items = run(plugins, {**params, "cwd": str(tmp_path)}, roots=(tmp_path,))
+    assert items[-1]["stream"] == "exit"
 
 
 @pytest.mark.parametrize(
