@@ -15,8 +15,11 @@ accepted by
   (plugin routes): the first line of every new connection is read before the
   ``websockets`` library sees it.
 
-The server runs on asyncio only (``websockets`` is asyncio-based). The same application
-is available as an ASGI app: :func:`headwater.server.asgi_app`.
+With ``tls`` in its configuration the port speaks HTTPS and ``wss://``
+(:mod:`headwater.server.tls`); every request must name an allowed host
+(:mod:`headwater.server.hosts`). The server runs on asyncio only (``websockets`` is
+asyncio-based). The same application is available as an ASGI app:
+:func:`headwater.server.asgi_app`.
 """
 
 from __future__ import annotations
@@ -106,7 +109,8 @@ class Server(BaseServer):
 
         Raises :class:`ServerConfigError` (a pipeline does not resolve against the
         installed components), :class:`ServerError` (an unsafe host without
-        authentication) or ``OSError`` (the port is taken).
+        authentication, tokens beyond loopback without TLS, a certificate that does not
+        load) or ``OSError`` (the port is taken).
         """
         if self._state != "new":
             raise RuntimeError("a Server can be started only once")
