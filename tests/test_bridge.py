@@ -353,3 +353,29 @@ async def test_owner_killed_mirrors_close_with_owner_lost(
     assert redis_client.hget(f"{prefix}open", stream) is None
     assert redis_client.get(f"{prefix}node:a") is None
     assert keys_without_ttl(redis_client, prefix) == []
+
+
+async def test_the_bridge_rides_out_a_redis_restart(tmp_path: Path) -> None:
+    from broker_servers import RedisServer, _binary
+    from services import need
+
+    need("redis", "redis")
+    server = RedisServer(_binary("redis-server"), tmp_path / "redis")
+    server.start()
+    try:
+        async with node(server.url, "hw:", "a") as a, node(server.url, "hw:", "b") as b:
+            sid = await a.create_stream("s")
+            await until(lambda: b.has_stream("s"), 5, "the mirror")
+            await a.push_many(sid, [{"i": i} for i in range(10)])
+            await until(lambda: b.info("s").seq == 10, 5, "the first chunks on b")
+            server.kill()
+            await a.push_many(sid, [{"i": i} for i in range(10, 20)])  # queued meanwhile
+            await anyio.sleep(1.0)  # the outage itself
+            server.start()
+            await until(lambda: b.info("s").seq == 20, 30, "the chunks queued during the outage")
+            rec = Recorder()
+            await b.register_client(sid, "x", rec, since=0)
+            assert b.has_stream("s")  # the mirror did not count the outage against a
+        assert rec.chunks() == [(i + 1, {"i": i}) for i in range(20)]
+    finally:
+        server.kill()
