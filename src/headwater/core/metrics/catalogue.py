@@ -35,6 +35,7 @@ class MetricDef:
 
 
 _PS = ("pipeline", "stage")
+_BROKER = ("pipeline", "stage", "role", "address")
 
 METRICS: tuple[MetricDef, ...] = (
     # -- per pipeline and stage
@@ -368,6 +369,49 @@ METRICS: tuple[MetricDef, ...] = (
         "headwater.scheduler.resource_capacity",
         otel_unit="{unit}",
     ),
+    # -- per broker connection (sources and sinks of Redis Streams, NATS JetStream)
+    MetricDef(
+        "headwater_broker_connected",
+        "gauge",
+        _BROKER,
+        "1 while the connection to the broker works, 0 during an outage.",
+        "headwater.broker.connected",
+    ),
+    MetricDef(
+        "headwater_broker_reconnects_total",
+        "counter",
+        _BROKER,
+        "Outages of the connection that ended with the connection back.",
+        "headwater.broker.reconnects",
+        otel_unit="{reconnect}",
+    ),
+    MetricDef(
+        "headwater_broker_disconnected_seconds_total",
+        "counter",
+        _BROKER,
+        "Seconds the connection spent disconnected (the current outage included).",
+        "headwater.broker.disconnected",
+        unit="seconds",
+        otel_unit="s",
+    ),
+    # -- the event loop (headwater worker)
+    MetricDef(
+        "headwater_event_loop_lag_seconds",
+        "gauge",
+        (),
+        "How late the event loop's latest tick woke up.",
+        "headwater.event_loop.lag",
+        unit="seconds",
+        otel_unit="s",
+    ),
+    MetricDef(
+        "headwater_event_loop_stalls_total",
+        "counter",
+        (),
+        "Times the event loop was blocked longer than the lag threshold.",
+        "headwater.event_loop.stalls",
+        otel_unit="{stall}",
+    ),
 )
 """Every metric the exporters publish, in exposition order."""
 
@@ -471,4 +515,16 @@ def collect_samples(snap: Mapping[str, Any]) -> Samples:
                 add("headwater_scheduler_resources_in_use", (sid, str(resource)), n)
             for resource, n in (entry.get("capacity") or {}).items():
                 add("headwater_scheduler_resource_capacity", (sid, str(resource)), n)
+    for link in snap.get("brokers") or ():
+        if "error" in link:
+            continue
+        labels: Labels = tuple(str(link.get(k, "")) for k in _BROKER)
+        add("headwater_broker_connected", labels, 1 if link.get("connected") else 0)
+        add("headwater_broker_reconnects_total", labels, link.get("reconnects", 0))
+        seconds = link.get("disconnected_seconds", 0)
+        add("headwater_broker_disconnected_seconds_total", labels, seconds)
+    loop = snap.get("event_loop")
+    if isinstance(loop, Mapping) and "error" not in loop:
+        add("headwater_event_loop_lag_seconds", (), loop.get("lag_seconds", 0.0))
+        add("headwater_event_loop_stalls_total", (), loop.get("stalls", 0))
     return out
