@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +49,11 @@ class StreamContext:
     services: EngineServices = field(default_factory=EngineServices, repr=False)
     """The services of the engine running this stage (see :attr:`publisher`,
     :attr:`draining`, :attr:`metrics`)."""
+    _reject: Callable[[list[Any], BaseException, int | None], Awaitable[None]] | None = field(
+        default=None, repr=False
+    )
+    _spawn: Callable[..., object] | None = field(default=None, repr=False)
+    _settled: list[Callable[[], Awaitable[None]]] = field(default_factory=list, repr=False)
     logger: logging.LoggerAdapter[logging.Logger] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -104,6 +109,38 @@ class StreamContext:
         this source is committed, i.e. every sink durably has every item up to
         ``position``. Sources reading from a broker acknowledge upstream here."""
         self._on_commit(callback)
+
+    # -- stream transformers ------------------------------------------------------------
+
+    async def reject(
+        self, items: list[Any], error: BaseException, position: int | None = None
+    ) -> None:
+        """From a ``stream`` transformer: hand ``items`` it could not process to the
+        step's ``on_error`` policy. Under ``skip`` (or ``retry`` with ``then: skip``)
+        they are counted as skipped and sent to the dead-letter sink with ``error``, and
+        the transformer goes on; otherwise ``error`` is raised here and fails the run.
+        ``position`` is the first item's position in the step's input, when known."""
+        if self._reject is None:
+            raise error
+        await self._reject(items, error, position)
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """From a ``stream`` transformer: run ``fn(*args)`` as a task of its stage, beside
+        the transformer (e.g. requests in flight while it yields earlier results). The
+        tasks are cancelled when the transformer returns or fails; one that raises fails
+        the stage. A generator must not open a task group around a ``yield`` (the cancel
+        scope would span the consumer's code), hence this."""
+        if self._spawn is None:
+            raise RuntimeError("start_soon is only available to stream transformers")
+        self._spawn(fn, *args)
+
+    def hold_markers(self, settled: Callable[[], Awaitable[None]]) -> None:
+        """From a ``stream`` transformer that works on several items at once: before a
+        checkpoint marker is forwarded (when the next item after it is asked for),
+        ``await settled()``, which returns once the output of every item taken so far
+        has been yielded (or rejected). Without it a marker passes as soon as the next
+        item is asked for, and a checkpoint could cover an item still in flight."""
+        self._settled.append(settled)
 
     @property
     def draining(self) -> bool:

@@ -7,6 +7,7 @@ import math
 import time
 import weakref
 from collections.abc import AsyncGenerator
+from functools import partial
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -301,6 +302,29 @@ class _Stages:
 
     # -- stream transformers ---------------------------------------------------------------
 
+    async def _reject(
+        self,
+        spec: ResolvedStage,
+        stats: StageStats,
+        items: list[Any],
+        exc: BaseException,
+        position: int | None,
+    ) -> None:
+        """``ctx.reject`` of a stream transformer: skip to the dead-letter sink under
+        ``skip`` (or ``retry`` then ``skip``: the transformer did its own retrying),
+        raise ``exc`` otherwise (the pump records the failure)."""
+        retry = spec.retry
+        if spec.on_error == "skip" or (
+            spec.on_error == "retry" and retry is not None and retry.then == "skip"
+        ):
+            run = self.run
+            error = run.stage_error(spec, position, exc)
+            await run.handled_error(error)
+            stats.skipped += len(items)
+            await run.sinks.dead_letter(error, items)
+            return
+        raise exc
+
     async def _stream(self, inp: BatchChannel, out: _Output, spec: ResolvedStage) -> None:
         """The loop of a ``stream`` transformer: its async generator reads ``inp`` item by
         item and what it yields is pumped into ``out`` (see :func:`_pump_async`).
@@ -311,6 +335,11 @@ class _Stages:
         the marker is downstream already; the final marker is held back and forwarded
         once the transformer returned.
 
+        A transformer working on several items at once (``ctx.start_soon``) delays
+        markers with ``ctx.hold_markers`` until its output for the items before them is
+        out, and hands items it gives up on to the step's ``on_error`` with
+        ``ctx.reject``.
+
         Ends: the input's reader is closed (the producers upstream stop) and the item
         feed ``aclose``-d (shielded), whatever happened; the transformer's own failure
         is recorded by the pump (:class:`_Stop`).
@@ -318,6 +347,8 @@ class _Stages:
         run = self.run
         stats = run.stage_stats(spec.stage)
         ctx = run.ctx(spec.stage, spec.component)
+        ctx._reject = partial(self._reject, spec, stats)
+        settled = ctx._settled
 
         held: list[Marker] = []
 
@@ -343,6 +374,8 @@ class _Stages:
                     if isinstance(marker, Marker) and marker.final:
                         held.append(marker)
                     else:
+                        for wait in settled:
+                            await wait()
                         out.put_marker(marker)
                 for item in batch[start:]:
                     yield item
@@ -351,8 +384,16 @@ class _Stages:
         lead = params_and_ctx(spec.params, ctx)
         fn = spec.component.obj
         try:
-            agen = fn(feed, *lead[: max(0, positional_arity(fn) - 1)])
-            await _pump_async(run, agen, out, stats, spec, batched=False)
+            try:
+                async with anyio.create_task_group() as helpers:
+                    ctx._spawn = helpers.start_soon
+                    agen = fn(feed, *lead[: max(0, positional_arity(fn) - 1)])
+                    await _pump_async(run, agen, out, stats, spec, batched=False)
+                    helpers.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                if len(group.exceptions) == 1:  # the transformer's own (or its one helper's)
+                    raise group.exceptions[0] from group.exceptions[0].__cause__
+                raise
             run.checkpoints.complete(held)
             for marker in held:
                 out.put_marker(marker)
