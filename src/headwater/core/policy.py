@@ -6,7 +6,8 @@ the embedder's ``Engine(policy=...)``), never by a pipeline file or a client. It
 - programs the ``command`` action may start (:attr:`SandboxPolicy.commands`),
 - Python callables that ``fn``-like params may name (:attr:`SandboxPolicy.callables`),
 - files the file tools may read or write (:attr:`SandboxPolicy.roots`),
-- hosts that connectors with settable addresses may reach (:attr:`SandboxPolicy.hosts`).
+- hosts that connectors with settable addresses may reach (:attr:`SandboxPolicy.hosts`),
+- database tables that connectors may read or write (:attr:`SandboxPolicy.tables`).
 
 Params are validated with the policy in pydantic's validation context
 (``model_validate(params, context={"policy": policy})``): validators read it with
@@ -25,6 +26,7 @@ after the check, and the open is refused.
 from __future__ import annotations
 
 import errno
+import fnmatch
 import os
 import stat
 from collections.abc import Mapping, Sequence
@@ -90,8 +92,10 @@ class SandboxPolicy:
     must allow a program). ``command_env`` names protected environment variables
     (``PATH``, ``LD_*``, ``PYTHON*``) a pipeline's ``env`` may nevertheless set.
     ``hosts`` lists the hosts connectors with settable addresses may reach (globs;
-    empty: loopback only). ``unrestricted`` switches every check off (an embedder's own
-    trusted code, tests).
+    empty: loopback only). ``tables`` lists the database tables (globs on the name as
+    written, ``events`` or ``public.events``) that database connectors may read or write;
+    None: any table, and with a list, free SQL queries are refused. ``unrestricted``
+    switches every check off (an embedder's own trusted code, tests).
     """
 
     roots: tuple[Path, ...] = ()
@@ -102,6 +106,7 @@ class SandboxPolicy:
     """The operator's ``PATH`` on which bare program names are resolved (None: the
     process's ``PATH`` when the policy was made)."""
     hosts: tuple[str, ...] = ()
+    tables: tuple[str, ...] | None = None
     unrestricted: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Settings of plugins' own checks, by plugin name."""
@@ -120,6 +125,8 @@ class SandboxPolicy:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.commands is not None:
             object.__setattr__(self, "commands", tuple(self.commands))
+        if self.tables is not None:
+            object.__setattr__(self, "tables", tuple(self.tables))
         if self.command_path is None:
             object.__setattr__(self, "command_path", os.environ.get("PATH", os.defpath))
 
@@ -130,7 +137,8 @@ class SandboxPolicy:
         """The policy the environment sets: ``HEADWATER_ROOTS`` (``os.pathsep``- or
         comma-separated folders; relative ones start at the working directory),
         ``HEADWATER_ALLOW_CALLABLES``, ``HEADWATER_COMMAND_ALLOW``,
-        ``HEADWATER_COMMAND_ENV``, ``HEADWATER_ALLOW_HOSTS``; ``overrides`` (e.g. from a
+        ``HEADWATER_COMMAND_ENV``, ``HEADWATER_ALLOW_HOSTS``, ``HEADWATER_ALLOW_TABLES``;
+        ``overrides`` (e.g. from a
         server config or ``--root``) win over the environment, field by field."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -148,6 +156,9 @@ class SandboxPolicy:
         commands = _split(env.get("HEADWATER_COMMAND_ALLOW"))
         if commands is not None:
             values["commands"] = commands
+        tables = _split(env.get("HEADWATER_ALLOW_TABLES"))
+        if tables is not None:
+            values["tables"] = tables
         values["command_path"] = env.get("PATH", os.defpath)
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)
@@ -161,6 +172,22 @@ class SandboxPolicy:
     def validation_context(self) -> dict[str, Any]:
         """The pydantic validation context carrying this policy."""
         return {POLICY_CONTEXT_KEY: self}
+
+    # -- tables -------------------------------------------------------------------------
+
+    def check_table(self, name: str, *, param: str | None = None) -> str:
+        """``name`` when :attr:`tables` allows it (compared as written, against globs),
+        else :class:`SandboxError`; ``param`` starts the message."""
+        if self.unrestricted or self.tables is None:
+            return name
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.tables):
+            return name
+        where = f"{param}: " if param else ""
+        allowed = ", ".join(repr(t) for t in self.tables) or "none"
+        raise SandboxError(
+            f"{where}table {name!r} is not in the allowed tables ({allowed}); the operator "
+            "allows more with HEADWATER_ALLOW_TABLES or the server's sandbox.tables"
+        )
 
     # -- files --------------------------------------------------------------------------
 

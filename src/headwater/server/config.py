@@ -273,6 +273,12 @@ class SandboxConfig(BaseModel):
         description="Hosts (globs) connectors with settable addresses may reach. Default: "
         "HEADWATER_ALLOW_HOSTS, else loopback only.",
     )
+    tables: list[str] | None = Field(
+        None,
+        description="Database tables (globs on the name as written) that database "
+        "connectors may read or write; with a list, free SQL queries are refused. Default: "
+        "HEADWATER_ALLOW_TABLES, else any table.",
+    )
 
     def policy(
         self, base_dir: str | Path | None = None, environ: Mapping[str, str] | None = None
@@ -290,6 +296,7 @@ class SandboxConfig(BaseModel):
             commands=self.commands,
             command_env=self.command_env,
             hosts=self.hosts,
+            tables=self.tables,
         )
 
 
