@@ -259,7 +259,7 @@ def test_serve_exposes_metrics_and_writes_json_lines(tmp_path: Path) -> None:
         assert re.search(r"^headwater_streams_open 0\.0$", text, re.MULTILINE), text
         assert "# TYPE headwater_stage_items_in_total counter" in text
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=TIMEOUT) == 0
+        assert proc.wait(timeout=TIMEOUT) == 130  # 128 + SIGINT, as `headwater --help` documents
     finally:
         if proc.poll() is None:
             proc.kill()
