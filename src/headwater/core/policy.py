@@ -330,8 +330,11 @@ def _refuse_link(
 def policy_of(context: Any) -> SandboxPolicy | None:
     """The policy in a pydantic validation context (``info.context``), if any.
 
-    Validators of params use it; without one (params built directly in Python by an
-    embedder) they apply no operator policy.
+    Without one (params validated directly in Python, outside ``resolve()``) each
+    validator decides: the file checks apply no roots (the run-time check through
+    ``ctx.policy`` still applies), while the checks of what may run (``command``
+    programs, callables named by text) fall back to the environment's policy, so that
+    nothing runs that the operator did not allow.
     """
     if isinstance(context, Mapping):
         found = context.get(POLICY_CONTEXT_KEY)
