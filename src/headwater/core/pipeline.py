@@ -500,6 +500,9 @@ def resolve(
         )
         if comp is not None:
             params = _validate_params(comp, step.params, path, issues, policy)
+            if spec.dead_letter is None and getattr(params, "late", None) == "dead_letter":
+                msg = "late: dead_letter needs the pipeline's dead_letter sink"
+                issues.append(ValidationIssue(f"{path}.params.late", msg))
             stage = step.name or f"{path}.{step.transformer}"
             steps.append(ResolvedStage(stage, comp, params, step.on_error, step.retry))
     sinks: list[ResolvedStage] = []

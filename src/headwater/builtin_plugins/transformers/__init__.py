@@ -27,7 +27,9 @@ family:
 
 - :mod:`.itemwise`: ``map``, ``filter``, ``select``, ``flatten``;
 - :mod:`.parsing`: ``json.decode``, ``json.encode``, ``regex``;
-- :mod:`.batching`: ``batch``, ``window``;
+- :mod:`.batching`: ``batch``, ``window`` (count and arrival-time windows);
+- :mod:`.windows` and :mod:`.window_aggs`: keyed and event-time windows (``window`` with
+  ``time: event``, ``by``, ``agg`` or ``type: session``), their watermark and aggregates;
 - :mod:`.aggregation`: ``reduce``, ``aggregate``;
 - :mod:`.streamwise`: ``take``, ``skip``, ``dedupe``, ``throttle``;
 

@@ -15,8 +15,10 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_va
 
 import headwater
 
-from .fields import _STRICT
+from .fields import _STRICT, FieldPath, field_getter
 from .snapshots import _age, _at, _decode_state, _encode_state, _state_dict
+from .window_aggs import WindowAggs, check_agg
+from .windows import PaneWindows, SessionWindows
 
 
 def _tick_interval(period: float) -> float:
@@ -169,16 +171,20 @@ class WindowParams(BaseModel):
 
     model_config = _STRICT
 
-    type: Literal["tumbling", "sliding"] = Field(
+    type: Literal["tumbling", "sliding", "session"] = Field(
         "tumbling",
         description="tumbling: back-to-back windows, each item in exactly one; sliding: a "
-        "window starts every step and lasts size (or seconds), so windows may overlap.",
+        "window starts every step and lasts size (or seconds), so windows may overlap; "
+        "session: a key's items less than gap apart, ending gap after the last one.",
     )
     size: int | None = Field(
         None, ge=1, le=10_000_000, description="Window length as a count of items."
     )
     seconds: float | None = Field(
-        None, gt=0, description="Window length as a duration in seconds (arrival time)."
+        None,
+        gt=0,
+        description="Window length as a duration in seconds (arrival time; event time "
+        "with time: event).",
     )
     step: float | None = Field(
         None,
@@ -186,10 +192,51 @@ class WindowParams(BaseModel):
         description="Sliding windows only: distance between window starts, in items (with "
         "size) or seconds (with seconds). A step larger than the window leaves gaps.",
     )
+    gap: float | None = Field(
+        None,
+        gt=0,
+        description="Session windows only: seconds without an item (of the key) that "
+        "close a session.",
+    )
     partial: bool = Field(
         True,
         description="At the end of the stream, emit the last incomplete window if it holds "
-        "items no emitted window held.",
+        "items no emitted window held (keyed and event-time windows: every open window).",
+    )
+    time: Literal["processing", "event"] = Field(
+        "processing",
+        description="processing: an item's time is when it arrives; event: it is read from "
+        "the timestamp field, and windows are emitted as the watermark passes their end.",
+    )
+    timestamp: FieldPath | None = Field(
+        None,
+        description="time: event only: the field holding an item's event time, in seconds "
+        "since the epoch or as an ISO 8601 string.",
+    )
+    by: FieldPath | None = Field(
+        None, description="Keep separate windows per value of this field (the window's key)."
+    )
+    lateness: float = Field(
+        0.0,
+        ge=0,
+        description="time: event only: how much disorder to tolerate, in seconds; the "
+        "watermark is the largest event time seen minus lateness.",
+    )
+    late: Literal["drop", "dead_letter"] = Field(
+        "drop",
+        description="time: event only: what to do with an item whose event time is below "
+        "the watermark when it arrives: drop it (counted as late and skipped) or send it "
+        "to the pipeline's dead-letter sink.",
+    )
+    agg: dict[str, str] = Field(
+        default_factory=dict,
+        description="Running results added to each window, NAME -> count | sum:FIELD | "
+        "min:FIELD | max:FIELD | mean:FIELD.",
+    )
+    keep_items: bool = Field(
+        True,
+        description="Keep the window's items (items in the window dict); false keeps only "
+        "the agg results, so a window costs a few numbers whatever it holds.",
     )
 
     @field_validator("seconds")
@@ -204,18 +251,49 @@ class WindowParams(BaseModel):
     def _step_fits(cls, step: float | None, info: ValidationInfo) -> float | None:
         if step is None:
             return None
-        if info.data.get("type") == "tumbling":
+        if info.data.get("type") != "sliding":
             raise ValueError("step applies to sliding windows only")
         if info.data.get("size") is not None and not float(step).is_integer():
             raise ValueError("step must be a whole number of items when the window has a size")
         return step
 
+    @field_validator("agg")
+    @classmethod
+    def _agg_ok(cls, agg: dict[str, str]) -> dict[str, str]:
+        return check_agg(agg)
+
+    @property
+    def as_dict(self) -> bool:
+        """Windows come out as dicts (key, start, end, items, agg results)."""
+        return self.time == "event" or self.by is not None or bool(self.agg)
+
     @model_validator(mode="after")
     def _complete(self) -> WindowParams:
-        if self.size is None and self.seconds is None:
-            raise ValueError("window needs size (a count of items) or seconds (a duration)")
-        if self.type == "sliding" and self.step is None:
-            raise ValueError("a sliding window needs step (how far each window start moves)")
+        event = self.time == "event"
+        if self.type == "session":
+            if self.gap is None:
+                raise ValueError("a session window needs gap (seconds without an item)")
+            if self.size is not None or self.seconds is not None:
+                raise ValueError("a session window has a gap, not a size or seconds")
+        else:
+            if self.gap is not None:
+                raise ValueError("gap applies to session windows only")
+            if self.size is None and self.seconds is None:
+                raise ValueError("window needs size (a count of items) or seconds (a duration)")
+            if self.type == "sliding" and self.step is None:
+                raise ValueError("a sliding window needs step (how far each window start moves)")
+        if event and self.timestamp is None:
+            raise ValueError("time: event needs timestamp (the field holding event times)")
+        if not event:
+            for name in ("timestamp", "lateness", "late"):
+                if name in self.model_fields_set:
+                    raise ValueError(f"{name} applies to time: event only")
+        if self.size is not None and (self.as_dict or event):
+            raise ValueError("count windows (size) cannot be keyed or use event time; give seconds")
+        if not self.keep_items and not self.as_dict:
+            raise ValueError(
+                "keep_items: false applies to windows as dicts (with time: event, by or agg)"
+            )
         return self
 
 
@@ -377,11 +455,14 @@ class _TimeWindows:
     "window",
     kind="batch",
     params=WindowParams,
-    output="lists of items, one per window",
+    output="lists of items, one per window; with time: event, by or agg, dicts "
+    "{key, start, end, items} plus the agg results",
     capabilities=("stateful",),
 )
-def window_transformer(params: WindowParams) -> _CountWindows | _TimeWindows:
-    """Group items into count or time windows (tumbling or sliding); emits lists.
+def window_transformer(
+    params: WindowParams,
+) -> _CountWindows | _TimeWindows | PaneWindows | SessionWindows:
+    """Group items into count, time or session windows (tumbling, sliding, session).
 
     A count window holds ``size`` items; a time window holds the items that arrived
     during ``seconds``. Tumbling windows follow each other; sliding windows start every
@@ -389,10 +470,42 @@ def window_transformer(params: WindowParams) -> _CountWindows | _TimeWindows:
     even while no input arrives; empty time windows are not emitted. At the end of the
     stream the incomplete window is emitted when ``partial`` is true and it holds items
     that no emitted window held.
+
+    With ``time: event`` an item's time is its ``timestamp`` field and windows are emitted
+    once the watermark (largest event time seen minus ``lateness``) passes their end;
+    late items are dropped or dead-lettered (``late``). With ``by`` windows are kept per
+    key. Then (and with ``agg``) windows are aligned to multiples of ``seconds`` (sliding:
+    of ``step``) since the epoch and each is a dict ``{key, start, end, items}`` plus the
+    ``agg`` results; ``keep_items: false`` keeps only the results. Session windows hold
+    a key's items less than ``gap`` apart. See the Time and state page.
     """
+    if params.as_dict or params.type == "session":
+        common: dict[str, Any] = {
+            "get_time": field_getter(params.timestamp) if params.timestamp else None,
+            "get_key": field_getter(params.by) if params.by is not None else None,
+            "lateness": params.lateness,
+            "late": params.late,
+            # sessions keep their items beside the accumulator (merged in arrival order)
+            "aggs": WindowAggs(params.agg, params.keep_items and params.type != "session"),
+            "keep_items": params.keep_items,
+            "as_dict": params.as_dict,
+            "partial": params.partial,
+        }
+        if params.type == "session":
+            assert params.gap is not None
+            return SessionWindows(_whole(params.gap), **common)
+        assert params.seconds is not None
+        size = _whole(params.seconds)
+        step = size if params.step is None else _whole(params.step)
+        return PaneWindows(size, step, **common)
     if params.size is not None:
-        step = params.size if params.step is None else int(params.step)
-        return _CountWindows(params.size, step, params.partial)
+        count_step = params.size if params.step is None else int(params.step)
+        return _CountWindows(params.size, count_step, params.partial)
     assert params.seconds is not None
     step_s = params.seconds if params.step is None else float(params.step)
     return _TimeWindows(params.seconds, step_s, params.partial)
+
+
+def _whole(seconds: float) -> float:
+    """``seconds`` as an int when it is whole: window bounds of int times stay ints."""
+    return int(seconds) if float(seconds).is_integer() else seconds

@@ -24,6 +24,10 @@ class StageStats:
     items_out: int = 0
     errors: int = 0
     skipped: int = 0
+    late: int = 0
+    """Items an event-time step found late (also counted in ``skipped``)."""
+    evicted: int = 0
+    """Keys a keyed step forgot (time to live, or the key limit)."""
     batches_in: int = 0
     batches_out: int = 0
     errors_by_kind: dict[str, int] = field(default_factory=dict)
@@ -37,6 +41,8 @@ class StageStats:
             "items_out": self.items_out,
             "errors": self.errors,
             "skipped": self.skipped,
+            "late": self.late,
+            "evicted": self.evicted,
             "batches_in": self.batches_in,
             "batches_out": self.batches_out,
         }
@@ -55,6 +61,8 @@ class StageStats:
             "batches_in": self.batches_in,
             "batches_out": self.batches_out,
             "skipped": self.skipped,
+            "late": self.late,
+            "evicted": self.evicted,
             "errors_by_kind": dict(self.errors_by_kind),
             "latency": self.latency,
         }

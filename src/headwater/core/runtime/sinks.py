@@ -19,6 +19,7 @@ from ..errors import StageError
 from ..invoke import params_and_ctx, positional_arity
 from ..metrics import Probe
 from ..pipeline import ResolvedStage
+from ..watermarks import Watermark
 from .handle import StageStats
 from .tasks import CLEANUP_GRACE, _Stop
 
@@ -215,6 +216,8 @@ class _Sinks:
                     if isinstance(marker, Probe):
                         probes.append(marker)  # observed once the whole batch is written
                         continue
+                    if isinstance(marker, Watermark):
+                        continue  # event time ends here: a sink has no use for it
                     if offset > start:
                         await write(sink, batch[start:offset])
                     start = offset

@@ -21,6 +21,7 @@ from ..fusion import FusedStep, ItemFailure
 from ..invoke import params_and_ctx, positional_arity
 from ..metrics import Probe
 from ..pipeline import ResolvedStage
+from ..watermarks import LateItem, Watermark
 from .handle import StageStats
 from .pumps import _pump_async
 from .tasks import _producer, _Stop
@@ -103,9 +104,15 @@ class _Stages:
             raise _Stop from exc
         ticking = [(i, s) for i, s in enumerate(steps) if s.tick is not None]
         next_tick = math.inf
+        clocked = [s.state for s in steps if getattr(s.state, "watermark", None) is not None]
+        sent = -math.inf
         try:
             exhausted = False
             while not exhausted:
+                if clocked and clocked[-1].watermark > sent:
+                    # the watermark of the stage's last event-time step, after its output
+                    sent = clocked[-1].watermark
+                    out.put_marker(Watermark(sent))
                 if ticking:
                     interval = min((s.tick_interval or math.inf) for _, s in ticking)
                     now = time.monotonic()
@@ -193,7 +200,9 @@ class _Stages:
                 part = await self._apply(steps, stats, 0, part)
                 if part:
                     await out.put_batch(part)
-            if marker.final:
+            if isinstance(marker, Watermark):
+                await self._advance(steps, stats, marker, out)
+            elif marker.final:
                 held.append(marker)  # forwarded after the steps flushed, at the end
             else:
                 await self.run.checkpoints.snapshot_states(steps, marker)
@@ -205,6 +214,29 @@ class _Stages:
                 await out.put_batch(rest)
         for probe in probes:
             out.put_marker(probe)
+
+    async def _advance(
+        self, steps: list[FusedStep], stats: list[StageStats], mark: Watermark, out: _Output
+    ) -> None:
+        """An upstream watermark arrived: the stage's first event-time step (one with
+        ``advance``) takes it, and what it emits goes on through the steps after it; a
+        stage without one forwards the watermark as it is."""
+        for i, step in enumerate(steps):
+            advance = getattr(step.state, "advance", None)
+            if advance is not None:
+                try:
+                    due = advance(mark.value)
+                except Exception as exc:
+                    run = self.run
+                    await run.fail(run.stage_error(step.spec, None, exc))
+                    raise _Stop from exc
+                if due:
+                    stats[i].items_out += len(due)
+                    due = await self._apply(steps, stats, i + 1, list(due))
+                    if due:
+                        await out.put_batch(due)
+                return
+        out.put_marker(mark)
 
     async def _run_ticks(
         self,
@@ -243,9 +275,12 @@ class _Stages:
         chain early.
         """
         timed = self._timed
+        upstream: float | None = None
+        """The watermark of the last event-time step run so far, for the next ones."""
         for i in range(start, len(steps)):
             step = steps[i]
             st = stats[i]
+            state = step.state
             n = len(batch)
             st.items_in += n
             st.batches_in += 1
@@ -260,14 +295,37 @@ class _Stages:
                     raise _Stop from failure.cause
             else:
                 batch = await step.guarded(batch, self._on_item_error)
+            if upstream is not None and (advance := getattr(state, "advance", None)):
+                batch = batch + advance(upstream)  # what the earlier step's watermark made due
             step.n_in += n
             if timed:
                 st.latency.observe(perf_counter() - began)
+            take_late = getattr(state, "take_late", None)
+            if take_late is not None:
+                await self._late(step, st, take_late)
+                upstream = state.watermark
             st.items_out += len(batch)
             if not batch:
                 break
             st.batches_out += 1
         return batch
+
+    async def _late(self, step: FusedStep, st: StageStats, take_late: Any) -> None:
+        """Count the items an event-time step found late; send those it set aside to
+        the dead-letter sink (``late: dead_letter``)."""
+        items, dropped = take_late()
+        n = len(items) + dropped
+        if not n:
+            return
+        st.late += n
+        st.skipped += n
+        if items:
+            run = self.run
+            cause = LateItem(
+                "the item's event time was below the watermark when it arrived (late by "
+                "more than the step's lateness)"
+            )
+            await run.sinks.dead_letter(run.stage_error(step.spec, None, cause), items)
 
     async def _on_item_error(
         self,
