@@ -21,7 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import headwater
-from headwater.builtin_plugins.transformers import WindowParams, window_transformer
+from headwater.builtin_plugins.transformers import WindowParams
+from headwater.builtin_plugins.transformers.batching import window_transformer
 
 Window = tuple[Any, float, float]
 
@@ -74,7 +75,12 @@ def reference(
     }, late
 
 
-def drive(params: WindowParams, events: list[dict[str, Any]], cuts: list[int], restore_at: int):
+Events = list[dict[str, Any]]
+
+
+def drive(
+    params: WindowParams, events: Events, cuts: list[int], restore_at: int
+) -> tuple[list[Any], list[Any]]:
     """Feed ``events`` in batches cut at ``cuts``; at batch ``restore_at`` continue in a
     fresh step restored from a JSON round trip of the state. Returns (windows, late)."""
     step = window_transformer(params)
@@ -103,7 +109,15 @@ events_strategy = st.integers(min_value=0, max_value=12).flatmap(
 )
 
 
-def check(kind: str, events, cuts, restore_at, lateness, keyed, **shape: int) -> None:
+def check(
+    kind: str,
+    events: Events,
+    cuts: list[int],
+    restore_at: int,
+    lateness: int,
+    keyed: bool,
+    **shape: int,
+) -> None:
     params = WindowParams.model_validate(
         {
             "type": kind,
@@ -144,7 +158,9 @@ cuts_strategy = st.lists(st.integers(0, 120), max_size=8)
     keyed=st.booleans(),
     size=st.integers(1, 9),
 )
-def test_tumbling_matches_reference(events, cuts, restore_at, lateness, keyed, size) -> None:
+def test_tumbling_matches_reference(
+    events: Events, cuts: list[int], restore_at: int, lateness: int, keyed: bool, size: int
+) -> None:
     check("tumbling", events, cuts, restore_at, lateness, keyed, size=size)
 
 
@@ -158,7 +174,15 @@ def test_tumbling_matches_reference(events, cuts, restore_at, lateness, keyed, s
     size=st.integers(1, 9),
     step=st.integers(1, 12),
 )
-def test_sliding_matches_reference(events, cuts, restore_at, lateness, keyed, size, step) -> None:
+def test_sliding_matches_reference(
+    events: Events,
+    cuts: list[int],
+    restore_at: int,
+    lateness: int,
+    keyed: bool,
+    size: int,
+    step: int,
+) -> None:
     check("sliding", events, cuts, restore_at, lateness, keyed, size=size, step=step)
 
 
@@ -171,7 +195,9 @@ def test_sliding_matches_reference(events, cuts, restore_at, lateness, keyed, si
     keyed=st.booleans(),
     gap=st.integers(1, 6),
 )
-def test_session_matches_reference(events, cuts, restore_at, lateness, keyed, gap) -> None:
+def test_session_matches_reference(
+    events: Events, cuts: list[int], restore_at: int, lateness: int, keyed: bool, gap: int
+) -> None:
     check("session", events, cuts, restore_at, lateness, keyed, gap=gap)
 
 
