@@ -1,0 +1,549 @@
+"""The ``postgres`` sink (``COPY`` or upsert, transactional with checkpoints) and the
+``postgres`` checkpoint store.
+
+Registered by :mod:`.postgres` (the ``headwater.postgres`` plugin), which also holds the
+``postgres.query`` source. Installed with ``pip install 'headwater[postgres]'``
+(``psycopg`` 3 and ``psycopg_pool``); the sink uses psycopg's asyncio API, so it runs on
+asyncio. The store's methods are synchronous (the runtime calls them in threads).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import logging
+import re
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+import headwater
+from headwater.core.checkpoints import Checkpoint, CheckpointError
+from headwater.core.context import StreamContext
+from headwater.core.reconnect import (
+    DEFAULT_OUTAGE_DEADLINE,
+    BrokerUnavailable,
+    Link,
+    retry,
+    retry_sync,
+)
+
+from . import _postgres as pg
+from ._brokers import stage_logger, track
+from ._values import type_name
+
+__all__ = [
+    "PostgresCheckpointStore",
+    "PostgresSink",
+    "PostgresSinkParams",
+    "PostgresStoreParams",
+]
+
+DSN_HELP = (
+    "Connection string (postgresql://USER@HOST:PORT/DB or key=value pairs); empty: "
+    "libpq's defaults and PG* environment variables. Put a password in ${VAR}."
+)
+
+_SQL_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_ ]*(\(\s*\d+(\s*,\s*\d+)?\s*\))?(\[\])?")
+
+_PY_TYPES: tuple[tuple[type, str], ...] = (
+    (bool, "boolean"),
+    (int, "bigint"),
+    (float, "double precision"),
+    (decimal.Decimal, "numeric"),
+    (str, "text"),
+    (bytes, "bytea"),
+    (dt.datetime, "timestamptz"),
+    (dt.date, "date"),
+    (dt.time, "time"),
+    (uuid.UUID, "uuid"),
+    (dict, "jsonb"),
+    (list, "jsonb"),
+)
+"""The column type a created table gets for the first non-null value of a column."""
+
+log = logging.getLogger("headwater.postgres")
+
+_JSON_OIDS = frozenset({114, 3802})
+"""``json`` and ``jsonb``: dicts and lists going there are wrapped for psycopg."""
+
+
+def _sql_type_of(value: Any) -> str:
+    for kind, name in _PY_TYPES:
+        if isinstance(value, kind):
+            return name
+    return "text"
+
+
+class PostgresSinkParams(BaseModel):
+    """Params of the ``postgres`` sink."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    dsn: str = Field("", description=DSN_HELP)
+    table: str = Field(
+        description="Table to write to: `table` or `schema.table` (plain identifiers); it "
+        "must be among the operator's allowed tables, when those are listed."
+    )
+    columns: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Column names, in order. Default: the keys of the first item (a dict). "
+        "When given, dict items may carry extra keys (ignored) and sequence items must "
+        "have exactly this many values.",
+    )
+    mode: Literal["insert", "upsert"] = Field(
+        "insert",
+        description="insert (COPY, the fastest) or upsert (INSERT ... ON CONFLICT (key) DO "
+        "UPDATE: the last item of a key wins).",
+    )
+    key: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Columns of the conflict key of mode: upsert (a PRIMARY KEY or UNIQUE "
+        "constraint; a table this sink creates gets it as its PRIMARY KEY).",
+    )
+    create: bool = Field(
+        True,
+        description="CREATE TABLE IF NOT EXISTS before writing, with column types taken "
+        "from the first item's values (int: bigint, float: double precision, str: text, "
+        "dict/list: jsonb, ...) unless column_types names them.",
+    )
+    column_types: dict[str, str] = Field(
+        default_factory=dict,
+        description="SQL types of columns of a created table (e.g. {ts: timestamptz}).",
+    )
+    transactional: bool = Field(
+        True,
+        description="In a checkpointed run, keep the rows in one transaction until the "
+        "checkpoint that covers them commits with them (exactly-once). False: commit each "
+        "batch on its own (at-least-once; shorter transactions).",
+    )
+    outage_deadline: float = Field(
+        DEFAULT_OUTAGE_DEADLINE,
+        gt=0,
+        description="Seconds the server may stay unreachable (reconnecting with backoff) "
+        "before the run fails. A transaction lost with its connection is not retried: the "
+        "run fails, and --resume writes its rows again exactly once.",
+    )
+
+    _table_ok = field_validator("table")(pg.check_table_name)
+    _table_allowed = field_validator("table")(pg.check_table_param)
+
+    @field_validator("columns", "key")
+    @classmethod
+    def _names_ok(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        for name in value:
+            pg.check_column_name(name)
+        if len(set(value)) != len(value):
+            raise ValueError("column names must be unique")
+        return value
+
+    @field_validator("column_types")
+    @classmethod
+    def _types_ok(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, sql_type in value.items():
+            pg.check_column_name(name)
+            if not _SQL_TYPE.fullmatch(sql_type.strip()):
+                raise ValueError(f"column_types.{name}: {sql_type!r} is not a SQL type name")
+        return value
+
+    @model_validator(mode="after")
+    def _key_fits(self) -> PostgresSinkParams:
+        if self.mode == "upsert" and not self.key:
+            raise ValueError("mode: upsert needs `key` (the columns of the conflict key)")
+        if self.key and self.columns:
+            missing = [k for k in self.key if k not in self.columns]
+            if missing:
+                raise ValueError(f"key names column(s) not in columns: {', '.join(missing)}")
+        return self
+
+
+@headwater.sink("postgres", params=PostgresSinkParams, delivery="transactional")
+class PostgresSink:
+    """Write items as rows of a PostgreSQL table with COPY (or upserts), one transaction
+    per checkpoint.
+
+    Items are dicts (keyed by column) or sequences of values in column order. In a
+    checkpointed run the rows stay in one open transaction until the next checkpoint,
+    which is committed in the same transaction (table ``headwater_sink_checkpoints``):
+    rows and checkpoint are durable together or not at all, so a run killed at any point
+    and resumed writes every item exactly once. Without checkpoints (or with
+    ``transactional: false``) each batch is committed on its own, and a batch
+    interrupted by an outage is written again once the server is back (at-least-once;
+    ``mode: upsert`` makes the repeat harmless). The output is ``{"table", "rows"}``.
+    """
+
+    def __init__(self, params: PostgresSinkParams, ctx: StreamContext) -> None:
+        self.params = params
+        self.ctx = ctx
+        self.rows = 0
+        self.columns: list[str] | None = list(params.columns) if params.columns else None
+        self._ignore_extra = params.columns is not None
+        self._deferred = bool(ctx.checkpointing) and params.transactional
+        self._pool: Any = None
+        self._conn: Any = None
+        """The connection holding the open transaction (transactional mode)."""
+        self._sql: str | None = None
+        self._json_at: list[int] = []
+        self.log = stage_logger("headwater.postgres", ctx)
+        self.link = Link(
+            "postgres sink",
+            pg.display_dsn(params.dsn),
+            deadline=params.outage_deadline,
+            log=self.log,
+        )
+        self._untrack: Callable[[], None] = lambda: None
+
+    async def open(self) -> None:
+        """Check the table against the policy, connect (through an outage) and create the
+        checkpoint table of a transactional run."""
+        self.ctx.policy.check_table(self.params.table, param=f"{self.ctx.stage}.params.table")
+        pool_mod = pg.pool_module("postgres sink")
+        pg.psycopg("postgres sink")
+        self._untrack = track(self.ctx, self.link, "sink")
+        self._pool = pool_mod.AsyncConnectionPool(
+            self.params.dsn, min_size=1, max_size=1, open=False, name="headwater-sink"
+        )
+        await retry(self.link, self._open_pool, transient=pg.transient)
+        if self._deferred:
+            conn = await self._held()
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {pg.CHECKPOINT_TABLE} (pipeline text NOT NULL,"
+                " sink_table text NOT NULL, seq bigint NOT NULL, data text NOT NULL,"
+                " PRIMARY KEY (pipeline, sink_table))"
+            )
+            await conn.commit()
+
+    async def _open_pool(self) -> None:
+        await self._pool.open(wait=True, timeout=10.0)
+
+    async def _held(self) -> Any:
+        """The connection of the open transaction (taken from the pool once)."""
+        if self._conn is None:
+            self._conn = await retry(self.link, self._pool.getconn, transient=pg.transient)
+        return self._conn
+
+    # -- preparing the statement ------------------------------------------------------------
+
+    async def _prepare(self, conn: Any, first: Any) -> None:
+        """Settle the columns, create the table if asked, find its json columns and build
+        the statement."""
+        params = self.params
+        if self.columns is None:
+            self.columns = self._infer_columns(first)
+        columns = self.columns
+        table = pg.table_sql(params.table)
+        names = ", ".join(pg.identifier(c) for c in columns)
+        if params.create:
+            await conn.execute(self._create_sql(table, columns, first))
+        cur = await conn.execute(f"SELECT {names} FROM {table} LIMIT 0")
+        self._json_at = [
+            i for i, d in enumerate(cur.description or ()) if d.type_code in _JSON_OIDS
+        ]
+        if params.mode == "upsert":
+            key = params.key or []
+            missing = [k for k in key if k not in columns]
+            if missing:
+                raise ValueError(
+                    f"postgres: key column(s) {', '.join(missing)} not among the columns "
+                    f"{', '.join(columns)}"
+                )
+            keys = ", ".join(pg.identifier(k) for k in key)
+            updates = ", ".join(
+                f"{pg.identifier(c)} = EXCLUDED.{pg.identifier(c)}" for c in columns if c not in key
+            )
+            action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+            marks = ", ".join(["%s"] * len(columns))
+            self._sql = (
+                f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT ({keys}) {action}"
+            )
+        else:
+            self._sql = f"COPY {table} ({names}) FROM STDIN"
+
+    def _create_sql(self, table: str, columns: list[str], first: Any) -> str:
+        """``CREATE TABLE IF NOT EXISTS`` with types from ``column_types`` or the values."""
+        types = self.params.column_types
+        values = self._to_rows([first])[0] if first is not None else [None] * len(columns)
+        parts = [
+            f"{pg.identifier(c)} {types.get(c) or _sql_type_of(v)}"
+            for c, v in zip(columns, values, strict=True)
+        ]
+        if self.params.key:
+            parts.append(f"PRIMARY KEY ({', '.join(pg.identifier(k) for k in self.params.key)})")
+        return f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(parts)})"
+
+    def _infer_columns(self, first: Any) -> list[str]:
+        """The keys of the first item, which must be a dict."""
+        if not isinstance(first, Mapping):
+            raise TypeError(
+                f"postgres: item 0 is a {type_name(first)}; without the columns param, "
+                "items must be dicts (their keys name the columns)"
+            )
+        if not first:
+            raise ValueError("postgres: item 0 is an empty dict; cannot infer the columns")
+        for key in first:
+            pg.check_column_name(key, "column (a key of item 0)")
+        return list(first)
+
+    def _to_rows(self, batch: list[Any]) -> list[Sequence[Any]]:
+        """Turn items into value sequences in column order; errors name the item."""
+        columns = self.columns
+        assert columns is not None
+        width = len(columns)
+        known = frozenset(columns)
+        strict = not self._ignore_extra
+        rows: list[Sequence[Any]] = []
+        append = rows.append
+        for index, item in enumerate(batch):
+            if isinstance(item, Mapping):
+                if strict and not known.issuperset(item):
+                    extra = ", ".join(repr(k) for k in item if k not in known)
+                    raise ValueError(
+                        f"item {self.rows + index} has key(s) {extra} that are not columns of "
+                        f"{self.params.table!r} ({', '.join(columns)}); pass the columns "
+                        "param to choose the columns and ignore other keys"
+                    )
+                get = item.get
+                append([get(c) for c in columns])
+            elif isinstance(item, Sequence) and not isinstance(item, str | bytes | bytearray):
+                if len(item) != width:
+                    raise ValueError(
+                        f"item {self.rows + index} has {len(item)} values, expected {width} "
+                        f"({', '.join(columns)})"
+                    )
+                append(item)
+            else:
+                raise TypeError(
+                    f"item {self.rows + index} is a {type_name(item)}; postgres needs dicts "
+                    "or sequences of column values"
+                )
+        if self._json_at:
+            jsonb = pg.psycopg("postgres sink").types.json.Jsonb
+            at = self._json_at
+            for i, row in enumerate(rows):
+                row = list(row)
+                for j in at:
+                    if row[j] is not None:
+                        row[j] = jsonb(row[j])
+                rows[i] = row
+        return rows
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def _insert(self, conn: Any, batch: list[Any]) -> int:
+        """Write ``batch`` through ``conn`` (in its current transaction)."""
+        if self._sql is None:
+            await self._prepare(conn, batch[0])
+        assert self._sql is not None
+        rows = self._to_rows(batch)
+        async with conn.cursor() as cur:
+            if self.params.mode == "upsert":
+                await cur.executemany(self._sql, rows)
+            else:
+                async with cur.copy(self._sql) as copy:
+                    write_row = copy.write_row
+                    for row in rows:
+                        await write_row(row)
+        return len(rows)
+
+    async def write(self, batch: list[Any]) -> None:
+        """Write the batch: inside the open transaction (transactional mode), else in a
+        transaction of its own, again after an outage."""
+        if not batch:
+            return
+        if self._deferred:
+            conn = await self._held()
+            try:
+                self.rows += await self._insert(conn, batch)  # committed with the checkpoint
+            except Exception as exc:
+                raise self._lost(exc) from exc
+            return
+
+        async def once() -> int:
+            async with self._pool.connection() as conn:  # commits at exit
+                return await self._insert(conn, batch)
+
+        self.rows += await retry(self.link, once, transient=pg.transient)
+
+    def _lost(self, exc: Exception) -> Exception:
+        """The error for a failure inside the open transaction."""
+        if pg.transient(exc):
+            return RuntimeError(
+                f"postgres: the connection to {self.link.address} failed inside the open "
+                f"transaction ({exc}); its rows were not committed: resume the run "
+                "(headwater run --resume) to write them again exactly once"
+            )
+        return exc
+
+    async def commit_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Commit the rows written since the last checkpoint together with ``checkpoint``."""
+        if not self._deferred:
+            return
+        conn = await self._held()
+        try:
+            await conn.execute(
+                f"INSERT INTO {pg.CHECKPOINT_TABLE} VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (pipeline, sink_table) DO UPDATE SET seq = EXCLUDED.seq, "
+                "data = EXCLUDED.data",
+                (checkpoint.pipeline, self.params.table, checkpoint.seq, checkpoint.to_json()),
+            )
+            await conn.commit()
+        except Exception as exc:
+            raise self._lost(exc) from exc
+
+    async def load_checkpoint(self) -> str | None:
+        """The checkpoint committed with this table's rows (JSON), for resuming."""
+        if not self._deferred:
+            return None
+        conn = await self._held()
+        cur = await conn.execute(
+            f"SELECT data FROM {pg.CHECKPOINT_TABLE} WHERE pipeline = %s AND sink_table = %s",
+            (self.ctx.pipeline, self.params.table),
+        )
+        row = await cur.fetchone()
+        await conn.rollback()  # end the read's transaction: the rows get a fresh one
+        return None if row is None else str(row[0])
+
+    async def close(self, error: BaseException | None) -> dict[str, Any]:
+        """Roll back an unfinished transaction, close; returns ``{"table", "rows"}``."""
+        self._untrack()
+        conn, self._conn = self._conn, None
+        pool, self._pool = self._pool, None
+        try:
+            if conn is not None:
+                try:
+                    await conn.rollback()
+                except Exception as exc:  # a broken connection: nothing left to roll back
+                    self.log.debug("postgres: rollback at close failed: %s", exc)
+                await pool.putconn(conn)
+        finally:
+            if pool is not None:
+                await pool.close(timeout=5.0)
+        return {"table": self.params.table, "rows": self.rows}
+
+
+# ---------------------------------------------------------------------------------------
+# checkpoint store
+# ---------------------------------------------------------------------------------------
+
+
+class PostgresStoreParams(BaseModel):
+    """Params of the ``postgres`` checkpoint store."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    dsn: str = Field("", description=DSN_HELP)
+    table: str = Field(
+        "headwater_checkpoints",
+        description="Table of the checkpoints (created if missing): `table` or `schema.table`.",
+    )
+    outage_deadline: float = Field(
+        DEFAULT_OUTAGE_DEADLINE,
+        gt=0,
+        description="Seconds the server may stay unreachable (reconnecting with backoff) "
+        "before a load or save fails.",
+    )
+
+    _table_ok = field_validator("table")(pg.check_table_name)
+    _table_allowed = field_validator("table")(pg.check_table_param)
+
+
+@headwater.checkpoint_store("postgres", params=PostgresStoreParams)
+class PostgresCheckpointStore:
+    """Checkpoints in a PostgreSQL table, one row per pipeline (JSON text).
+
+    Shared by every process that reaches the server: a pipeline resumed on another
+    machine continues from the same checkpoint. Each save is one committed statement.
+    """
+
+    def __init__(self, params: PostgresStoreParams | None = None) -> None:
+        self.params = params if params is not None else PostgresStoreParams()
+        pool_mod = pg.pool_module("the postgres checkpoint store")
+        pg.psycopg("the postgres checkpoint store")
+        self._table = pg.table_sql(self.params.table)
+        self.link = Link(
+            "postgres checkpoint store",
+            pg.display_dsn(self.params.dsn),
+            deadline=self.params.outage_deadline,
+            log=log,
+        )
+        self._pool = pool_mod.ConnectionPool(
+            self.params.dsn,
+            min_size=1,
+            max_size=2,
+            open=False,
+            kwargs={"autocommit": True},
+            check=pool_mod.ConnectionPool.check_connection,
+            name="headwater-checkpoints",
+        )
+        self._ready = False
+
+    def _call(self, what: str, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        def once() -> list[tuple[Any, ...]]:
+            if not self._ready:
+                self._pool.open(wait=True, timeout=10.0)
+                with self._pool.connection() as conn:
+                    conn.execute(
+                        f"CREATE TABLE IF NOT EXISTS {self._table} (pipeline text PRIMARY KEY,"
+                        " fingerprint text NOT NULL, seq bigint NOT NULL, data text NOT NULL,"
+                        " updated timestamptz NOT NULL DEFAULT now())"
+                    )
+                self._ready = True
+            with self._pool.connection() as conn:
+                cur = conn.execute(sql, args)
+                return cur.fetchall() if cur.description is not None else [(cur.rowcount,)]
+
+        try:
+            return retry_sync(self.link, once, transient=pg.transient)
+        except BrokerUnavailable as exc:
+            raise CheckpointError(f"cannot {what} a checkpoint: {exc}") from None
+        except Exception as exc:
+            raise CheckpointError(
+                f"postgres checkpoint store at {self.link.address} ({self.params.table}): "
+                f"cannot {what}: {exc}"
+            ) from None
+
+    def load(self, pipeline: str) -> Checkpoint | None:
+        """The latest checkpoint of ``pipeline``, or None."""
+        rows = self._call(
+            "read", f"SELECT data FROM {self._table} WHERE pipeline = %s", (pipeline,)
+        )
+        return self._parse(pipeline, rows[0][0]) if rows else None
+
+    def _parse(self, pipeline: str, data: str) -> Checkpoint:
+        try:
+            return Checkpoint.from_json(data)
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(
+                f"checkpoint of {pipeline!r} in {self.params.table} is unreadable ({exc}); run "
+                f"`headwater checkpoints reset {pipeline}` to start over"
+            ) from None
+
+    def save(self, checkpoint: Checkpoint) -> None:
+        """Replace ``checkpoint.pipeline``'s checkpoint (committed when this returns)."""
+        self._call(
+            "write",
+            f"INSERT INTO {self._table} (pipeline, fingerprint, seq, data) VALUES "
+            "(%s, %s, %s, %s) ON CONFLICT (pipeline) DO UPDATE SET fingerprint = "
+            "EXCLUDED.fingerprint, seq = EXCLUDED.seq, data = EXCLUDED.data, updated = now()",
+            (checkpoint.pipeline, checkpoint.fingerprint, checkpoint.seq, checkpoint.to_json()),
+        )
+
+    def list(self) -> list[Checkpoint]:
+        """Every pipeline's checkpoint, by name."""
+        rows = self._call("list", f"SELECT pipeline, data FROM {self._table} ORDER BY pipeline")
+        return [self._parse(name, data) for name, data in rows]
+
+    def reset(self, pipeline: str) -> bool:
+        """Forget ``pipeline``'s checkpoint."""
+        rows = self._call("delete", f"DELETE FROM {self._table} WHERE pipeline = %s", (pipeline,))
+        return bool(rows and rows[0][0])
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._pool.close(timeout=5.0)
