@@ -29,6 +29,7 @@ SCENARIOS: dict[str, str] = {
     "metrics": "metrics",
     "embedding": "embedding",
     "expr": "expr",
+    "windows": "windows",
 }
 """Scenario name (as typed on the command line) -> module name in this package.
 

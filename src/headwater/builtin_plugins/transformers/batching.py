@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_va
 
 import headwater
 
-from .fields import _STRICT, FieldPath, field_getter
+from .fields import _STRICT, FieldPath
 from .snapshots import _age, _at, _decode_state, _encode_state, _state_dict
 from .window_aggs import WindowAggs, check_agg
 from .windows import PaneWindows, SessionWindows
@@ -481,8 +481,8 @@ def window_transformer(
     """
     if params.as_dict or params.type == "session":
         common: dict[str, Any] = {
-            "get_time": field_getter(params.timestamp) if params.timestamp else None,
-            "get_key": field_getter(params.by) if params.by is not None else None,
+            "time_field": params.timestamp,
+            "key_field": params.by,
             "lateness": params.lateness,
             "late": params.late,
             # sessions keep their items beside the accumulator (merged in arrival order)

@@ -7,6 +7,7 @@ dots is matched first.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
@@ -14,7 +15,7 @@ from pydantic import ConfigDict, Field
 
 from headwater.core.expr import MissingField
 
-__all__ = ["FieldPath", "MissingField", "field_getter"]
+__all__ = ["FieldPath", "MissingField", "field_getter", "quick_getter"]
 
 FieldPath = Annotated[
     str,
@@ -81,3 +82,15 @@ def field_getter(path: str) -> Callable[[Any], Any]:
         return node
 
     return get_nested
+
+
+def quick_getter(path: str) -> Callable[[Any], Any]:
+    """The fastest reader of ``path`` for a hot loop: ``operator.itemgetter`` for a plain
+    key (raising ``KeyError`` or ``TypeError`` as it is), else :func:`field_getter`.
+
+    A loop using it explains a failure by reading the item again with
+    :func:`field_getter`, whose errors name the field.
+    """
+    if "." in path:
+        return field_getter(path)
+    return operator.itemgetter(path)

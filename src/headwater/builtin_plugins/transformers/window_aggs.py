@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from .fields import field_getter
+from .fields import field_getter, quick_getter
 
 __all__ = ["RESERVED", "WindowAggs", "check_agg"]
 
@@ -48,6 +48,8 @@ class WindowAggs:
         self.layout: list[tuple[str, int]] = []
         """(op, first slot) of each result, in order."""
         getters: dict[str, Callable[[Any], Any]] = {}
+        self.checked: list[Callable[[Any], Any]] = []
+        """The fields' checked getters, to explain an item the update failed on."""
         slot = 1
         lines = ["def update(acc, item):"]
         if keep_items:
@@ -65,7 +67,8 @@ class WindowAggs:
                 slot += 1
                 continue
             getter = f"g{i}"
-            getters[getter] = field_getter(m.group(3))
+            getters[getter] = quick_getter(m.group(3))
+            self.checked.append(field_getter(m.group(3)))
             lines.append(f"    v = {getter}(item)")
             if op == "sum":
                 lines.append(f"    acc[{slot}] += v")

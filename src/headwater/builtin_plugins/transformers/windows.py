@@ -26,11 +26,11 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections.abc import Callable
 from typing import Any
 
 from headwater.core.watermarks import EventClock, event_time
 
+from .fields import field_getter, quick_getter
 from .snapshots import _decode_state, _encode_state, _state_dict
 from .window_aggs import WindowAggs
 
@@ -45,8 +45,8 @@ class _Windows:
     def __init__(
         self,
         *,
-        get_time: Callable[[Any], Any] | None,
-        get_key: Callable[[Any], Any] | None,
+        time_field: str | None,
+        key_field: str | None,
         lateness: float,
         late: str,
         aggs: WindowAggs,
@@ -55,9 +55,11 @@ class _Windows:
         partial: bool,
         period: float,
     ) -> None:
-        self.get_time = get_time
-        self.get_key = get_key
-        self.clock = EventClock(lateness if get_time is not None else 0.0)
+        self.get_time = quick_getter(time_field) if time_field else None
+        self.get_key = quick_getter(key_field) if key_field else None
+        self.checked = [field_getter(f) for f in (time_field, key_field) if f] + aggs.checked
+        """Getters whose errors name the field, to explain a failed item."""
+        self.clock = EventClock(lateness if time_field else 0.0)
         self.dead_letter = late == "dead_letter"
         self.late_items: list[Any] = []
         self.late_dropped = 0
@@ -67,7 +69,7 @@ class _Windows:
         self.partial = partial
         self.next_end = _INF
         """The earliest end of an open window: nothing is due before it."""
-        if get_time is None:
+        if time_field is None:
             # processing time: windows end by the wall clock, also while no input arrives
             self.tick_interval = min(max(period / 10.0, 0.001), 0.25)
             self.tick = self._tick
@@ -87,6 +89,27 @@ class _Windows:
             return []
         clock.see(upstream)
         return self._fire(clock.watermark) if clock.watermark >= self.next_end else []
+
+    def _explain(self, batch: list[Any], exc: Exception) -> Exception:
+        """The error naming the field an item of ``batch`` lacks (the hot loop reads
+        fields with plain subscripts), or ``exc`` itself."""
+        for item in batch:
+            for get in self.checked:
+                try:
+                    get(item)
+                except Exception as named:
+                    return named
+        return exc
+
+    def __call__(self, batch: list[Any]) -> list[Any]:
+        """Add ``batch``; return the windows the watermark passed."""
+        try:
+            return self._add(batch)
+        except (KeyError, IndexError, TypeError) as exc:
+            raise self._explain(batch, exc) from exc
+
+    def _add(self, batch: list[Any]) -> list[Any]:
+        raise NotImplementedError
 
     def _late(self, item: Any) -> None:
         if self.dead_letter:
@@ -144,13 +167,54 @@ class PaneWindows(_Windows):
         self.panes: dict[float, dict[Any, list[Any]]] = {}
         """Open windows: start -> key -> accumulator."""
 
-    def __call__(self, batch: list[Any]) -> list[Any]:
-        """Add ``batch``; return the windows the watermark passed."""
+    def _add(self, batch: list[Any]) -> list[Any]:
+        if self.get_time is None:
+            now = self._now()
+            for item in batch:
+                self._place(now, item)
+        elif self.step != self.size:
+            clock = self.clock
+            get_time = self.get_time
+            for item in batch:
+                t = get_time(item)
+                if type(t) is not int and not (type(t) is float and t - t == 0):
+                    t = event_time(t)
+                if t < clock.watermark:
+                    self._late(item)
+                    continue
+                clock.see(t)
+                self._place(t, item)
+        else:
+            self._tumble(batch)
+        wm = self.clock.watermark
+        return self._fire(wm) if wm >= self.next_end else []
+
+    def _place(self, t: float, item: Any) -> None:
+        """Add one item of time ``t`` to every window it falls in."""
+        size = self.size
+        step = self.step
+        key = None if self.get_key is None else self.get_key(item)
+        start = t // step * step
+        panes = self.panes
+        while start + size > t:  # sliding windows may leave gaps (step > size)
+            pane = panes.get(start)
+            if pane is None:
+                pane = panes[start] = {}
+                if start + size < self.next_end:
+                    self.next_end = start + size
+            acc = pane.get(key)
+            if acc is None:
+                acc = pane[key] = self.aggs.new()
+            self.aggs.update(acc, item)
+            start -= step
+
+    def _tumble(self, batch: list[Any]) -> None:
+        """Event-time tumbling windows: the hot loop, with everything in locals."""
         get_time = self.get_time
+        assert get_time is not None
         get_key = self.get_key
         panes = self.panes
         size = self.size
-        step = self.step
         new = self.aggs.new
         update = self.aggs.update
         clock = self.clock
@@ -158,12 +222,9 @@ class PaneWindows(_Windows):
         max_seen = clock.max_seen
         lateness = clock.lateness
         next_end = self.next_end
-        now = self._now() if get_time is None else 0.0
         key = None
-        for item in batch:
-            if get_time is None:
-                t = now
-            else:
+        try:
+            for item in batch:
                 t = get_time(item)
                 if type(t) is not int and not (type(t) is float and t - t == 0):
                     t = event_time(t)
@@ -173,26 +234,22 @@ class PaneWindows(_Windows):
                 if t > max_seen:
                     max_seen = t
                     wm = t - lateness
-            if get_key is not None:
-                key = get_key(item)
-            start = t // step * step
-            while start + size > t:  # sliding windows may leave gaps (step > size)
+                start = t // size * size
                 pane = panes.get(start)
                 if pane is None:
                     pane = panes[start] = {}
                     if start + size < next_end:
                         next_end = start + size
+                if get_key is not None:
+                    key = get_key(item)
                 acc = pane.get(key)
                 if acc is None:
                     acc = pane[key] = new()
                 update(acc, item)
-                if step == size:
-                    break
-                start -= step
-        clock.max_seen = max_seen
-        clock.watermark = wm
-        self.next_end = next_end
-        return self._fire(wm) if wm >= next_end else []
+        finally:
+            clock.max_seen = max_seen
+            clock.watermark = wm
+            self.next_end = next_end
 
     def _fire(self, wm: float) -> list[Any]:
         """Emit and forget the windows whose end the watermark ``wm`` reached."""
@@ -247,8 +304,7 @@ class SessionWindows(_Windows):
         """Arrival number of the next item."""
         self.pushes = 0
 
-    def __call__(self, batch: list[Any]) -> list[Any]:
-        """Add ``batch``; return the sessions the watermark passed."""
+    def _add(self, batch: list[Any]) -> list[Any]:
         get_time = self.get_time
         get_key = self.get_key
         clock = self.clock
@@ -267,11 +323,11 @@ class SessionWindows(_Windows):
                 clock.see(t)
             if get_key is not None:
                 key = get_key(item)
-            self._add(key, t, item)
+            self._insert(key, t, item)
         wm = clock.watermark
         return self._fire(wm) if wm >= self.next_end else []
 
-    def _add(self, key: Any, t: float, item: Any) -> None:
+    def _insert(self, key: Any, t: float, item: Any) -> None:
         gap = self.gap
         seq = self.seq
         self.seq = seq + 1
