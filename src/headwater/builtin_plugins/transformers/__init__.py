@@ -32,6 +32,7 @@ family:
   ``time: event``, ``by``, ``agg`` or ``type: session``), their watermark and aggregates;
 - :mod:`.aggregation`: ``reduce``, ``aggregate``;
 - :mod:`.streamwise`: ``take``, ``skip``, ``dedupe``, ``throttle``;
+- :mod:`.keyed`: ``stateful_map`` (a state per key, bounded by ttl and max_keys);
 
 with :mod:`.fields` (field paths) and :mod:`.snapshots` (state as JSON values) shared.
 """
@@ -56,6 +57,7 @@ from .itemwise import (
     map_transformer,
     select_transformer,
 )
+from .keyed import StatefulMapParams, stateful_map_transformer
 from .parsing import (
     JsonEncodeParams,
     RegexParams,
@@ -88,6 +90,7 @@ __all__ = [
     "RegexParams",
     "SelectParams",
     "SkipParams",
+    "StatefulMapParams",
     "TakeParams",
     "ThrottleParams",
     "WindowParams",
@@ -111,6 +114,7 @@ _ALL = (
     dedupe_transformer,
     throttle_transformer,
     flatten_transformer,
+    stateful_map_transformer,
 )
 
 

@@ -300,6 +300,9 @@ class _Stages:
             step.n_in += n
             if timed:
                 st.latency.observe(perf_counter() - began)
+            take_evicted = getattr(state, "take_evicted", None)
+            if take_evicted is not None:
+                st.evicted += take_evicted()
             take_late = getattr(state, "take_late", None)
             if take_late is not None:
                 await self._late(step, st, take_late)
