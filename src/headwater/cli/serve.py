@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._common import (
@@ -32,12 +34,17 @@ def _add_server_commands(commands: Any, common: argparse.ArgumentParser) -> None
         "serve",
         parents=[common],
         help="serve streams and named pipelines over WebSockets (and HTTP)",
-        description="Serve protocol v1 over WebSockets and /healthz, /api/streams,\n"
+        description="Serve protocol v1 over WebSockets and /healthz, /readyz, /api/streams,\n"
         "/api/components over HTTP, on one port. Without authentication (auth.tokens or\n"
         "HEADWATER_TOKENS) it binds 127.0.0.1 only; with it, binding beyond loopback needs\n"
-        "TLS (tls.cert_file in the configuration), reloaded on SIGHUP. Ctrl-C (SIGINT) or\n"
-        "SIGTERM shuts it down cleanly: every client is told, then disconnected; the exit\n"
-        "status is then 130 (SIGINT) or 143 (SIGTERM).",
+        "TLS (tls.cert_file in the configuration).\n"
+        "SIGHUP reloads the configuration file (pipelines, tokens, limits, allowed hosts;\n"
+        "an invalid file changes nothing and is reported) and the TLS certificate.\n"
+        "SIGTERM drains first: new runs are refused and /readyz answers 503 while the runs\n"
+        "going on end (up to shutdown.drain_seconds, 20 by default; then they are\n"
+        "cancelled). Then, as at once on Ctrl-C (SIGINT) or a second signal, every client\n"
+        "is told and disconnected (WebSocket code 1001); the exit status is then 130\n"
+        "(SIGINT) or 143 (SIGTERM).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("--config", metavar="FILE", help="server configuration (YAML)")
@@ -80,13 +87,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     Returns 128 + the signal's number after a clean shutdown on a signal (130 on SIGINT,
     143 on SIGTERM, as ``headwater --help`` documents), 0 if the server stopped by itself.
     """
-    from pathlib import Path
-
     import anyio
 
     from ..server.config import ServerConfig, load_server_config
 
     base_dir: Path | None = None
+    path: Path | None = None
     if args.config:
         path = Path(args.config)
         if not path.is_file():
@@ -102,6 +108,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         updates["port"] = args.port
     if updates:
         config = config.model_copy(update=updates)
+    source = _ConfigFile(path, updates)
     engine = _engine(args, policy=config.sandbox.policy(base_dir))
     manager = engine.plugins
     _, err = _consoles()
@@ -117,6 +124,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 engine,
                 base_dir,
                 err,
+                source,
                 backend="asyncio",
             )
         )
@@ -126,8 +134,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         ) from None
 
 
-async def _serve(config: Any, engine: Engine, base_dir: Any, err: Console) -> int:
-    """Serve until a signal shuts the server down; the exit status (see ``_cmd_serve``)."""
+@dataclass(frozen=True, slots=True)
+class _ConfigFile:
+    """Where ``serve``'s configuration came from, for SIGHUP: its file (None: no
+    ``--config``) and the command line's overrides (``--host``, ``--port``)."""
+
+    path: Path | None
+    overrides: dict[str, Any]
+
+
+async def _serve(
+    config: Any, engine: Engine, base_dir: Any, err: Console, source: _ConfigFile
+) -> int:
+    """Serve until a signal shuts the server down; the exit status (see ``_cmd_serve``).
+
+    SIGTERM drains the server, then shuts it down; SIGINT, or a second signal during the
+    drain, shuts it down at once; SIGHUP reloads the configuration and the certificate.
+    """
     import signal
 
     import anyio
@@ -135,35 +158,94 @@ async def _serve(config: Any, engine: Engine, base_dir: Any, err: Console) -> in
 
     from ..server.app import Server
 
+    def say(text: str) -> None:
+        err.print(Text(f"headwater: {text}"), soft_wrap=True)
+
     received: list[int] = []
     async with Server(config, engine=engine, base_dir=base_dir) as server:
         names = ", ".join(sorted(server.pipelines)) or "none"
-        err.print(
-            Text(f"headwater: serving on {server.http_url} (WebSocket {server.url})"),
-            soft_wrap=True,
-        )
-        err.print(Text(f"headwater: pipelines: {names}; Ctrl-C to stop"), soft_wrap=True)
+        say(f"serving on {server.http_url} (WebSocket {server.url})")
+        say(f"pipelines: {names}; Ctrl-C to stop")
         hangup = getattr(signal, "SIGHUP", None)  # not on Windows
         watched = [signal.SIGINT, signal.SIGTERM] + ([hangup] if hangup is not None else [])
+        draining = anyio.CancelScope()
+
+        async def drain_then_stop(seconds: float) -> None:
+            with draining:
+                if await server.drain(seconds):
+                    say("drained: every run has ended")
+                else:
+                    say(f"drain deadline ({seconds:g}s) passed: the runs left were cancelled")
+            await server.shutdown()
+
         with anyio.open_signal_receiver(*watched) as signals:
             async with anyio.create_task_group() as tg:
 
                 async def on_signal() -> None:
                     async for signum in signals:
                         if signum == hangup:
-                            _reload_tls(server, err)
+                            _reload(server, source, err)
                             continue
                         received.append(signum)
                         name = signal.Signals(signum).name
-                        err.print(Text(f"headwater: {name}: shutting down"), soft_wrap=True)
+                        seconds = server.config.shutdown.drain_seconds
+                        if signum == signal.SIGTERM and len(received) == 1 and seconds > 0:
+                            going = len(server.runs)
+                            say(
+                                f"{name}: shutting down: draining for up to {seconds:g}s "
+                                f"(new runs refused, {going} run{'' if going == 1 else 's'} "
+                                "going on; a second signal stops at once)"
+                            )
+                            tg.start_soon(drain_then_stop, seconds)
+                            continue
+                        say(f"{name}: shutting down" + (" now" if len(received) > 1 else ""))
+                        draining.cancel()
                         await server.shutdown()
                         return
 
                 tg.start_soon(on_signal)
                 await server.serve_forever()
                 tg.cancel_scope.cancel()
-    err.print(Text("headwater: server stopped"), soft_wrap=True)
+    say("server stopped")
     return 128 + received[0] if received else EXIT_OK
+
+
+def _reload(server: Any, source: _ConfigFile, err: Console) -> None:
+    """SIGHUP: read the configuration file again, then the TLS certificate."""
+    if source.path is not None:
+        _reload_config(server, source.path, source.overrides, err)
+    _reload_tls(server, err)
+
+
+def _reload_config(server: Any, path: Path, overrides: dict[str, Any], err: Console) -> None:
+    """Apply the configuration file again (``--host`` and ``--port`` still win); an
+    invalid one changes nothing and is logged as an error naming the problem."""
+    import logging
+
+    from rich.text import Text
+
+    from ..core.errors import HeadwaterError
+    from ..server.config import load_server_config
+
+    log = logging.getLogger("headwater.serve")
+    try:
+        config = load_server_config(path, secrets=server.engine.services.secrets)
+        config = config.model_copy(update=overrides)
+        change = server.reload(config)
+    except (HeadwaterError, OSError, ValueError) as exc:
+        log.error("SIGHUP: configuration not reloaded, the current one stays: %s", exc)
+        return
+    err.print(
+        Text(f"headwater: SIGHUP: configuration reloaded from {path}: {change.describe()}"),
+        soft_wrap=True,
+    )
+    if change.ignored:
+        log.warning(
+            "SIGHUP: %s changed in %s but %s read at start only: restart to apply",
+            ", ".join(change.ignored),
+            path,
+            "is" if len(change.ignored) == 1 else "are",
+        )
 
 
 def _reload_tls(server: Any, err: Console) -> None:

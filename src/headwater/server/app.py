@@ -35,8 +35,9 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from headwater import __version__
 
-from .auth import RedactingLogger
+from .auth import AuthSettings, RedactingLogger
 from .base import SHUTDOWN_TIMEOUT, BaseServer, ServerError
+from .config import ServerConfig
 from .routes import WEBSOCKET_PATHS, is_loopback, url_host
 from .runs import RunInfo
 from .serve_http import SniffingConnection
@@ -105,7 +106,9 @@ class Server(BaseServer):
         await self.aclose()
 
     async def start(self) -> None:
-        """Validate the configuration, start the streaming manager and listen.
+        """Validate the configuration, start the streaming manager, listen, then start
+        the bridge and the exporters (meanwhile ``/healthz`` answers and ``/readyz``
+        says ``starting``; connections wait for the end of the start).
 
         Raises :class:`ServerConfigError` (a pipeline does not resolve against the
         installed components), :class:`ServerError` (an unsafe host without
@@ -123,19 +126,13 @@ class Server(BaseServer):
         self._begin()
         config = self.config
         host = config.host
-        if not self.auth.required and not is_loopback(host):
+        problem = self.unsafe_settings(config, self.auth)
+        if problem is not None:
             self._failed()
-            raise ServerError(
-                f"refusing to serve on {host} without authentication: anybody who can reach "
-                "it could read every stream and run every pipeline. Configure auth.tokens "
-                "(or HEADWATER_TOKENS, or auth.required with an authentication plugin), or "
-                "bind 127.0.0.1"
-            )
+            raise ServerError(problem)
         requirement = tls_requirement(host, self.auth.required, config.tls)
         paths = config.tls.paths(self._base_dir)
         try:
-            if requirement.error is not None:
-                raise ServerError(requirement.error)
             if paths is not None:
                 self._tls = ServerCertificate(*paths)
         except (ServerError, ValueError) as exc:
@@ -145,8 +142,8 @@ class Server(BaseServer):
             log.warning("%s", requirement.warning)
         if host == "localhost":
             host = "127.0.0.1"  # one address, so that port 0 means one port
-        stack = await self._start_services()
-        try:
+
+        async def listen() -> None:
             limits = config.limits
             self._ws = await serve(
                 self._handler,
@@ -164,13 +161,17 @@ class Server(BaseServer):
                 ssl=self._tls.context if self._tls is not None else None,
                 logger=RedactingLogger(logging.getLogger("websockets.server")),
             )
+            sockname = self._ws.sockets[0].getsockname()
+            self._host, self._port = host, int(sockname[1])
+
+        try:
+            stack = await self._start_services(listen)  # closes what it started on failure
         except BaseException:
-            # Not inside a new cancel scope: the stack holds a task group entered at start.
-            await stack.aclose()
-            self._failed()
+            if self._ws is not None:
+                self._ws.close(close_connections=True)
+                with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_TIMEOUT):
+                    await self._ws.wait_closed()
             raise
-        sockname = self._ws.sockets[0].getsockname()
-        self._host, self._port = host, int(sockname[1])
         self._running(stack)
         if not self.auth.required:
             log.warning(
@@ -178,6 +179,20 @@ class Server(BaseServer):
                 host,
             )
         log.info("serving on %s", self.url)
+
+    def unsafe_settings(self, config: ServerConfig, auth: AuthSettings) -> str | None:
+        """Why the server must not run on its address with ``config`` and ``auth``: no
+        authentication beyond loopback, or tokens beyond loopback without TLS (see
+        :func:`~headwater.server.tls.tls_requirement`). Checked at start and on reload."""
+        host = self._host
+        if not auth.required and not is_loopback(host):
+            return (
+                f"refusing to serve on {host} without authentication: anybody who can reach "
+                "it could read every stream and run every pipeline. Configure auth.tokens "
+                "(or HEADWATER_TOKENS, or auth.required with an authentication plugin), or "
+                "bind 127.0.0.1"
+            )
+        return tls_requirement(host, auth.required, config.tls).error
 
     async def shutdown(self, reason: str = "shutdown") -> None:
         """Stop: refuse new connections, end every stream, close every connection.

@@ -16,7 +16,10 @@ Two front ends feed it connections:
   server (uvicorn...) or mounted in another application (Starlette, FastAPI).
 
 Both answer the same endpoints with the same checks, limits and streaming semantics,
-because both go through this class.
+because both go through this class. Its life: ``new``, ``starting``, ``running``,
+``draining`` (:meth:`BaseServer.drain`: runs end, new ones are refused), ``stopping``,
+``stopped``; while it runs, :meth:`BaseServer.reload` takes a new configuration and
+:meth:`BaseServer.readiness` answers ``/readyz`` (:mod:`headwater.server.lifecycle`).
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ from headwater.core.errors import HeadwaterError, PipelineValidationError, Valid
 from headwater.core.plugins import PluginManager
 from headwater.core.streaming import StreamingManager
 
+from . import lifecycle
 from .auth import AuthSettings
 from .config import NamedPipeline, ServerConfig, ServerConfigError
+from .protocol import ProtocolError
 from .dashboard import DashboardFeed
 from .routes import HttpEndpoints
 from .runs import ClientRuns, RunInfo, with_stream_sink
@@ -45,6 +50,7 @@ from .session import Connection, Session
 from .transport import CLOSE_GOING_AWAY
 
 if TYPE_CHECKING:
+    from .bridge import StreamBridge
     from .sse import SseConnection
 
 __all__ = ["SHUTDOWN_TIMEOUT", "BaseServer", "ServerError"]
@@ -95,6 +101,7 @@ class BaseServer:
         self._stack: AsyncExitStack | None = None
         self._state = "new"
         self._stopped: anyio.Event | None = None
+        self._bridge: StreamBridge | None = None
         self._runs = ClientRuns(self)
         self._http = HttpEndpoints(self)
         self._sessions: set[Session] = set()
@@ -120,10 +127,7 @@ class BaseServer:
         try:
             config = self.config
             self._plugins = self.engine.load()
-            try:
-                self.auth = config.auth.settings(self._environ)
-            except ValueError as exc:
-                raise ServerConfigError([ValidationIssue("auth", str(exc))]) from None
+            self.auth = self.auth_settings(config)
             if self.auth.tokens and not self._plugins.has_listeners("authenticate"):
                 log.warning(
                     "static tokens are configured but no authenticate plugin is loaded (is "
@@ -137,9 +141,14 @@ class BaseServer:
             self._stopped.set()
             raise
 
-    async def _start_services(self) -> AsyncExitStack:
+    async def _start_services(
+        self, listen: Callable[[], Awaitable[None]] | None = None
+    ) -> AsyncExitStack:
         """Start the manager, bridge, exporters and task group; returns their stack (the
-        caller closes it, from the same task, when it fails or stops)."""
+        caller closes it, from the same task, when it fails or stops). ``listen`` is
+        awaited once the manager runs, before the bridge connects: ``headwater serve``
+        listens there, so that its probes answer during a long start-up (``/readyz``:
+        503 ``starting``)."""
         config = self.config
         stack = AsyncExitStack()
         await stack.__aenter__()
@@ -147,10 +156,15 @@ class BaseServer:
             self._manager = await stack.enter_async_context(
                 StreamingManager(config.streaming, metrics=self.engine.metrics)
             )
+            if listen is not None:
+                await listen()
             if config.bridge is not None:
                 from .bridge import StreamBridge
 
-                await stack.enter_async_context(StreamBridge(self._manager, config.bridge))
+                self._bridge = StreamBridge(
+                    self._manager, config.bridge, metrics=self.engine.metrics
+                )
+                await stack.enter_async_context(self._bridge)
             if config.metrics.exporters:
                 from headwater.core.metrics import build_exporters, running_exporters
 
@@ -195,6 +209,64 @@ class BaseServer:
                 for sse in list(self._sse):
                     sse.drop()
 
+    async def drain(self, seconds: float | None = None) -> bool:
+        """Let the runs clients started end before a shutdown (a deploy without loss).
+
+        From now on ``run`` requests get the error ``draining`` and ``/readyz`` answers
+        503, while connections, subscriptions and streams go on. The runs' broker sources
+        stop taking messages; the other runs go on to their end. Returns True once every
+        run has ended and its stream's clients were sent ``stream_complete``; after
+        ``seconds`` (default: ``shutdown.drain_seconds`` of the configuration) the runs
+        still going are cancelled (checkpointed ones commit a final checkpoint) and it
+        returns False. Call :meth:`shutdown` next. Returns at once unless running.
+        """
+        if self._state != "running":
+            return not self._runs
+        self._state = "draining"
+        if seconds is None:
+            seconds = self.config.shutdown.drain_seconds
+        late = await lifecycle.drain_runs(self, seconds)
+        return not late
+
+    def readiness(self) -> lifecycle.Readiness:
+        """Whether the server should get new clients (``/readyz``), and if not, what is
+        not ready: see :func:`headwater.server.lifecycle.readiness`."""
+        return lifecycle.readiness(self)
+
+    def reload(self, config: ServerConfig) -> lifecycle.Reload:
+        """Run with a new configuration from now on (``headwater serve`` on SIGHUP).
+
+        Its sections ``pipelines``, ``auth``, ``origins``, ``allowed_hosts``,
+        ``limits``, ``sse`` and ``shutdown`` apply at once (runs going on keep their
+        pipeline; open connections keep their principal, rate and frame limits); the
+        others are read at start only and keep their values (listed in the result's
+        ``ignored``). Streams and connections are untouched. All or nothing: raises
+        :class:`~headwater.server.ServerConfigError`, changing nothing, when the new
+        configuration cannot run here (see :func:`~headwater.server.lifecycle.prepare_reload`).
+        """
+        if self._state not in ("running", "draining"):
+            raise RuntimeError("only a running server can reload its configuration")
+        change = lifecycle.prepare_reload(self, config)
+        self.config = change.config
+        self.auth = change.auth
+        self._runs.pipelines = change.pipelines
+        self._http.settings_changed()
+        log.info("configuration reloaded: %s", change.describe())
+        return change
+
+    def auth_settings(self, config: ServerConfig) -> AuthSettings:
+        """The effective authentication settings of ``config`` here (its tokens, plus
+        ``HEADWATER_TOKENS`` of the server's environment); raises ServerConfigError."""
+        try:
+            return config.auth.settings(self._environ)
+        except ValueError as exc:
+            raise ServerConfigError([ValidationIssue("auth", str(exc))]) from None
+
+    def unsafe_settings(self, config: ServerConfig, auth: AuthSettings) -> str | None:
+        """Why this server must not run with ``config`` and ``auth``, if it must not
+        (``headwater serve``: no authentication beyond loopback, tokens without TLS)."""
+        return None
+
     def _stopping(self) -> bool:
         """Enter the ``stopping`` state; False when there is nothing to stop."""
         if self._state in ("stopping", "stopped", "new"):
@@ -227,8 +299,25 @@ class BaseServer:
 
     @property
     def running(self) -> bool:
-        """True between the end of the start and the start of the shutdown."""
-        return self._state == "running"
+        """True while the server serves connections: from the end of the start to the
+        start of the shutdown, its drain included."""
+        return self._state in ("running", "draining")
+
+    @property
+    def draining(self) -> bool:
+        """True during :meth:`drain`: new runs are refused, the others end."""
+        return self._state == "draining"
+
+    @property
+    def lifecycle(self) -> str:
+        """``new``, ``starting``, ``running``, ``draining``, ``stopping`` or ``stopped``."""
+        return self._state
+
+    @property
+    def bridge(self) -> StreamBridge | None:
+        """The stream bridge to the other nodes (``bridge`` of the configuration), once
+        the server starts it."""
+        return self._bridge
 
     @property
     def manager(self) -> StreamingManager:
@@ -319,7 +408,12 @@ class BaseServer:
     # -- pipelines and runs -------------------------------------------------------------
 
     def _validate_pipelines(self) -> dict[str, NamedPipeline]:
-        named = self.config.named_pipelines(self._base_dir)
+        return self.validate_pipelines(self.config)
+
+    def validate_pipelines(self, config: ServerConfig) -> dict[str, NamedPipeline]:
+        """The named pipelines of ``config``, each resolved against the engine's
+        components; raises :class:`ServerConfigError` naming every problem."""
+        named = config.named_pipelines(self._base_dir)
         issues = []
         for name, pipeline in named.items():
             try:
@@ -347,7 +441,14 @@ class BaseServer:
     ) -> RunInfo:
         """Start a named pipeline with a client's ``params``; its output goes to a stream
         (``stream`` or ``PIPELINE-RUNID``). See :meth:`ClientRuns.start
-        <headwater.server.runs.ClientRuns.start>`."""
+        <headwater.server.runs.ClientRuns.start>`; during a drain, raises
+        :class:`~headwater.server.protocol.ProtocolError` ``draining``."""
+        if self._state == "draining":
+            raise ProtocolError(
+                "draining",
+                "this server is draining before it shuts down and starts no new runs: "
+                "start the run on another server, or here once it is back",
+            )
         return await self._runs.start(
             pipeline, params, stream=stream, owner=owner, before_start=before_start
         )

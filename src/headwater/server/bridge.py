@@ -54,7 +54,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 import anyio
 from anyio.abc import TaskGroup
@@ -64,7 +64,10 @@ from headwater.core.reconnect import Link
 from headwater.core.redis_conn import redis_client, redis_transient
 from headwater.core.streaming import Frame, StreamError, StreamingManager, encode_json
 
-__all__ = ["BridgeConfig", "StreamBridge"]
+if TYPE_CHECKING:
+    from headwater.core.metrics import MetricsRegistry
+
+__all__ = ["METRICS_GROUP", "BridgeConfig", "StreamBridge"]
 
 log = logging.getLogger("headwater.bridge")
 
@@ -73,6 +76,9 @@ _QUEUE_LIMIT: Final = 100_000
 _WRITE_BATCH: Final = 1000
 """Most events per pipelined round trip."""
 OWNER_LOST: Final = "owner_lost"
+METRICS_GROUP: Final = "brokers"
+"""Where the bridge's connection appears in the engine's metrics snapshot, beside the
+broker connections of the runs (role ``bridge``)."""
 """``code`` of the ``stream_error`` a mirror sends when its owner stopped heart-beating."""
 
 
@@ -139,12 +145,21 @@ class StreamBridge:
     An async context manager: entering connects to Redis (waiting through an outage),
     starts the writer, reader, heartbeat and owner-watching tasks and begins observing
     the manager (which must be running); leaving writes what is queued (briefly), then
-    stops.
+    stops. With ``metrics`` (the engine's registry: a server passes its engine's), the
+    connection's figures (:meth:`figures`) are in its snapshots under ``brokers`` from
+    the start of the connection to the end of the bridge.
     """
 
-    def __init__(self, manager: StreamingManager, config: BridgeConfig) -> None:
+    def __init__(
+        self,
+        manager: StreamingManager,
+        config: BridgeConfig,
+        *,
+        metrics: MetricsRegistry | None = None,
+    ) -> None:
         self.manager = manager
         self.config = config
+        self._metrics = metrics
         self.node = config.node or secrets.token_hex(6)
         prefix = config.prefix
         self._announce_key = f"{prefix}streams"
@@ -179,11 +194,37 @@ class StreamBridge:
 
     # -- lifecycle ----------------------------------------------------------------------
 
+    def figures(self) -> dict[str, Any]:
+        """The connection's figures (:meth:`Link.figures
+        <headwater.core.reconnect.Link.figures>`: connected, reconnects, outages, seconds
+        disconnected) with the labels of a broker connection (``pipeline`` empty, ``stage``
+        and ``role`` ``bridge``), this node's id and the events queued or dropped while
+        Redis was out of reach."""
+        return {
+            "pipeline": "",
+            "stage": "bridge",
+            "role": "bridge",
+            **self.link.figures(),
+            "node": self.node,
+            "queued": len(self._queue),
+            "dropped": self.dropped,
+        }
+
+    def _metrics_key(self) -> str:
+        return f"bridge/{self.node}"
+
     async def __aenter__(self) -> Self:
         from headwater.core.reconnect import retry
 
-        self._client = redis_client(self.config.redis, "the stream bridge", timeout=None)
-        await retry(self.link, self._start, transient=redis_transient)
+        if self._metrics is not None:
+            self._metrics.add_member(METRICS_GROUP, self._metrics_key(), self.figures)
+        try:
+            self._client = redis_client(self.config.redis, "the stream bridge", timeout=None)
+            await retry(self.link, self._start, transient=redis_transient)
+        except BaseException:
+            if self._metrics is not None:
+                self._metrics.remove_member(METRICS_GROUP, self._metrics_key())
+            raise
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -236,6 +277,8 @@ class StreamBridge:
         tb: TracebackType | None,
     ) -> None:
         self.manager.remove_observer(self)
+        if self._metrics is not None:
+            self._metrics.remove_member(METRICS_GROUP, self._metrics_key())
         tg, self._tg = self._tg, None
         try:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
@@ -257,7 +300,9 @@ class StreamBridge:
 
     async def _retrying(self, step: Any, what: str) -> None:
         """Run ``step()`` for ever: a Redis error pauses it (see :class:`Link`), any other
-        error is logged and retried after the same pauses (the bridge must outlive it)."""
+        error is logged and retried after the same pauses (the bridge must outlive it).
+        Each Redis command that goes through ends an outage (``link.succeeded()``, called
+        where the commands are: a step may also wait without talking to Redis)."""
         while True:
             try:
                 await step()
@@ -267,8 +312,6 @@ class StreamBridge:
                 else:
                     log.exception("bridge: %s failed; retrying", what)
                     await anyio.sleep(self.link.backoff.pause(3))
-                continue
-            self.link.succeeded()
 
     # -- observer (out) -----------------------------------------------------------------
 
@@ -386,6 +429,7 @@ class StreamBridge:
             )
             pipe.pexpire(self._announce_key, ttl)
         await pipe.execute()
+        self.link.succeeded()
         for _ in batch:
             queue.popleft()
 
@@ -407,6 +451,7 @@ class StreamBridge:
         pipe.pexpire(self._open_key, ttl)
         pipe.pexpire(self._announce_key, ttl)
         await pipe.execute()
+        self.link.succeeded()
 
     async def _heartbeat(self) -> None:
         async def step() -> None:
@@ -430,6 +475,7 @@ class StreamBridge:
         if not owners:
             return
         values = await self._client.mget([self._node_key(n) for n in owners])
+        self.link.succeeded()
         now = time.monotonic()
         # time this node spent cut off from Redis says nothing of the owners
         cut_off = self.link.outages != self._outages_seen
@@ -501,6 +547,7 @@ class StreamBridge:
         for mirror in self._mirrors.values():
             keys[mirror.key] = mirror.cursor
         reply = await self._client.xread(keys, count=1000, block=self.config.block_ms)
+        self.link.succeeded()
         for key, entries in reply or []:
             name = _text(key)
             if name == self._announce_key:

@@ -20,6 +20,7 @@ Every problem is reported with its path (``pipelines.count.params.stop``,
     limits: {max_frame_bytes: 65536, max_subscriptions: 100, rate: 50, burst: 100}
     sse: {heartbeat: 15, retry: 3000}     # Server-Sent Events
     sandbox: {roots: [data], commands: [git]}   # what pipelines may open and run
+    shutdown: {drain_seconds: 20}         # SIGTERM: runs going on may take this long to end
 """
 
 from __future__ import annotations
@@ -59,9 +60,11 @@ __all__ = [
     "LimitsConfig",
     "NamedPipeline",
     "PipelineEntry",
+    "RELOADED_KEYS",
     "SandboxConfig",
     "ServerConfig",
     "ServerConfigError",
+    "ShutdownConfig",
     "SseConfig",
     "TlsConfig",
     "TokenConfig",
@@ -73,6 +76,14 @@ DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8765
 
 _STRICT = ConfigDict(extra="forbid")
+
+RELOADED_KEYS: Final = frozenset(
+    {"pipelines", "auth", "origins", "allowed_hosts", "limits", "sse", "shutdown"}
+)
+"""The sections a running server takes from its file again on SIGHUP
+(:meth:`BaseServer.reload <headwater.server.base.BaseServer.reload>`); the others (the
+address, TLS files, streaming, bridge, metrics, sandbox, keepalive, compression) are read
+at start only."""
 
 
 class ServerConfigError(InvalidFileError):
@@ -187,6 +198,23 @@ class SseConfig(BaseModel):
         ge=0,
         description="Milliseconds a browser waits before reconnecting (the `retry:` field "
         "sent first); None: the browser's default.",
+    )
+
+
+class ShutdownConfig(BaseModel):
+    """How ``headwater serve`` stops on SIGTERM (a deploy, a scale-down)."""
+
+    model_config = _STRICT
+
+    drain_seconds: float = Field(
+        20.0,
+        ge=0,
+        description="Seconds the runs going on may take to end after SIGTERM, while new "
+        "`run` requests are refused (`draining`) and `/readyz` answers 503; runs still "
+        "going then are cancelled (checkpointed ones commit a final checkpoint). 0: no "
+        "drain. Keep it, plus about 10 s to close the connections, below the time your "
+        "supervisor waits before SIGKILL (Kubernetes: terminationGracePeriodSeconds, 30 "
+        "by default).",
     )
 
 
@@ -387,6 +415,10 @@ class ServerConfig(BaseModel):
         default_factory=SandboxConfig,
         description="What the pipelines may open and run: file roots, callables, programs, "
         "hosts (see the Security page).",
+    )
+    shutdown: ShutdownConfig = Field(
+        default_factory=ShutdownConfig,
+        description="The drain on SIGTERM: how long the runs going on may take to end.",
     )
 
     def host_policy(self) -> HostPolicy | None:

@@ -303,7 +303,10 @@ class HttpEndpoints:
         is running, the origin is allowed, the connection limit is not reached."""
         server = self.server
         if not server.running:
-            return error_response(503, "the server is shutting down")
+            starting = server.lifecycle in ("new", "starting")
+            return error_response(
+                503, "the server is starting" if starting else "the server is shutting down"
+            )
         origin = request.headers.get("origin")
         if origin is not None and not self.origin_allowed(origin, local):
             return error_response(403, f"origin {origin} is not allowed")
@@ -334,6 +337,10 @@ class HttpEndpoints:
         return self._principals.pop(conn, None)
 
     # -- security -----------------------------------------------------------------------
+
+    def settings_changed(self) -> None:
+        """The server's configuration was reloaded: forget what was derived from it."""
+        self._hosts = None
 
     def host_policy(self, local: tuple[str, int] | None) -> HostPolicy:
         """The ``Host`` values answered on a connection that arrived at ``local``:
@@ -406,14 +413,22 @@ class HttpEndpoints:
     async def healthz(self, request: HttpRequest) -> HttpResponse | None:
         """``/healthz``: ``ok`` (or ``stopping``), the version, streams and clients."""
         server = self.server
+        starting = server.lifecycle in ("new", "starting")
         return json_response(
             {
-                "status": "ok" if server.running else "stopping",
+                "status": "ok" if server.running else "starting" if starting else "stopping",
                 "version": __version__,
                 "streams": len(server.manager.active_streams()),
                 "clients": server.connections,
             }
         )
+
+    async def readyz(self, request: HttpRequest) -> HttpResponse | None:
+        """``/readyz``: 200 when the server should get new clients, else 503; the body
+        says what is not ready (see :meth:`BaseServer.readiness
+        <headwater.server.base.BaseServer.readiness>`)."""
+        readiness = self.server.readiness()
+        return json_response(readiness.to_dict(), 200 if readiness.ready else 503)
 
     def _masked(self, value: Any) -> HttpResponse:
         """A JSON response of ``value`` with the engine's secrets masked (the values its
@@ -548,6 +563,7 @@ class HttpEndpoints:
 
 ROUTES: Final[tuple[Route, ...]] = (
     Route.of("GET", "/healthz", HttpEndpoints.healthz),
+    Route.of("GET", "/readyz", HttpEndpoints.readyz),
     Route.of("GET", "/api/streams", HttpEndpoints.api_streams, authenticated=True),
     Route.of("GET", EVENTS_PATH, None, authenticated=True),
     Route.of("GET", "/api/pipelines", HttpEndpoints.api_pipelines, authenticated=True),

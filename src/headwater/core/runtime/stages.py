@@ -452,8 +452,15 @@ class _Stages:
                     await _pump_async(run, agen, out, stats, spec, batched=False)
                     helpers.cancel_scope.cancel()
             except BaseExceptionGroup as group:
-                if len(group.exceptions) == 1:  # the transformer's own (or its one helper's)
-                    raise group.exceptions[0] from group.exceptions[0].__cause__
+                # the transformer's own failure (recorded: _Stop) or its one helper's,
+                # without what it caused in the other helpers (cancellations, which trio
+                # reports too, and their errors after the transformer stopped)
+                cancelled = anyio.get_cancelled_exc_class()
+                errors = [e for e in group.exceptions if not isinstance(e, cancelled)]
+                stops = [e for e in errors if isinstance(e, _Stop)]
+                first = (stops or errors or list(group.exceptions))[0]
+                if stops or len(errors) <= 1:
+                    raise first from first.__cause__
                 raise
             run.checkpoints.complete(held)
             for marker in held:

@@ -34,6 +34,7 @@ ErrorCode = Literal[
     "rate_limited",
     # server
     "unavailable",
+    "draining",
     "internal_error",
 ]
 """Stable codes of ``error`` messages (see ``docs/protocol.md`` for their meaning)."""
