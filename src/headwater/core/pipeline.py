@@ -156,6 +156,10 @@ class SinkSpec(BaseModel):
     name: str | None = Field(None, description="Key of this sink's result; defaults to its type.")
     on_error: ErrorPolicy = Field("fail", description="fail | skip | retry (per batch)")
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    where: dict[str, Any] | None = Field(
+        None, description="Only items this holds for reach the sink: {expr: ...} or {fn: ...}."
+    )
+    steps: list[StepSpec] = Field(default_factory=list, description="Steps of this sink only.")
 
 
 class Timeouts(BaseModel):
@@ -275,6 +279,10 @@ class PipelineSpec(BaseModel):
             include={"sources", "compose", "steps"},
             exclude={"sources": {"__all__": {"fallback"}}},
         )
+        from .branches import fingerprint_data
+
+        if (branches := fingerprint_data(self)) is not None:
+            data["branches"] = branches
         text = json.dumps(data, sort_keys=True, default=_stable_repr)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -430,6 +438,8 @@ class ResolvedPipeline:
     sinks: list[ResolvedStage]
     dead_letter: ResolvedStage | None
     checkpoint_store: ResolvedStage | None = None
+    branches: dict[str, list[ResolvedStage]] | None = None
+    """Sink stage -> the stages of its branch (see :mod:`headwater.core.branches`)."""
 
 
 def _lookup(
@@ -481,6 +491,7 @@ def resolve(
     :class:`~headwater.core.plugins.PluginManager`. Raises
     :class:`PipelineValidationError` listing every problem.
     """
+    from .branches import resolve_branches, step_issues
     from .fallbacks import resolve_source
     from .preflight import setup_issues
     from .requirements import requirement_issues
@@ -500,13 +511,12 @@ def resolve(
         )
         if comp is not None:
             params = _validate_params(comp, step.params, path, issues, policy)
-            if spec.dead_letter is None and getattr(params, "late", None) == "dead_letter":
-                msg = "late: dead_letter needs the pipeline's dead_letter sink"
-                issues.append(ValidationIssue(f"{path}.params.late", msg))
+            issues += step_issues(params, path, spec.dead_letter is not None)
             stage = step.name or f"{path}.{step.transformer}"
             steps.append(ResolvedStage(stage, comp, params, step.on_error, step.retry))
     sinks: list[ResolvedStage] = []
     seen: set[str] = set()
+    seen_stages: list[str] = []
     for i, snk in enumerate(spec.sinks):
         path = f"sinks[{i}]"
         comp = _lookup(registry, ComponentKind.SINK, snk.sink, f"{path}.sink", issues)
@@ -516,6 +526,7 @@ def resolve(
             if key in seen:
                 issues.append(ValidationIssue(f"{path}.name", f"duplicate sink name {key!r}"))
         seen.add(key)
+        seen_stages.append(f"sinks.{key}")
         if comp is not None:
             params = _validate_params(comp, snk.params, path, issues, policy)
             sinks.append(ResolvedStage(f"sinks.{key}", comp, params, snk.on_error, snk.retry))
@@ -530,10 +541,11 @@ def resolve(
     store: ResolvedStage | None = None
     if spec.checkpoint is not None:
         store = _resolve_checkpointing(spec, registry, sources, steps, issues, policy)
+    branches = resolve_branches(spec, registry, issues, policy, seen_stages)
     issues += setup_issues(spec, sources, sinks, dead)  # what a run would refuse at start
     if issues:
         raise PipelineValidationError(issues, source)
-    return ResolvedPipeline(spec, sources, steps, sinks, dead, store)
+    return ResolvedPipeline(spec, sources, steps, sinks, dead, store, branches or None)
 
 
 def _resolve_checkpointing(

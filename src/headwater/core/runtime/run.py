@@ -338,11 +338,16 @@ class _Run:
                 dead_tg.start_soon(self.sinks.task, dead, self.sinks.dead)
             async with anyio.create_task_group() as tg:
                 sink_channels = []
+                branches = self.resolved.branches or {}
                 for s in sinks:
                     ch = BatchChannel(self.capacity)
-                    sink_channels.append(ch)
                     self.queues[s.spec.stage] = ch
                     tg.start_soon(self.sinks.task, s, ch)
+                    branch = branches.get(s.spec.stage)
+                    # a sink's own where and steps run between the fan-out and the sink
+                    sink_channels.append(
+                        ch if branch is None else self.stages.build(tg, ch, branch)
+                    )
                 out: _Output = (
                     _FanOut(sink_channels) if len(sink_channels) > 1 else sink_channels[0]
                 )

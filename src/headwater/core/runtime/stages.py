@@ -39,11 +39,14 @@ class _Stages:
         self._timed = run.metrics_on
         """Time each step per batch (metrics on)."""
 
-    def build(self, tg: TaskGroup, out: _Output) -> BatchChannel:
-        """Start every step stage, last to first; return the channel sources write to."""
+    def build(
+        self, tg: TaskGroup, out: _Output, steps: list[ResolvedStage] | None = None
+    ) -> BatchChannel:
+        """Start every step stage (the pipeline's, or ``steps``: a sink's branch), last
+        to first; return the channel the stage before them writes to."""
         run = self.run
         groups: list[list[ResolvedStage]] = []
-        for step in run.resolved.steps:
+        for step in run.resolved.steps if steps is None else steps:
             if step.component.itemwise and groups and groups[-1][0].component.itemwise:
                 groups[-1].append(step)
             else:
@@ -53,10 +56,10 @@ class _Stages:
             inp = BatchChannel(run.capacity)
             run.queues[group[0].stage] = inp
             if group[0].component.itemwise:
-                steps = [FusedStep(s, run.ctx(s.stage, s.component)) for s in group]
-                for st in steps:
+                fused = [FusedStep(s, run.ctx(s.stage, s.component)) for s in group]
+                for st in fused:
                     run.stats[st.stage] = StageStats()
-                tg.start_soon(_producer, run, downstream, self._fused, inp, downstream, steps)
+                tg.start_soon(_producer, run, downstream, self._fused, inp, downstream, fused)
             else:
                 tg.start_soon(_producer, run, downstream, self._stream, inp, downstream, group[0])
             downstream = inp
