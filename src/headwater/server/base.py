@@ -42,8 +42,8 @@ from headwater.core.streaming import StreamingManager
 from . import lifecycle
 from .auth import AuthSettings
 from .config import NamedPipeline, ServerConfig, ServerConfigError
-from .protocol import ProtocolError
 from .dashboard import DashboardFeed
+from .protocol import ProtocolError
 from .routes import HttpEndpoints
 from .runs import ClientRuns, RunInfo, with_stream_sink
 from .session import Connection, Session

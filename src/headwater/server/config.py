@@ -56,11 +56,11 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
+    "RELOADED_KEYS",
     "AuthConfig",
     "LimitsConfig",
     "NamedPipeline",
     "PipelineEntry",
-    "RELOADED_KEYS",
     "SandboxConfig",
     "ServerConfig",
     "ServerConfigError",
