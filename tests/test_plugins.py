@@ -1291,3 +1291,29 @@ def test_register_routes_collects_each_plugins_routes_and_reports_a_broken_one()
     assert "no routes today" in failures[0].error
     with pytest.raises(ValueError, match="method 'FETCH'"):
         headwater.HttpRoute("FETCH", "/x", hello)
+
+
+def test_register_run_stores_collects_each_plugins_stores_and_reports_a_broken_one() -> None:
+    from headwater.server.history import MemoryRunStore
+
+    class Stores:
+        @headwater.hookimpl
+        def register_run_stores(self, register: Any) -> None:
+            register("mem2", MemoryRunStore)
+
+    class Broken:
+        @headwater.hookimpl
+        def register_run_stores(self, register: Any) -> None:
+            register("never", MemoryRunStore)
+            raise RuntimeError("no stores today")
+
+    pm = headwater.PluginManager(load_entry_points=False)
+    assert pm.register(Stores(), "stores")
+    assert pm.register(Broken(), "broken")
+    seen: list[tuple[str, Any, str]] = []
+    failures = pm.register_run_stores(
+        lambda name, factory, plugin: seen.append((name, factory, plugin))
+    )
+    assert seen == [("mem2", MemoryRunStore, "stores")]
+    assert [(f.plugin, f.stage) for f in failures] == [("broken", "run-stores")]
+    assert "no stores today" in failures[0].error

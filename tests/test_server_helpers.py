@@ -114,9 +114,11 @@ def ticks_pipeline() -> dict[str, Any]:
 
 
 def config(**fields: Any) -> ServerConfig:
-    """A server configuration on a free port, with ``count`` and ``ticks``."""
+    """A server configuration on a free port, with ``count`` and ``ticks``, and its run
+    history in memory."""
     fields.setdefault("port", 0)
     fields.setdefault("pipelines", {"count": count_pipeline(), "ticks": ticks_pipeline()})
+    fields.setdefault("history", {"store": "memory"})  # no file in the working directory
     return ServerConfig.model_validate(fields)
 
 

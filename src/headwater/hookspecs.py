@@ -19,7 +19,7 @@ other plugins or the pipeline.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .markers import hookspec
@@ -109,6 +109,35 @@ def register_checkpoint_stores(register: Register) -> None:
     :param register: Adds one checkpoint store; names are unique across plugins.
 
     .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def register_run_stores(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Contribute run stores (where ``headwater serve`` keeps the history of its runs).
+
+    Called each time a server starts (``headwater serve``'s server or the ASGI app), which
+    then opens the one its configuration names (``history.store``, with the keyword
+    arguments ``history.params``; the built-in stores are ``sqlite``, the default, and
+    ``memory``). Call ``register`` with a name and a factory::
+
+        @headwater.hookimpl
+        def register_run_stores(register):
+            register("postgres", PostgresRunStore)
+
+    The factory is called once, in a worker thread, with ``history.params`` as keyword
+    arguments; it returns an object with the methods of
+    :class:`headwater.server.history.RunStore` (``save``, ``get``, ``by_stream``,
+    ``query``, ``chunks``, ``prune``, ``interrupt``, ``close``), which the server calls
+    from worker threads. A factory that raises ``TypeError`` or ``OSError`` stops the
+    server with a configuration error naming ``history.params``.
+
+    :param register: ``register(name, factory)`` adds one store. A name that is taken
+        (``sqlite``, ``memory`` or an earlier plugin's) is refused: the store is skipped
+        and reported in the server's log, the plugin's other stores still count. A
+        plugin that raises here is reported the same way.
+
+    .. versionadded:: 0.3
     """
 
 

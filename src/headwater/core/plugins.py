@@ -13,7 +13,7 @@ import inspect
 import logging
 import os
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
@@ -58,9 +58,10 @@ class LoadFailure:
     distribution: str | None
     version: str | None
     stage: str
-    """``import``, ``register``, ``unknown-hook``, ``hook``, ``duplicate`` or ``routes``
+    """``import``, ``register``, ``unknown-hook``, ``hook``, ``duplicate``, ``routes``
     (raised in ``register_routes``, or a route clashing with another; reported by the
-    server)."""
+    server) or ``run-stores`` (raised in ``register_run_stores``, or a store name that is
+    taken)."""
     error: str
     traceback: str = ""
 
@@ -476,6 +477,35 @@ class PluginManager:
                 continue
             for route in routes:
                 register(replace(route, plugin=impl.plugin_name))
+        return failures
+
+    def register_run_stores(
+        self, register: Callable[[str, Callable[..., Any], str], None]
+    ) -> list[LoadFailure]:
+        """Hand every plugin's run stores to ``register(name, factory, plugin)``.
+
+        A plugin whose implementation raises contributes no store; it is logged and
+        returned as a :class:`LoadFailure` (stage ``run-stores``). What ``register`` does
+        with a store (e.g. refuse a name that is taken) is the caller's business.
+        """
+        failures: list[LoadFailure] = []
+        for impl in self._call_order("register_run_stores"):
+            stores: list[tuple[str, Callable[..., Any]]] = []
+
+            def add(name: str, factory: Callable[..., Any], into: list[Any] = stores) -> None:
+                into.append((name, factory))
+
+            try:
+                impl.function(register=add)
+            except Exception as exc:
+                info = self.plugins.get(impl.plugin_name)
+                dist, version = (info.distribution, info.version) if info else (None, None)
+                failure = self._failure(impl.plugin_name, dist, version, "run-stores", exc)
+                log.warning("%s", failure)
+                failures.append(failure)
+                continue
+            for name, factory in stores:
+                register(str(name), factory, impl.plugin_name)
         return failures
 
     def _call_order(self, hook_name: str) -> list[pluggy.HookImpl]:

@@ -43,6 +43,7 @@ from . import lifecycle
 from .auth import AuthSettings
 from .config import NamedPipeline, ServerConfig, ServerConfigError
 from .dashboard import DashboardFeed
+from .history import RunHistory
 from .protocol import ProtocolError
 from .routes import HttpEndpoints
 from .runs import ClientRuns, RunInfo, with_stream_sink
@@ -115,6 +116,8 @@ class BaseServer:
         """The effective authentication settings (known once started)."""
         self.dashboard = DashboardFeed(self)
         """The dashboard's live feed (the ``$dashboard`` stream)."""
+        self.history = RunHistory(self)
+        """The run history (``history`` of the configuration; open once started)."""
 
     # -- lifecycle (for the front ends) ---------------------------------------------------
 
@@ -156,6 +159,9 @@ class BaseServer:
             self._manager = await stack.enter_async_context(
                 StreamingManager(config.streaming, metrics=self.engine.metrics)
             )
+            await self.history.open()
+            stack.push_async_callback(self.history.close)
+            self._manager.add_observer(self.history)
             if listen is not None:
                 await listen()
             if config.bridge is not None:

@@ -49,6 +49,7 @@ from headwater.core.streaming import StreamingConfig
 
 from .auth import TOKENS_ENV, AuthSettings, TokenGrant, parse_tokens_env
 from .bridge import BridgeConfig
+from .history.config import HistoryConfig
 
 if TYPE_CHECKING:
     from .hosts import HostPolicy
@@ -410,6 +411,10 @@ class ServerConfig(BaseModel):
     )
     bridge: BridgeConfig | None = Field(
         None, description="Share streams with other nodes through Redis (see scaling out)."
+    )
+    history: HistoryConfig = Field(
+        default_factory=HistoryConfig,
+        description="Run history: where runs are recorded and how much is kept.",
     )
     sandbox: SandboxConfig = Field(
         default_factory=SandboxConfig,

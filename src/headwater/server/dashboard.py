@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -35,6 +35,7 @@ from headwater.core.metrics import LATENCY_BUCKETS
 from headwater.core.streaming import Frame, StreamError, StreamingManager
 
 from .dashboard_assets import content_security_policy, pipelines_listing, static_response
+from .dashboard_series import SAMPLE_INTERVAL, MetricsSeries, bucket_counts, quantile
 
 if TYPE_CHECKING:
     from .base import BaseServer as Server
@@ -67,6 +68,9 @@ MAX_STREAMS: Final = 200
 MAX_ERRORS: Final = 50
 """Recent errors kept and sent with each summary."""
 
+MAX_ERROR_ROWS: Final = 500
+"""Error counts (pipeline, stage, type) sent with each summary (the largest first)."""
+
 MAX_FINISHED_RUNS: Final = 20
 """Finished runs still listed (most recent first) after the live ones."""
 
@@ -78,48 +82,6 @@ IDLE_TIMEOUT: Final = 60.0
 
 _MESSAGE_LIMIT: Final = 500
 """Characters of an error message kept in the feed."""
-
-
-# -- quantiles --------------------------------------------------------------------------
-
-
-def quantile(
-    q: float, counts: Sequence[int], bounds: Sequence[float] = LATENCY_BUCKETS
-) -> float | None:
-    """Estimate the ``q`` quantile from per-bucket (not cumulative) histogram counts.
-
-    ``counts`` has one entry per bound plus the +Inf bucket, as
-    :attr:`~headwater.core.metrics.Histogram.counts`. The value is interpolated linearly
-    inside its bucket, like Prometheus' ``histogram_quantile``; a quantile falling in the
-    +Inf bucket is reported as the largest finite bound. None when there is no
-    observation.
-    """
-    total = sum(counts)
-    if total <= 0:
-        return None
-    rank = q * total
-    cumulative = 0
-    for i, n in enumerate(counts):
-        if n <= 0:
-            continue
-        if cumulative + n >= rank:
-            if i >= len(bounds):
-                return float(bounds[-1])
-            lower = float(bounds[i - 1]) if i > 0 else 0.0
-            upper = float(bounds[i])
-            return lower + (upper - lower) * max(0.0, rank - cumulative) / n
-        cumulative += n
-    return float(bounds[-1])  # pragma: no cover - rank <= total always matches above
-
-
-def _bucket_counts(hist: Mapping[str, Any]) -> list[int]:
-    """Per-bucket counts of a histogram as :meth:`Histogram.to_dict` exports it."""
-    out: list[int] = []
-    previous = 0
-    for _, cumulative in hist.get("buckets", ()):
-        out.append(max(0, int(cumulative) - previous))
-        previous = int(cumulative)
-    return out
 
 
 # -- the feed ---------------------------------------------------------------------------
@@ -156,6 +118,9 @@ class DashboardFeed:
         self._error_id = 0
         self._finished: deque[dict[str, Any]] = deque(maxlen=MAX_FINISHED_RUNS)
         self._history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
+        self._fatal: dict[tuple[str, str, str], int] = {}
+        self.series = MetricsSeries()
+        """The charts' points over the last minute, 15 minutes and hour."""
         self._chunks = 0
         self._last: dict[str, Any] | None = None
         self._prev: tuple[float, int, dict[str, int], list[int]] | None = None
@@ -167,6 +132,28 @@ class DashboardFeed:
         self._manager = manager
         self._tg = tg
         manager.add_observer(self)
+        tg.start_soon(self._sample)
+
+    async def _sample(self) -> None:
+        """Sample the metrics every second until the server stops (the charts' history)."""
+        async with anyio.create_task_group() as tg:
+
+            async def stop() -> None:
+                await self.server.serve_forever()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(stop)
+            while True:
+                try:
+                    self.series.sample(self.server.engine.metrics.snapshot(), time.time())
+                except Exception:  # a bug here must never take the server down
+                    log.exception("the dashboard failed to sample the metrics; it goes on")
+                await anyio.sleep(SAMPLE_INTERVAL)
+
+    def series_view(self, range_name: str, pipeline: str | None = None) -> dict[str, Any]:
+        """The body of ``/api/dashboard/history``: see
+        :meth:`~headwater.server.dashboard_series.MetricsSeries.view`."""
+        return self.series.view(range_name, pipeline)
 
     @property
     def active(self) -> bool:
@@ -311,6 +298,14 @@ class DashboardFeed:
         self._error_id += 1
         self._errored.add(stream_id)
         message = str(details.get("message", ""))
+        handled = bool(details.get("handled", False))
+        if not handled and details.get("stage"):
+            key = (
+                str(details.get("pipeline") or meta.get("pipeline")),
+                str(details.get("stage")),
+                str(details.get("error", "Error")),
+            )
+            self._fatal[key] = self._fatal.get(key, 0) + 1
         self._errors.appendleft(
             {
                 "id": self._error_id,
@@ -321,7 +316,7 @@ class DashboardFeed:
                 "stage": details.get("stage"),
                 "error": str(details.get("error", "Error")),
                 "message": message[:_MESSAGE_LIMIT],
-                "handled": bool(details.get("handled", False)),
+                "handled": handled,
             }
         )
 
@@ -341,7 +336,7 @@ class DashboardFeed:
                 items[name] = items.get(name, 0) + int(stage.get("items_out", 0))
         e2e = [0] * (len(LATENCY_BUCKETS) + 1)
         for pipeline in snap.get("pipelines", ()):
-            for i, n in enumerate(_bucket_counts(pipeline.get("e2e_latency", {}))):
+            for i, n in enumerate(bucket_counts(pipeline.get("e2e_latency", {}))):
                 if i < len(e2e):
                     e2e[i] += n
         prev, self._prev = self._prev, (now, self._chunks, items, e2e)
@@ -390,6 +385,12 @@ class DashboardFeed:
         metrics snapshot already taken."""
         server = self.server
         manager = server.manager
+        if snap is None:
+            snap = server.engine.metrics.snapshot()
+        queues = {
+            (str(s.get("pipeline")), str(s.get("stage"))): int(s.get("queue_depth", 0) or 0)
+            for s in snap.get("stages", ())
+        }
         runs: list[dict[str, Any]] = []
         for run in server.runs:
             runs.append(
@@ -403,6 +404,16 @@ class DashboardFeed:
                     "ended_at": None,
                     "progress": dict(self._progress.get(run.stream, {})),
                     "items": _items(run),
+                    "stages": {
+                        name: {
+                            "in": st.items_in,
+                            "out": st.items_out,
+                            "errors": st.errors,
+                            "skipped": st.skipped,
+                            "queue": queues.get((run.pipeline, name), 0),
+                        }
+                        for name, st in list(run.handle.stats.items())
+                    },
                 }
             )
         runs.extend(self._finished)
@@ -430,9 +441,7 @@ class DashboardFeed:
             name: {"pipeline": name, "named": True, "running": 0, "runs": {}}
             for name in sorted(server.pipelines)
         }
-        for entry in (snap if snap is not None else server.engine.metrics.snapshot()).get(
-            "pipelines", ()
-        ):
+        for entry in snap.get("pipelines", ()):
             name = str(entry.get("pipeline"))
             row = pipelines.setdefault(name, {"pipeline": name, "named": False})
             row["running"] = entry.get("running", 0)
@@ -446,6 +455,49 @@ class DashboardFeed:
             "streams": streams,
             "streams_total": len(ids),
             "errors": list(self._errors),
+            "error_totals": self.error_totals(snap),
+            "history": {"recording": server.history.enabled},
+        }
+
+    def error_totals(self, snap: Mapping[str, Any]) -> dict[str, Any]:
+        """Errors counted by the metrics (what ``/metrics`` shows as
+        ``headwater_stage_errors_total``), by pipeline, stage and type, each split into
+        fatal (it failed its run; seen on the server's streams) and handled; items sent
+        to dead letters and skipped, by pipeline."""
+        rows: list[dict[str, Any]] = []
+        dead_letter: dict[str, int] = {}
+        skipped: dict[str, int] = {}
+        for stage in snap.get("stages", ()):
+            pipeline, name = str(stage.get("pipeline")), str(stage.get("stage"))
+            for kind, count in (stage.get("errors_by_kind") or {}).items():
+                fatal = min(int(count), self._fatal.get((pipeline, name, str(kind)), 0))
+                rows.append(
+                    {
+                        "pipeline": pipeline,
+                        "stage": name,
+                        "error": str(kind),
+                        "count": int(count),
+                        "fatal": fatal,
+                        "handled": int(count) - fatal,
+                    }
+                )
+            if name == "dead_letter" or name.startswith("dead_letter"):
+                dead_letter[pipeline] = dead_letter.get(pipeline, 0) + int(
+                    stage.get("items_in", 0) or 0
+                )
+            if stage.get("skipped"):
+                skipped[pipeline] = skipped.get(pipeline, 0) + int(stage.get("skipped", 0))
+        rows.sort(key=lambda r: (-r["count"], r["pipeline"], r["stage"], r["error"]))
+        total = sum(r["count"] for r in rows)
+        fatal = sum(r["fatal"] for r in rows)
+        return {
+            "total": total,
+            "fatal": fatal,
+            "handled": total - fatal,
+            "rows": rows[:MAX_ERROR_ROWS],
+            "rows_total": len(rows),
+            "dead_letter": dead_letter,
+            "skipped": skipped,
         }
 
     def history(self) -> dict[str, Any]:

@@ -4,13 +4,15 @@ Both front ends (``headwater serve``, on the ``websockets`` library, and the ASG
 hand every HTTP request, as a neutral :class:`~headwater.types.HttpRequest`, to
 :meth:`HttpEndpoints.dispatch`, which answers it from :data:`ROUTES`, a table of
 ``(method, path pattern) -> handler``: ``/healthz``, ``/api/streams``,
-``/api/pipelines``, ``/api/dashboard``, ``/api/components``, ``/metrics``, the
-dashboard's page and assets, then the routes plugins contribute (``register_routes``).
-The Server-Sent Events endpoint, ``/api/streams/{stream}/events``, is vetted here too and
-handed back to the front end, which streams it (:mod:`headwater.server.sse`). Routes
-marked ``authenticated`` (every ``/api`` route, ``/metrics``, every plugin route) answer
-401 to a request without a valid token; a handler that raises gets a 500 (and a log
-entry), a path no route answers a 404.
+``/api/pipelines``, ``/api/dashboard`` (and its ``/history``), ``/api/runs`` and
+``/api/runs/{run}``, ``/api/components``, ``/metrics``, the dashboard's pages (``/``,
+``/runs/{run}``, ``/errors``) and assets, then the routes plugins contribute
+(``register_routes``). The Server-Sent Events endpoint,
+``/api/streams/{stream}/events``, is vetted here too and handed back to the front end,
+which streams it (:mod:`headwater.server.sse`). Routes marked ``authenticated`` (every
+``/api`` route, ``/metrics``, every plugin route) answer 401 to a request without a
+valid token; a handler that raises gets a 500 (and a log entry), a path no route
+answers a 404.
 
 A WebSocket upgrade is vetted by :meth:`HttpEndpoints.vet_upgrade` (path, origin,
 connection limit, authentication) before it happens.
@@ -453,6 +455,31 @@ class HttpEndpoints:
         """``/api/components``: see :meth:`components_snapshot`."""
         return json_response(self.components_snapshot())
 
+    async def api_runs(self, request: HttpRequest) -> HttpResponse | None:
+        """``/api/runs``: recorded runs (see :mod:`headwater.server.history.api`)."""
+        from .history.api import api_runs
+
+        return await api_runs(self.server, request)
+
+    async def api_run(self, request: HttpRequest) -> HttpResponse | None:
+        """``/api/runs/{run}``: one recorded run (see :mod:`headwater.server.history.api`)."""
+        from .history.api import api_run
+
+        return await api_run(self.server, request)
+
+    async def api_dashboard_history(self, request: HttpRequest) -> HttpResponse | None:
+        """``/api/dashboard/history``: the charts' points over a time range (``range``:
+        ``1m``, ``15m``, ``1h``), per pipeline and per stage of ``pipeline``."""
+        if not await self.server.allowed(request.principal, "subscribe", DASHBOARD_STREAM):
+            return error_response(403, f"not allowed to see {DASHBOARD_STREAM}")
+        try:
+            body = self.server.dashboard.series_view(
+                request.query_value("range") or "1m", request.query_value("pipeline")
+            )
+        except ValueError as exc:
+            return error_response(400, str(exc))
+        return self._masked(body)
+
     async def not_found(self, request: HttpRequest) -> HttpResponse | None:
         """Every other ``/api/...`` path: reserved for the server (404)."""
         return None
@@ -568,10 +595,17 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route.of("GET", EVENTS_PATH, None, authenticated=True),
     Route.of("GET", "/api/pipelines", HttpEndpoints.api_pipelines, authenticated=True),
     Route.of("GET", "/api/dashboard", HttpEndpoints.api_dashboard, authenticated=True),
+    Route.of(
+        "GET", "/api/dashboard/history", HttpEndpoints.api_dashboard_history, authenticated=True
+    ),
+    Route.of("GET", "/api/runs", HttpEndpoints.api_runs, authenticated=True),
+    Route.of("GET", "/api/runs/{run}", HttpEndpoints.api_run, authenticated=True),
     Route.of("GET", "/api/components", HttpEndpoints.api_components, authenticated=True),
     Route.of("GET", "/api/{reserved:path}", HttpEndpoints.not_found, authenticated=True),
     Route.of("GET", "/", HttpEndpoints.dashboard_page),
     Route.of("GET", "/index.html", HttpEndpoints.dashboard_page),
+    Route.of("GET", "/runs/{run}", HttpEndpoints.dashboard_page),
+    Route.of("GET", "/errors", HttpEndpoints.dashboard_page),
     Route.of("GET", "/static/{asset:path}", HttpEndpoints.dashboard_page),
     Route.of("GET", "/metrics", HttpEndpoints.metrics, authenticated=True),
 )

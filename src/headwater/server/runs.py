@@ -21,7 +21,7 @@ from anyio.abc import TaskGroup
 
 from headwater.core.errors import PipelineValidationError
 from headwater.core.events import Complete, ErrorEvent, Event, Progress, Status
-from headwater.core.runtime import RunHandle
+from headwater.core.runtime import RunHandle, RunResult
 from headwater.core.streaming import StreamError
 
 from .auth import principal_name
@@ -149,10 +149,13 @@ class ClientRuns:
         self._by_id[run_id] = run
         self._by_stream[stream_id] = run
         try:
+            await server.history.started(run, params or {}, resolved)
             if before_start is not None:
                 await before_start(run)
         except BaseException:
             self._forget(run)
+            with anyio.CancelScope(shield=True):
+                await server.history.finished(run, None)
             with anyio.CancelScope(shield=True):
                 if manager.has_stream(stream_id):
                     await manager.close_stream(stream_id, "cancelled")
@@ -199,14 +202,17 @@ class ClientRuns:
             run.handle.cancel(reason)
 
     async def _execute(self, run: RunInfo) -> None:
+        result: RunResult | None = None
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._forward, run)
-                await run.handle.start()
+                result = await run.handle.start()
         except Exception:
             log.exception("run %s of pipeline %r crashed", run.run_id, run.pipeline)
         finally:
             self._forget(run)
+            with anyio.CancelScope(shield=True):
+                await self.server.history.finished(run, result)
             log.info("run %s of pipeline %r ended: %s", run.run_id, run.pipeline, run.handle.state)
 
     async def _forward(self, run: RunInfo) -> None:

@@ -172,7 +172,9 @@ class Session:
         server = self.server
         run = server.run_of_stream(stream)
         owner = run.owner if run is not None else None
-        if not await server.allowed(self.principal, "subscribe", stream, owner=owner):
+        if not await server.allowed(
+            self.principal, "subscribe", stream, owner=owner
+        ) and not await server.history.owned_by(stream, self.principal):
             raise ProtocolError("unauthorized", f"not allowed to subscribe to {stream!r}", ref=ref)
 
     async def subscribe(self, message: SubscribeMessage) -> None:
@@ -192,6 +194,15 @@ class Session:
                 ref=message.id,
             )
         except StreamError as exc:
+            # the stream of a finished run: replayed from the run history, then complete
+            if exc.code in ("stream_closed", "unknown_stream"):
+                frames = await server.history.replay(
+                    message.stream, message.since, message.epoch, message.id
+                )
+                if frames is not None:
+                    for frame in frames:
+                        await self.conn.send(frame)
+                    return
             raise ProtocolError.from_stream_error(exc, ref=message.id) from None
 
     async def unsubscribe(self, message: UnsubscribeMessage) -> None:

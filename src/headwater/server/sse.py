@@ -146,6 +146,8 @@ class SseSubscription:
     epoch: str | None
     principal: Any
     remote: str | None = None
+    replay: tuple[Frame, ...] | None = None
+    """The messages of a finished run's stream, from the run history (then the end)."""
 
 
 async def prepare_sse(
@@ -160,7 +162,9 @@ async def prepare_sse(
     stream = request.path_params["stream"]
     run = server.run_of_stream(stream)
     owner = run.owner if run is not None else None
-    if not await server.allowed(request.principal, "subscribe", stream, owner=owner):
+    if not await server.allowed(
+        request.principal, "subscribe", stream, owner=owner
+    ) and not await server.history.owned_by(stream, request.principal):
         return error_response(403, f"not allowed to subscribe to {stream!r}")
     try:
         since, epoch = resume_point(request)
@@ -171,6 +175,11 @@ async def prepare_sse(
     try:
         server.manager.info(stream)
     except StreamError as exc:
+        frames = await server.history.replay(stream, since, epoch, None)
+        if frames is not None:  # a finished run's stream: replayed from the run history
+            return SseSubscription(
+                stream, since, epoch, request.principal, request.remote, tuple(frames)
+            )
         return error_response(_STATUS.get(exc.code, 400), exc.message)
     return SseSubscription(stream, since, epoch, request.principal, request.remote)
 
@@ -277,6 +286,10 @@ class SseConnection:
                 tg.start_soon(self._watch_client)
                 if retry is not None:
                     await self.writer.write(b"retry: %d\n\n" % retry)
+                if sub.replay is not None:
+                    await self.send_batch(sub.replay)
+                    tg.cancel_scope.cancel()
+                    return
                 try:
                     await manager.register_client(
                         sub.stream, self.client_id, self, since=sub.since, epoch=sub.epoch
