@@ -82,7 +82,8 @@ def check_url_param(value: Any, info: ValidationInfo) -> Any:
     netloc = value.partition("://")[2].partition("/")[0]
     if "{" in netloc:
         return value
-    return check_url(policy, value.replace("{", "").replace("}", ""), param=info.field_name)
+    check_url(policy, value.replace("{", "").replace("}", ""), param=info.field_name)
+    return value
 
 
 def guard_requests(policy: SandboxPolicy, param: str) -> Callable[[Any], Awaitable[None]]:

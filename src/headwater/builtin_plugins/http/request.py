@@ -239,7 +239,10 @@ async def http_request(
                 slot = _Call(item, counts["taken"])
                 counts["taken"] += 1
                 ctx.start_soon(call, slot)
-                await send.send(slot)
+                try:
+                    await send.send(slot)
+                except anyio.BrokenResourceError:
+                    return  # the transformer stopped (it failed or was closed)
 
     async def settled() -> None:
         while counts["settled"] < counts["taken"]:
