@@ -25,11 +25,13 @@ while it runs (:meth:`StandIn.configure`):
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import random
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
@@ -180,6 +182,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"not found", "text/plain")
             return
         n = int(number)
+        with self.server.standin.page():
+            self._serve_page(slug, n, settings)
+
+    def _serve_page(self, slug: str, n: int, settings: StandInSettings) -> None:
         if settings.duplicates and n == 5:
             n = 2  # a mirror: another URL, the same text
         title, paragraphs = page_text(slug, n)
@@ -226,6 +232,9 @@ class StandIn:
         self.calls = 0
         self.failed = 0
         self.hung = 0
+        self.pages_at_once = 0
+        self.max_pages_at_once = 0
+        """The most pages served at the same time (the enricher's concurrency)."""
         self._server = _Server((host, port), _Handler)
         self._server.standin = self
         self._thread: threading.Thread | None = None
@@ -260,6 +269,18 @@ class StandIn:
             self.failed += failing
             self.hung += hanging
         return settings, failing, hanging
+
+    @contextlib.contextmanager
+    def page(self) -> Iterator[None]:
+        """Count a page being served."""
+        with self._lock:
+            self.pages_at_once += 1
+            self.max_pages_at_once = max(self.max_pages_at_once, self.pages_at_once)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.pages_at_once -= 1
 
     def answer(self, q: str, count: int, offset: int, settings: StandInSettings) -> dict[str, Any]:
         """The Brave-shaped answer for page ``offset`` of ``count`` results."""
