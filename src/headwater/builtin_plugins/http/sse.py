@@ -10,7 +10,7 @@ event handed on: a run resumed from a checkpoint sends ``Last-Event-ID: ID`` and
 server continues after it. Within a run, a dropped connection is made again with the
 same header (backoff; the server's ``retry:`` is honoured), through outages of up to
 ``outage_deadline`` seconds (:class:`headwater.core.reconnect.Link`). A 4xx answer
-(401, 404) fails the run at once.
+(401, 404) fails the run at once; 204 No Content ends it (the SSE way to say "no more").
 """
 
 from __future__ import annotations
@@ -138,6 +138,8 @@ async def sse_source(params: SseParams, ctx: StreamContext) -> AsyncIterator[Any
                     client, "GET", params.url, headers=headers
                 ) as source:
                     response = source.response
+                    if response.status_code == 204:  # the server says: no more events
+                        break
                     if response.status_code != 200:
                         await response.aread()
                         raise HttpStatusError(
