@@ -1,10 +1,10 @@
 """The example plugins under ``example_plugins/``, pip-installed like a third party's.
 
-headwater-tabular, headwater-sysmon and headwater-codegen are built and installed with
-pip (offline: ``--no-deps --no-build-isolation --no-index``) into a temporary virtual
-environment. There ``headwater plugins --json`` must list each with its distribution and
-version, one pipeline per plugin must run through ``headwater run``, and each plugin's
-own test suite must pass against the installed package.
+headwater-tabular, headwater-sysmon, headwater-codegen and headwater-knowledge are built
+and installed with pip (offline: ``--no-deps --no-build-isolation --no-index``) into a
+temporary virtual environment. There ``headwater plugins --json`` must list each with its
+distribution and version, one pipeline per plugin must run through ``headwater run``, and
+each plugin's own test suite (and README) must pass against the installed package.
 """
 
 from __future__ import annotations
@@ -33,6 +33,18 @@ EXPECTED = {
         ["action:sysmon.status", "transformer:sysmon.alerts"],
     ),
     "headwater-codegen": ("headwater_codegen", ["action:codegen.client"]),
+    "headwater-knowledge": (
+        "headwater_knowledge",
+        [
+            "action:knowledge.files",
+            "action:knowledge.fts",
+            "action:knowledge.search",
+            "action:knowledge.web",
+            "transformer:knowledge.enrich",
+            "transformer:knowledge.rank",
+            "transformer:knowledge.synthesize",
+        ],
+    ),
 }
 
 
@@ -165,6 +177,34 @@ def test_codegen_pipeline_runs(examples_venv: PluginVenv) -> None:
     assert namespace["Pet"].__required_keys__ == {"id", "name"}
 
 
+def test_knowledge_pipeline_runs(examples_venv: PluginVenv) -> None:
+    docs = examples_venv.workdir / "notes"
+    docs.mkdir(exist_ok=True)
+    (docs / "rivers.md").write_text("# Rivers\n\nThe source of a river is its headwater.\n")
+    assert Path(examples_venv.python).with_name("headwater-knowledge").is_file()  # the command
+    examples_venv.run("-m", "headwater_knowledge.cli", "index", "--db", "k.db", str(docs))
+    pipeline = write(
+        examples_venv,
+        "ask.yaml",
+        """\
+        name: ask
+        sources:
+          search: {action: knowledge.search, params: {query: headwater, fts: {index: k.db}}}
+        steps:
+          - {transformer: knowledge.enrich}
+          - {transformer: knowledge.rank}
+          - {transformer: knowledge.synthesize}
+        sinks:
+          - {sink: collect}
+        """,
+    )
+    events = run_json(examples_venv, pipeline)["outputs"]["collect"]
+    assert events[0]["type"] == "query"
+    assert events[-1]["type"] == "complete"
+    assert [e["title"] for e in events if e["type"] == "result"] == ["Rivers"]
+    assert "headwater" in "".join(e["delta"] for e in events if e["type"] == "answer")
+
+
 @pytest.mark.parametrize("distribution", sorted(EXPECTED))
 def test_each_plugins_own_tests_pass_installed(
     examples_venv: PluginVenv, distribution: str
@@ -174,8 +214,9 @@ def test_each_plugins_own_tests_pass_installed(
     The type check of codegen's output (mypy, several seconds) is left to the tox
     ``examples`` environment, which runs every test of the examples.
     """
-    tests = examples_venv.workdir / f"{distribution}-tests"
+    tests = examples_venv.workdir / distribution / "tests"
     shutil.copytree(EXAMPLES / distribution / "tests", tests, dirs_exist_ok=True)
+    shutil.copy(EXAMPLES / distribution / "README.md", tests.parent)  # READMEs are tested too
     args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not mypy", str(tests)]
     proc = examples_venv.run(*args, check=False, cwd=tests)
     assert proc.returncode == 0, proc.stdout + proc.stderr
