@@ -89,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: Callable[[argparse.Namespace], int] = args.func
     secrets = _secrets(args)  # filled as the command's files are loaded
     try:
-        _setup_logging(verbosity, _consoles(force_terminal=_forced_terminal(args))[1])
+        forced = _forced_terminal(args)
+        _setup_logging(verbosity, lambda: _consoles(force_terminal=forced)[1])
         _apply_log_options(args)
         _mask_logs(secrets)
         return int(command(args))

@@ -386,19 +386,20 @@ def _error(message: str, secrets: Secrets | None = None) -> None:
     sys.stderr.flush()
 
 
-def _setup_logging(verbosity: int, console: Console) -> None:
+def _setup_logging(verbosity: int, console: Callable[[], Console]) -> None:
     """Send log records through the stderr console (above any live progress bars).
 
     Warnings and errors are always shown (a plugin that failed to load, say) as
     ``headwater: warning: ...``; ``-v`` adds info records and ``-vv`` debug ones, with the
-    logger's name and tracebacks.
+    logger's name and tracebacks. ``console`` makes the console when the first record
+    comes: rich is imported then, not by every command.
     """
     import logging
 
-    from rich.text import Text
-
     class ConsoleHandler(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
+            from rich.text import Text
+
             try:
                 message = record.getMessage()
                 if verbosity:
@@ -411,7 +412,7 @@ def _setup_logging(verbosity: int, console: Console) -> None:
                 style = "red" if record.levelno >= logging.ERROR else "yellow"
                 if record.levelno < logging.WARNING:
                     style = "dim"
-                console.print(Text(f"headwater: {level}: {message}", style=style))
+                console().print(Text(f"headwater: {level}: {message}", style=style))
             except Exception:
                 self.handleError(record)
 

@@ -35,8 +35,6 @@ from ._common import (
     _secrets,
     _verbosity,
 )
-from .checkpoints import _checkpoint_line, _raise_checkpoint_error
-from .jobs import _cmd_run_jobs
 from .metrics import _add_metrics_options, _metrics_exporters, _with_exporters
 
 if TYPE_CHECKING:
@@ -153,11 +151,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.backend == "trio" and importlib.util.find_spec("trio") is None:
         raise CLIError("the trio backend needs trio: pip install 'headwater[trio]'")
-    from ..core.jobs import is_jobs_path
-
-    if is_jobs_path(args.file):
+    if _is_jobs_path(args.file):
         if args.resume or args.force:
             raise CLIError("--resume and --force apply to pipeline files, not to jobs files")
+        from .jobs import _cmd_run_jobs
+
         return _cmd_run_jobs(args)
     if args.force and not args.resume:
         raise CLIError("--force only applies with --resume")
@@ -190,6 +188,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     finally:
         view.stop()
+    from .checkpoints import _raise_checkpoint_error
+
     _raise_checkpoint_error(result)
     _print_summary(err, result, resolved, verbose=_verbosity(args) > 0, secrets=secrets)
     if args.json:
@@ -517,6 +517,8 @@ def _print_summary(
     from rich.table import Table
     from rich.text import Text as RichText
 
+    from .checkpoints import _checkpoint_line
+
     def Text(text: str, style: str = "") -> RichText:  # rich's Text, masked
         return RichText(secrets.mask(text) if secrets is not None else text, style=style)
 
@@ -579,11 +581,27 @@ def _print_summary(
 # ---------------------------------------------------------------------------------------
 
 
+def _is_jobs_path(path: str) -> bool:
+    """Is ``path`` a jobs file (a mapping with a ``jobs`` key)? False when unreadable or
+    invalid, so that the pipeline loader reports the problem.
+
+    The same test as :func:`headwater.core.jobs.is_jobs_path`, without importing the jobs
+    module and its scheduler, which a pipeline file never needs.
+    """
+    from ..core.yamlfile import YamlFileError, read_yaml
+
+    try:
+        data = read_yaml(path, substitute=False)
+    except YamlFileError:
+        return False
+    return isinstance(data, Mapping) and "jobs" in data
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     """``headwater validate``: check shape, components and params; print OK."""
-    from ..core.jobs import is_jobs_path, validate_jobs
+    if _is_jobs_path(args.file):
+        from ..core.jobs import validate_jobs
 
-    if is_jobs_path(args.file):
         if args.overrides:
             raise CLIError("--set applies to pipeline files, not to jobs files")
         jobs = validate_jobs(args.file, plugins=_plugin_manager(args), secrets=_secrets(args))
