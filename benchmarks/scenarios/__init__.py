@@ -30,6 +30,7 @@ SCENARIOS: dict[str, str] = {
     "embedding": "embedding",
     "expr": "expr",
     "windows": "windows",
+    "webhook": "webhook",
 }
 """Scenario name (as typed on the command line) -> module name in this package.
 
