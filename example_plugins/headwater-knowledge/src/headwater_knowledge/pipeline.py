@@ -48,7 +48,9 @@ def pipeline(
 
 
 def server_config(pipe: dict[str, Any], *, port: int = 8765) -> dict[str, Any]:
-    """A ``headwater serve`` configuration offering ``pipe`` to clients as ``knowledge``."""
+    """A ``headwater serve`` configuration offering ``pipe`` to clients (by its name); its
+    output goes to the run's stream (a ``websocket`` sink is added if it has no sink)."""
+    pipe = {**pipe, "sinks": pipe.get("sinks") or [{"sink": "websocket"}]}
     return {
         "host": "127.0.0.1",
         "port": port,
