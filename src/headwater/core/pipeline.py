@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from .components import Component, ComponentKind
+from .compose import ComposeSpec
 from .errors import (
     ComponentNotFound,
     PipelineValidationError,
@@ -93,45 +94,6 @@ class SourceSpec(BaseModel):
         "item, or is not available (its plugin failed to load or is disabled); overrides "
         "the fallback the action declares.",
     )
-
-
-class ComposeSpec(BaseModel):
-    """How several sources combine: exactly one of ``merge``, ``zip``, ``concat``."""
-
-    model_config = _STRICT
-
-    merge: list[str] | None = Field(None, description="Interleave items as they arrive.")
-    zip: list[str] | None = Field(None, description="Tuples of one item per source.")
-    concat: list[str] | None = Field(None, description="One source after the other.")
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> ComposeSpec:
-        given = [k for k in ("merge", "zip", "concat") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                "compose needs exactly one of merge, zip or concat"
-                + (f", got {', '.join(given)}" if given else "")
-            )
-        names = getattr(self, given[0])
-        if len(names) < 1:
-            raise ValueError(f"compose.{given[0]} needs at least one source name")
-        if len(set(names)) != len(names):
-            raise ValueError(f"compose.{given[0]} names a source more than once")
-        return self
-
-    @property
-    def mode(self) -> Literal["merge", "zip", "concat"]:
-        """The composition mode given."""
-        if self.merge is not None:
-            return "merge"
-        if self.zip is not None:
-            return "zip"
-        return "concat"
-
-    @property
-    def names(self) -> list[str]:
-        """The source names, in order."""
-        return list(getattr(self, self.mode))
 
 
 class StepSpec(BaseModel):

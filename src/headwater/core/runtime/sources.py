@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -11,8 +12,11 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ..channels import BatchChannel, DownstreamClosed
+from ..errors import StageError
 from ..invoke import params_and_ctx, positional_arity
+from ..join import JoinState
 from ..pipeline import ResolvedStage
+from ..watermarks import LateItem, Watermark
 from .handle import StageStats
 from .pumps import _pump_async, _pump_thread
 from .tasks import _FallBack, _producer, _Stop
@@ -49,7 +53,8 @@ class _Sources:
             chans = [BatchChannel(run.capacity) for _ in stages]
             for stage, ch in zip(stages, chans, strict=True):
                 tg.start_soon(_producer, run, ch, self._source, stage, ch)
-            tg.start_soon(_producer, run, head, self._zip, chans, head)
+            body = self._zip if mode == "zip" else self._join
+            tg.start_soon(_producer, run, head, body, chans, head)
 
     async def _concat(self, stages: list[ResolvedStage], out: BatchChannel) -> None:
         """Run the sources one after the other into ``out``: all of one before the next
@@ -83,6 +88,90 @@ class _Sources:
         finally:
             for ch in chans:
                 ch.close_reader()
+
+    async def _join(self, chans: list[BatchChannel], out: BatchChannel) -> None:
+        """Join the two sources' items (see :mod:`headwater.core.join`) into ``out``.
+
+        A reader task per input hands whole batches over (whichever input has some);
+        pairs are put into ``out`` as they are found, followed by the join's watermark
+        whenever it advanced. While no batch arrives the watermark is recomputed every
+        ``idle_timeout`` seconds (an idle input stops holding it back). Late items are
+        counted as the ``compose.join`` stage's (and dead-lettered with ``late:
+        dead_letter``); a failure (a missing field, an event time that is not one)
+        fails the run as that stage's error. Readers are closed at the end in every case.
+        """
+        run = self.run
+        spec = run.spec.compose.join if run.spec.compose else None
+        assert spec is not None
+        state = JoinState(spec)
+        stats = run.stage_stats("compose.join")
+        send, receive = anyio.create_memory_object_stream[tuple[int, list[Any] | None]](2)
+
+        async def pull(side: int, ch: BatchChannel, tx: Any) -> None:
+            async with tx:
+                while True:
+                    try:
+                        batch = await ch.get()
+                    except anyio.EndOfStream:
+                        break
+                    ch.pop_markers(0)  # latency probes only: a join is not checkpointed
+                    if batch:
+                        await tx.send((side, batch))
+                await tx.send((side, None))
+
+        sent = -math.inf
+        open_inputs = 2
+        try:
+            async with anyio.create_task_group() as tg, receive:
+                with send:
+                    for side, ch in enumerate(chans):
+                        tg.start_soon(pull, side, ch, send.clone())
+                while open_inputs:
+                    got = None
+                    with anyio.move_on_after(spec.idle_timeout or math.inf):
+                        got = await receive.receive()
+                    pairs: list[Any] = []
+                    late: list[Any] = []
+                    try:
+                        if got is not None:
+                            side, batch = got
+                            if batch is None:
+                                open_inputs -= 1
+                                state.end(side)
+                            else:
+                                stats.items_in += len(batch)
+                                state.add(side, batch, pairs, late)
+                        wm = state.advance(pairs)
+                        if not open_inputs:
+                            state.flush(pairs)
+                    except Exception as exc:
+                        await run.fail(self._join_error(exc))
+                        raise _Stop from exc
+                    if late:
+                        await self._join_late(stats, spec.late == "dead_letter", late)
+                    if pairs:
+                        stats.items_out += len(pairs)
+                        await out.put_batch(pairs)
+                    if sent < wm < math.inf:
+                        sent = wm
+                        out.put_marker(Watermark(wm))
+        finally:
+            for ch in chans:
+                ch.close_reader()
+
+    def _join_error(self, exc: Exception) -> StageError:
+        run = self.run
+        return StageError(
+            pipeline=run.spec.name, stage="compose.join", plugin=None, position=None, cause=exc
+        )
+
+    async def _join_late(self, stats: StageStats, dead_letter: bool, items: list[Any]) -> None:
+        """Count late items of the join; dead-letter them when asked to."""
+        stats.late += len(items)
+        stats.skipped += len(items)
+        if dead_letter:
+            cause = LateItem("the item's event time was below the join's watermark")
+            await self.run.sinks.dead_letter(self._join_error(cause), items)
 
     async def _source(self, stage: ResolvedStage, out: BatchChannel) -> None:
         """Run one source into ``out``, falling back to its fallback action when it fails
