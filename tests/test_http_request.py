@@ -7,6 +7,7 @@ see: calls, 429s, and the most calls in progress at once.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import pytest
@@ -280,3 +281,30 @@ def test_the_sink_url_obeys_the_sandbox() -> None:
     with pytest.raises(headwater.PipelineValidationError, match=r"sinks\[0\].params.url|url"):
         engine().prepare(pipeline)
     engine(hosts=("collector.example.com",)).prepare(pipeline)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize(
+    ("module", "step"),
+    [
+        ("httpx", {"transformer": "http.request", "params": {"url": "http://127.0.0.1:9/x"}}),
+        ("uvicorn", None),
+    ],
+)
+async def test_a_missing_client_library_names_the_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch, module: str, step: dict[str, Any] | None
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    pipeline: dict[str, Any] = {
+        "name": "missing",
+        "sources": {"n": users(1)},
+        "steps": [{"transformer": "map", "params": {"expr": "{'id': item}"}}],
+        "sinks": [{"sink": "collect"}],
+    }
+    if step is None:
+        pipeline["sources"] = {"hook": {"action": "http.webhook", "params": {"port": 0}}}
+    else:
+        pipeline["steps"].append(step)
+    async with engine() as eng:
+        with pytest.raises(headwater.PipelineFailed, match=r"pip install 'headwater\[http\]'"):
+            await eng.run(pipeline)
