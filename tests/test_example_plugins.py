@@ -66,6 +66,7 @@ def run_json(env: PluginVenv, pipeline: Path) -> dict[str, Any]:
     return result
 
 
+@pytest.mark.slow
 def test_installed_only_in_the_venv(examples_venv: PluginVenv) -> None:
     proc = examples_venv.run(
         "-c",
@@ -78,6 +79,7 @@ def test_installed_only_in_the_venv(examples_venv: PluginVenv) -> None:
     assert importlib.util.find_spec("headwater_tabular") is None  # not in this environment
 
 
+@pytest.mark.slow
 def test_plugins_json_lists_every_example(examples_venv: PluginVenv) -> None:
     listing = examples_venv.headwater_json("plugins")
     plugins = {p["name"]: p for p in listing["plugins"]}
@@ -102,6 +104,7 @@ def test_plugins_json_lists_every_example(examples_venv: PluginVenv) -> None:
     assert not [f for f in listing["failures"] if f["distribution"] in EXPECTED]
 
 
+@pytest.mark.slow
 def test_tabular_pipeline_runs(examples_venv: PluginVenv) -> None:
     write(
         examples_venv,
@@ -134,6 +137,7 @@ def test_tabular_pipeline_runs(examples_venv: PluginVenv) -> None:
     assert final["groups"]["south"]["total"]["count"] == 1
 
 
+@pytest.mark.slow
 def test_sysmon_pipeline_runs(examples_venv: PluginVenv) -> None:
     pipeline = write(
         examples_venv,
@@ -153,6 +157,7 @@ def test_sysmon_pipeline_runs(examples_venv: PluginVenv) -> None:
         assert all(s["memory"]["total"] > 0 for s in snapshots)
 
 
+@pytest.mark.slow
 def test_codegen_pipeline_runs(examples_venv: PluginVenv) -> None:
     shutil.copy(
         EXAMPLES / "headwater-codegen" / "tests" / "data" / "petstore.json", examples_venv.workdir
@@ -177,6 +182,7 @@ def test_codegen_pipeline_runs(examples_venv: PluginVenv) -> None:
     assert namespace["Pet"].__required_keys__ == {"id", "name"}
 
 
+@pytest.mark.slow
 def test_knowledge_pipeline_runs(examples_venv: PluginVenv) -> None:
     docs = examples_venv.workdir / "notes"
     docs.mkdir(exist_ok=True)
@@ -205,6 +211,7 @@ def test_knowledge_pipeline_runs(examples_venv: PluginVenv) -> None:
     assert "headwater" in "".join(e["delta"] for e in events if e["type"] == "answer")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("distribution", sorted(EXPECTED))
 def test_each_plugins_own_tests_pass_installed(
     examples_venv: PluginVenv, distribution: str

@@ -124,6 +124,7 @@ def scaffold_venv(tmp_path_factory: pytest.TempPathFactory) -> tuple[PluginVenv,
     return env, project
 
 
+@pytest.mark.slow
 def test_scaffold_tests_pass_right_after_install(scaffold_venv: tuple[PluginVenv, Path]) -> None:
     env, project = scaffold_venv
     proc = env.run("-m", "pytest", "-q", "-p", "no:cacheprovider", check=False, cwd=project)
@@ -131,6 +132,7 @@ def test_scaffold_tests_pass_right_after_install(scaffold_venv: tuple[PluginVenv
     assert "4 passed" in proc.stdout
 
 
+@pytest.mark.slow
 def test_scaffold_is_listed_and_runs(scaffold_venv: tuple[PluginVenv, Path]) -> None:
     env, project = scaffold_venv
     listing = env.headwater_json("plugins")

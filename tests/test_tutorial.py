@@ -19,6 +19,8 @@ import pytest
 from venv_helpers import PluginVenv, make_plugin_venv
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "tutorial-first-plugin.md"
+
+pytestmark = pytest.mark.slow  # a new virtual environment, a pip install
 FENCE = re.compile(r"^```(\w+)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
