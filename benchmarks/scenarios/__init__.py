@@ -22,6 +22,7 @@ SCENARIOS: dict[str, str] = {
     "throughput": "throughput",
     "first-item": "first_item",
     "memory": "memory",
+    "server-memory": "server_memory",
     "discovery": "discovery",
     "fanout": "fanout",
     "workers": "workers",

@@ -205,6 +205,8 @@ class WebSocketsConnection:
                 yield raw
         except ConnectionClosed:
             return
+        finally:
+            _forget_traceback(self.conn.connection_exc)
 
     async def send(self, frame: Frame) -> None:
         """Send one frame as a text message; :class:`ConnectionGone` once closed."""
@@ -216,6 +218,22 @@ class WebSocketsConnection:
     async def close(self, code: int, reason: str) -> None:
         """Close the connection with ``code``."""
         await self.conn.close(code, reason)
+
+
+def _forget_traceback(error: BaseException | None) -> None:
+    """Drop the tracebacks of a closed connection's error (and of its causes).
+
+    The error of a connection that broke (a client that vanished) is kept on the
+    connection, and its traceback holds the frames of the write that failed: the data
+    being written, the transport, the connection itself. That is a reference cycle, which
+    only the cyclic garbage collector frees, possibly many connections later: a flood of
+    vanishing clients then piles up their last writes. The error itself is kept.
+    """
+    for _ in range(8):  # a chain of causes is short; never loop on a cycle
+        if error is None:
+            return
+        error.__traceback__ = None
+        error = error.__context__
 
 
 def _write_pieces(conn: ServerConnection, data: list[bytes]) -> None:
