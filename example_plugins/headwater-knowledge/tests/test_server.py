@@ -12,12 +12,11 @@ import httpx
 import pytest
 from headwater.client import Client, RequestFailed, connect
 from headwater.server import Server, ServerConfig
+from support import corpus_pipeline
 
 from headwater_knowledge.events import parse_event
 from headwater_knowledge.pipeline import server_config
 from headwater_knowledge.standin import StandIn
-
-from support import corpus_pipeline
 
 
 async def _until_complete(client: Client, stream: str) -> tuple[list[Any], str]:

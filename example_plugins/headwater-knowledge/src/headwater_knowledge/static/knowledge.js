@@ -156,6 +156,10 @@
     if (items.length) mark("status");
   }
 
+  function setText(node, text) {
+    if (node.textContent !== text) node.textContent = text;
+  }
+
   function resultElement(id) {
     const result = model.byId.get(id);
     let li = result.el;
@@ -167,18 +171,25 @@
         '<p class="passage" hidden></p><div class="meta"></div>';
     }
     const d = result.data;
-    const a = li.firstChild;
-    a.textContent = d.title;
-    a.href = /^https?:/.test(d.url) ? d.url : "#";
-    li.children[1].textContent = d.url;
-    li.children[2].textContent = d.snippet;
+    if (result.shown !== d) {
+      // only what changed is written: a moved result changes its score line alone
+      const before = result.shown || {};
+      const a = li.firstChild;
+      if (before.title !== d.title) a.textContent = d.title;
+      if (before.url !== d.url) {
+        a.href = /^https?:/.test(d.url) ? d.url : "#";
+        li.children[1].textContent = d.url;
+      }
+      if (before.snippet !== d.snippet) li.children[2].textContent = d.snippet;
+      const providers = Object.entries(d.providers).map(([p, r]) => `${p} #${r}`).join(" · ");
+      setText(li.lastChild, `${providers} · score ${d.score.toFixed(4)}`);
+      result.shown = d;
+    }
     const passage = li.children[3];
     if (result.passage && passage.textContent !== result.passage) {
       passage.textContent = result.passage;
       passage.hidden = false;
     }
-    const providers = Object.entries(d.providers).map(([p, r]) => `${p} #${r}`).join(" · ");
-    li.lastChild.textContent = `${providers} · score ${d.score.toFixed(4)}`;
     return li;
   }
 
