@@ -192,18 +192,36 @@ def content_security_policy(host: str | None) -> str:
     )
 
 
+PAGES: Final = ("/", "/index.html", "/errors")
+"""Paths of the dashboard's page at the top level; ``/runs/{run}`` is the page one level
+down."""
+
+
+@cache
+def _page(root: str) -> bytes | None:
+    """``index.html`` with its relative URLs (``"./...``) starting at ``root``."""
+    body = _asset("index.html")
+    if body is None or root == "./":
+        return body
+    return body.replace(b'"./', b'"' + root.encode())
+
+
 def static_response(path: str, host: str | None) -> HttpResponse | None:
-    """The dashboard page (``/``, ``/index.html``) or one of its assets (``/static/X``).
+    """The dashboard's page (``/``, ``/index.html``, ``/errors``, ``/runs/{run}``: one
+    page whose script shows the view of its path) or one of its assets (``/static/X``).
 
     None when ``path`` is none of them (the caller answers 404).
     """
-    if path in ("/", "/index.html"):
-        name = "index.html"
+    body: bytes | None
+    if path in PAGES:
+        name, body = "index.html", _page("./")
+    elif path.startswith("/runs/") and path.count("/") == 2 and len(path) > 6:
+        name, body = "index.html", _page("../")
     elif path.startswith("/static/"):
         name = path.removeprefix("/static/")
+        body = _asset(name)
     else:
         return None
-    body = _asset(name)
     if body is None:
         return None
     suffix = name[name.rindex(".") :]

@@ -1,5 +1,9 @@
-// A small hand-written canvas line chart: a rolling window of points, several series,
-// gaps for missing values, drawn at most once per animation frame.
+// A small hand-written canvas line chart over a time window: several series, each a
+// list of (time, value) points; a missing value, or a stretch of time with no point
+// (the server was down, the page was disconnected), is drawn as a gap, never as a line
+// to zero. Drawn at most once per animation frame.
+
+const PALETTE = ["--series-1", "--series-2", "--series-3", "--series-4", "--series-5", "--series-6"];
 
 function niceCeiling(value) {
   if (!(value > 0)) return 1;
@@ -11,40 +15,33 @@ function niceCeiling(value) {
   return 10 * power;
 }
 
-export class LineChart {
+function spanText(seconds) {
+  if (seconds >= 3600) return `-${Math.round(seconds / 3600)} h`;
+  if (seconds >= 60) return `-${Math.round(seconds / 60)} min`;
+  return `-${Math.round(seconds)} s`;
+}
+
+export class TimeChart {
   /**
    * @param {HTMLCanvasElement} canvas
    * @param {object} options
-   * @param {{label: string, color: string}[]} options.series - color: a CSS variable name
    * @param {(value: number) => string} options.format - legend labels
    * @param {(value: number) => string} options.axis - axis labels (default: format)
-   * @param {number} options.capacity - points kept (the window)
    * @param {HTMLElement} options.legend - a list filled with one item per series
    * @param {string} options.title - for the canvas's accessible label
    */
-  constructor(canvas, { series, format, axis, capacity = 120, legend, title }) {
+  constructor(canvas, { format, axis, legend, title }) {
     this.canvas = canvas;
-    this.series = series;
     this.format = format;
     this.axis = axis || format;
-    this.capacity = capacity;
+    this.legend = legend;
     this.title = title;
-    this.points = []; // {t, values: (number|null)[]}
-    this.total = 0;
-    this.peak = 0;
+    this.series = []; // {label, color, dash, t: number[], v: (number|null)[]}
+    this.end = 0;
+    this.span = 60;
+    this.step = 1;
     this.scheduled = false;
     this.size = { width: 0, height: 0, ratio: 1 };
-    this.legendValues = series.map((s) => {
-      const value = document.createElement("strong");
-      value.textContent = "–";
-      const item = document.createElement("li");
-      const swatch = document.createElement("span");
-      swatch.className = "swatch";
-      swatch.style.background = `var(${s.color})`; // CSSOM: allowed by the page's CSP
-      item.append(swatch, `${s.label} `, value);
-      legend.append(item);
-      return value;
-    });
     new ResizeObserver(() => this.resize()).observe(canvas);
     this.resize();
   }
@@ -58,22 +55,48 @@ export class LineChart {
     this.schedule();
   }
 
-  /** Add one point (`values` in series order; null for a gap). */
-  push(t, values) {
-    this.points.push({ t, values });
-    if (this.points.length > this.capacity) this.points.splice(0, this.points.length - this.capacity);
-    this.total += 1;
-    this.canvas.dataset.points = String(this.total);
-    for (const v of values) if (typeof v === "number" && v > this.peak) this.peak = v;
-    this.canvas.dataset.peak = String(this.peak);
-    values.forEach((v, i) => {
-      if (v !== null && v !== undefined) this.legendValues[i].textContent = this.format(v);
-    });
+  /**
+   * Show `series` over the window ending at `end` (seconds since the epoch), `span`
+   * seconds long, with one point per `step` seconds expected.
+   */
+  set({ series, end, span, step }) {
+    this.series = series.map((s, i) => ({ color: PALETTE[i % PALETTE.length], ...s }));
+    this.end = end;
+    this.span = span;
+    this.step = step;
+    let points = 0;
+    let peak = 0;
+    for (const s of this.series) {
+      points = Math.max(points, s.t.length);
+      for (const v of s.v) if (typeof v === "number" && v > peak) peak = v;
+    }
+    this.canvas.dataset.points = String(points);
+    this.canvas.dataset.peak = String(peak);
+    this.renderLegend();
     const described = this.series
-      .map((s, i) => `${s.label} ${values[i] === null || values[i] === undefined ? "no data" : this.format(values[i])}`)
+      .map((s) => {
+        const last = s.v.length ? s.v[s.v.length - 1] : null;
+        return `${s.label} ${last === null || last === undefined ? "no data" : this.format(last)}`;
+      })
       .join(", ");
-    this.canvas.setAttribute("aria-label", `${this.title}, latest: ${described}`);
+    this.canvas.setAttribute("aria-label", `${this.title} over the last ${spanText(span).slice(1)}: ${described || "no data"}`);
     this.schedule();
+  }
+
+  renderLegend() {
+    const items = this.series.map((s) => {
+      const item = document.createElement("li");
+      const swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.style.background = `var(${s.color})`; // CSSOM: allowed by the page's CSP
+      if (s.dash) swatch.classList.add("dashed");
+      const value = document.createElement("strong");
+      const last = s.v.length ? s.v[s.v.length - 1] : null;
+      value.textContent = last === null || last === undefined ? "–" : this.format(last);
+      item.append(swatch, `${s.label} `, value);
+      return item;
+    });
+    this.legend.replaceChildren(...items);
   }
 
   schedule() {
@@ -94,15 +117,16 @@ export class LineChart {
     ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
     ctx.clearRect(0, 0, width, height);
 
-    const left = 52;
+    const left = 58;
     const right = 8;
     const top = 8;
     const bottom = 20;
     const plotW = width - left - right;
     const plotH = height - top - bottom;
+    const start = this.end - this.span;
 
     let max = 0;
-    for (const p of this.points) for (const v of p.values) if (v !== null && v !== undefined && v > max) max = v;
+    for (const s of this.series) for (const v of s.v) if (typeof v === "number" && v > max) max = v;
     const ceiling = niceCeiling(max);
 
     ctx.font = "11px system-ui, sans-serif";
@@ -120,46 +144,53 @@ export class LineChart {
       ctx.stroke();
       ctx.fillText(this.axis((ceiling * i) / lines), left - 6, y);
     }
-
-    // x axis: the window ends now, one slot per point of the capacity
     ctx.textAlign = "left";
     ctx.textBaseline = "alphabetic";
-    const interval = this.points.length > 1
-      ? (this.points[this.points.length - 1].t - this.points[0].t) / (this.points.length - 1)
-      : 0.5;
-    const span = interval * (this.capacity - 1);
-    ctx.fillText(`-${span > 10 ? Math.round(span / 5) * 5 : Math.round(span)} s`, left, height - 5);
+    ctx.fillText(spanText(this.span), left, height - 5);
     ctx.textAlign = "right";
     ctx.fillText("now", left + plotW, height - 5);
 
-    if (this.points.length === 0) {
+    const empty = this.series.every((s) => s.t.length === 0);
+    if (empty || !this.end) {
       ctx.textAlign = "center";
       ctx.fillText("waiting for data…", left + plotW / 2, top + plotH / 2);
       return;
     }
-    const step = plotW / Math.max(1, this.capacity - 1);
-    const offset = this.capacity - this.points.length;
+    const x = (t) => left + (plotW * (t - start)) / this.span;
+    const gap = this.step * 2.5; // more than two missing points: the line breaks
     ctx.lineJoin = "round";
-    ctx.lineWidth = 2;
-    this.series.forEach((s, index) => {
+    for (const s of this.series) {
       ctx.strokeStyle = color(s.color);
+      ctx.fillStyle = color(s.color);
+      ctx.lineWidth = s.dash ? 1.5 : 2;
+      ctx.setLineDash(s.dash ? [5, 4] : []);
       ctx.beginPath();
-      let drawing = false;
-      this.points.forEach((p, i) => {
-        const v = p.values[index];
+      let previous = null;
+      let runLength = 0;
+      let lone = null;
+      s.t.forEach((t, i) => {
+        const v = s.v[i];
+        if (t < start) return;
         if (v === null || v === undefined || Number.isNaN(v)) {
-          drawing = false;
+          previous = null;
           return;
         }
-        const x = left + (offset + i) * step;
-        const y = top + plotH - (plotH * Math.min(v, ceiling)) / ceiling;
-        if (drawing) ctx.lineTo(x, y);
-        else {
-          ctx.moveTo(x, y);
-          drawing = true;
+        const px = x(t);
+        const py = top + plotH - (plotH * Math.min(v, ceiling)) / ceiling;
+        if (previous !== null && t - previous <= gap) {
+          ctx.lineTo(px, py);
+          runLength += 1;
+        } else {
+          if (runLength === 0 && lone) ctx.fillRect(lone[0] - 1.5, lone[1] - 1.5, 3, 3);
+          ctx.moveTo(px, py);
+          runLength = 0;
+          lone = [px, py];
         }
+        previous = t;
       });
       ctx.stroke();
-    });
+      if (runLength === 0 && lone) ctx.fillRect(lone[0] - 1.5, lone[1] - 1.5, 3, 3);
+    }
+    ctx.setLineDash([]);
   }
 }

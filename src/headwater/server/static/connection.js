@@ -1,5 +1,7 @@
 // One WebSocket connection to the server (protocol v1), reconnecting with backoff.
 
+import { rootUrl } from "./format.js";
+
 const REQUEST_TIMEOUT_MS = 10000;
 const MAX_BACKOFF_MS = 10000;
 
@@ -8,7 +10,7 @@ const MAX_BACKOFF_MS = 10000;
  * Relative to the page, so that it works where the server is mounted (`/hw/ws`).
  */
 export function socketUrl(token) {
-  const url = new URL("ws", document.baseURI);
+  const url = rootUrl("ws");
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
   if (token) url.searchParams.set("token", token);
   return url.href;
@@ -16,7 +18,7 @@ export function socketUrl(token) {
 
 /** The page's own folder (where the server is mounted): `/` or `/hw/`. */
 export function basePath() {
-  return new URL(".", document.baseURI).pathname;
+  return rootUrl("").pathname;
 }
 
 /**
@@ -34,7 +36,8 @@ export class Connection {
    * @param {object} options
    * @param {() => string} options.url - called for each (re)connection
    * @param {(message: object) => void} options.onMessage - every server message, in order
-   * @param {(state: string) => void} options.onState - "connecting", "open", "closed"
+   * @param {(state: string, detail?: object) => void} options.onState - "connecting",
+ *   "open", "closed" (detail: the close event's code and whether it ever opened)
    * @param {() => void} options.onOpen - after each successful (re)connection
    */
   constructor({ url, onMessage, onState, onOpen }) {
@@ -59,13 +62,15 @@ export class Connection {
     this.onState("connecting");
     const socket = new WebSocket(this.url());
     this.socket = socket;
+    let opened = false;
     socket.onopen = () => {
+      opened = true;
       this.backoff = 500;
       this.onState("open");
       this.onOpen();
     };
     socket.onmessage = (event) => this.receive(event.data);
-    socket.onclose = () => {
+    socket.onclose = (event) => {
       if (this.socket !== socket) return;
       this.socket = null;
       for (const { reject, timer } of this.pending.values()) {
@@ -73,7 +78,7 @@ export class Connection {
         reject(new Error("connection closed"));
       }
       this.pending.clear();
-      this.onState("closed");
+      this.onState("closed", { code: event.code, opened });
       if (!this.stopped) {
         this.timer = setTimeout(() => this.connect(), this.backoff);
         this.backoff = Math.min(this.backoff * 2, MAX_BACKOFF_MS);

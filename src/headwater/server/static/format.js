@@ -114,3 +114,16 @@ export function reconcile(parent, items, key, create, update) {
   }
   for (const node of existing.values()) node.remove();
 }
+
+/** The URL of `path` relative to the dashboard's root (`""` -> the root itself), wherever
+ * the page is (`/`, `/runs/ID`) and wherever the server is mounted (`/hw/`). */
+export function rootUrl(path = "") {
+  const root = new URL(document.documentElement.dataset.root || "./", location.href);
+  return new URL(path.replace(/^\//, ""), root);
+}
+
+/** A value of any JSON type as short text. */
+export function valueText(value) {
+  if (typeof value === "string") return value;
+  return preview(value, 400);
+}

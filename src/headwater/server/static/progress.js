@@ -15,10 +15,15 @@ export function progressRow(stage) {
   );
 }
 
-/** Show `done` of `total` (an unknown total gives an indeterminate bar and a count). */
-export function updateProgressRow(row, done, total, message) {
+/**
+ * Show `done` of `total` (an unknown total gives an indeterminate bar and a count).
+ * `state` is the run's: a bar of a failed run is red and one of a cancelled run amber,
+ * however far it got; a finished run never shows an indeterminate bar.
+ */
+export function updateProgressRow(row, done, total, message, state = "running") {
   const bar = row.querySelector("progress");
   const text = row.querySelector(".pct");
+  bar.dataset.state = state;
   if (typeof total === "number" && total > 0) {
     const fraction = Math.max(0, Math.min(1, done / total));
     bar.max = total;
@@ -26,6 +31,12 @@ export function updateProgressRow(row, done, total, message) {
     bar.dataset.done = fraction >= 1 ? "true" : "false";
     text.textContent = `${Math.floor(fraction * 100)}%`;
     row.title = `${formatCount(done)} of ${formatCount(total)}${message ? ` — ${message}` : ""}`;
+  } else if (state !== "running" && state !== "pending") {
+    bar.max = 1;
+    bar.value = state === "succeeded" ? 1 : 0;
+    bar.dataset.done = state === "succeeded" ? "true" : "false";
+    text.textContent = formatCount(done);
+    row.title = `${formatCount(done)} done (${state})`;
   } else {
     bar.removeAttribute("value");
     bar.dataset.done = "false";

@@ -53,6 +53,7 @@ export class StreamView {
     this.complete = false;
     this.reason = null;
     this.stages = new Map();
+    this.lastProgress = new Map();
     this.rows.replaceChildren();
     this.progressBox.replaceChildren();
     this.end.hidden = true;
@@ -154,7 +155,8 @@ export class StreamView {
       this.stages.set(message.stage, row);
       this.progressBox.append(row);
     }
-    updateProgressRow(row, message.done, message.total, message.message);
+    this.lastProgress.set(message.stage, message);
+    updateProgressRow(row, message.done, message.total, message.message, this.complete ? this.reason : "running");
   }
 
   droppedMessages(message) {
@@ -178,7 +180,13 @@ export class StreamView {
     this.end.dataset.reason = message.reason;
     const items = message.summary && typeof message.summary.items_in === "number"
       ? ` · ${message.summary.items_in} items in` : "";
-    this.end.textContent = `Stream complete: ${message.reason} · last seq ${message.last_seq}${items}`;
+    const replayed = message.summary && message.summary.history ? " · replayed from the run history" : "";
+    this.end.textContent = `Stream complete: ${message.reason} · last seq ${message.last_seq}${items}${replayed}`;
+    // the bars say how the run ended: a failed run is never a green 100%
+    for (const [stage, row] of this.stages) {
+      const p = this.lastProgress.get(stage);
+      if (p) updateProgressRow(row, p.done, p.total, p.message, message.reason);
+    }
   }
 
   /** The stream cannot be followed (it ended before, or the server refused): say why. */
@@ -192,8 +200,8 @@ export class StreamView {
     this.root.dataset.reason = code;
     this.end.hidden = false;
     this.end.dataset.reason = "error";
-    this.end.textContent = code === "stream_closed"
-      ? "This stream has ended: its chunks are no longer available."
+    this.end.textContent = code === "stream_closed" || code === "unknown_stream"
+      ? "This stream has ended and no run of this server recorded it: its chunks are not kept."
       : `Cannot follow this stream: ${text}`;
   }
 
