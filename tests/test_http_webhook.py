@@ -8,8 +8,11 @@ reaching a sink), never for time to pass.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -329,3 +332,34 @@ async def test_a_sender_faster_than_the_sink_is_told_429_retries_and_loses_nothi
     for body in accepted:  # a request's items stay together and in order
         at = delivered.index(body[0])
         assert delivered[at : at + per_request] == body
+
+
+def test_the_webhook_benchmark_runs_and_reports_requests_per_second(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--json",
+            str(out),
+            "--rounds",
+            "1",
+            "--warmup",
+            "0",
+            "--n",
+            "40",
+            "webhook",
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text(encoding="utf-8"))["webhook"]
+    assert set(data) == {"webhook_receive", "webhook_commit", "bare_uvicorn"}
+    for entry in data.values():
+        assert entry["requests_per_s"] > 0
+        assert entry["rounds"] == 1
