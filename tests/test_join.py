@@ -12,11 +12,17 @@ a downstream event-time window, and clear errors.
 from __future__ import annotations
 
 import math
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 import headwater
 from headwater.core.compose import JoinSpec
@@ -172,5 +178,99 @@ def test_join_errors_are_named() -> None:
     with pytest.raises(headwater.PipelineFailed, match=r"compose.join.*no field 'nope'"):
         headwater.run_sync(missing)
     checkpointed = join_pipeline(checkpoint={"params": {"path": "ck.db"}})
-    with pytest.raises(headwater.PipelineValidationError, match="exactly one source"):
+    with pytest.raises(headwater.PipelineValidationError, match="is not resumable"):
         headwater.run_sync(checkpointed)
+
+
+# -- checkpoints -----------------------------------------------------------------------
+
+FAIL: dict[str, Any] = {"at": None}
+
+
+class EventsParams(BaseModel):
+    side: str
+    n: int
+
+
+@headwater.action(
+    "test.join_events", params=EventsParams, capabilities=("streaming", "resumable"), batched=True
+)
+async def join_events(params: EventsParams, ctx: headwater.StreamContext) -> AsyncIterator[Any]:
+    """Keyed events in chunks of 10, with bounded disorder; resumable (position: the next
+    index); the left side fails before index ``FAIL["at"]`` when it is set."""
+    first = int(ctx.resume_position or 0)
+    for offset in range(first, params.n, 10):
+        end = min(offset + 10, params.n)
+        if params.side == "L" and FAIL["at"] is not None and offset <= FAIL["at"] < end:
+            raise RuntimeError(f"crash before item {FAIL['at']}")
+        if params.side == "L":
+            yield [{"id": f"L{i}", "t": i, "k": i % 5} for i in range(offset, end)]
+        else:
+            yield [{"id": f"R{i}", "t": i + (i * 7) % 3, "k": i % 3} for i in range(offset, end)]
+        await anyio.lowlevel.checkpoint()
+        ctx.checkpoint(end)
+
+
+class JoinTestComponents:
+    @staticmethod
+    @headwater.hookimpl
+    def register_actions(register: Any) -> None:
+        register(join_events)
+
+
+def flat(pair: dict[str, Any]) -> dict[str, Any]:
+    right = pair["right"]
+    return {"key": pair["key"], "l": pair["left"]["id"], "r": right["id"] if right else None}
+
+
+def checkpointed_join(tmp_path: Path, sink: dict[str, Any], how: str) -> dict[str, Any]:
+    return {
+        "name": f"join-{how}",
+        "sources": {
+            "left": {"action": "test.join_events", "params": {"side": "L", "n": 600}},
+            "right": {"action": "test.join_events", "params": {"side": "R", "n": 600}},
+        },
+        "compose": {
+            "join": {
+                "sources": ["left", "right"],
+                "on": "k",
+                "timestamp": "t",
+                "within": 2,
+                "lateness": 5,
+                "how": how,
+            }
+        },
+        "steps": [{"transformer": "map", "params": {"fn": flat}}],
+        "sinks": [sink],
+        "checkpoint": {"every_items": 40, "params": {"path": str(tmp_path / f"ck-{how}.db")}},
+    }
+
+
+@pytest.mark.parametrize("how", ["inner", "left"])
+def test_a_checkpointed_join_resumes_exactly_once(
+    tmp_path: Path, register_plugin: Any, how: str
+) -> None:
+    register_plugin(JoinTestComponents, "join-tests")
+    left = [{"id": f"L{i}", "t": i, "k": i % 5} for i in range(600)]
+    right = [{"id": f"R{i}", "t": i + (i * 7) % 3, "k": i % 3} for i in range(600)]
+    expected = reference(left, right, 2, how)
+    db = tmp_path / f"out-{how}.db"
+    sink = {"sink": "sqlite", "params": {"path": str(db), "table": "pairs"}}
+    spec = checkpointed_join(tmp_path, sink, how)
+    try:
+        for crash in (130, 300, 470):
+            FAIL["at"] = crash
+            failed = headwater.run_sync(spec, resume=True, raise_on_error=False)
+            assert failed.state == "failed"
+            assert "crash before item" in str(failed.errors[0])
+    finally:
+        FAIL["at"] = None
+    done = headwater.run_sync(spec, resume=True)
+    assert done.summary["checkpoint"]["resumed"] is True
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT l, r FROM pairs").fetchall()
+    finally:
+        conn.close()
+    assert len(rows) == len(set(rows))  # each pair once
+    assert sorted(rows, key=repr) == [tuple(p) for p in expected]

@@ -73,15 +73,25 @@ class Checkpointer:
     def report(self, source: str, position: Any, produced: int) -> Marker | None:
         """A source is at ``position`` after ``produced`` items: a marker when one is due."""
         self._last_position[source] = position
-        due = (
+        if not self._due(produced):
+            return None
+        return self._marker(produced, final=False)
+
+    def cut(self, positions: dict[str, Any], produced: int) -> Marker | None:
+        """A marker for a cut across several sources (a join), at ``positions`` after
+        ``produced`` items, when one is due."""
+        if not self._due(produced):
+            return None
+        self._last_position.update(positions)
+        return self._marker(produced, final=False)
+
+    def _due(self, produced: int) -> bool:
+        return (
             self.every_items is not None and produced - self._last_items >= self.every_items
         ) or (
             self.every_seconds is not None
             and time.monotonic() - self._last_time >= self.every_seconds
         )
-        if not due:
-            return None
-        return self._marker(produced, final=False)
 
     def final(self, produced: int) -> Marker:
         """The marker after the last item of a source that ended normally."""

@@ -21,13 +21,24 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .compose import JoinSpec
 from .expr import MissingField
+from .statecodec import decode_state, encode_state
 from .watermarks import EventClock, MinWatermark, event_time
 
-__all__ = ["JoinState"]
+__all__ = ["JoinState", "Position"]
+
+
+@dataclass(slots=True, frozen=True)
+class Position:
+    """A marker a joined source places after the items a reported position covers, so
+    that the join cuts its checkpoints where each source can resume."""
+
+    source: str
+    position: Any
 
 
 def _reader(path: str) -> Callable[[Any], Any]:
@@ -124,3 +135,34 @@ class JoinState:
     def flush(self, out: list[Any]) -> None:
         """End of both inputs: unmatched left items (``how: left``), in event-time order."""
         self._forget(math.inf, out)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The buffers, clocks and watermark as JSON, for a checkpoint."""
+        entries = [
+            [side, arrival, t, encode_state(key), encode_state(entry[1]), entry[2]]
+            for side in (0, 1)
+            for t, arrival, key, entry in self.heaps[side]
+        ]
+        entries.sort(key=lambda e: e[1])
+        wm = self.watermark
+        return {
+            "clocks": [c.snapshot() for c in self.clocks],
+            "watermark": None if math.isinf(wm) else wm,
+            "arrivals": self.arrivals,
+            "entries": entries,
+        }
+
+    def restore(self, state: Any) -> None:
+        """Continue from :meth:`snapshot`."""
+        if not isinstance(state, dict) or not {"clocks", "entries"} <= set(state):
+            raise ValueError(f"join: cannot restore from the checkpointed state {state!r}")
+        for clock, max_seen in zip(self.clocks, state["clocks"], strict=True):
+            clock.restore(max_seen)
+        wm = state.get("watermark")
+        self.watermark = -math.inf if wm is None else float(wm)
+        self.arrivals = int(state.get("arrivals", 0))
+        for side, arrival, t, raw_key, raw_item, matched in state["entries"]:
+            key = decode_state(raw_key)
+            entry = [t, decode_state(raw_item), bool(matched)]
+            self.buffers[side].setdefault(key, []).append(entry)
+            heapq.heappush(self.heaps[side], (t, arrival, key, entry))

@@ -521,12 +521,12 @@ def _resolve_checkpointing(
     from .components import Capability
 
     assert spec.checkpoint is not None
-    if len(spec.sources) != 1:
+    if len(spec.sources) != 1 and (spec.compose is None or spec.compose.mode != "join"):
         issues.append(
             ValidationIssue(
                 "checkpoint",
-                "checkpointing needs exactly one source (positions of merged or zipped "
-                "sources cannot be committed consistently); split the pipeline",
+                "checkpointing needs exactly one source, or a join (positions of merged or "
+                "zipped sources cannot be committed consistently); split the pipeline",
             )
         )
     for name, stage in list(sources.items()):

@@ -12,96 +12,13 @@ have nothing in common.
 
 from __future__ import annotations
 
-import base64
-import datetime
-import decimal
 import math
-from collections import Counter, OrderedDict
-from collections.abc import Callable
 from typing import Any
 
-_STATE_TAG = "$hw"
-_SCALARS = frozenset({str, int, float, bool, type(None)})
+from headwater.core.statecodec import decode_state as _decode_state
+from headwater.core.statecodec import encode_state as _encode_state
 
-
-def _encode_state(value: Any) -> Any:
-    """A JSON value standing for ``value`` (a fresh copy: later mutations do not leak in).
-
-    Raises ``TypeError`` naming the type of a value that cannot be checkpointed.
-    """
-    kind = type(value)
-    if kind in _SCALARS:
-        return value
-    if kind is list:
-        return [_encode_state(v) for v in value]
-    if kind is dict:
-        keys = list(value)
-        if _STATE_TAG not in value and all(type(k) is str for k in keys) and keys == sorted(keys):
-            return {k: _encode_state(v) for k, v in value.items()}
-        return {
-            _STATE_TAG: "dict",
-            "v": [[_encode_state(k), _encode_state(v)] for k, v in value.items()],
-        }
-    if kind is tuple:
-        return {_STATE_TAG: "tuple", "v": [_encode_state(v) for v in value]}
-    if kind is set or kind is frozenset:
-        return {_STATE_TAG: kind.__name__, "v": [_encode_state(v) for v in value]}
-    if kind is bytes:
-        return {_STATE_TAG: "bytes", "v": base64.b64encode(value).decode("ascii")}
-    if kind is OrderedDict or kind is Counter:
-        pairs = [[_encode_state(k), _encode_state(v)] for k, v in value.items()]
-        return {_STATE_TAG: kind.__name__, "v": pairs}
-    if kind is decimal.Decimal:
-        return {_STATE_TAG: "Decimal", "v": str(value)}
-    if kind is datetime.datetime or kind is datetime.date or kind is datetime.time:
-        return {_STATE_TAG: kind.__name__, "v": value.isoformat()}
-    if kind is datetime.timedelta:
-        return {_STATE_TAG: "timedelta", "v": [value.days, value.seconds, value.microseconds]}
-    name = (
-        kind.__qualname__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )
-    raise TypeError(
-        f"a value of type {name} cannot be checkpointed (state snapshots hold JSON values, "
-        "tuples, sets, bytes, dicts with any keys, Decimal and datetime values)"
-    )
-
-
-def _decode_pairs(pairs: list[Any]) -> list[tuple[Any, Any]]:
-    return [(_decode_state(k), _decode_state(v)) for k, v in pairs]
-
-
-_DECODERS: dict[str, Callable[[Any], Any]] = {
-    "dict": lambda v: dict(_decode_pairs(v)),
-    "tuple": lambda v: tuple(_decode_state(x) for x in v),
-    "set": lambda v: {_decode_state(x) for x in v},
-    "frozenset": lambda v: frozenset(_decode_state(x) for x in v),
-    "bytes": lambda v: base64.b64decode(v),
-    "OrderedDict": lambda v: OrderedDict(_decode_pairs(v)),
-    "Counter": lambda v: Counter(dict(_decode_pairs(v))),
-    "Decimal": decimal.Decimal,
-    "datetime": datetime.datetime.fromisoformat,
-    "date": datetime.date.fromisoformat,
-    "time": datetime.time.fromisoformat,
-    "timedelta": lambda v: datetime.timedelta(days=v[0], seconds=v[1], microseconds=v[2]),
-}
-
-
-def _decode_state(value: Any) -> Any:
-    """The value :func:`_encode_state` encoded (after a round trip through JSON)."""
-    kind = type(value)
-    if kind is list:
-        return [_decode_state(v) for v in value]
-    if kind is dict:
-        tag = value.get(_STATE_TAG)
-        if tag is None:
-            return {k: _decode_state(v) for k, v in value.items()}
-        decoder = _DECODERS.get(tag)
-        if decoder is None:
-            raise ValueError(f"unknown value type {tag!r} in a state snapshot")
-        return decoder(value["v"])
-    return value
+__all__ = ["_age", "_at", "_decode_state", "_encode_state", "_state_dict"]
 
 
 def _state_dict(state: Any, step: str, *keys: str) -> dict[str, Any]:

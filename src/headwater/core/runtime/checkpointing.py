@@ -20,6 +20,7 @@ from ..components import Capability, Component
 from ..context import StreamContext
 from ..events import ErrorEvent, Status
 from ..fusion import FusedStep
+from ..join import Position
 from ..pipeline import ResolvedStage
 from .tasks import _Stop
 
@@ -231,10 +232,19 @@ class _Checkpointing:
         if ckpt.committed is not None:
             ctx.resume_position = ckpt.committed.positions.get(name)
 
+        compose = self.run.spec.compose
+
         def report(position: Any) -> None:
             marker = ckpt.report(name, position, out.taken + len(out.items))
             if marker is not None:
                 out.put_marker(marker)
+
+        def report_to_join(position: Any) -> None:
+            # every position, right after the items it covers: the join cuts there
+            out.put_marker(Position(name, position))
+
+        if compose is not None and compose.mode == "join":
+            report = report_to_join
 
         def report_from_thread(position: Any) -> None:
             raise RuntimeError(

@@ -12,9 +12,12 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ..channels import BatchChannel, DownstreamClosed
+from ..checkpoints import CheckpointError
+from ..commit import Marker
 from ..errors import StageError
 from ..invoke import params_and_ctx, positional_arity
-from ..join import JoinState
+from ..join import JoinState, Position
+from ..metrics import Probe
 from ..pipeline import ResolvedStage
 from ..watermarks import LateItem, Watermark
 from .handle import StageStats
@@ -99,25 +102,37 @@ class _Sources:
         counted as the ``compose.join`` stage's (and dead-lettered with ``late:
         dead_letter``); a failure (a missing field, an event time that is not one)
         fails the run as that stage's error. Readers are closed at the end in every case.
+
+        Checkpoints: each source places a :class:`Position` marker after the items a
+        position it reported covers, and the join takes in an input's items only up to
+        its last such marker (the rest waits for the next one). So at any moment each
+        input stands where its source can resume, and a checkpoint marker (positions of
+        both, the join's state) can follow the pairs emitted so far whenever one is due.
         """
         run = self.run
         spec = run.spec.compose.join if run.spec.compose else None
         assert spec is not None
         state = JoinState(spec)
         stats = run.stage_stats("compose.join")
-        send, receive = anyio.create_memory_object_stream[tuple[int, list[Any] | None]](2)
+        joint = _JoinCut(run, state, out)
+        if not await joint.restore():
+            raise _Stop
+        send, receive = anyio.create_memory_object_stream[
+            tuple[int, list[Any] | None, list[tuple[int, Any]]]
+        ](2)
 
         async def pull(side: int, ch: BatchChannel, tx: Any) -> None:
             async with tx:
                 while True:
+                    base = ch.taken
                     try:
                         batch = await ch.get()
                     except anyio.EndOfStream:
                         break
-                    ch.pop_markers(0)  # latency probes only: a join is not checkpointed
-                    if batch:
-                        await tx.send((side, batch))
-                await tx.send((side, None))
+                    marks = [(o, m) for o, m in ch.pop_markers(base) if not isinstance(m, Probe)]
+                    if batch or marks:
+                        await tx.send((side, batch, marks))
+                await tx.send((side, None, []))
 
         sent = -math.inf
         open_inputs = 2
@@ -134,15 +149,16 @@ class _Sources:
                     late: list[Any] = []
                     try:
                         if got is not None:
-                            side, batch = got
+                            side, batch, marks = got
                             if batch is None:
                                 open_inputs -= 1
-                                state.end(side)
+                                joint.ended(side)
                             else:
                                 stats.items_in += len(batch)
-                                state.add(side, batch, pairs, late)
+                                for items in joint.take(side, batch, marks):
+                                    state.add(side, items, pairs, late)
                         wm = state.advance(pairs)
-                        if not open_inputs:
+                        if not open_inputs and joint.completed:
                             state.flush(pairs)
                     except Exception as exc:
                         await run.fail(self._join_error(exc))
@@ -155,6 +171,7 @@ class _Sources:
                     if sent < wm < math.inf:
                         sent = wm
                         out.put_marker(Watermark(wm))
+                    await joint.cut(finished=not open_inputs)
         finally:
             for ch in chans:
                 ch.close_reader()
@@ -269,3 +286,106 @@ class _Sources:
         except Exception as exc:
             await run.fail(run.stage_error(stage, stats.items_out, exc))
             raise _Stop from exc
+
+
+class _JoinCut:
+    """The checkpoint side of a join: what each input took in, and the cuts.
+
+    Without checkpoints every item is taken in at once and nothing else happens.
+    """
+
+    def __init__(self, run: Any, state: JoinState, out: BatchChannel) -> None:
+        self.run = run
+        self.state = state
+        self.out = out
+        self.ckpt = run.checkpoints.checkpointer
+        committed = self.ckpt.committed if self.ckpt is not None else None
+        self.positions: dict[str, Any] = dict(committed.positions) if committed else {}
+        """Each source's position up to which the join took its items in."""
+        self.pending: list[list[Any]] = [[], []]
+        """Items after each input's last position, waiting for the next one."""
+        self.ends: list[Marker | None] = [None, None]
+        self.taken = 0
+
+    async def restore(self) -> bool:
+        """Continue from the checkpoint's join state, if any; False (the run failed) when
+        it cannot be restored."""
+        ckpt = self.ckpt
+        if ckpt is None or "compose.join" not in ckpt.states:
+            return True
+        try:
+            self.state.restore(ckpt.states["compose.join"])
+        except Exception as exc:
+            await self.run.fail(
+                CheckpointError(
+                    f"compose.join: cannot restore the join's state from the checkpoint: "
+                    f"{exc}; reset the checkpoint (headwater checkpoints reset "
+                    f"{self.run.spec.name}) to start over"
+                )
+            )
+            return False
+        return True
+
+    def take(self, side: int, batch: list[Any], marks: list[tuple[int, Any]]) -> list[list[Any]]:
+        """The parts of ``batch`` (and of what waited) the join takes in now."""
+        if self.ckpt is None:
+            return [batch]
+        parts = []
+        start = 0
+        for offset, mark in marks:
+            part = self.pending[side] + batch[start:offset]
+            self.pending[side] = []
+            start = offset
+            if isinstance(mark, Position):
+                self.positions[mark.source] = mark.position
+                parts.append(part)
+            elif isinstance(mark, Marker):
+                # the source ended: completed (take the rest) or stopped (its items after
+                # the last position come again when the run resumes)
+                self.ends[side] = mark
+                if mark.final:
+                    parts.append(part)
+        self.pending[side].extend(batch[start:])
+        for part in parts:
+            self.taken += len(part)
+        return parts
+
+    def ended(self, side: int) -> None:
+        """Input ``side`` has nothing more."""
+        end = self.ends[side]
+        if self.ckpt is None or (end is not None and end.final):
+            self.state.end(side)
+
+    @property
+    def completed(self) -> bool:
+        """Both inputs ended normally (not a stopping run's sources)."""
+        return self.ckpt is None or all(e is not None and e.final for e in self.ends)
+
+    async def cut(self, *, finished: bool) -> None:
+        """Place a checkpoint marker after the output so far when one is due (at the end,
+        the final or stop marker), with both inputs' positions and the join's state."""
+        ckpt = self.ckpt
+        if ckpt is None:
+            return
+        if finished:
+            marker = ckpt.final(self.taken) if self.completed else ckpt.stopped(self.taken)
+            marker.positions = dict(self.positions)
+        else:
+            marker = ckpt.cut(self.positions, self.taken)
+            if marker is None:
+                return
+        try:
+            marker.states["compose.join"] = self.state.snapshot()
+        except Exception as exc:
+            run = self.run
+            await run.fail(
+                StageError(
+                    pipeline=run.spec.name,
+                    stage="compose.join",
+                    plugin=None,
+                    position=None,
+                    cause=exc,
+                )
+            )
+            raise _Stop from exc
+        self.out.put_marker(marker)
