@@ -10,6 +10,7 @@ purpose, since the machine running the tests also runs the server and the browse
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import statistics
@@ -244,7 +245,7 @@ def test_frame_rate_and_input_latency_while_1000_results_and_5000_words_stream(
     seen = set(page.evaluate("window.__counts"))
     end = page.evaluate("performance.now()")
     frames = page.evaluate(f"window.__frames.filter(t => t >= {start} && t <= {end})")
-    gaps = [b - a for a, b in zip(frames, frames[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(frames)]
     fps = 1000 * len(gaps) / (frames[-1] - frames[0])
     latency = page.evaluate("window.__input")
     words = len(page.text_content("#answer").split())
