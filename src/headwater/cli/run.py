@@ -338,7 +338,7 @@ class _RunView:
         self.handle = handle
         spec = self.resolved.spec
         sources = ", ".join(spec.source_order())
-        compose = f" {spec.compose.mode}d" if spec.compose and len(spec.sources) > 1 else ""
+        compose = f" {spec.compose.described}" if spec.compose and len(spec.sources) > 1 else ""
         sinks = ", ".join(s.stage.removeprefix("sinks.") for s in self.resolved.sinks)
         self.line(
             f"running pipeline {spec.name!r} (run {handle.run_id}): sources {sources}{compose}"
@@ -611,7 +611,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     spec = _load_spec(args)
     resolved, _ = _prepare(args, spec)
     n_src, n_steps, n_sinks = len(resolved.sources), len(resolved.steps), len(resolved.sinks)
-    compose = f", {spec.compose.mode}d" if spec.compose and n_src > 1 else ""
+    compose = f", {spec.compose.described}" if spec.compose and n_src > 1 else ""
     ok = (
         f"OK: pipeline {spec.name!r} in {args.file} is valid "
         f"({n_src} source{'s' if n_src != 1 else ''}{compose}, "

@@ -93,6 +93,13 @@ class ComposeSpec(BaseModel):
         return "concat"
 
     @property
+    def described(self) -> str:
+        """The mode as words for messages: merged, zipped, concatenated, joined."""
+        return {"merge": "merged", "zip": "zipped", "concat": "concatenated"}.get(
+            self.mode, "joined"
+        )
+
+    @property
     def names(self) -> list[str]:
         """The source names, in order."""
         if self.join is not None:
