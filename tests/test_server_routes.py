@@ -208,3 +208,35 @@ async def test_an_asgi_app_that_was_not_started_says_how_to_start_it() -> None:
             response = await http.get(url)
     assert response.status_code == 503
     assert "lifespan=app.lifespan" in response.json()["message"]
+
+
+class EnginePlugin:
+    """A route that answers from its own engine's services, never a module's."""
+
+    @headwater.hookimpl
+    def register_routes(self, register: Any) -> None:
+        register(headwater.HttpRoute.get("/plugins/engine/roots", engine_roots))
+
+
+async def engine_roots(request: headwater.HttpRequest) -> headwater.HttpResponse:
+    assert request.services is not None
+    return headwater.HttpResponse.json([str(root) for root in request.services.policy.roots])
+
+
+async def test_plugin_routes_reach_their_own_engine(front: str, tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    answers = []
+    for root in (first, second):
+        base = config()
+        config_ = base.model_copy(
+            update={"sandbox": type(base.sandbox).model_validate({"roots": [str(root)]})}
+        )
+        plugins_ = make_plugins((EnginePlugin(), "engine-routes"))
+        async with (
+            running(config_, plugins_, front=front) as server,
+            httpx.AsyncClient(base_url=server.http_url, timeout=WAIT) as http,
+        ):
+            answers.append((await http.get("/plugins/engine/roots")).json())
+    assert answers == [[str(first.resolve())], [str(second.resolve())]]

@@ -157,6 +157,10 @@ class HttpRequest:
     """The values of the route pattern's ``{name}`` parts (URL-decoded)."""
     principal: Any = None
     """What the ``authenticate`` hook returned for the request (None: anonymous)."""
+    services: Any = None
+    """The services of the engine behind the server answering the request (its
+    ``policy``, ``metrics``, ``secrets``...; None outside a server). A route reaches
+    per-engine state through it, never through module-level variables."""
 
     @property
     def target(self) -> str:

@@ -243,7 +243,12 @@ class HttpEndpoints:
                 ok, principal = await self.authenticate(request)
                 if not ok:
                     return error_response(401, "authentication required", _AUTH_REQUIRED)
-            request = replace(request, path_params=params, principal=principal)
+            request = replace(
+                request,
+                path_params=params,
+                principal=principal,
+                services=self.server.engine.services,
+            )
             if isinstance(found, PluginRoute):
                 response = await found.answer(request)
             elif found.handler is None:
