@@ -274,3 +274,32 @@ def test_a_checkpointed_join_resumes_exactly_once(
         conn.close()
     assert len(rows) == len(set(rows))  # each pair once
     assert sorted(rows, key=repr) == [tuple(p) for p in expected]
+
+
+def test_a_bare_on_in_a_pipeline_file_is_the_key(tmp_path: Path) -> None:
+    # YAML 1.1 reads `on` as true: the join takes it as the key field all the same
+    path = tmp_path / "join.yaml"
+    path.write_text(
+        "name: j\n"
+        "sources:\n"
+        "  a: {action: range}\n"
+        "  b: {action: range}\n"
+        "compose:\n"
+        "  join: {sources: [a, b], on: user, timestamp: t, within: 1}\n"
+        "sinks: [{sink: 'null'}]\n"
+    )
+    spec = headwater.load_pipeline(path)
+    assert spec.compose is not None
+    assert spec.compose.join is not None
+    assert spec.compose.join.on == "user"
+
+
+def test_an_idle_side_stops_holding_the_watermark_back() -> None:
+    spec = JoinSpec(sources=["l", "r"], on="k", timestamp="t", within=1, how="left", idle_timeout=5)
+    state = JoinState(spec)
+    out: list[Any] = []
+    state.add(0, [{"k": "a", "t": 10}, {"k": "a", "t": 50}], out, [])
+    assert state.advance(out) == -math.inf  # the right side has said nothing yet
+    later = state.watermarks.last_seen[0] + 6  # both sides quiet for longer than 5 s
+    assert state.advance(out, now=later) == 50
+    assert out == [{"key": "a", "left": {"k": "a", "t": 10}, "right": None}]

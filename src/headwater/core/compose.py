@@ -3,7 +3,7 @@ or a windowed ``join`` (see :mod:`headwater.core.join` for what a join does)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -44,6 +44,14 @@ class JoinSpec(BaseModel):
     late: Literal["drop", "dead_letter"] = Field(
         "drop", description="Items below the watermark: drop (counted) or dead-letter."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_on(cls, data: Any) -> Any:
+        # YAML 1.1 (PyYAML, headwater's loader) reads the bare key `on` as true
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if k is True else k): v for k, v in data.items()}
+        return data
 
     @model_validator(mode="after")
     def _two(self) -> JoinSpec:
