@@ -120,9 +120,12 @@ def artifacts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class ServeProcess:
     """``python -m headwater serve --config FILE --port 0`` in a directory of its own."""
 
-    def __init__(self, workdir: Path, config: str = SERVE_CONFIG) -> None:
+    def __init__(
+        self, workdir: Path, config: str = SERVE_CONFIG, env: dict[str, str] | None = None
+    ) -> None:
         self.workdir = workdir
         self.config = config
+        self.extra_env = dict(env or {})
         self.process: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
         self.port = 0
@@ -140,8 +143,12 @@ class ServeProcess:
         env.pop("HEADWATER_TOKENS", None)
         env["PYTHONUNBUFFERED"] = "1"
         env["COLUMNS"] = "200"
+        env.update(self.extra_env)
+        self.lines = []
+        # a restart listens on the port of the first start (the page reconnects there)
+        port = str(self.port)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "headwater", "serve", "--config", "serve.yaml", "--port", "0"],
+            [sys.executable, "-m", "headwater", "serve", "--config", "serve.yaml", "--port", port],
             cwd=self.workdir,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -170,6 +177,15 @@ class ServeProcess:
         assert self.process.stderr is not None
         for line in self.process.stderr:
             self.lines.append(line.rstrip("\n"))
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies without a word (its clients see the connection drop)."""
+        process = self.process
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(timeout=WAIT)
+        if self._reader is not None:
+            self._reader.join(timeout=WAIT)
 
     def stop(self) -> int | None:
         """SIGINT (a clean shutdown), then kill if it takes too long; the exit status."""

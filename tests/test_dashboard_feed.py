@@ -79,7 +79,7 @@ async def test_the_page_and_its_assets_are_served_with_types_and_a_strict_csp() 
         status, headers, body = await http_get(base + "/")
         assert status == 200
         assert headers["content-type"] == "text/html; charset=utf-8"
-        assert b'<script type="module" src="static/dashboard.js">' in body  # relative
+        assert b'<script type="module" src="./static/dashboard.js">' in body  # relative
         csp = headers["content-security-policy"]
         assert "default-src 'self'" in csp
         assert "script-src 'self';" in csp
@@ -89,7 +89,7 @@ async def test_the_page_and_its_assets_are_served_with_types_and_a_strict_csp() 
         assert headers["x-content-type-options"] == "nosniff"
         # every asset the page and its modules refer to is served, with its type
         text = body.decode()
-        names = set(re.findall(r'"static/([a-z0-9-]+\.[a-z]+)"', text))
+        names = set(re.findall(r'"\./static/([a-z0-9-]+\.[a-z]+)"', text))
         for module in STATIC.iterdir():
             if module.name.endswith(".js"):
                 source = module.read_text(encoding="utf-8")

