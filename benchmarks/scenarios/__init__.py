@@ -33,7 +33,6 @@ SCENARIOS: dict[str, str] = {
     "windows": "windows",
     "webhook": "webhook",
     "knowledge": "knowledge",
-    "knowledge": "knowledge",
     "run-history": "run_history",
 }
 """Scenario name (as typed on the command line) -> module name in this package.
