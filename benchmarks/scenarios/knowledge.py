@@ -122,6 +122,7 @@ def _server(workdir: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     )  # fmt: skip
     try:
         assert proc.stdout is not None
+        assert proc.stderr is not None
         line = proc.stdout.readline()
         if not line.startswith("port "):
             raise RuntimeError(f"the server did not start: {line!r} {proc.stderr.read()}")
