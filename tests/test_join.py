@@ -173,6 +173,10 @@ def test_join_errors_are_named() -> None:
                 "sinks": [{"sink": "null"}],
             }
         )
+    dead = join_pipeline()
+    dead["compose"]["join"]["late"] = "dead_letter"
+    with pytest.raises(headwater.PipelineValidationError, match=r"compose\.join\.late: late"):
+        headwater.run_sync(dead)
     missing = join_pipeline()
     missing["compose"]["join"]["on"] = "nope"
     with pytest.raises(headwater.PipelineFailed, match=r"compose.join.*no field 'nope'"):

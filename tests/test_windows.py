@@ -14,8 +14,10 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -350,3 +352,55 @@ def test_processing_time_keyed_windows_are_dicts_aligned_to_the_epoch() -> None:
 def test_plain_windows_keep_their_lists() -> None:
     result = headwater.Pipeline("plain").source("range", stop=5).step("window", size=2)
     assert result.sink("collect").run_sync().output == [[0, 1], [2, 3], [4]]
+
+
+def test_the_watermark_crosses_stages_and_fires_windows_before_the_end() -> None:
+    # minute windows of keys a and b, only a's kept, then (in another stage, past a
+    # stream transformer) hourly sums of a. a's events stop at minute 100, b's go on to
+    # minute 150: a's second hour ends at minute 120, which only the watermark coming
+    # from the first window (b's times) can tell. The source holds its end back until
+    # that hour came out.
+    fired = anyio.Event()
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        for i in range(150):
+            yield {"t": 60 * i, "k": "b"}
+            if i < 100:
+                yield {"t": 60 * i, "k": "a"}
+        with anyio.fail_after(10):
+            await fired.wait()
+
+    def note(window: dict[str, Any]) -> dict[str, Any]:
+        if window["start"] == 3600:
+            fired.set()
+        return window
+
+    result = (
+        headwater.Pipeline("stages")
+        .source("iterable", items=events())
+        .step(
+            "window",
+            time="event",
+            timestamp="t",
+            seconds=60,
+            by="k",
+            agg={"n": "count"},
+            keep_items=False,
+        )
+        .step("filter", expr="key == 'a'")
+        .step("throttle", rate=1e9, burst=1_000_000)
+        .step(
+            "window",
+            time="event",
+            timestamp="start",
+            seconds=3600,
+            by="key",
+            agg={"n": "sum:n"},
+            keep_items=False,
+            lateness=60,
+        )
+        .map(note)
+        .sink("collect")
+        .run_sync()
+    )
+    assert [(w["start"], w["n"]) for w in result.output] == [(0, 60), (3600, 40)]

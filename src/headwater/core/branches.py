@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .pipeline import PipelineSpec, ResolvedStage
     from .policy import SandboxPolicy
 
-__all__ = ["fingerprint_data", "resolve_branches", "step_issues"]
+__all__ = ["compose_issues", "fingerprint_data", "resolve_branches", "step_issues"]
 
 
 def step_issues(params: Any, path: str, has_dead_letter: bool) -> list[ValidationIssue]:
@@ -40,6 +40,16 @@ def step_issues(params: Any, path: str, has_dead_letter: bool) -> list[Validatio
     if not has_dead_letter and getattr(params, "late", None) == "dead_letter":
         msg = "late: dead_letter needs the pipeline's dead_letter sink"
         return [ValidationIssue(f"{path}.params.late", msg)]
+    return []
+
+
+def compose_issues(spec: PipelineSpec) -> list[ValidationIssue]:
+    """What the composition needs of the pipeline: a join's ``late: dead_letter`` a
+    dead-letter sink."""
+    join = spec.compose.join if spec.compose is not None else None
+    if join is not None and join.late == "dead_letter" and spec.dead_letter is None:
+        msg = "late: dead_letter needs the pipeline's dead_letter sink"
+        return [ValidationIssue("compose.join.late", msg)]
     return []
 
 

@@ -25,6 +25,7 @@ from pydantic import (
 
 from .components import Component, ComponentKind
 from .compose import ComposeSpec
+from .keyhints import unknown_key_hint
 from .errors import (
     ComponentNotFound,
     PipelineValidationError,
@@ -33,6 +34,7 @@ from .errors import (
     issues_from_pydantic,
     join_path,
 )
+from .testcases import PipelineTestCase
 
 if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
@@ -189,6 +191,11 @@ class PipelineSpec(BaseModel):
         description="Distributions the pipeline needs, name -> PEP 440 version range "
         "(e.g. headwater-tabular: '>=0.2'); checked by validate and every run.",
     )
+    tests: list[PipelineTestCase] = Field(
+        default_factory=list,
+        description="Test cases run by `headwater test` (input items and what the sinks "
+        "must receive); runs ignore them.",
+    )
 
     @field_validator("requires")
     @classmethod
@@ -270,9 +277,21 @@ def _null_hint(err: ErrorDetails) -> str | None:
     return None
 
 
-def _issues_from(exc: ValidationError, prefix: Sequence[int | str] = ()) -> list[ValidationIssue]:
+def _issues_from(
+    exc: ValidationError,
+    prefix: Sequence[int | str] = (),
+    model: type[BaseModel] | None = None,
+) -> list[ValidationIssue]:
+    """The issues of ``exc``; unknown keys of ``model`` get a "did you mean"."""
+
+    def hint(err: ErrorDetails) -> str | None:
+        found = _null_hint(err)
+        if found is None and model is not None:
+            found = unknown_key_hint(model, err)
+        return found
+
     # model-level validators prefix their message with the path they are about
-    return issues_from_pydantic(exc, prefix, message_paths=("compose",), hint=_null_hint)
+    return issues_from_pydantic(exc, prefix, message_paths=("compose",), hint=hint)
 
 
 def parse_pipeline(data: Any, *, source: str | None = None) -> PipelineSpec:
@@ -290,7 +309,7 @@ def parse_pipeline(data: Any, *, source: str | None = None) -> PipelineSpec:
     try:
         return PipelineSpec.model_validate(data)
     except ValidationError as exc:
-        raise PipelineValidationError(_issues_from(exc), source) from None
+        raise PipelineValidationError(_issues_from(exc, (), PipelineSpec), source) from None
 
 
 def load_pipeline(
@@ -435,7 +454,7 @@ def _validate_params(
         context = policy.validation_context() if policy is not None else None
         return component.params.model_validate(params, context=context)
     except ValidationError as exc:
-        for issue in _issues_from(exc, ()):
+        for issue in _issues_from(exc, (), component.params):
             issues.append(ValidationIssue(join_path(f"{path}.params", issue.path), issue.message))
         return None
 
@@ -453,7 +472,7 @@ def resolve(
     :class:`~headwater.core.plugins.PluginManager`. Raises
     :class:`PipelineValidationError` listing every problem.
     """
-    from .branches import resolve_branches, step_issues
+    from .branches import compose_issues, resolve_branches, step_issues
     from .fallbacks import resolve_source
     from .preflight import setup_issues
     from .requirements import requirement_issues
@@ -504,6 +523,7 @@ def resolve(
     if spec.checkpoint is not None:
         store = _resolve_checkpointing(spec, registry, sources, steps, issues, policy)
     branches = resolve_branches(spec, registry, issues, policy, seen_stages)
+    issues += compose_issues(spec)
     issues += setup_issues(spec, sources, sinks, dead)  # what a run would refuse at start
     if issues:
         raise PipelineValidationError(issues, source)
