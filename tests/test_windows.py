@@ -404,3 +404,53 @@ def test_the_watermark_crosses_stages_and_fires_windows_before_the_end() -> None
         .run_sync()
     )
     assert [(w["start"], w["n"]) for w in result.output] == [(0, 60), (3600, 40)]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"seconds": 0.05, "by": "k", "agg": {"n": "count"}},
+        {"type": "session", "gap": 0.05, "by": "k"},
+        {"type": "session", "gap": 0.05},
+    ],
+    ids=["keyed-tumbling", "keyed-session", "plain-session"],
+)
+def test_processing_time_windows_fire_by_the_clock_while_input_is_quiet(
+    params: dict[str, Any],
+) -> None:
+    fired = anyio.Event()
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        yield {"k": "a"}
+        yield {"k": "a"}
+        with anyio.fail_after(10):
+            await fired.wait()  # only a tick of the wall clock can emit the window
+        yield {"k": "b"}
+
+    def note(window: Any) -> Any:
+        fired.set()
+        return window
+
+    result = (
+        headwater.Pipeline("clock")
+        .source("iterable", items=events())
+        .step("window", **params)
+        .map(note)
+        .sink("collect")
+        .run_sync()
+    )
+    first, second = result.output
+    if "by" in params:
+        assert (first["key"], second["key"]) == ("a", "b")
+        assert len(first.get("items", [])) == 2 or first["n"] == 2
+    else:
+        assert (first, second) == ([{"k": "a"}, {"k": "a"}], [{"k": "b"}])
+
+
+def test_the_benchmark_implementations_agree_on_a_small_input() -> None:
+    from benchmarks.scenarios import windows as bench
+
+    n = 30_000
+    expected = bench.hand_loop(n)
+    assert expected[1] == n  # no event is late: disorder is below lateness
+    assert bench.headwater_run(bench.plugin_manager())(n) == expected
