@@ -274,7 +274,7 @@ def test_unknown_keys_are_reported_with_their_path() -> None:
     assert sorted(issues_of(data)) == [
         ("bogus", "unknown key"),
         ("sinks[0].retry.tries", "unknown key"),
-        ("steps[0].paramz", "unknown key"),
+        ("steps[0].paramz", "unknown key; did you mean 'params'?"),
     ]
 
 
