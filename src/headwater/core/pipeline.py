@@ -25,7 +25,6 @@ from pydantic import (
 
 from .components import Component, ComponentKind
 from .compose import ComposeSpec
-from .keyhints import unknown_key_hint
 from .errors import (
     ComponentNotFound,
     PipelineValidationError,
@@ -34,6 +33,7 @@ from .errors import (
     issues_from_pydantic,
     join_path,
 )
+from .keyhints import unknown_key_hint
 from .testcases import PipelineTestCase
 
 if TYPE_CHECKING:
