@@ -215,20 +215,24 @@ def sentences(text: str) -> list[str]:
 
 def passages(text: str, size: int = 600) -> list[str]:
     """``text`` cut into passages of whole sentences, each at most about ``size``
-    characters (a longer sentence is a passage of its own, cut at ``2 * size``)."""
+    characters (a longer sentence is a passage of its own, cut at ``2 * size``).
+    Paragraphs stay apart inside a passage (a blank line between them), so that a
+    heading is never read as the start of the sentence after it."""
     out: list[str] = []
-    current: list[str] = []
-    length = 0
-    for sentence in sentences(text):
-        if len(sentence) > 2 * size:
-            sentence = sentence[: 2 * size].rsplit(" ", 1)[0] + " …"
-        if current and length + len(sentence) > size:
-            out.append(" ".join(current))
-            current, length = [], 0
-        current.append(sentence)
-        length += len(sentence) + 1
+    current = ""
+    for block in _BLANK_LINES.split(text):
+        first = True
+        for sentence in sentences(block):
+            if len(sentence) > 2 * size:
+                sentence = sentence[: 2 * size].rsplit(" ", 1)[0] + " …"
+            if current and len(current) + len(sentence) > size:
+                out.append(current)
+                current = ""
+            separator = "" if not current else "\n\n" if first else " "
+            current += separator + sentence
+            first = False
     if current:
-        out.append(" ".join(current))
+        out.append(current)
     return out
 
 
