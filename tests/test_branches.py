@@ -7,6 +7,7 @@ branch's stateful steps are checkpointed like the shared ones.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -196,3 +197,54 @@ def test_bad_branches_are_named() -> None:
     assert "sinks[0].steps[0].transformer: no transformer 'nope'" in text
     assert "sinks[0].steps[1].params.late: late: dead_letter needs" in text
     assert "sinks[1].where.fn" in text
+
+
+def test_a_transactional_sink_commits_the_states_of_every_branch(tmp_path: Path) -> None:
+    # the SQLite sink commits the checkpoint it may resume from with its rows: it must
+    # hold the state of the other sink's branch too, even though that branch is slower
+    count = {"transformer": "aggregate", "params": {"op": "count", "emit": "running"}}
+    db = tmp_path / "out.db"
+    spec = {
+        "name": "two-branches",
+        "sources": {"n": {"action": "range", "params": {"stop": 1500, "chunk": 50}}},
+        "steps": [{"transformer": "map", "params": {"fn": to_event}}],
+        "sinks": [
+            {
+                "sink": "sqlite",
+                "params": {"path": str(db), "table": "counts", "columns": ["n"]},
+                "steps": [count, {"transformer": "map", "params": {"expr": "{'n': item}"}}],
+            },
+            {
+                "sink": "null",
+                "name": "slow",
+                "steps": [
+                    {"transformer": "throttle", "params": {"rate": 20_000, "burst": 1}},
+                    count,
+                ],
+            },
+        ],
+        "batch_size": 16,
+        "checkpoint": {"every_items": 50, "params": {"path": str(tmp_path / "ck.db")}},
+    }
+    FAIL["at"] = 1400
+    try:
+        failed = headwater.run_sync(spec, resume=True, raise_on_error=False)
+    finally:
+        FAIL["at"] = -1
+    assert failed.state == "failed"
+    conn = sqlite3.connect(db)
+    try:
+        [(data,)] = conn.execute("SELECT data FROM headwater_sink_checkpoints").fetchall()
+    finally:
+        conn.close()
+    states = json.loads(data)["states"]
+    assert json.loads(data)["items"] > 0
+    assert {"sinks.sqlite.steps[0].aggregate", "sinks.slow.steps[1].aggregate"} <= set(states)
+    done = headwater.run_sync(spec, resume=True)
+    assert done.state == "succeeded"
+    conn = sqlite3.connect(db)
+    try:
+        counts = [n for (n,) in conn.execute("SELECT n FROM counts ORDER BY rowid")]
+    finally:
+        conn.close()
+    assert counts == list(range(1, 1501))

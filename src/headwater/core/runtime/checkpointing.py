@@ -49,6 +49,10 @@ class _Checkpointing:
         """The run was cancelled cleanly (:meth:`stop`): its sources stopped, and what
         they produced goes on to the sinks, to be committed as a final checkpoint."""
         self._sources: set[anyio.CancelScope] = set()
+        self.branch_states: set[str] = set()
+        """Stages of sink branches that snapshot a state into every marker: a sink
+        commits a marker's checkpoint only once all of them did (see :meth:`acknowledge`)."""
+        self._snapshotted = anyio.Event()
         """The scopes of the sources running now (see :meth:`source_scope`)."""
 
     # -- before the stages start -----------------------------------------------------------
@@ -298,6 +302,17 @@ class _Checkpointing:
                 except Exception as exc:
                     await run.fail(run.stage_error(step.spec, None, exc))
                     raise _Stop from exc
+        if self.branch_states:
+            self._snapshotted.set()
+            self._snapshotted = anyio.Event()
+
+    def branch_ended(self, steps: list[FusedStep]) -> None:
+        """A stage ended: sinks no longer wait for its states (a branch that stopped
+        early, e.g. with ``take``, snapshots nothing more)."""
+        if self.branch_states and any(s.stage in self.branch_states for s in steps):
+            self.branch_states.difference_update(s.stage for s in steps)
+            self._snapshotted.set()
+            self._snapshotted = anyio.Event()
 
     def complete(self, held: list[Marker]) -> None:
         """A stage that ended normally without the source's final marker (``take`` got
@@ -325,6 +340,10 @@ class _Checkpointing:
         if ckpt is None or sink.spec.stage == "dead_letter":
             return
         run = self.run
+        # every branch's state first: a transactional sink commits the checkpoint it
+        # may resume from, which must hold the states of the other sinks' branches too
+        while not self.branch_states <= marker.states.keys():
+            await self._snapshotted.wait()
         try:
             await sink.commit_checkpoint(ckpt.checkpoint_for(marker))
         except Exception as exc:

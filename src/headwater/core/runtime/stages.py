@@ -59,6 +59,8 @@ class _Stages:
                 fused = [FusedStep(s, run.ctx(s.stage, s.component)) for s in group]
                 for st in fused:
                     run.stats[st.stage] = StageStats()
+                    if steps is not None and hasattr(st.state, "snapshot"):
+                        run.checkpoints.branch_states.add(st.stage)
                 tg.start_soon(_producer, run, downstream, self._fused, inp, downstream, fused)
             else:
                 tg.start_soon(_producer, run, downstream, self._stream, inp, downstream, group[0])
@@ -174,6 +176,7 @@ class _Stages:
                 out.put_marker(marker)
         finally:
             inp.close_reader()
+            checkpoints.branch_ended(steps)
 
     async def _apply_marked(
         self,
