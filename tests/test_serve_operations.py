@@ -221,6 +221,42 @@ async def test_sigterm_drains_a_run_then_closes_clients_with_1001(tmp_path: Path
             os.close(feed)
 
 
+async def test_the_drain_stops_broker_sources_which_commit_and_acknowledge(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    client = redis_server.client()
+    for n in range(3):
+        client.xadd("orders", {"data": str(n)})
+    (tmp_path / "serve.yaml").write_text(
+        "shutdown: {drain_seconds: 300}\n"
+        "pipelines:\n"
+        "  orders:\n"
+        "    pipeline:\n"
+        "      name: orders\n"
+        "      sources:\n"
+        "        in:\n"
+        "          action: redis.stream\n"
+        f"          params: {{url: '{redis_server.url}', stream: orders, group: g}}\n"
+        "      sinks: [{sink: websocket}]\n"
+        "      checkpoint: {store: memory, every_seconds: 0.2}\n"
+    )
+    async with serving(tmp_path) as (server, log, base):
+        async with connect(base.replace("http", "ws") + "/") as ws:
+            started = await ws.run("orders")
+            messages: list[Any] = []
+            while len([m for m in messages if isinstance(m, StreamUpdateMessage)]) < 3:
+                messages += await until(ws, of_type("stream_update", started.stream))
+            server.send_signal(signal.SIGTERM)
+            # a source that never ends by itself: the drain ends it, long before 300 s
+            await log.next(r"drained: every run has ended")
+            messages = await until(ws, of_type("stream_complete", started.stream))
+            assert messages[-1].reason == "succeeded"  # type: ignore[union-attr]
+            await closed(ws)
+        await exits_with(server, 143)
+    assert client.xpending("orders", "g")["pending"] == 0  # every message acknowledged
+    client.close()
+
+
 async def test_a_run_outliving_the_drain_deadline_is_cancelled(tmp_path: Path) -> None:
     (tmp_path / "serve.yaml").write_text(
         f"shutdown: {{drain_seconds: 0.5}}\npipelines:\n  slow:\n{SLOW}"
@@ -278,7 +314,8 @@ async def test_readiness_follows_the_bridge_redis(
     lost = rf"stream bridge: connection to {re.escape(url)} lost"
     async with serving(tmp_path, port=port) as (server, log, base):
         await log.next(lost, LONG_WAIT)  # listening since before the bridge's first try
-        assert (await get(f"{base}/healthz")).status_code == 200
+        alive = await get(f"{base}/healthz")
+        assert (alive.status_code, alive.json()["status"]) == (200, "starting")
         starting = await get(f"{base}/readyz")
         assert starting.status_code == 503
         assert starting.json()["not_ready"]["lifecycle"] == "starting"
