@@ -134,6 +134,10 @@ class Component:
     delivery: Delivery | None = None
     fallback: str | None = None
     """For an action: the action run instead when this one fails before its first item."""
+    sample_params: dict[str, Any] | None = None
+    """Params ``headwater plugins --check`` runs the component with (None: it is not run)."""
+    sample_input: list[Any] | None = None
+    """Items ``headwater plugins --check`` feeds a transformer or a sink."""
     plugin: str | None = None
     distribution: str | None = None
     version: str | None = None
@@ -182,6 +186,10 @@ class Component:
             data["delivery"] = self.delivery
         if self.fallback is not None:
             data["fallback"] = self.fallback
+        if self.sample_params is not None:
+            data["sample_params"] = self.sample_params
+        if self.sample_input is not None:
+            data["sample_input"] = self.sample_input
         return data
 
 
@@ -213,6 +221,7 @@ def action(
     capabilities: tuple[str, ...] | list[str] = (),
     batched: bool = False,
     fallback: str | None = None,
+    sample_params: dict[str, Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Component]:
     """Declare a stream action (a source).
 
@@ -226,6 +235,9 @@ def action(
     fails before its first item (a streaming API that is down, a faster tool that is not
     installed). It is used when it is registered and accepts the params; once a first
     item was produced, an error fails the run as usual.
+
+    ``sample_params`` are params ``headwater plugins --check`` may run the action with (a
+    bounded run without side effects); without them the check skips running it.
     """
     _check_name(name)
     _check_params(params)
@@ -252,6 +264,7 @@ def action(
             capabilities=frozenset(caps),
             batched=batched,
             fallback=fallback,
+            sample_params=sample_params,
         )
 
     return decorate
@@ -266,6 +279,8 @@ def transformer(
     output: str = "",
     capabilities: tuple[str, ...] | list[str] = (),
     factory: bool = False,
+    sample_params: dict[str, Any] | None = None,
+    sample_input: list[Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Component]:
     """Declare a transformer.
 
@@ -279,6 +294,9 @@ def transformer(
     ``tick()`` with ``tick_interval`` seconds (items due by time, called even while no
     input arrives). ``stream`` transformers are async generator functions
     ``fn(items, params, ctx)`` over an async iterator.
+
+    ``sample_params`` and ``sample_input`` let ``headwater plugins --check`` run the
+    transformer on those items; without ``sample_input`` the check skips running it.
     """
     _check_name(name)
     _check_params(params)
@@ -303,6 +321,8 @@ def transformer(
             capabilities=_caps(capabilities),
             transformer_kind=kind,
             factory=factory or kind == "batch",
+            sample_params=sample_params,
+            sample_input=list(sample_input) if sample_input is not None else None,
         )
 
     return decorate
@@ -315,6 +335,8 @@ def sink(
     description: str | None = None,
     delivery: Delivery = "at_least_once",
     capabilities: tuple[str, ...] | list[str] = (),
+    sample_params: dict[str, Any] | None = None,
+    sample_input: list[Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Component]:
     """Declare a sink.
 
@@ -323,6 +345,10 @@ def sink(
     ``close(error)``, each sync or async; ``close`` may return the sink's result. A function
     is called as ``fn(batch, params, ctx)`` (``fn(batch, ctx)`` without params) for every
     batch. Sinks receive lists of items, never single items.
+
+    ``sample_params`` and ``sample_input`` let ``headwater plugins --check`` write those
+    items with those params; leave them out for a sink with side effects (a database, a
+    broker): the check then skips running it unless given params.
     """
     _check_name(name)
     _check_params(params)
@@ -340,6 +366,8 @@ def sink(
             description=description if description is not None else _first_doc_paragraph(obj),
             capabilities=frozenset(caps),
             delivery=delivery,
+            sample_params=sample_params,
+            sample_input=list(sample_input) if sample_input is not None else None,
         )
 
     return decorate
