@@ -127,7 +127,7 @@ def test_run_succeeds_and_prints_a_summary_on_stderr(tmp_path: Path) -> None:
     assert "items/s" in err
     for stage in ("sources.nums", "steps[0].map", "sinks.collect"):
         assert stage in err
-    assert "output of collect: list of 1,000 items" in err
+    assert re.search(r"^collect\s+1,000\s+kept in memory", err, re.M), err
     assert ANSI.search(err) is None  # no live display when stderr is not a terminal
 
 
@@ -242,8 +242,9 @@ def test_run_forced_progress_renders_bars(tmp_path: Path) -> None:
     proc = hw("run", pipeline, "--progress", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     plain = ANSI.sub("", proc.stderr)
-    # range reports done/total: its bar ends complete, with a percentage
-    assert re.search(r"sources\.nums .*1,000/1,000\s+100%", plain), plain
+    # range reports its total and the map step keeps the number of items: the run's bar
+    # counts the items delivered against it, and ends complete, with a percentage
+    assert re.search(r"simple .*1,000/1,000\s+100%.*delivered · read 1,000", plain), plain
 
 
 def test_no_progress_wins(tmp_path: Path) -> None:
@@ -620,7 +621,7 @@ def test_third_party_progress_and_status(tmp_path: Path, demo_plugin_path: Path)
     assert live.returncode == 0, live.stderr
     text = ANSI.sub("", live.stderr)
     # unknown total: a count (no "done/total", no percentage) and the latest message
-    assert re.search(r"sources\.t .* 7 .*tick 7", text), text
+    assert re.search(r"ticking .* 7 .*read 7 · sources\.t: tick 7", text), text
     assert "7/" not in text
 
 

@@ -180,8 +180,8 @@ def _strict(args: argparse.Namespace) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
-def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
-    """Parse ``--set KEY=VALUE`` options into ``{KEY: value}``.
+def parse_overrides(pairs: Iterable[str], *, option: str = "--set") -> dict[str, Any]:
+    """Parse ``--set KEY=VALUE`` options (or those of ``option``) into ``{KEY: value}``.
 
     VALUE is read as a YAML scalar (``10`` is an int, ``true`` a bool, ``'10'`` a string,
     an empty VALUE is null). Bracketed flow collections (``[a, b]``, ``{k: v}``) become
@@ -196,12 +196,12 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise CLIError(f"--set expects KEY=VALUE, got {pair!r}")
+            raise CLIError(f"{option} expects KEY=VALUE, got {pair!r}")
         try:
             value = parse_yaml(raw)
         except YamlFileError as exc:
             if not exc.syntax:
-                raise CLIError(f"--set {key}: {exc.problem}") from None
+                raise CLIError(f"{option} {key}: {exc.problem}") from None
             value = raw
         if isinstance(value, dict | list) and not raw.lstrip().startswith(("[", "{")):
             value = raw

@@ -1,10 +1,8 @@
-"""``headwater serve`` (the server) and ``headwater tail`` (a client following a stream)."""
+"""``headwater serve``: the server (``headwater tail``, its client, is in :mod:`.tail`)."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,20 +10,28 @@ from typing import TYPE_CHECKING, Any
 from ._common import (
     EXIT_FAILED,
     EXIT_OK,
-    EXIT_USAGE,
     CLIError,
     _consoles,
     _engine,
-    _num,
     _port,
     _secrets,
 )
 from .metrics import _add_metrics_options, _metrics_exporters, _with_exporters
+from .tail import _add_tail_command
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from ..core.engine import Engine
+
+
+SERVE_EPILOG = """\
+exit codes:
+  0    the server stopped by itself
+  1    the port cannot be listened on
+  2    bad input: missing or invalid configuration (every problem is listed)
+  130  stopped by SIGINT (Ctrl-C); 143 by SIGTERM
+"""
 
 
 def _add_server_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -34,17 +40,30 @@ def _add_server_commands(commands: Any, common: argparse.ArgumentParser) -> None
         "serve",
         parents=[common],
         help="serve streams and named pipelines over WebSockets (and HTTP)",
-        description="Serve protocol v1 over WebSockets and /healthz, /readyz, /api/streams,\n"
-        "/api/components over HTTP, on one port. Without authentication (auth.tokens or\n"
-        "HEADWATER_TOKENS) it binds 127.0.0.1 only; with it, binding beyond loopback needs\n"
-        "TLS (tls.cert_file in the configuration).\n"
+        description="Serve protocol v1 over WebSockets and plain HTTP on one port:\n"
+        "  /                       the dashboard: runs, streams, throughput, latency, errors\n"
+        "  /runs/ID, /errors       a run's page (live or from the run history); the errors\n"
+        "  /metrics                Prometheus metrics of every pipeline and stream\n"
+        "  /healthz, /readyz       liveness; readiness (503 while starting or draining)\n"
+        "  /api/pipelines          the named pipelines clients may run, with their params\n"
+        "  /api/streams            the open streams;  /api/components: every component\n"
+        "  /api/runs, /api/runs/ID the run history (runs clients started, kept after the end)\n"
+        "  /api/streams/NAME/events  a stream as Server-Sent Events\n"
+        "WebSocket clients connect to / or /ws (docs: Client protocol); headwater tail is one.\n"
+        "\n"
+        "Without authentication (auth.tokens or HEADWATER_TOKENS) it binds 127.0.0.1 only;\n"
+        "with it, binding beyond loopback needs TLS (tls.cert_file in the configuration).\n"
         "SIGHUP reloads the configuration file (pipelines, tokens, limits, allowed hosts;\n"
         "an invalid file changes nothing and is reported) and the TLS certificate.\n"
         "SIGTERM drains first: new runs are refused and /readyz answers 503 while the runs\n"
         "going on end (up to shutdown.drain_seconds, 20 by default; then they are\n"
         "cancelled). Then, as at once on Ctrl-C (SIGINT) or a second signal, every client\n"
         "is told and disconnected (WebSocket code 1001); the exit status is then 130\n"
-        "(SIGINT) or 143 (SIGTERM).",
+        "(SIGINT) or 143 (SIGTERM).\n"
+        "\n"
+        "To try a single pipeline file with its dashboard, headwater run FILE --serve is\n"
+        "enough; headwater serve is for named pipelines that clients start.",
+        epilog=SERVE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("--config", metavar="FILE", help="server configuration (YAML)")
@@ -55,30 +74,7 @@ def _add_server_commands(commands: Any, common: argparse.ArgumentParser) -> None
     _add_metrics_options(serve, port=False)
     serve.set_defaults(func=_cmd_serve)
 
-    tail = commands.add_parser(
-        "tail",
-        parents=[common],
-        help="print a stream's chunks as they arrive",
-        description="Follow one stream of a headwater server: each chunk is printed on\n"
-        "stdout (strings as they are, anything else as JSON), progress and status on\n"
-        "stderr. Ends when the stream ends (exit 1 if it ended with an error).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    tail.add_argument("url", metavar="URL", help="server URL, e.g. ws://127.0.0.1:8765/")
-    tail.add_argument("stream", metavar="STREAM", help="stream id")
-    tail.add_argument(
-        "--since",
-        type=int,
-        metavar="N",
-        help="first print the buffered chunks after seq N (0: everything buffered)",
-    )
-    tail.add_argument(
-        "--token", help="bearer token (default: the HEADWATER_TOKEN environment variable)"
-    )
-    tail.add_argument(
-        "--json", action="store_true", help="print every protocol message as JSON on stdout"
-    )
-    tail.set_defaults(func=_cmd_tail)
+    _add_tail_command(commands, common)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -89,7 +85,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     """
     import anyio
 
-    from ..server.config import ServerConfig, load_server_config
+    from ..server.config import ServerConfig
 
     base_dir: Path | None = None
     path: Path | None = None
@@ -97,7 +93,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         path = Path(args.config)
         if not path.is_file():
             raise CLIError(f"no such file: {args.config}")
-        config = load_server_config(path, secrets=_secrets(args))
+        config = _load_config(args, path)
         base_dir = path.parent
     else:
         config = ServerConfig()
@@ -132,6 +128,60 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise CLIError(
             f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", EXIT_FAILED
         ) from None
+
+
+def _load_config(args: argparse.Namespace, path: Path) -> Any:
+    """The configuration file, validated; every problem reported at once.
+
+    The file's shape is checked first; when it has problems, the pipelines that did load
+    are also resolved against the installed components, so that an unknown transformer
+    is listed with a wrong limit instead of after it is fixed. (A valid file's pipelines
+    are resolved when the server starts, before it listens.)
+    """
+    from ..server.config import ServerConfigError, load_server_config
+
+    try:
+        return load_server_config(path, secrets=_secrets(args))
+    except ServerConfigError as exc:
+        more = _component_issues(args, path)
+        seen = {(i.path, i.message) for i in exc.issues}
+        issues = [*exc.issues, *(i for i in more if (i.path, i.message) not in seen)]
+        raise ServerConfigError(issues, exc.source) from None
+
+
+def _component_issues(args: argparse.Namespace, path: Path) -> list[Any]:
+    """The problems of the configuration's pipelines with the installed components, for
+    the pipelines whose shape is valid (best effort: an unreadable file gives none)."""
+    from ..core.errors import PipelineValidationError, ValidationIssue
+    from ..core.yamlfile import YamlFileError, read_yaml
+    from ..server.config import ServerConfig, ServerConfigError
+    from ..server.runs import with_stream_sink
+
+    try:
+        data = read_yaml(path, secrets=_secrets(args))
+    except YamlFileError:
+        return []
+    entries = data.get("pipelines") if isinstance(data, dict) else None
+    if not isinstance(entries, dict):
+        return []
+    engine = _engine(args)
+    issues: list[ValidationIssue] = []
+    for name, entry in entries.items():
+        try:
+            config = ServerConfig.model_validate({"pipelines": {name: entry}})
+            named = config.named_pipelines(path.parent, secrets=_secrets(args))
+        except (ServerConfigError, ValueError):
+            continue  # its shape problems are reported already
+        where = f"pipelines.{name}" if str(name).isidentifier() else f"pipelines[{name!r}]"
+        for pipeline in named.values():
+            try:
+                engine.prepare(with_stream_sink(pipeline.data))
+            except PipelineValidationError as exc:
+                issues.extend(
+                    ValidationIssue(f"{where}.{i.path}" if i.path else where, i.message)
+                    for i in exc.issues
+                )
+    return issues
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,95 +313,3 @@ def _reload_tls(server: Any, err: Console) -> None:
             else "headwater: SIGHUP: no TLS certificate configured, nothing to reload"
         )
     err.print(Text(text), soft_wrap=True)
-
-
-def _cmd_tail(args: argparse.Namespace) -> int:
-    """``headwater tail``: follow one stream."""
-    import anyio
-
-    if args.since is not None and args.since < 0:
-        raise CLIError("--since must be >= 0")
-    token = args.token or os.environ.get("HEADWATER_TOKEN") or None
-    return int(anyio.run(_tail, args, token, backend="asyncio"))
-
-
-async def _tail(args: argparse.Namespace, token: str | None) -> int:
-    import json
-
-    from rich.text import Text
-    from websockets.exceptions import InvalidURI
-
-    from ..client import ConnectFailed, RequestFailed, connect
-
-    _, err = _consoles()
-    stream = args.stream
-
-    def note(text: str, style: str = "dim") -> None:
-        err.print(Text(text, style=style), soft_wrap=True)
-
-    def emit(line: str) -> None:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-
-    try:
-        async with connect(args.url, token=token) as client:
-            try:
-                sub = await client.subscribe(stream, since=args.since)
-            except RequestFailed as exc:
-                raise CLIError(f"cannot follow stream {stream!r}: {exc}", EXIT_FAILED) from None
-            if args.json:
-                emit(sub.model_dump_json())
-            replayed = f", {sub.replayed} buffered chunk(s) first" if sub.replayed else ""
-            note(f"following stream {stream!r} at seq {sub.seq}{replayed}")
-            async for message in client:
-                if getattr(message, "stream", stream) != stream:
-                    continue
-                if args.json:
-                    emit(message.model_dump_json())
-                if message.type == "stream_update":
-                    if not args.json:
-                        data = message.data
-                        emit(
-                            data
-                            if isinstance(data, str)
-                            else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-                        )
-                elif message.type == "progress":
-                    total = f"/{_num(message.total)}" if message.total is not None else ""
-                    text = f" {message.message}" if message.message else ""
-                    note(f"progress {message.stage}: {_num(message.done)}{total}{text}")
-                elif message.type == "status":
-                    where = message.stage or "run"
-                    note(f"status {where}: {message.state} {message.message or ''}".rstrip())
-                elif message.type == "stream_error":
-                    note(f"error: {json.dumps(message.error)}", "red")
-                elif message.type == "dropped":
-                    note(f"warning: {message.count} message(s) dropped (too slow)", "yellow")
-                elif message.type == "replay_gap":
-                    note(
-                        f"warning: chunks after {message.since} are not all buffered "
-                        f"({message.reason}); continuing from {message.first_available}",
-                        "yellow",
-                    )
-                elif message.type == "error":
-                    note(f"error: {message.code}: {message.message}", "red")
-                elif message.type == "stream_complete":
-                    failed = message.reason in ("failed", "error")
-                    note(
-                        f"stream {stream!r} ended: {message.reason} (last seq {message.last_seq})",
-                        "red" if failed else "bold",
-                    )
-                    return EXIT_FAILED if failed else EXIT_OK
-            code, reason = client.close_code, client.close_reason
-    except ConnectFailed as exc:
-        raise CLIError(str(exc), EXIT_USAGE if exc.status in (401, 403) else EXIT_FAILED) from None
-    except OSError as exc:
-        raise CLIError(
-            f"cannot connect to {args.url}: {exc.strerror or exc}", EXIT_FAILED
-        ) from None
-    except InvalidURI as exc:
-        raise CLIError(f"not a WebSocket URL: {args.url} ({exc})") from None
-    raise CLIError(
-        f"the connection closed before the stream ended (code {code}: {reason or 'no reason'})",
-        EXIT_FAILED,
-    )

@@ -27,7 +27,7 @@ from ._common import (
     _secrets,
     _verbosity,
 )
-from .run import _in_order, _print_summary, _RunView, _stage_order
+from .runview import _in_order, _print_summary, _RunView, _stage_order
 
 if TYPE_CHECKING:
     from ..core.pipeline import PipelineSpec
