@@ -549,7 +549,8 @@ def test_plugins_check_command(capsys: pytest.CaptureFixture[str]) -> None:
     data = json.loads(capsys.readouterr().out)
     assert data["failed"] == 0
     rows = {(r["kind"], r["component"], r["check"]): r["status"] for r in data["results"]}
-    assert rows[("action", "range", "cancellation")] == "skip"
+    assert rows[("action", "range", "cancellation")] == "pass"  # run with its sample params
+    assert rows[("action", "file.lines", "cancellation")] == "skip"
     assert rows[("sink", "collect", "checkpoint_ack")] == "n/a"
     assert main(["plugins", "--check"]) == 0
     out = capsys.readouterr().out

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     pass
 
 
-@headwater.sink("collect")
+@headwater.sink("collect", sample_params={}, sample_input=[1, 2])
 class CollectSink:
     """Keep every item in memory; the run's output is the list (for embedding and tests)."""
 
@@ -44,7 +44,7 @@ class CollectSink:
         return self.items
 
 
-@headwater.sink("null")
+@headwater.sink("null", sample_params={}, sample_input=[1, 2])
 class NullSink:
     """Discard every item; the output is the number of items received."""
 
@@ -113,7 +113,7 @@ class StdoutParams(BaseModel):
     )
 
 
-@headwater.sink("stdout", params=StdoutParams)
+@headwater.sink("stdout", params=StdoutParams, sample_params={}, sample_input=["a", {"n": 1}])
 class StdoutSink:
     """Write each item to standard output, one per line, flushing after every batch.
 

@@ -40,6 +40,7 @@ class RangeParams(BaseModel):
     output="integers from start to stop (exclusive)",
     capabilities=("streaming", "progress", "resumable"),
     batched=True,
+    sample_params={"stop": 10},
 )
 async def range_source(params: RangeParams, ctx: StreamContext) -> AsyncIterator[list[int]]:
     """Count from ``start`` to ``stop`` like Python's range(), in batches.

@@ -43,9 +43,21 @@ def _add_plugins_command(commands: Any, common: argparse.ArgumentParser) -> None
     )
     plugins.add_argument(
         "--check",
-        action="store_true",
-        help="run the conformance checks on every installed component (exit 1 if one "
-        'fails); with --json print {"results": [...], "failed": N}',
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PLUGIN",
+        help="check the components of PLUGIN (a plugin or distribution name; default: "
+        "every installed one): the conformance checks, then a run of each action, "
+        "transformer and sink with the sample params and input of its metadata "
+        "(components without samples are skipped, with the reason, unless given --params); "
+        'exit 1 if one fails; with --json print {"results": [...], "summary": {...}}',
+    )
+    plugins.add_argument(
+        "--params",
+        metavar="JSON",
+        help='with --check: params to run components with, {"COMPONENT": {...}}, or just '
+        "{...} when PLUGIN has one component",
     )
     plugins.set_defaults(func=_cmd_plugins)
 
@@ -115,8 +127,10 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     manager = _plugin_manager(args, strict=False)
     failures = manager.failures
     strict = _strict(args)
-    if getattr(args, "check", False):
+    if getattr(args, "check", None) is not None:
         return _check_plugins(args, manager)
+    if getattr(args, "params", None) is not None:
+        raise CLIError("--params goes with --check")
     if args.json:
         plugins = sorted(manager.plugins.values(), key=lambda p: p.name)
         _print_json(
@@ -136,34 +150,51 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _check_plugins(args: argparse.Namespace, manager: PluginManager) -> int:
-    """``headwater plugins --check``: the conformance kit on every installed component."""
+    """``headwater plugins --check [PLUGIN]``: conformance checks and sample runs."""
     from rich.table import Table
     from rich.text import Text
 
-    from ..conformance import check_all
+    from .plugin_check import CheckUsageError, check_components, parse_params, summary
 
-    results = check_all(manager)
-    failed = sum(r.status == "fail" for r in results)
+    try:
+        components = select_components_or_all(manager, args.check or None)
+        params = parse_params(args.params, components)
+    except CheckUsageError as exc:
+        raise CLIError(str(exc)) from None
+    reports = check_components(manager, components, params)
+    counts = summary(reports)
     if args.json:
-        _print_json({"results": [r.to_dict() for r in results], "failed": failed})
-        return EXIT_FAILED if failed else EXIT_OK
+        results = [r.to_dict() for report in reports for r in report.results]
+        _print_json({"results": results, "summary": counts, "failed": counts["failed"]})
+        return EXIT_FAILED if counts["failed"] else EXIT_OK
     styles = {"pass": "green", "fail": "bold red", "skip": "yellow", "n/a": "dim"}
     table = Table("component", "check", "result", "detail", show_edge=False)
-    for r in results:
-        table.add_row(
-            f"{r.kind} {r.component}",
-            r.check,
-            Text(r.status, style=styles[r.status]),
-            Text(r.detail, style="red" if r.status == "fail" else ""),
-        )
+    for report in reports:
+        for r in report.results:
+            table.add_row(
+                f"{r.kind} {r.component}",
+                r.check,
+                Text(r.status, style=styles[r.status]),
+                Text(r.detail, style="red" if r.status == "fail" else ""),
+            )
     out = _consoles()[0]
     out.print(table)
-    counts = {s: sum(r.status == s for r in results) for s in styles}
-    out.print(Text(", ".join(f"{n} {s}" for s, n in counts.items()), style="bold"))
-    if failed:
-        _error(f"{failed} conformance check{'s' if failed != 1 else ''} failed")
+    line = ", ".join(f"{verdict} {n}" for verdict, n in counts.items())
+    out.print(Text(line, style="bold"), soft_wrap=True)
+    if counts["failed"]:
+        failed = counts["failed"]
+        _error(
+            f"{failed} component{'s' if failed != 1 else ''} failed a conformance check or its run"
+        )
         return EXIT_FAILED
     return EXIT_OK
+
+
+def select_components_or_all(manager: PluginManager, plugin: str | None) -> list[Component]:
+    """The loaded components of ``plugin`` (or every one), for ``--check``."""
+    from .plugin_check import select_components
+
+    return select_components(manager.load(), plugin)
 
 
 def _print_plugins(out: Console, manager: PluginManager, *, verbose: bool) -> None:

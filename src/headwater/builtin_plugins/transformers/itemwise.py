@@ -68,6 +68,8 @@ class CallableParams(BaseModel):
     params=CallableParams,
     factory=True,
     output="fn(item) (or the value of expr) for each item",
+    sample_params={"expr": "n * 2"},
+    sample_input=[{"n": 1}, {"n": 2}],
 )
 def map_transformer(params: CallableParams) -> Callable[[Any], Any]:
     """Replace each item with ``fn(item)`` or the value of ``expr``.
@@ -83,6 +85,8 @@ def map_transformer(params: CallableParams) -> Callable[[Any], Any]:
     params=CallableParams,
     factory=True,
     output="the items for which fn(item) (or expr) is true",
+    sample_params={"expr": "n > 1"},
+    sample_input=[{"n": 1}, {"n": 2}],
 )
 def filter_transformer(params: CallableParams) -> Callable[[Any], Any]:
     """Keep the items for which ``fn(item)`` or ``expr`` is true.

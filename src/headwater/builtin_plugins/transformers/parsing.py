@@ -27,6 +27,8 @@ from .fields import _STRICT, FieldPath, field_getter
     kind="map",
     factory=True,
     output="the object parsed from each str / bytes item",
+    sample_params={},
+    sample_input=['{"n": 1}', "[2]"],
 )
 def json_decode_transformer() -> Callable[[Any], Any]:
     """Parse each item (a str, bytes or bytearray holding JSON) into a Python object."""
@@ -59,6 +61,8 @@ class JsonEncodeParams(BaseModel):
     params=JsonEncodeParams,
     factory=True,
     output="each item as a compact JSON string",
+    sample_params={},
+    sample_input=[{"n": 1}, [2]],
 )
 def json_encode_transformer(params: JsonEncodeParams) -> Callable[[Any], str]:
     """Serialise each item to a compact JSON string (no spaces)."""

@@ -68,6 +68,8 @@ class _Take:
     params=TakeParams,
     output="the first count items",
     capabilities=("stateful",),
+    sample_params={"count": 2},
+    sample_input=[1, 2, 3],
 )
 def take_transformer(params: TakeParams) -> _Take:
     """Pass the first ``count`` items on, then stop the stages upstream (even endless ones)."""
@@ -114,6 +116,8 @@ class _Skip:
     params=SkipParams,
     output="every item after the first count",
     capabilities=("stateful",),
+    sample_params={"count": 1},
+    sample_input=[1, 2, 3],
 )
 def skip_transformer(params: SkipParams) -> _Skip:
     """Drop the first ``count`` items and pass the rest on."""
