@@ -9,8 +9,9 @@ from ._common import _EPILOG, _add_global_options
 from .checkpoints import _add_checkpoint_commands
 from .logs import _add_log_options
 from .plugins import _add_describe_command, _add_new_plugin_command, _add_plugins_command
-from .run import _add_run_command, _add_schema_command, _add_validate_command
+from .run import _add_run_command, _add_schema_command
 from .serve import _add_server_commands
+from .validate import _add_validate_command
 from .worker import _add_worker_command
 
 

@@ -23,7 +23,6 @@ from ._common import (
     _forced_terminal,
     _load_spec,
     _on_signals,
-    _plugin_manager,
     _port,
     _prepare,
     _print_json,
@@ -134,21 +133,6 @@ def _add_run_command(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     _add_metrics_options(run, port=True)
     run.set_defaults(func=_cmd_run)
-
-
-def _add_validate_command(commands: Any, common: argparse.ArgumentParser) -> None:
-    """The ``validate`` sub-command."""
-    validate = commands.add_parser(
-        "validate",
-        parents=[common],
-        help="check a pipeline file: its shape, its components and their params",
-        description="Validate a pipeline YAML file against the pipeline schema and the "
-        "installed components; print OK or every problem with its path.",
-    )
-    validate.add_argument("file", metavar="FILE", help="pipeline YAML file")
-    _add_overrides(validate)
-    _add_sandbox_options(validate)
-    validate.set_defaults(func=_cmd_validate)
 
 
 def _add_schema_command(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -303,31 +287,6 @@ def _is_jobs_path(path: str) -> bool:
     except YamlFileError:
         return False
     return isinstance(data, Mapping) and "jobs" in data
-
-
-def _cmd_validate(args: argparse.Namespace) -> int:
-    """``headwater validate``: check shape, components and params; print OK."""
-    if _is_jobs_path(args.file):
-        from ..core.jobs import validate_jobs
-
-        if args.overrides:
-            raise CLIError("--set applies to pipeline files, not to jobs files")
-        jobs = validate_jobs(args.file, plugins=_plugin_manager(args), secrets=_secrets(args))
-        n = len(jobs.jobs)
-        print(f"OK: jobs file {args.file} is valid ({n} job{'s' if n != 1 else ''})")
-        return EXIT_OK
-    spec = _load_spec(args)
-    resolved, _ = _prepare(args, spec)
-    n_src, n_steps, n_sinks = len(resolved.sources), len(resolved.steps), len(resolved.sinks)
-    compose = f", {spec.compose.described}" if spec.compose and n_src > 1 else ""
-    ok = (
-        f"OK: pipeline {spec.name!r} in {args.file} is valid "
-        f"({n_src} source{'s' if n_src != 1 else ''}{compose}, "
-        f"{n_steps} step{'s' if n_steps != 1 else ''}, "
-        f"{n_sinks} sink{'s' if n_sinks != 1 else ''})"
-    )
-    print(_secrets(args).mask(ok))
-    return EXIT_OK
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
