@@ -62,6 +62,10 @@ def test_creates_the_files(tmp_path: Path) -> None:
     ]
     pyproject = (made.root / "pyproject.toml").read_text()
     assert '[project.entry-points.headwater]\nacme_weather = "acme_weather"' in pyproject
+    # no lower bound a checkout's version (or an unpublished headwater) could miss
+    assert 'dependencies = ["headwater"]' in pyproject
+    tests = (made.root / "tests" / "test_acme_weather.py").read_text()
+    assert "assert_conforms(ACTION" in tests
     assert made.action == "acme_weather.count"
     for path in made.files:
         if path.suffix == ".py":
@@ -129,7 +133,32 @@ def test_scaffold_tests_pass_right_after_install(scaffold_venv: tuple[PluginVenv
     env, project = scaffold_venv
     proc = env.run("-m", "pytest", "-q", "-p", "no:cacheprovider", check=False, cwd=project)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "4 passed" in proc.stdout
+    assert "5 passed" in proc.stdout
+
+
+@pytest.mark.slow
+def test_scaffold_installs_with_its_dependencies_offline(tmp_path: Path) -> None:
+    # pip resolves the plugin's dependencies (headwater, pydantic, anyio) from what is
+    # installed: no package index, as before headwater is published
+    env = make_plugin_venv(tmp_path)
+    project = tmp_path / "acme-weather"
+    env.run("-m", "headwater", "new-plugin", "acme-weather", "--dir", str(project))
+    args = ["-m", "pip", "install", "--no-index", "--no-build-isolation", "--quiet"]
+    proc = env.run(*args, "-e", str(project), check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    listing = env.headwater_json("plugins")
+    assert "acme_weather" in {p["name"] for p in listing["plugins"]}
+    check = env.headwater_json("plugins", "--check", "acme-weather")
+    runs = [r for r in check["results"] if r["check"] == "run"]
+    assert runs == [
+        {
+            "component": "acme_weather.count",
+            "kind": "action",
+            "check": "run",
+            "status": "pass",
+            "detail": "5 items out",
+        }
+    ]
 
 
 @pytest.mark.slow

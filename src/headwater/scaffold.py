@@ -3,8 +3,12 @@
 :func:`create_plugin` writes a package with a ``pyproject.toml`` declaring the
 ``headwater`` entry point, a plugin module with a sample streaming action (a pydantic
 params model, progress, cancellation, a resume offset) and a test suite using the
-``headwater.testing`` fixtures. After ``pip install -e ".[test]"`` its tests pass and
-``headwater plugins`` lists it.
+``headwater.testing`` fixtures and ``assert_conforms``. After ``pip install -e ".[test]"``
+its tests pass and ``headwater plugins`` lists it.
+
+The package depends on ``headwater`` without a version bound: pip is satisfied by the
+headwater already installed (from the package index, or from a checkout with
+``pip install -e .``), so installing the plugin never needs to fetch headwater.
 """
 
 from __future__ import annotations
@@ -78,11 +82,6 @@ def plugin_names(name: str) -> PluginNames:
     return PluginNames(distribution, package, prefix)
 
 
-def _min_headwater() -> str:
-    """``0.1`` for headwater 0.1.x: the plugin needs at least this minor release."""
-    return ".".join(__version__.split(".")[:2])
-
-
 _PYPROJECT = Template("""\
 [build-system]
 requires = ["hatchling>=1.21"]
@@ -94,7 +93,9 @@ version = "0.1.0"
 description = "A headwater plugin: $prefix.count streams numbers."
 readme = "README.md"
 requires-python = ">=3.11"
-dependencies = ["headwater>=$headwater"]
+# no lower bound: the headwater already installed (released, or a checkout installed with
+# pip install -e .) satisfies it; once you publish, you may pin e.g. "headwater>=$headwater"
+dependencies = ["headwater"]
 
 [project.optional-dependencies]
 test = ["pytest>=8"]
@@ -178,6 +179,7 @@ class CountParams(BaseModel):
     params=CountParams,
     output="the integers start_at, ..., stop - 1",
     capabilities=("progress",),
+    sample_params={"stop": 5},  # headwater plugins --check runs it with these
 )
 async def count(params: CountParams, ctx: headwater.StreamContext) -> AsyncIterator[int]:
     """Count from ``start_at`` up to ``stop`` (exclusive), reporting progress."""
@@ -209,7 +211,7 @@ from __future__ import annotations
 
 import headwater
 import pytest
-from headwater.testing import RegisterPlugin, run_pipeline
+from headwater.testing import RegisterPlugin, assert_conforms, run_pipeline
 
 import $package
 
@@ -231,6 +233,11 @@ def test_count_resumes_from_start_at(register_plugin: RegisterPlugin) -> None:
     register_plugin($package)
     pipeline = headwater.Pipeline("count").source(ACTION, stop=5, start_at=3).sink("collect")
     assert run_pipeline(pipeline).output == [3, 4]
+
+
+def test_count_conforms() -> None:
+    # cancellation, progress, timeout, ...: the checks of headwater plugins --check
+    assert_conforms(ACTION, params={"stop": 3}, plugins=[$package])
 
 
 def test_invalid_params_are_reported(register_plugin: RegisterPlugin) -> None:
@@ -265,7 +272,7 @@ def create_plugin(name: str, directory: str | os.PathLike[str] | None = None) ->
         "distribution": names.distribution,
         "package": names.package,
         "prefix": names.prefix,
-        "headwater": _min_headwater(),
+        "headwater": ".".join(__version__.split(".")[:2]),
     }
     contents = {
         Path("pyproject.toml"): _PYPROJECT.substitute(values),
