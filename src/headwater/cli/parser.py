@@ -11,6 +11,7 @@ from .logs import _add_log_options
 from .plugins import _add_describe_command, _add_new_plugin_command, _add_plugins_command
 from .run import _add_run_command, _add_schema_command
 from .serve import _add_server_commands
+from .testing import _add_test_command
 from .validate import _add_validate_command
 from .worker import _add_worker_command
 
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_run_command(commands, common)
     _add_validate_command(commands, common)
+    _add_test_command(commands, common)
     _add_plugins_command(commands, common)
     _add_describe_command(commands, common)
     _add_schema_command(commands, common)
