@@ -91,7 +91,7 @@ def test_builtin_transformers_run_their_samples(capsys: pytest.CaptureFixture[st
     assert code == 0
     runs = _runs(data)
     assert runs["map"] == ("pass", "2 items out")
-    assert runs["filter"] == ("pass", "1 items out")  # expr n > 1 keeps one of two
+    assert runs["filter"] == ("pass", "1 item out")  # expr n > 1 keeps one of two
     assert runs["take"] == ("pass", "2 items out")
     # only the components of that plugin were checked
     assert {r["kind"] for r in data["results"]} == {"transformer"}

@@ -145,11 +145,15 @@ async def _run_check(
         errors = "; ".join(str(e) for e in result.errors) or str(result.state)
         return CheckResult(name, kind, "run", "fail", f"the run ended {result.state}: {errors}")
     if kind == "sink":
-        detail = f"wrote {len(items or [])} items"
+        detail = f"wrote {_items(len(items or []))}"
     else:
         output = result.output if isinstance(result.output, list) else []
-        detail = f"{len(output)} items out"
+        detail = f"{_items(len(output))} out"
     return CheckResult(name, kind, "run", "pass", detail)
+
+
+def _items(count: int) -> str:
+    return f"{count} item{'s' if count != 1 else ''}"
 
 
 def check_components(
