@@ -340,8 +340,9 @@ def sink(
 ) -> Callable[[Callable[..., Any]], Component]:
     """Declare a sink.
 
-    A sink is either a class or a function. A class is instantiated as ``cls(params, ctx)``
-    (or ``cls(ctx)`` without params model) and may define ``open()``, ``write(batch)`` and
+    A sink is either a class or a function. A sink class is instantiated once per run as
+    ``cls(params, ctx)`` (``cls(ctx)`` when it has no params model); its ``__init__`` may
+    leave out the arguments it does not use. It may define ``open()``, ``write(batch)`` and
     ``close(error)``, each sync or async; ``close`` may return the sink's result. A function
     is called as ``fn(batch, params, ctx)`` (``fn(batch, ctx)`` without params) for every
     batch. Sinks receive lists of items, never single items.
