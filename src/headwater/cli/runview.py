@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -135,6 +135,7 @@ class _RunView:
         self._samples: deque[tuple[float, int]] = deque()
         self._printed_at = self._started
         self._last_plain = ""
+        self._echo: Callable[[], None] | None = None
 
     # -- output helpers ---------------------------------------------------------------
 
@@ -165,6 +166,7 @@ class _RunView:
         if self.live:
             self._progress = _make_progress(self.console)
             self._run_task = self._progress.add_task(spec.name, total=None, message="")
+            self._echo = _quiet_control_echo()
             self._progress.start()
 
     def stop(self) -> None:
@@ -172,6 +174,9 @@ class _RunView:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+        if self._echo is not None:
+            self._echo()
+            self._echo = None
 
     # -- figures ----------------------------------------------------------------------
 
@@ -356,6 +361,37 @@ class _RunView:
         for task in progress.tasks:
             progress.stop_task(task.id)
         self.stop()
+
+
+def _quiet_control_echo() -> Callable[[], None] | None:
+    """Stop the terminal from echoing ``^C`` while the bars are live; returns the undo.
+
+    The echo lands at the cursor, at the end of the last bar: a bar as wide as the
+    terminal then wraps, the display loses count of its lines and the next redraw
+    leaves a copy of the frame behind. None when stdin is not a POSIX terminal.
+    """
+    try:
+        import termios
+    except ImportError:  # Windows: no echo of control characters to stop
+        return None
+    if not sys.stdin.isatty():
+        return None
+    fd = sys.stdin.fileno()
+    try:
+        saved = termios.tcgetattr(fd)
+        quiet = list(saved)
+        quiet[3] = quiet[3] & ~termios.ECHOCTL
+        termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    except (termios.error, OSError, AttributeError):
+        return None
+
+    def restore() -> None:
+        import contextlib
+
+        with contextlib.suppress(termios.error, OSError):
+            termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+    return restore
 
 
 def _duration(seconds: float) -> str:
