@@ -92,7 +92,8 @@ def test_cli_command(
     out = capsys.readouterr().out
     assert "created plugin 'acme-weather' in acme-weather:" in out
     assert "src/acme_weather/__init__.py" in out
-    assert "python -m pip install -e 'acme-weather[test]'" in out
+    assert "python -m pip install -e './acme-weather[test]'" in out
+    assert "headwater plugins --check acme-weather" in out
     assert (tmp_path / "acme-weather" / "pyproject.toml").is_file()
     assert main(["new-plugin", "acme-weather"]) == 2  # exists now
     assert "not an empty directory" in capsys.readouterr().err

@@ -129,6 +129,7 @@ python -m pip install -e ".[test]"   # install it (and pytest) into your environ
 python -m pytest                     # run its tests
 headwater plugins                    # $package is listed, with its distribution
 headwater describe $prefix.count     # its params
+headwater plugins --check $distribution   # conformance checks and a sample run
 ```
 
 A pipeline using it:

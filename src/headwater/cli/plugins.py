@@ -14,6 +14,7 @@ from ._common import (
     CLIError,
     _consoles,
     _error,
+    _plain_text,
     _plugin_manager,
     _print_json,
     _strict,
@@ -238,7 +239,7 @@ def _print_plugins(out: Console, manager: PluginManager, *, verbose: bool) -> No
         table.add_column(no_wrap=True)
         for kind, name in refs:
             try:
-                description = Text(manager.registry.get(kind, name).description)
+                description = Text(_plain_text(manager.registry.get(kind, name).description))
             except LookupError:
                 description = Text()
             description.truncate(room, overflow="ellipsis")
@@ -341,7 +342,7 @@ def _print_component(out: Console, component: Component) -> None:
     meta = _metadata(component)
     out.print(Text.assemble((meta["name"], "bold"), f"  ({meta['kind']})"))
     if meta["description"]:
-        out.print(indented(Text(meta["description"])))
+        out.print(indented(Text(_plain_text(meta["description"]))))
     info = Table.grid(padding=(0, 2))
     info.add_column(style="dim", no_wrap=True)
     info.add_column(overflow="fold")
@@ -350,7 +351,7 @@ def _print_component(out: Console, component: Component) -> None:
         origin += f" ({meta['distribution']} {meta['version'] or ''}".rstrip() + ")"
     rows: list[tuple[str, str]] = [("plugin", origin)]
     if meta.get("output"):
-        rows.append(("output", meta["output"]))
+        rows.append(("output", _plain_text(meta["output"])))
     rows.append(("capabilities", ", ".join(meta["capabilities"]) or "-"))
     if meta.get("transformer_kind"):
         rows.append(("transformer kind", meta["transformer_kind"]))
@@ -383,7 +384,10 @@ def _print_component(out: Console, component: Component) -> None:
         else:
             default = Text("optional")
         table.add_row(
-            Text(pname), Text(_schema_type(prop)), default, Text(str(prop.get("description", "")))
+            Text(pname),
+            Text(_schema_type(prop)),
+            default,
+            Text(_plain_text(str(prop.get("description", "")))),
         )
     out.print(indented(table))
     out.print()
@@ -408,15 +412,19 @@ def _cmd_new_plugin(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
     except OSError as exc:
         raise CLIError(f"cannot create the plugin: {exc}") from None
-    where = shlex.quote(str(made.root))
+    root = made.root.as_posix()
+    if not made.root.is_absolute() and not root.startswith("."):
+        root = f"./{root}"  # pip reads a bare name as a requirement, ./NAME as the folder
+    where = shlex.quote(root)
     print(f"created plugin {made.names.distribution!r} in {made.root}:")
     for path in made.files:
         print(f"  {path.as_posix()}")
     print(
         "next:\n"
-        f"  python -m pip install -e {shlex.quote(f'{made.root}[test]')}\n"
+        f"  python -m pip install -e {shlex.quote(f'{root}[test]')}\n"
         f"  python -m pytest {where}\n"
         f"  headwater plugins                 # lists {made.names.package}\n"
-        f"  headwater describe {made.action}"
+        f"  headwater describe {made.action}\n"
+        f"  headwater plugins --check {made.names.distribution}"
     )
     return EXIT_OK
