@@ -154,3 +154,33 @@ def test_a_key_far_from_every_known_one_gets_no_suggestion(tmp_path: Path) -> No
     proc = hw("validate", pipeline, cwd=tmp_path)
     assert proc.returncode == 2
     assert "zzzz: unknown key\n" in proc.stderr  # the message alone: no "did you mean"
+
+
+def test_plugins_and_describe_show_plain_text_not_markup(tmp_path: Path) -> None:
+    listing = hw("plugins", cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    line = next(ln for ln in listing.stdout.splitlines() if " filter " in ln)
+    assert "fn(item)" in line
+    assert "`" not in listing.stdout
+    described = hw("describe", "filter", cwd=tmp_path)
+    assert described.returncode == 0, described.stderr
+    assert "Keep the items for which fn(item) or expr is true." in described.stdout
+    head = described.stdout.split("params JSON schema")[0]  # the schema stays verbatim
+    assert "``" not in head
+
+
+@pytest.mark.parametrize(
+    ("markup", "plain"),
+    [
+        ("``fn(item)`` or ``expr``", "fn(item) or expr"),
+        (":class:`~headwater.core.engine.Engine`", "Engine"),
+        (":func:`headwater.run`", "headwater.run"),
+        (":ref:`the protocol <protocol>`", "the protocol"),
+        ("**bold** and *em*, 2*3*4", "bold and em, 2*3*4"),
+        ("`a link`_ here", "a link here"),
+    ],
+)
+def test_plain_text_strips_rst(markup: str, plain: str) -> None:
+    from headwater.cli._common import _plain_text
+
+    assert _plain_text(markup) == plain

@@ -379,6 +379,28 @@ def _print_json(data: Any, secrets: Secrets | None = None) -> None:
     sys.stdout.flush()
 
 
+def _plain_text(text: str) -> str:
+    """reStructuredText markup of a docstring as plain text for a terminal:
+    ````code```` and ```x``` -> ``code`` and ``x``, ``:role:`~pkg.mod.Name``` -> ``Name``
+    (``:role:`title <target>``` -> ``title``), ``**bold**`` and ``*em*`` -> their text."""
+    import re
+
+    def role(match: re.Match[str]) -> str:
+        body = match.group(1)
+        titled = re.fullmatch(r"(.*?)\s*<[^<>]*>", body)
+        if titled:
+            return titled.group(1)
+        if body.startswith("~"):
+            return body[1:].rsplit(".", 1)[-1]
+        return body.removeprefix("!")
+
+    text = re.sub(r":[\w:.-]+:`([^`]+)`", role, text)
+    text = re.sub(r"``([^`]+)``", r"\1", text)
+    text = re.sub(r"(?<![\w`])`([^`]+)`_{0,2}(?![\w`])", r"\1", text)
+    text = re.sub(r"\*\*([^*]+)\*\*", r"\1", text)
+    return re.sub(r"(?<![\w*])\*([^*\s][^*]*)\*(?![\w*])", r"\1", text)
+
+
 def _error(message: str, secrets: Secrets | None = None) -> None:
     if secrets is not None:
         message = secrets.mask(message)
