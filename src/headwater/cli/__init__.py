@@ -3,14 +3,17 @@
 Commands::
 
     headwater run FILE [--set KEY=VALUE]... [--progress | --no-progress] [--json]
-    headwater validate FILE [--set KEY=VALUE]...
-    headwater plugins [--json]
+    headwater run FILE --serve [--port P] [--stream NAME] [--keep-serving]
+    headwater run FILE --resume [--force]
+    headwater validate FILE [--set KEY=VALUE]... [--print [--json]] [--check-connections]
+    headwater test FILE... [-k TEXT]
+    headwater plugins [--json] [--check [PLUGIN]]
     headwater describe NAME [--kind KIND] [--json]
     headwater schema
     headwater serve [--config FILE] [--host HOST] [--port PORT]
     headwater tail URL STREAM [--since N] [--token TOKEN] [--json]
+    headwater tail URL --run PIPELINE [--param KEY=VALUE]... [--stream NAME]
     headwater worker FILE [--consumer NAME] [--drain-timeout SECONDS] [--set KEY=VALUE]...
-    headwater run FILE --resume [--force]
     headwater checkpoints list|show NAME|reset NAME [--store-path PATH | --pipeline FILE]
 
 Global options (before or after the command): ``--disable-plugin NAME`` (repeatable, also
@@ -25,15 +28,18 @@ traceback unless ``-v`` is given.
 Exit codes: 0 success; 1 the pipeline failed, was cancelled or timed out (or an
 unexpected error); 2 bad input (missing file, invalid YAML, validation errors, unknown
 component, a plugin failure in strict mode); 130 / 143 the run was interrupted by
-SIGINT / SIGTERM.
+SIGINT / SIGTERM. ``tail`` adds 3: the stream had already ended and the server
+kept nothing of it; ``test`` exits 1 when a test case failed and 2 when one is invalid.
 
 Heavy modules (rich, anyio, pydantic, the plugin machinery) are imported inside the
 command functions so that ``headwater --help`` stays fast.
 
-Modules, one per command group: :mod:`~headwater.cli.run` (``run``, ``validate``,
-``schema``), :mod:`~headwater.cli.jobs` (``run`` of a jobs file),
+Modules, one per command group: :mod:`~headwater.cli.run` (``run``, ``schema``),
+:mod:`~headwater.cli.runview` (the view of a run), :mod:`~headwater.cli.serve_run`
+(``run --serve``), :mod:`~headwater.cli.validate`, :mod:`~headwater.cli.testing`
+(``test``), :mod:`~headwater.cli.tail`, :mod:`~headwater.cli.jobs` (``run`` of a jobs file),
 :mod:`~headwater.cli.plugins` (``plugins``, ``describe``, ``new-plugin``),
-:mod:`~headwater.cli.serve` (``serve``, ``tail``), :mod:`~headwater.cli.checkpoints`,
+:mod:`~headwater.cli.serve` (``serve``), :mod:`~headwater.cli.checkpoints`,
 :mod:`~headwater.cli.worker`; :mod:`~headwater.cli.metrics` holds the metrics options,
 :mod:`~headwater.cli.parser` the argument parser and ``_common`` what they all share.
 """

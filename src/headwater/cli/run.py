@@ -45,7 +45,7 @@ def _add_run_command(commands: Any, common: argparse.ArgumentParser) -> None:
     run = commands.add_parser(
         "run",
         parents=[common],
-        help="run a pipeline file with live progress",
+        help="run a pipeline file with live progress (--serve: with a dashboard and a stream)",
         description="Run a pipeline YAML file. Progress and the summary go to stderr;\n"
         "stdout is left to sinks (and to --json). Ctrl-C cancels the run cleanly.\n"
         "\n"

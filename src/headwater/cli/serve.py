@@ -39,7 +39,7 @@ def _add_server_commands(commands: Any, common: argparse.ArgumentParser) -> None
     serve = commands.add_parser(
         "serve",
         parents=[common],
-        help="serve streams and named pipelines over WebSockets (and HTTP)",
+        help="serve named pipelines over WebSockets and HTTP: dashboard, /metrics, /api/*",
         description="Serve protocol v1 over WebSockets and plain HTTP on one port:\n"
         "  /                       the dashboard: runs, streams, throughput, latency, errors\n"
         "  /runs/ID, /errors       a run's page (live or from the run history); the errors\n"

@@ -27,7 +27,7 @@ def _add_test_command(commands: Any, common: argparse.ArgumentParser) -> None:
     test = commands.add_parser(
         "test",
         parents=[common],
-        help="run the tests: of pipeline files (input items, expected outputs)",
+        help="run the test cases of pipeline files (input items, expected outputs)",
         description="Run the test cases of pipeline files: those of their tests: key, and "
         "those of NAME.tests.yaml beside NAME.yaml. Each case feeds its input items in "
         "place of the sources (or to one step), collects what every sink would receive "
