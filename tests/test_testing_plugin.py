@@ -552,7 +552,7 @@ def test_plugins_check_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert rows[("action", "range", "cancellation")] == "pass"  # run with its sample params
     assert rows[("action", "file.lines", "cancellation")] == "skip"
     assert rows[("sink", "collect", "checkpoint_ack")] == "n/a"
-    assert main(["plugins", "--check"]) == 0
+    assert main(["plugins", "--check", "-v"]) == 0
     out = capsys.readouterr().out
     assert "checkpoint_ack" in out
     assert "params_schema" in out

@@ -108,7 +108,7 @@ def _pipeline(
         spec["sinks"] = [{"sink": "collect"}]
         return spec
     if items is None:
-        return f"no sample_input in its metadata to feed the {kind}; give --params"
+        return f"no sample input to feed the {kind}: give --params"
     feed = {"action": "iterable", "params": {"items": items}}
     spec["sources"] = {"sample": feed}
     if kind == "transformer":
@@ -129,7 +129,7 @@ async def _run_check(
     name, kind = component.name, str(component.kind)
     params = given if given is not None else component.sample_params
     if params is None:
-        why = "no sample params in its metadata (it may have side effects); give --params"
+        why = "no sample params (it may have side effects): give --params"
         return CheckResult(name, kind, "run", "skip", why)
     items = component.sample_input
     if items is None and given is not None:

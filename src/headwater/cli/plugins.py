@@ -52,7 +52,8 @@ def _add_plugins_command(commands: Any, common: argparse.ArgumentParser) -> None
         "every installed one): the conformance checks, then a run of each action, "
         "transformer and sink with the sample params and input of its metadata "
         "(components without samples are skipped, with the reason, unless given --params); "
-        'exit 1 if one fails; with --json print {"results": [...], "summary": {...}}',
+        "one row per component, every check with -v; exit 1 if one fails; with --json "
+        'print {"results": [...], "summary": {...}}',
     )
     plugins.add_argument(
         "--params",
@@ -168,17 +169,38 @@ def _check_plugins(args: argparse.Namespace, manager: PluginManager) -> int:
         results = [r.to_dict() for report in reports for r in report.results]
         _print_json({"results": results, "summary": counts, "failed": counts["failed"]})
         return EXIT_FAILED if counts["failed"] else EXIT_OK
-    styles = {"pass": "green", "fail": "bold red", "skip": "yellow", "n/a": "dim"}
-    table = Table("component", "check", "result", "detail", show_edge=False)
-    for report in reports:
-        for r in report.results:
-            table.add_row(
-                f"{r.kind} {r.component}",
-                r.check,
-                Text(r.status, style=styles[r.status]),
-                Text(r.detail, style="red" if r.status == "fail" else ""),
-            )
     out = _consoles()[0]
+    if _verbosity(args) > 0:  # every check of every component
+        styles = {"pass": "green", "fail": "bold red", "skip": "yellow", "n/a": "dim"}
+        table = Table("component", "check", "result", "detail", show_edge=False)
+        for report in reports:
+            for r in report.results:
+                table.add_row(
+                    f"{r.kind} {r.component}",
+                    r.check,
+                    Text(r.status, style=styles[r.status]),
+                    Text(r.detail, style="red" if r.status == "fail" else ""),
+                )
+    else:  # one row per component: the checks passed, and why others failed or skipped
+        styles = {"checked": "green", "failed": "bold red", "skipped": "yellow"}
+        table = Table("component", "result", "detail", show_edge=False)
+        for report in reports:
+            passed = [r.check for r in report.results if r.status == "pass"]
+            grouped: dict[tuple[str, str], list[str]] = {}  # checks by (status, detail)
+            for r in report.results:
+                if r.status in ("fail", "skip"):
+                    grouped.setdefault((r.status, r.detail), []).append(r.check)
+            notes = [
+                f"{', '.join(c)} {status}: {detail}" for (status, detail), c in grouped.items()
+            ]
+            if passed:
+                ran = [r.detail for r in report.results if r.check == "run" and r.status == "pass"]
+                notes.insert(0, "passed " + ", ".join(passed) + "".join(f" ({d})" for d in ran))
+            table.add_row(
+                f"{report.component.kind} {report.component.name}",
+                Text(report.verdict, style=styles[report.verdict]),
+                Text("; ".join(notes)),
+            )
     out.print(table)
     line = ", ".join(f"{verdict} {n}" for verdict, n in counts.items())
     out.print(Text(line, style="bold"), soft_wrap=True)
