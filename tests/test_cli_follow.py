@@ -306,3 +306,64 @@ async def test_tail_needs_a_stream_or_a_run(tmp_path: Path) -> None:
         code, _, err = await tail(tmp_path, *args)
         assert code == 2
         assert problem in err
+
+
+def test_serve_reports_every_problem_of_its_configuration_at_once(tmp_path: Path) -> None:
+    from test_cli import hw
+
+    (tmp_path / "bad.yaml").write_text(
+        "port: 0\n"
+        "limits: {rate: -1}\n"
+        "pipelines:\n"
+        "  a:\n"
+        "    pipeline:\n"
+        "      name: a\n"
+        "      sources: {n: {action: range, params: {stop: 3}}}\n"
+        "      steps: [{transformer: mapp}]\n"
+        "      sinks: [{sink: websocket}]\n"
+        "  b: nope.yaml\n"
+    )
+    proc = hw("serve", "--config", "bad.yaml", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "(3 problems)" in proc.stderr
+    assert "limits.rate: Input should be greater than 0" in proc.stderr
+    assert "pipelines.b.pipeline: cannot read nope.yaml" in proc.stderr
+    assert "pipelines.a.steps[0].transformer: no transformer 'mapp'; did you mean 'map'?" in (
+        proc.stderr
+    )
+
+
+def test_serve_help_names_the_dashboard_and_the_endpoints(tmp_path: Path) -> None:
+    from test_cli import hw
+
+    text = hw("serve", "--help", cwd=tmp_path).stdout
+    for needle in ("dashboard", "/metrics", "/api/pipelines", "/api/runs", "/healthz"):
+        assert needle in text
+    assert "130" in text  # its exit codes
+
+
+def test_run_off_a_terminal_prints_a_progress_line_every_period(tmp_path: Path) -> None:
+    from test_cli import hw
+
+    (tmp_path / "p.yaml").write_text(
+        "name: paced\nbatch_size: 1\n"
+        "sources: {n: {action: range, params: {stop: 300}}}\n"
+        "steps: [{transformer: throttle, params: {rate: 100, burst: 1}}]\n"
+        "sinks: [{sink: collect}]\n"
+    )
+    proc = hw("run", "p.yaml", "--progress-every", "0.2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("progress: ")]
+    assert lines, proc.stderr
+    # counted at the sink against the source's total, with an ETA; what the source has
+    # read (ahead of the throttle) is apart
+    pattern = re.compile(
+        r"progress: ([\d,]+)/300 \(\d+%\) delivered in \d+s · [\d.,]+ items/s delivered"
+        r" · ETA \d+s · read ([\d,]+)"
+    )
+    found = next((m for line in lines if (m := pattern.search(line))), None)
+    assert found, lines
+    assert int(found.group(1).replace(",", "")) <= int(found.group(2).replace(",", ""))
+    assert "\r" not in proc.stderr  # plain lines, never rewritten
+    quiet = hw("run", "p.yaml", "--no-progress", "--progress-every", "0.2", cwd=tmp_path)
+    assert "progress: " not in quiet.stderr
