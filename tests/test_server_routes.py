@@ -179,7 +179,7 @@ async def test_the_asgi_app_mounted_under_a_prefix_in_starlette(folder: Path) ->
             assert (await http.get("/")).text == "the host application"
             page = await http.get("/hw/")
             assert page.status_code == 200
-            assert 'src="static/dashboard.js"' in page.text  # relative: works under /hw
+            assert 'src="./static/dashboard.js"' in page.text  # relative: works under /hw
             assert (await http.get("/hw/static/dashboard.js")).status_code == 200
             assert (await http.get("/hw/healthz")).json()["status"] == "ok"
             assert (await http.get("/healthz")).status_code == 404  # not the host's
