@@ -377,6 +377,8 @@ class DashboardFeed:
                 "p99": latency["p99"],
             }
         )
+        # stage names, messages and params may hold substituted secrets
+        summary = self.server.engine.services.secrets.mask_data(summary)
         self._last = summary
         return summary
 
