@@ -26,7 +26,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import anyio
 from anyio.abc import TaskGroup
@@ -378,7 +378,7 @@ class DashboardFeed:
             }
         )
         # stage names, messages and params may hold substituted secrets
-        summary = self.server.engine.services.secrets.mask_data(summary)
+        summary = cast("dict[str, Any]", self.server.engine.services.secrets.mask_data(summary))
         self._last = summary
         return summary
 
