@@ -85,10 +85,11 @@ class LagMonitor:
     async def _tick(self) -> None:
         interval = self.interval
         while True:
-            before = time.monotonic()
+            # measured from the previous tick (or the start), so that a block before this
+            # task first ran counts too
             await anyio.sleep(interval)
             now = time.monotonic()
-            self.lag = max(0.0, now - before - interval)
+            self.lag = max(0.0, now - self._last_tick - interval)
             self.max_lag = max(self.max_lag, self.lag)
             self._last_tick = now
             if self._stall_reported:
