@@ -133,9 +133,11 @@ class MosquittoServer:
             "persistence": "true",
             "persistence_location": f"{root}/",
             "max_queued_messages": "0",
-            "log_dest": f"file {root}/mosquitto.log",
+            "log_dest": "none",
             **{k: str(v) for k, v in settings.items()},
         }
+        if os.geteuid() == 0:  # else it drops to user mosquitto, who cannot write here
+            lines["user"] = "root"
         self.conf.write_text("".join(f"{k} {v}\n" for k, v in lines.items()), encoding="utf-8")
         self.proc: subprocess.Popen[bytes] | None = None
 
