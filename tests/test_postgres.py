@@ -17,7 +17,7 @@ import pytest
 import headwater
 from connector_services import pg_table, postgres_dsn
 from headwater.builtin_plugins import postgres as pg_plugin
-from headwater.builtin_plugins.postgres_sink import PostgresCheckpointStore, PostgresStoreParams
+from headwater.builtin_plugins.postgres_store import PostgresCheckpointStore, PostgresStoreParams
 from headwater.core.checkpoints import Checkpoint
 
 __all__ = ["pg_table", "postgres_dsn"]
@@ -437,3 +437,18 @@ async def test_a_client_set_table_outside_the_allowed_list_is_refused(
         got = [r["data"]["v"] for r in replies if r["type"] == "stream_update"]
         assert got == ["v0", "v1"]
         assert replies[-1]["reason"] == "succeeded"
+
+
+def test_the_benchmark_scenario_runs(postgres_dsn: str, tmp_path: Path) -> None:
+    """``python -m benchmarks postgres`` in a tiny mode: both rows measured, the target
+    reported (no assertion on speed)."""
+    from test_benchmarks_smoke import assert_metrics, run_benchmarks
+
+    data, stdout = run_benchmarks(
+        tmp_path, "--rounds", "1", "--warmup", "0", "--n", "3000", "postgres"
+    )
+    assert set(data["postgres"]) == {"handwritten_copy", "headwater_exactly_once"}
+    for entry in data["postgres"].values():
+        assert_metrics(entry, {"seconds", "rows_per_s"}, rounds=1)
+    assert "headwater_exactly_once vs handwritten_copy (rows_per_s)" in stdout
+    assert "exactly 3,000 distinct rows" in stdout

@@ -27,6 +27,7 @@ SCENARIOS: dict[str, str] = {
     "fanout": "fanout",
     "workers": "workers",
     "checkpoint": "checkpoint",
+    "postgres": "postgres",
     "metrics": "metrics",
     "embedding": "embedding",
     "expr": "expr",

@@ -12,7 +12,8 @@ The source and the sink use psycopg's asyncio API, so they run on asyncio.
   ``follow: true`` it then waits for new rows, polling every ``poll_interval`` seconds
   and woken at once by ``NOTIFY`` on its ``channel`` when the operator installed the
   trigger that :func:`notify_trigger_sql` prints.
-* ``postgres`` (sink) and ``postgres`` (checkpoint store): see :mod:`.postgres_sink`.
+* ``postgres`` (sink) and ``postgres`` (checkpoint store): see :mod:`.postgres_sink` and
+  :mod:`.postgres_store`.
 
 Delivery: the source resumes from the last committed cursor (rows after it are read
 again after a crash: at-least-once into an at-least-once sink, exactly-once into the
@@ -34,13 +35,8 @@ from headwater.core.reconnect import DEFAULT_OUTAGE_DEADLINE, Link, retry
 
 from . import _postgres as pg
 from ._brokers import stage_logger, track
-from .postgres_sink import (
-    DSN_HELP,
-    PostgresCheckpointStore,
-    PostgresSink,
-    PostgresSinkParams,
-    PostgresStoreParams,
-)
+from .postgres_sink import DSN_HELP, PostgresSink, PostgresSinkParams
+from .postgres_store import PostgresCheckpointStore, PostgresStoreParams
 
 __all__ = [
     "PostgresCheckpointStore",

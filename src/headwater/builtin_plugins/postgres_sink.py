@@ -1,17 +1,17 @@
-"""The ``postgres`` sink (``COPY`` or upsert, transactional with checkpoints) and the
-``postgres`` checkpoint store.
+"""The ``postgres`` sink: ``COPY`` or upserts, transactional with checkpoints.
 
 Registered by :mod:`.postgres` (the ``headwater.postgres`` plugin), which also holds the
 ``postgres.query`` source. Installed with ``pip install 'headwater[postgres]'``
 (``psycopg`` 3 and ``psycopg_pool``); the sink uses psycopg's asyncio API, so it runs on
-asyncio. The store's methods are synchronous (the runtime calls them in threads).
+asyncio.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import decimal
-import logging
+import operator
 import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -20,26 +20,19 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 import headwater
-from headwater.core.checkpoints import Checkpoint, CheckpointError
+from headwater.core.checkpoints import Checkpoint
 from headwater.core.context import StreamContext
 from headwater.core.reconnect import (
     DEFAULT_OUTAGE_DEADLINE,
-    BrokerUnavailable,
     Link,
     retry,
-    retry_sync,
 )
 
 from . import _postgres as pg
 from ._brokers import stage_logger, track
 from ._values import type_name
 
-__all__ = [
-    "PostgresCheckpointStore",
-    "PostgresSink",
-    "PostgresSinkParams",
-    "PostgresStoreParams",
-]
+__all__ = ["DSN_HELP", "PostgresSink", "PostgresSinkParams"]
 
 DSN_HELP = (
     "Connection string (postgresql://USER@HOST:PORT/DB or key=value pairs); empty: "
@@ -64,7 +57,6 @@ _PY_TYPES: tuple[tuple[type, str], ...] = (
 )
 """The column type a created table gets for the first non-null value of a column."""
 
-log = logging.getLogger("headwater.postgres")
 
 _JSON_OIDS = frozenset({114, 3802})
 """``json`` and ``jsonb``: dicts and lists going there are wrapped for psycopg."""
@@ -190,6 +182,10 @@ class PostgresSink:
         """The connection holding the open transaction (transactional mode)."""
         self._sql: str | None = None
         self._json_at: list[int] = []
+        self._getter: Callable[[Any], Any] | None = None
+        self._copy: Any = None
+        """The COPY streaming the open transaction's rows (transactional insert mode)."""
+        self._copy_stack: contextlib.AsyncExitStack | None = None
         self.log = stage_logger("headwater.postgres", ctx)
         self.link = Link(
             "postgres sink",
@@ -291,7 +287,41 @@ class PostgresSink:
         return list(first)
 
     def _to_rows(self, batch: list[Any]) -> list[Sequence[Any]]:
-        """Turn items into value sequences in column order; errors name the item."""
+        """Turn items into value sequences in column order (the hot path: one C-level
+        ``itemgetter`` pass when every item is a dict holding exactly the columns)."""
+        rows = self._fast_rows(batch)
+        if rows is None:
+            rows = self._slow_rows(batch)
+        if self._json_at:
+            jsonb = pg.psycopg("postgres sink").types.json.Jsonb
+            at = self._json_at
+            for i, row in enumerate(rows):
+                row = list(row)
+                for j in at:
+                    if row[j] is not None:
+                        row[j] = jsonb(row[j])
+                rows[i] = row
+        return rows
+
+    def _fast_rows(self, batch: list[Any]) -> list[Sequence[Any]] | None:
+        """The rows when every item is a dict with every column (and, unless ``columns``
+        was given, no other key); None otherwise (:meth:`_slow_rows` then decides)."""
+        columns = self.columns
+        assert columns is not None
+        if self._getter is None:
+            self._getter = operator.itemgetter(*columns)
+        try:
+            values = list(map(self._getter, batch))
+        except (KeyError, TypeError, IndexError):
+            return None
+        if not self._ignore_extra and sum(map(len, batch)) != len(columns) * len(batch):
+            return None  # some item has more keys than columns
+        if len(columns) == 1:
+            return [(value,) for value in values]
+        return values  # tuples from itemgetter
+
+    def _slow_rows(self, batch: list[Any]) -> list[Sequence[Any]]:
+        """Item by item, for sequences, missing keys (NULL) and errors naming the item."""
         columns = self.columns
         assert columns is not None
         width = len(columns)
@@ -322,15 +352,6 @@ class PostgresSink:
                     f"item {self.rows + index} is a {type_name(item)}; postgres needs dicts "
                     "or sequences of column values"
                 )
-        if self._json_at:
-            jsonb = pg.psycopg("postgres sink").types.json.Jsonb
-            at = self._json_at
-            for i, row in enumerate(rows):
-                row = list(row)
-                for j in at:
-                    if row[j] is not None:
-                        row[j] = jsonb(row[j])
-                rows[i] = row
         return rows
 
     # -- writing ---------------------------------------------------------------------------
@@ -341,6 +362,13 @@ class PostgresSink:
             await self._prepare(conn, batch[0])
         assert self._sql is not None
         rows = self._to_rows(batch)
+        if self._deferred and self.params.mode == "insert":
+            # one COPY for every batch up to the checkpoint: a COPY costs round trips
+            copy = await self._open_copy(conn)
+            write_row = copy.write_row
+            for row in rows:
+                await write_row(row)
+            return len(rows)
         async with conn.cursor() as cur:
             if self.params.mode == "upsert":
                 await cur.executemany(self._sql, rows)
@@ -350,6 +378,34 @@ class PostgresSink:
                     for row in rows:
                         await write_row(row)
         return len(rows)
+
+    async def _open_copy(self, conn: Any) -> Any:
+        """The COPY of the open transaction, started at its first batch."""
+        if self._copy is None:
+            assert self._sql is not None
+            stack = contextlib.AsyncExitStack()
+            try:
+                cur = await stack.enter_async_context(conn.cursor())
+                self._copy = await stack.enter_async_context(cur.copy(self._sql))
+            except BaseException:
+                await stack.aclose()
+                raise
+            self._copy_stack = stack
+        return self._copy
+
+    async def _end_copy(self, error: BaseException | None = None) -> None:
+        """Finish the open COPY (its rows then wait for the commit); with ``error``,
+        abort it (the server discards its rows)."""
+        stack, self._copy_stack, self._copy = self._copy_stack, None, None
+        if stack is None:
+            return
+        if error is None:
+            await stack.aclose()
+            return
+        try:
+            await stack.__aexit__(type(error), error, error.__traceback__)
+        except Exception as exc:  # the COPY failed as asked; the rollback follows
+            self.log.debug("postgres: aborting the COPY: %s", exc)
 
     async def write(self, batch: list[Any]) -> None:
         """Write the batch: inside the open transaction (transactional mode), else in a
@@ -386,6 +442,7 @@ class PostgresSink:
             return
         conn = await self._held()
         try:
+            await self._end_copy()
             await conn.execute(
                 f"INSERT INTO {pg.CHECKPOINT_TABLE} VALUES (%s, %s, %s, %s) "
                 "ON CONFLICT (pipeline, sink_table) DO UPDATE SET seq = EXCLUDED.seq, "
@@ -417,6 +474,7 @@ class PostgresSink:
         try:
             if conn is not None:
                 try:
+                    await self._end_copy(error or RuntimeError("the run ended"))
                     await conn.rollback()
                 except Exception as exc:  # a broken connection: nothing left to roll back
                     self.log.debug("postgres: rollback at close failed: %s", exc)
@@ -425,125 +483,3 @@ class PostgresSink:
             if pool is not None:
                 await pool.close(timeout=5.0)
         return {"table": self.params.table, "rows": self.rows}
-
-
-# ---------------------------------------------------------------------------------------
-# checkpoint store
-# ---------------------------------------------------------------------------------------
-
-
-class PostgresStoreParams(BaseModel):
-    """Params of the ``postgres`` checkpoint store."""
-
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-
-    dsn: str = Field("", description=DSN_HELP)
-    table: str = Field(
-        "headwater_checkpoints",
-        description="Table of the checkpoints (created if missing): `table` or `schema.table`.",
-    )
-    outage_deadline: float = Field(
-        DEFAULT_OUTAGE_DEADLINE,
-        gt=0,
-        description="Seconds the server may stay unreachable (reconnecting with backoff) "
-        "before a load or save fails.",
-    )
-
-    _table_ok = field_validator("table")(pg.check_table_name)
-    _table_allowed = field_validator("table")(pg.check_table_param)
-
-
-@headwater.checkpoint_store("postgres", params=PostgresStoreParams)
-class PostgresCheckpointStore:
-    """Checkpoints in a PostgreSQL table, one row per pipeline (JSON text).
-
-    Shared by every process that reaches the server: a pipeline resumed on another
-    machine continues from the same checkpoint. Each save is one committed statement.
-    """
-
-    def __init__(self, params: PostgresStoreParams | None = None) -> None:
-        self.params = params if params is not None else PostgresStoreParams()
-        pool_mod = pg.pool_module("the postgres checkpoint store")
-        pg.psycopg("the postgres checkpoint store")
-        self._table = pg.table_sql(self.params.table)
-        self.link = Link(
-            "postgres checkpoint store",
-            pg.display_dsn(self.params.dsn),
-            deadline=self.params.outage_deadline,
-            log=log,
-        )
-        self._pool = pool_mod.ConnectionPool(
-            self.params.dsn,
-            min_size=1,
-            max_size=2,
-            open=False,
-            kwargs={"autocommit": True},
-            check=pool_mod.ConnectionPool.check_connection,
-            name="headwater-checkpoints",
-        )
-        self._ready = False
-
-    def _call(self, what: str, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        def once() -> list[tuple[Any, ...]]:
-            if not self._ready:
-                self._pool.open(wait=True, timeout=10.0)
-                with self._pool.connection() as conn:
-                    conn.execute(
-                        f"CREATE TABLE IF NOT EXISTS {self._table} (pipeline text PRIMARY KEY,"
-                        " fingerprint text NOT NULL, seq bigint NOT NULL, data text NOT NULL,"
-                        " updated timestamptz NOT NULL DEFAULT now())"
-                    )
-                self._ready = True
-            with self._pool.connection() as conn:
-                cur = conn.execute(sql, args)
-                return cur.fetchall() if cur.description is not None else [(cur.rowcount,)]
-
-        try:
-            return retry_sync(self.link, once, transient=pg.transient)
-        except BrokerUnavailable as exc:
-            raise CheckpointError(f"cannot {what} a checkpoint: {exc}") from None
-        except Exception as exc:
-            raise CheckpointError(
-                f"postgres checkpoint store at {self.link.address} ({self.params.table}): "
-                f"cannot {what}: {exc}"
-            ) from None
-
-    def load(self, pipeline: str) -> Checkpoint | None:
-        """The latest checkpoint of ``pipeline``, or None."""
-        rows = self._call(
-            "read", f"SELECT data FROM {self._table} WHERE pipeline = %s", (pipeline,)
-        )
-        return self._parse(pipeline, rows[0][0]) if rows else None
-
-    def _parse(self, pipeline: str, data: str) -> Checkpoint:
-        try:
-            return Checkpoint.from_json(data)
-        except (ValueError, TypeError) as exc:
-            raise CheckpointError(
-                f"checkpoint of {pipeline!r} in {self.params.table} is unreadable ({exc}); run "
-                f"`headwater checkpoints reset {pipeline}` to start over"
-            ) from None
-
-    def save(self, checkpoint: Checkpoint) -> None:
-        """Replace ``checkpoint.pipeline``'s checkpoint (committed when this returns)."""
-        self._call(
-            "write",
-            f"INSERT INTO {self._table} (pipeline, fingerprint, seq, data) VALUES "
-            "(%s, %s, %s, %s) ON CONFLICT (pipeline) DO UPDATE SET fingerprint = "
-            "EXCLUDED.fingerprint, seq = EXCLUDED.seq, data = EXCLUDED.data, updated = now()",
-            (checkpoint.pipeline, checkpoint.fingerprint, checkpoint.seq, checkpoint.to_json()),
-        )
-
-    def list(self) -> list[Checkpoint]:
-        """Every pipeline's checkpoint, by name."""
-        rows = self._call("list", f"SELECT pipeline, data FROM {self._table} ORDER BY pipeline")
-        return [self._parse(name, data) for name, data in rows]
-
-    def reset(self, pipeline: str) -> bool:
-        """Forget ``pipeline``'s checkpoint."""
-        rows = self._call("delete", f"DELETE FROM {self._table} WHERE pipeline = %s", (pipeline,))
-        return bool(rows and rows[0][0])
-
-    def close(self) -> None:
-        """Close the connection pool."""
-        self._pool.close(timeout=5.0)
