@@ -95,6 +95,8 @@ async def test_a_failing_provider_does_not_stop_the_others(
     events = await collect(engine, corpus_pipeline(corpus, standin.url))
     statuses = _final_statuses(events)
     assert statuses["web"]["state"] == "failed" and "500" in statuses["web"]["message"]
+    [error] = of_type(events, "error")
+    assert (error["where"], error["error"]) == ("web", "RuntimeError")
     assert statuses["fts"]["state"] == statuses["files"]["state"] == "done"
     assert ranking(events) and of_type(events, "answer")
     assert events[-1]["type"] == "complete"

@@ -4,8 +4,9 @@ A provider is a coroutine ``search(params, ctx, emit)`` that calls ``await emit(
 for each hit, in its own order, and may return a note for its final status. It is plain
 structured async code (task groups and timeouts are fine inside). :func:`run_provider`
 runs one with its timeout and turns what happens into ``status`` and ``hit`` events: a
-provider that raises ends ``failed``, one that overruns its timeout ``timed_out``; either
-way nothing is raised, so one provider never stops the others.
+provider that raises ends ``failed`` (after an ``error`` event naming the exception), one
+that overruns its timeout ``timed_out``; either way nothing is raised, so one provider
+never stops the others.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import headwater
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..background import Send, stream_from
-from ..events import HitEvent, StatusEvent
+from ..events import ErrorEvent, HitEvent, StatusEvent
 
 __all__ = ["Emit", "ProviderSettings", "Search", "provider_events", "run_provider"]
 
@@ -50,9 +51,18 @@ class Search(Protocol):
     ) -> Awaitable[str | None]: ...
 
 
-def _message(exc: BaseException) -> str:
+def _unwrap(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]  # a task group's wrapping says nothing
+    return exc
+
+
+def _kind(exc: BaseException) -> str:
+    return type(_unwrap(exc)).__name__
+
+
+def _message(exc: BaseException) -> str:
+    exc = _unwrap(exc)
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:500]
 
@@ -91,6 +101,7 @@ async def run_provider(
     scope = scope if scope is not None else anyio.CancelScope()
     state = "done"
     message: str | None = None
+    failure: ErrorEvent | None = None
     try:
         with scope, anyio.move_on_after(params.timeout) as deadline:
             message = await search(params, stage, emit)
@@ -101,10 +112,13 @@ async def run_provider(
     except Exception as exc:  # noqa: BLE001 - a provider's failure is its status
         state, message = "failed", _message(exc)
         stage.logger.warning("provider %s failed: %s", name, message)
+        failure = ErrorEvent(where=name, error=_kind(exc), message=message)
     elapsed = time.monotonic() - started
     stage.progress(hits, hits, f"{hits} hits, {state}")
     final = StatusEvent(provider=name, state=state, hits=hits, elapsed=elapsed, message=message)
     with anyio.CancelScope(shield=True):
+        if failure is not None:
+            await send.send(failure.item())
         await send.send(final.item())
     return final
 
