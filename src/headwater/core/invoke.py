@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -12,15 +13,25 @@ import anyio
 __all__ = ["call_flexible", "maybe_await_in_thread", "positional_arity"]
 
 
+_ARITIES: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+"""Arity by callable, held weakly: a cache must never keep a run's closures alive."""
+
+
 def positional_arity(fn: Callable[..., Any]) -> int:
     """How many positional arguments ``fn`` accepts (a large number for ``*args``)."""
     try:
-        return _cached_arity(fn)
-    except TypeError:  # an unhashable callable object
-        return _arity(fn)
+        return _ARITIES[fn]
+    except KeyError:
+        arity = _ARITIES[fn] = _arity(fn)
+        return arity
+    except TypeError:  # not weakly referenceable (builtins, which live for ever anyway)
+        try:
+            return _cached_arity(fn)
+        except TypeError:  # unhashable
+            return _arity(fn)
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=256)
 def _cached_arity(fn: Callable[..., Any]) -> int:
     return _arity(fn)
 
