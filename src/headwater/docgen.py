@@ -33,6 +33,7 @@ from .markers import PROJECT_NAME
 __all__ = [
     "builtin_plugin_manager",
     "components_reference",
+    "connectors_table",
     "hooks_reference",
     "main",
     "pipeline_yaml_reference",
@@ -400,6 +401,47 @@ def components_reference(plugins: PluginManager) -> str:
         for component in of_kind:
             out += _component_section(component, _component_heading(component, shared))
     return "\n".join(out) + "\n"
+
+
+CONNECTOR_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("extra", "extra"),
+    ("guarantee", "delivery guarantee"),
+    ("ack", "acknowledgement point"),
+    ("ordering", "ordering"),
+    ("backpressure", "backpressure"),
+    ("resume", "resumability"),
+)
+"""Key of a connector's facts (``metadata()["connector"]``) -> its column's header."""
+
+_CONNECTOR_ROLES = {
+    ComponentKind.ACTION: "source",
+    ComponentKind.TRANSFORMER: "transformer",
+    ComponentKind.SINK: "sink",
+}
+
+
+def connectors_table(plugins: PluginManager, names: Iterable[str] | None = None) -> str:
+    """The Markdown table of the connectors among ``plugins``' components: those whose
+    metadata carries delivery facts (``connector``), one row each, by name (only
+    ``names`` when given). The first column is ``` `name` (role) ```, the extra is code."""
+    rows = []
+    wanted = None if names is None else set(names)
+    order = list(_CONNECTOR_ROLES)
+    found = [
+        c
+        for c in plugins.load().registry
+        if c.kind in _CONNECTOR_ROLES and "connector" in c.metadata()
+        if wanted is None or c.name in wanted
+    ]
+    for component in sorted(found, key=lambda c: (c.name, order.index(c.kind))):
+        facts = component.metadata()["connector"]
+        cells = [f"`{component.name}` ({_CONNECTOR_ROLES[component.kind]})"]
+        for key, _ in CONNECTOR_COLUMNS:
+            value = str(facts.get(key, ""))
+            cells.append(_code(value) if key == "extra" else value)
+        rows.append(cells)
+    header = ("connector", *(title for _, title in CONNECTOR_COLUMNS))
+    return "\n".join(_table(header, rows)) + "\n"
 
 
 # ---------------------------------------------------------------------------------------

@@ -142,6 +142,8 @@ class Component:
     distribution: str | None = None
     version: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    """Metadata of the plugin's own; ``extra["connector"]`` (a connector's delivery
+    facts) is part of :meth:`metadata`."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the wrapped object directly (handy in unit tests of a plugin)."""
@@ -190,6 +192,9 @@ class Component:
             data["sample_params"] = self.sample_params
         if self.sample_input is not None:
             data["sample_input"] = self.sample_input
+        if "connector" in self.extra:
+            # a connector's delivery facts: guarantee, acknowledgement point, ordering...
+            data["connector"] = dict(self.extra["connector"])
         return data
 
 
