@@ -44,6 +44,7 @@ from headwater.core.reconnect import DEFAULT_OUTAGE_DEADLINE, Link, retry
 
 from ._broker_source import Acknowledger, read_broker
 from ._brokers import require, stage_logger, track
+from ._connectors import connector
 
 __all__ = ["AmqpSink", "AmqpSinkParams", "AmqpSourceParams", "amqp_source"]
 
@@ -567,6 +568,27 @@ class AmqpSink:
         await _close_quietly(conn, self._channel)
         p = self.params
         return {"exchange": p.exchange, "routing_key": p.routing_key, "published": self.published}
+
+
+connector(
+    amqp_source,
+    extra="amqp",
+    guarantee="at-least-once: a crash hands at most `prefetch` messages out again",
+    ack="`basic.ack` (multiple) once every sink committed the messages",
+    ordering="queue order; a requeued message comes back out of order",
+    backpressure="the prefetch window: at most `prefetch` unacknowledged messages",
+    resume="the queue keeps every unacknowledged message; over `max_deliver`, to the "
+    "dead-letter exchange",
+)
+connector(
+    AmqpSink,
+    extra="amqp",
+    guarantee="at-least-once: a batch cut by an outage is published again",
+    ack="`write` returns once the broker confirmed every message (publisher confirms)",
+    ordering="in order, one channel",
+    backpressure="each batch waits for its confirms",
+    resume="none of its own: the pipeline's checkpoint decides what is sent again",
+)
 
 
 @headwater.hookimpl

@@ -43,6 +43,7 @@ from headwater.core.reconnect import DEFAULT_OUTAGE_DEADLINE, Link, retry
 
 from ._broker_source import Acknowledger, read_broker
 from ._brokers import given_consumer, stage_logger, track
+from ._connectors import connector
 from ._mqtt import Inbox, MqttConnection, paho, transient
 
 __all__ = ["MqttSink", "MqttSinkParams", "MqttSourceParams", "mqtt_source"]
@@ -441,6 +442,29 @@ class MqttSink:
             with anyio.CancelScope(shield=True):
                 await conn.close()
         return {"topic": self.params.topic, "published": self.published}
+
+
+connector(
+    mqtt_source,
+    extra="mqtt",
+    guarantee="at-least-once with QoS 1 (a crash repeats what was not acknowledged); "
+    "at-most-once with QoS 0",
+    ack="PUBACK once every sink committed the message, in the order received",
+    ordering="as the broker delivers (per topic); redeliveries after a reconnection first",
+    backpressure="the broker's window of unacknowledged QoS 1 messages; QoS 0 messages "
+    "beyond `buffer` waiting ones are dropped",
+    resume="the persistent session (`client_id`, `session_expiry`) keeps the subscriptions "
+    "and what arrives while away (up to Mosquitto's `max_queued_messages`)",
+)
+connector(
+    MqttSink,
+    extra="mqtt",
+    guarantee="at-least-once with QoS 1 (resent after a reconnection); at-most-once with QoS 0",
+    ack="`write` returns after every PUBACK (QoS 1)",
+    ordering="in order",
+    backpressure="each batch waits for its PUBACKs",
+    resume="none of its own: the pipeline's checkpoint decides what is sent again",
+)
 
 
 @headwater.hookimpl

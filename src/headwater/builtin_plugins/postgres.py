@@ -35,6 +35,7 @@ from headwater.core.reconnect import DEFAULT_OUTAGE_DEADLINE, Link, retry
 
 from . import _postgres as pg
 from ._brokers import stage_logger, track
+from ._connectors import connector
 from .postgres_sink import DSN_HELP, PostgresSink, PostgresSinkParams
 from .postgres_store import PostgresCheckpointStore, PostgresStoreParams
 
@@ -334,6 +335,19 @@ async def postgres_query_source(
         untrack()
         with anyio.CancelScope(shield=True):
             await reader.close()
+
+
+connector(
+    postgres_query_source,
+    extra="postgres",
+    guarantee="exactly-once into a transactional sink (`postgres`, `sqlite`); at-least-once "
+    "into others: the rows after the committed cursor are read again",
+    ack="the checkpoint commit (the cursor is saved once every sink committed the rows)",
+    ordering="cursor order",
+    backpressure="one SELECT of `batch` rows at a time, as fast as the pipeline takes them",
+    resume="from the committed cursor (`--resume`); `follow` then waits for new rows, "
+    "polling, woken by LISTEN/NOTIFY",
+)
 
 
 @headwater.hookimpl

@@ -30,6 +30,7 @@ from headwater.core.reconnect import (
 
 from . import _postgres as pg
 from ._brokers import stage_logger, track
+from ._connectors import connector
 from ._values import type_name
 
 __all__ = ["DSN_HELP", "PostgresSink", "PostgresSinkParams"]
@@ -483,3 +484,17 @@ class PostgresSink:
             if pool is not None:
                 await pool.close(timeout=5.0)
         return {"table": self.params.table, "rows": self.rows}
+
+
+connector(
+    PostgresSink,
+    extra="postgres",
+    guarantee="exactly-once in a checkpointed run (rows and checkpoint in one transaction); "
+    "at-least-once otherwise (`mode: upsert` makes a repeat harmless)",
+    ack="the commit of the transaction holding the checkpoint (without checkpoints: each "
+    "batch's commit)",
+    ordering="batches in order, one COPY per checkpoint",
+    backpressure="`write` returns once the rows are on the server: a slow server slows the "
+    "pipeline",
+    resume="the checkpoint committed with the rows wins over an older one in the store",
+)
