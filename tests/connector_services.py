@@ -28,6 +28,7 @@ from services import _reachable, _unavailable, need, unique
 __all__ = [
     "MosquittoServer",
     "amqp_url",
+    "mosquitto_binary",
     "mosquitto_server",
     "mqtt_url",
     "pg_table",
@@ -173,9 +174,8 @@ class MosquittoServer:
                 proc.wait(timeout=10)
 
 
-@pytest.fixture
-def mosquitto_server(tmp_path: Path) -> Iterator[MosquittoServer]:
-    """A running Mosquitto of the test's own (stopped afterwards)."""
+def mosquitto_binary() -> str:
+    """The ``mosquitto`` program (the test is skipped, or fails, without it)."""
     need("paho.mqtt", "mqtt")
     binary = shutil.which("mosquitto") or next(
         (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).is_file()),
@@ -184,7 +184,13 @@ def mosquitto_server(tmp_path: Path) -> Iterator[MosquittoServer]:
     if binary is None:
         _unavailable("mosquitto is not installed (needed to run a broker of the test's own)")
     assert binary is not None
-    server = MosquittoServer(binary, tmp_path)
+    return binary
+
+
+@pytest.fixture
+def mosquitto_server(tmp_path: Path) -> Iterator[MosquittoServer]:
+    """A running Mosquitto of the test's own (stopped afterwards)."""
+    server = MosquittoServer(mosquitto_binary(), tmp_path)
     server.start()
     try:
         yield server

@@ -9,6 +9,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -243,3 +244,19 @@ async def test_the_source_rides_out_a_broker_restart(
         finally:
             await anyio.to_thread.run_sync(worker.join, 60)
     assert got == set(range(300))
+
+
+def test_a_refused_connection_fails_at_once(tmp_path: Path) -> None:
+    """A broker that refuses the client (here: no anonymous clients) fails the run with
+    its reason, instead of retrying until the outage deadline."""
+    from connector_services import mosquitto_binary
+
+    server = MosquittoServer(mosquitto_binary(), tmp_path, allow_anonymous="false")
+    server.start()
+    try:
+        spec = source(server.url, "t", "hwtest-refused", idle_exit=None)
+        result = headwater.run_sync(spec, raise_on_error=False)
+    finally:
+        server.stop()
+    assert result.state == "failed"
+    assert "the broker refused the connection: Not authorized" in str(result.errors[0])
