@@ -36,12 +36,13 @@ from contextlib import aclosing
 from typing import Any, Literal
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 import headwater
 from headwater.core.context import StreamContext
 from headwater.core.reconnect import DEFAULT_OUTAGE_DEADLINE, Link, retry
 
+from ._addresses import check_url, check_url_param
 from ._broker_source import Acknowledger, read_broker
 from ._brokers import require, stage_logger, track
 from ._connectors import connector
@@ -185,6 +186,8 @@ class AmqpSourceParams(BaseModel):
         description="Seconds the broker may stay unreachable (reconnecting with backoff) "
         "before the run fails.",
     )
+
+    _url_allowed = field_validator("url")(check_url_param)
 
 
 def _deliveries(msg: Any) -> int:
@@ -417,6 +420,7 @@ async def amqp_source(params: AmqpSourceParams, ctx: StreamContext) -> AsyncIter
     (one ``basic.ack`` with ``multiple``).
     """
     _aio_pika("amqp")
+    check_url(ctx.policy, params.url, param=f"{ctx.stage}.params.url")
     async with aclosing(read_broker(_Consumer(params, ctx), params, ctx)) as batches:
         async for batch in batches:
             yield batch
@@ -464,6 +468,8 @@ class AmqpSinkParams(BaseModel):
         "before the run fails.",
     )
 
+    _url_allowed = field_validator("url")(check_url_param)
+
 
 def _body(item: Any, mode: Codec) -> bytes:
     if mode == "json":
@@ -504,6 +510,7 @@ class AmqpSink:
     async def open(self) -> None:
         """Connect, waiting through an outage (and declare the queue if asked)."""
         _aio_pika("amqp sink")
+        check_url(self.ctx.policy, self.params.url, param=f"{self.ctx.stage}.params.url")
         self._untrack = track(self.ctx, self.link, "sink")
         await retry(self.link, self._connect, transient=transient)
 

@@ -35,12 +35,13 @@ from contextlib import aclosing
 from typing import Any, Literal
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 import headwater
 from headwater.core.context import StreamContext
 from headwater.core.reconnect import DEFAULT_OUTAGE_DEADLINE, Link, retry
 
+from ._addresses import check_url, check_url_param
 from ._broker_source import Acknowledger, read_broker
 from ._brokers import given_consumer, stage_logger, track
 from ._connectors import connector
@@ -72,6 +73,8 @@ class _Common(BaseModel):
         description="Seconds the broker may stay unreachable (paho reconnecting) before "
         "the run fails.",
     )
+
+    _url_allowed = field_validator("url")(check_url_param)
 
 
 class MqttSourceParams(_Common):
@@ -314,6 +317,7 @@ async def mqtt_source(params: MqttSourceParams, ctx: StreamContext) -> AsyncIter
     acknowledged, in the order received (as MQTT requires).
     """
     paho("mqtt")
+    check_url(ctx.policy, params.url, param=f"{ctx.stage}.params.url")
     async with aclosing(read_broker(_Subscriber(params, ctx), params, ctx)) as batches:
         async for batch in batches:
             yield batch
@@ -382,6 +386,7 @@ class MqttSink:
         """Connect, waiting through an outage."""
         p = self.params
         paho("mqtt sink")
+        check_url(self.ctx.policy, p.url, param=f"{self.ctx.stage}.params.url")
         self._untrack = track(self.ctx, self.link, "sink")
         inbox = Inbox(1)
         self.conn = MqttConnection(

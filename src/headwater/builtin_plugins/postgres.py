@@ -34,6 +34,7 @@ from headwater.core.context import StreamContext
 from headwater.core.reconnect import DEFAULT_OUTAGE_DEADLINE, Link, retry
 
 from . import _postgres as pg
+from ._addresses import check_dsn, check_dsn_param
 from ._brokers import stage_logger, track
 from ._connectors import connector
 from .postgres_sink import DSN_HELP, PostgresSink, PostgresSinkParams
@@ -143,6 +144,7 @@ class PostgresQueryParams(BaseModel):
 
     _table_ok = field_validator("table")(_table_name)
     _table_allowed = field_validator("table")(pg.check_table_param)
+    _dsn_allowed = field_validator("dsn")(check_dsn_param)
 
     @field_validator("columns", "cursor")
     @classmethod
@@ -290,6 +292,7 @@ async def postgres_query_source(
         ctx.policy.check_table(params.table, param=f"{ctx.stage}.params.table")
     else:
         pg.check_query_allowed(ctx.policy, f"{ctx.stage}.params.query")
+    check_dsn(ctx.policy, params.dsn, param=f"{ctx.stage}.params.dsn")
     reader = _Reader(params, ctx)
     link = reader.link
     untrack = track(ctx, link, "source")

@@ -29,6 +29,7 @@ from headwater.core.reconnect import (
 )
 
 from . import _postgres as pg
+from ._addresses import check_dsn, check_dsn_param
 from ._brokers import stage_logger, track
 from ._connectors import connector
 from ._values import type_name
@@ -124,6 +125,7 @@ class PostgresSinkParams(BaseModel):
 
     _table_ok = field_validator("table")(pg.check_table_name)
     _table_allowed = field_validator("table")(pg.check_table_param)
+    _dsn_allowed = field_validator("dsn")(check_dsn_param)
 
     @field_validator("columns", "key")
     @classmethod
@@ -199,9 +201,11 @@ class PostgresSink:
     async def open(self) -> None:
         """Check the table against the policy, connect (through an outage) and create the
         checkpoint table of a transactional run."""
-        self.ctx.policy.check_table(self.params.table, param=f"{self.ctx.stage}.params.table")
         pool_mod = pg.pool_module("postgres sink")
         pg.psycopg("postgres sink")
+        stage = self.ctx.stage
+        self.ctx.policy.check_table(self.params.table, param=f"{stage}.params.table")
+        check_dsn(self.ctx.policy, self.params.dsn, param=f"{stage}.params.dsn")
         self._untrack = track(self.ctx, self.link, "sink")
         self._pool = pool_mod.AsyncConnectionPool(
             self.params.dsn, min_size=1, max_size=1, open=False, name="headwater-sink"

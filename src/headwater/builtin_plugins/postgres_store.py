@@ -16,6 +16,7 @@ from headwater.core.checkpoints import Checkpoint, CheckpointError
 from headwater.core.reconnect import DEFAULT_OUTAGE_DEADLINE, BrokerUnavailable, Link, retry_sync
 
 from . import _postgres as pg
+from ._addresses import check_dsn_param
 from .postgres_sink import DSN_HELP
 
 __all__ = ["PostgresCheckpointStore", "PostgresStoreParams"]
@@ -42,6 +43,7 @@ class PostgresStoreParams(BaseModel):
 
     _table_ok = field_validator("table")(pg.check_table_name)
     _table_allowed = field_validator("table")(pg.check_table_param)
+    _dsn_allowed = field_validator("dsn")(check_dsn_param)
 
 
 @headwater.checkpoint_store("postgres", params=PostgresStoreParams)
