@@ -74,3 +74,11 @@ def test_loopback_and_unix_sockets_are_this_machine() -> None:
     check_dsn(ported, "host=127.0.0.1,replica.example.com port=5432,5433")
     with pytest.raises(SandboxError, match=r"'replica\.example\.com'"):
         check_dsn(ported, "host=replica.example.com port=5432")
+
+
+def test_a_string_that_is_no_connection_string_is_refused_when_connecting() -> None:
+    policy = headwater.SandboxPolicy()
+    text = "${PG_DSN:-postgresql://127.0.0.1/test}"  # not substituted: a dict, not a file
+    assert check_dsn(policy, text, unparsable_ok=True) == text  # validation leaves it
+    with pytest.raises(SandboxError, match="not a PostgreSQL connection string"):
+        check_dsn(policy, text, param="sinks[0].params.dsn")

@@ -54,15 +54,21 @@ def check_url(policy: SandboxPolicy, url: str, *, param: str | None = None) -> s
     return url
 
 
-def check_dsn(policy: SandboxPolicy, dsn: str, *, param: str | None = None) -> str:
+def check_dsn(
+    policy: SandboxPolicy, dsn: str, *, param: str | None = None, unparsable_ok: bool = False
+) -> str:
     """A PostgreSQL connection string whose every host is allowed; else
-    :class:`~headwater.core.policy.SandboxError`."""
+    :class:`~headwater.core.policy.SandboxError`. A string that is no connection string
+    is refused too, unless ``unparsable_ok`` (at validation, where it may still hold a
+    ``${VAR}`` to substitute: the check when connecting refuses it)."""
     if policy.unrestricted:
         return dsn
     conninfo = require("psycopg.conninfo", "postgres", param or "postgres")
     try:
         parts = conninfo.conninfo_to_dict(dsn)
     except Exception as exc:
+        if unparsable_ok:
+            return dsn
         where = f"{param}: " if param else ""
         raise SandboxError(f"{where}not a PostgreSQL connection string: {exc}") from None
     hosts = str(parts.get("host") or "").split(",")
@@ -91,5 +97,5 @@ def check_dsn_param(value: Any, info: ValidationInfo) -> Any:
     if policy is not None and isinstance(value, str):
         # without psycopg the component reports the missing extra when it runs
         with contextlib.suppress(MissingDependency):
-            check_dsn(policy, value)
+            check_dsn(policy, value, unparsable_ok=True)
     return value
