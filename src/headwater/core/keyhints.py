@@ -1,4 +1,4 @@
-""""Did you mean" for unknown keys: the known keys of a pydantic model at a location.
+""" "Did you mean" for unknown keys: the known keys of a pydantic model at a location.
 
 A validation error of an unknown key (``extra_forbidden``) carries the key's location,
 e.g. ``("sources", "app", "parms")``. :func:`unknown_key_hint` walks the model's fields

@@ -48,12 +48,8 @@ class Expectation(BaseModel):
         description="The sink whose items are checked, by name (its `name`, else its "
         "component), or `dead_letter`; default: the pipeline's first sink.",
     )
-    items: list[Any] | None = Field(
-        None, description="Exactly these items, in this order."
-    )
-    unordered: bool = Field(
-        False, description="With `items`: the same items in any order."
-    )
+    items: list[Any] | None = Field(None, description="Exactly these items, in this order.")
+    unordered: bool = Field(False, description="With `items`: the same items in any order.")
     contains: list[Any] | None = Field(
         None, description="These items are among those received (in any order)."
     )
