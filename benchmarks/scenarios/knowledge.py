@@ -18,12 +18,18 @@ each query (flat: the last tenth of the queries adds < 5 MB over the second tent
 Then the same queries again with the stand-in failing 5% of its calls: the error rate
 (queries whose web provider failed, or that did not complete; target < 1%) and the
 recovery (queries that met a failed call and still had their web results; > 99%).
+Last, the plugin's search page in Chromium (``/usr/bin/chromium`` or
+``HEADWATER_CHROMIUM``, through Playwright) while 1,000 results and a 5,000-word answer
+stream in (full: 3 floods, quick: 1), keys typed meanwhile: the frame rate (target > 30
+fps) and the median input latency (< 100 ms); ``n/a`` rows when the browser is missing.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -33,7 +39,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -108,7 +114,146 @@ def _config(web_url: str) -> dict[str, Any]:
     pipe = pipeline(index="knowledge.db", folder="docs", web_url=web_url)
     config = server_config(pipe, port=0)
     config["limits"] = {"max_runs": 64}
+    config["pipelines"]["flood"] = FLOOD
     return config
+
+
+# -- the page under a flood: 1,000 results re-ranked and a 5,000-word answer ----------------
+
+CHROMIUM = os.environ.get("HEADWATER_CHROMIUM", "/usr/bin/chromium")
+FULL_FLOODS = 3
+QUICK_FLOODS = 1
+WAIT_MS = 30_000
+FLOOD = {
+    "pipeline": {
+        "name": "flood",
+        "sources": {"f": {"action": "bench.flood"}},
+        "sinks": [{"sink": "websocket"}],
+    },
+    "params": {"query": "sources.f.params.query", "session": "sources.f.params.session"},
+}
+MEASURE = """
+window.__frames = [];
+window.__input = [];
+(function loop(t) {
+  window.__frames.push(t);
+  requestAnimationFrame(loop);
+})(0);
+document.addEventListener("keydown", (e) => {
+  const t0 = e.timeStamp;
+  requestAnimationFrame(() => window.__input.push(performance.now() - t0));
+}, true);
+"""
+
+
+def _flood_plugin() -> object:
+    """A plugin with ``bench.flood``: the events of a huge query, in the knowledge
+    plugin's shapes, paced over ~2 s."""
+    import anyio
+    from headwater_knowledge.events import (
+        AnswerEvent,
+        Citation,
+        CompleteEvent,
+        QueryEvent,
+        StatusEvent,
+    )
+    from headwater_knowledge.rank import Ranker, RankParams
+    from pydantic import BaseModel
+
+    import headwater
+
+    class FloodParams(BaseModel):
+        query: str = "flood"
+        session: str | None = None
+        results: int = 1000
+        words: int = 5000
+
+    @headwater.action("bench.flood", params=FloodParams)
+    async def flood(params: FloodParams) -> AsyncIterator[dict[str, Any]]:
+        yield QueryEvent(query=params.query, providers=["a", "b"], started=0).item()
+        for name in ("a", "b"):
+            yield StatusEvent(provider=name, state="started").item()
+        rng = random.Random(1)
+        ranker = Ranker(RankParams(limit=params.results))
+        urls = [f"https://example.org/doc/{i}" for i in range(params.results)]
+        hits = [(p, r, u) for p in ("a", "b") for r, u in enumerate(rng.sample(urls, len(urls)), 1)]
+        vocabulary = ["river", "delta", "source", "stream", "basin", "flow"]
+        words = [rng.choice(vocabulary) for _ in range(params.words)]
+        cite = Citation(n=1, id="x", url=urls[0], title="doc")
+        step = 0
+        for i, (provider, rank, url) in enumerate(hits):
+            hit = {"type": "hit", "provider": provider, "rank": rank, "url": url, "title": url}
+            for event in ranker.hit(hit):
+                yield event
+            if i % 5 == 0 and step * 25 < len(words):
+                chunk = " ".join(words[step * 25 : step * 25 + 25])
+                yield AnswerEvent(index=step, delta=chunk + " [1] ", citations=[cite]).item()
+                step += 1
+            if i % 20 == 0:
+                await anyio.sleep(0.02)
+        for name in ("a", "b"):
+            yield StatusEvent(provider=name, state="done", hits=params.results).item()
+        yield CompleteEvent(
+            query=params.query,
+            timings={"total": 2.0, "first_result": 0.01},
+            counts={"results": params.results},
+            providers={},
+        ).item()
+
+    class FloodPlugin:
+        @staticmethod
+        @headwater.hookimpl
+        def register_actions(register: Any) -> None:
+            register(flood)
+
+    return FloodPlugin()
+
+
+def _page_floods(
+    port: int, floods: int, progress: Progress
+) -> tuple[list[float], list[float]] | str:
+    """Frame rates (fps) and median input latencies (s), one per flood, as the page in
+    Chromium shows ``floods`` floods while keys are typed; a reason when it cannot run."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return "Playwright for Python is not installed"
+    if not Path(CHROMIUM).is_file():
+        return f"no Chromium at {CHROMIUM}"
+    fps: list[float] = []
+    latencies: list[float] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            for i in range(floods):
+                context = browser.new_context(viewport={"width": 1000, "height": 800})
+                page = context.new_page()
+                page.add_init_script(MEASURE)
+                page.goto(f"http://127.0.0.1:{port}/plugins/knowledge/?pipeline=flood")
+                page.wait_for_selector("#conn[data-state=open]", timeout=WAIT_MS)
+                page.fill("#q", "flood")
+                page.press("#q", "Enter")
+                page.wait_for_selector("#results li", timeout=WAIT_MS)
+                start = page.evaluate("performance.now()")
+                page.keyboard.type(" and more words", delay=40)
+                page.wait_for_selector("#app[data-state=complete]", timeout=WAIT_MS)
+                end = page.evaluate("performance.now()")
+                frames = page.evaluate(f"window.__frames.filter(t => t >= {start} && t <= {end})")
+                gaps = [b - a for a, b in itertools.pairwise(frames)]
+                fps.append(1000 * len(gaps) / (frames[-1] - frames[0]))
+                latencies.append(statistics.median(page.evaluate("window.__input")) / 1000)
+                results = page.locator("#results li").count()
+                words = len((page.text_content("#answer") or "").split())
+                context.close()
+                progress(
+                    f"flood {i + 1}/{floods}: {fps[-1]:.0f} fps, input latency "
+                    f"{fmt_seconds(latencies[-1])}, {results} results, {words} words"
+                )
+        finally:
+            browser.close()
+    return fps, latencies
 
 
 @contextmanager
@@ -253,6 +398,8 @@ def run(settings: Settings, progress: Progress) -> ScenarioReport:
                 progress(f"now with {FAILING:.0%} of web calls failing")
                 api.configure(error_rate=FAILING)
                 failing = anyio.run(_queries, port, n, api, proc.pid, progress)
+                floods = QUICK_FLOODS if settings.quick else FULL_FLOODS
+                page = _page_floods(port, floods, progress)
     cpu_share = (cpu_after - cpu_before) / wall
     metrics = ("first_status", "first_result", "complete")
     stats = {
@@ -294,6 +441,24 @@ def run(settings: Settings, progress: Progress) -> ScenarioReport:
         TargetResult("recovery of queries that met a failed call",
                      f"{recovery:.1%} of {len(met)}", "> 99%", recovery > 0.99 if met else None),
     ]  # fmt: skip
+    if isinstance(page, str):
+        report.targets += [
+            TargetResult("page frame rate, 1,000 results streaming", f"n/a ({page})", "> 30 fps",
+                         None),
+            TargetResult("page input latency, median", f"n/a ({page})", "< 100 ms", None),
+        ]  # fmt: skip
+    else:
+        fps, latency = statistics.median(page[0]), statistics.median(page[1])
+        report.targets += [
+            TargetResult("page frame rate, 1,000 results streaming", f"{fps:.0f} fps",
+                         "> 30 fps", fps > 30),
+            TargetResult("page input latency, median", fmt_seconds(latency), "< 100 ms",
+                         latency < 0.1),
+        ]  # fmt: skip
+        report.notes.append(
+            f"page: {len(page[0])} flood(s) of 1,000 results and 5,000 words in Chromium; "
+            f"fps {', '.join(f'{f:.0f}' for f in page[0])}"
+        )
     report.notes.append(
         f"{n} queries in {wall:.1f} s; server CPU {cpu_after - cpu_before:.1f} s; "
         f"{sum(r['met_failure'] for r in failing):.0f} queries met a failed web call"
@@ -316,6 +481,7 @@ async def _serve(workdir: Path) -> None:
     plugins = headwater.PluginManager()
     plugins.load()
     plugins.register(headwater_knowledge, "headwater_knowledge")
+    plugins.register(_flood_plugin(), "bench-flood")
     engine = headwater.Engine(plugin_manager=plugins)
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with engine, Server(config, engine=engine, base_dir=workdir) as server:
