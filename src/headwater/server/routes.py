@@ -32,11 +32,11 @@ from websockets.http11 import Request, Response
 from headwater import __version__
 from headwater.core.net import is_loopback
 from headwater.core.plugins import LoadFailure
-from headwater.core.streaming import StreamError
 from headwater.types import HttpRequest, HttpResponse, HttpRoute
 
+from . import snapshots
 from .auth import AuthRequest
-from .dashboard import DASHBOARD_STREAM, pipelines_listing, static_response
+from .dashboard import DASHBOARD_STREAM, static_response
 from .hosts import HostPolicy, default_hosts
 from .http import (
     PathPattern,
@@ -514,83 +514,19 @@ class HttpEndpoints:
             body = secrets.mask(body.decode()).encode()
         return HttpResponse(200, body, content_type, (("Cache-Control", "no-store"),))
 
-    # -- the bodies of the API ----------------------------------------------------------
+    # -- the bodies of the API (see :mod:`headwater.server.snapshots`) -------------------
 
     async def streams_snapshot(self, principal: Any = None) -> dict[str, Any]:
         """The body of ``/api/streams``: streams the principal may subscribe to."""
-        server = self.server
-        manager = server.manager
-        streams = []
-        for stream_id in manager.active_streams():
-            run = server.run_of_stream(stream_id)
-            owner = run.owner if run is not None else None
-            if not await server.allowed(principal, "subscribe", stream_id, owner=owner):
-                continue
-            try:
-                info = manager.info(stream_id)
-            except StreamError:  # closed meanwhile
-                continue
-            streams.append(
-                {
-                    "stream": info.stream_id,
-                    "epoch": info.epoch,
-                    "seq": info.seq,
-                    "first_buffered": info.first_buffered,
-                    "clients": info.clients,
-                    "state": run.handle.state if run is not None else "open",
-                    "pipeline": info.metadata.get("pipeline"),
-                    "run": info.metadata.get("run"),
-                    "created_at": info.created_at,
-                    "idle_seconds": info.idle_seconds,
-                    "metadata": dict(info.metadata),
-                }
-            )
-        # only the names the principal may know of: pipelines it may run, runs whose
-        # streams it may follow
-        pipelines = [
-            p for p in sorted(server.pipelines) if await server.allowed(principal, "run", p)
-        ]
-        runs = 0
-        for run_info in server.runs:
-            if await server.allowed(principal, "subscribe", run_info.stream, owner=run_info.owner):
-                runs += 1
-        return {
-            "streams": streams,
-            "clients": server.connections,
-            "pipelines": pipelines,
-            "runs": runs,
-        }
+        return await snapshots.streams_snapshot(self.server, principal)
 
     async def pipelines_snapshot(self, principal: Any = None) -> dict[str, Any]:
-        """The body of ``/api/pipelines``: the named pipelines the principal may run, each
-        with the JSON Schema of its params (see
-        :func:`~headwater.server.dashboard.pipelines_listing`)."""
-        server = self.server
-        allowed = {
-            name: named
-            for name, named in server.pipelines.items()
-            if await server.allowed(principal, "run", name)
-        }
-        return {"pipelines": pipelines_listing(allowed, server.plugins)}
+        """The body of ``/api/pipelines``: the named pipelines the principal may run."""
+        return await snapshots.pipelines_snapshot(self.server, principal)
 
     def components_snapshot(self) -> dict[str, Any]:
         """The body of ``/api/components``: every registered component's metadata."""
-        plugins = self.server.plugins
-        components = []
-        for component in plugins.registry:
-            try:
-                components.append(component.metadata())
-            except Exception as exc:  # a params model without a JSON Schema
-                components.append(
-                    {
-                        "name": component.name,
-                        "kind": str(component.kind),
-                        "plugin": component.plugin,
-                        "metadata_error": f"{type(exc).__name__}: {exc}",
-                    }
-                )
-        failures = [*plugins.failures, *self.route_failures]
-        return {"components": components, "failures": [f.to_dict() for f in failures]}
+        return snapshots.components_snapshot(self.server, self.route_failures)
 
 
 ROUTES: Final[tuple[Route, ...]] = (
