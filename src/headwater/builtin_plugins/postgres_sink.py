@@ -32,7 +32,7 @@ from . import _postgres as pg
 from ._addresses import check_dsn, check_dsn_param
 from ._brokers import stage_logger, track
 from ._connectors import connector
-from ._values import type_name
+from ._values import column_rows, type_name
 
 __all__ = ["DSN_HELP", "PostgresSink", "PostgresSinkParams"]
 
@@ -327,37 +327,15 @@ class PostgresSink:
 
     def _slow_rows(self, batch: list[Any]) -> list[Sequence[Any]]:
         """Item by item, for sequences, missing keys (NULL) and errors naming the item."""
-        columns = self.columns
-        assert columns is not None
-        width = len(columns)
-        known = frozenset(columns)
-        strict = not self._ignore_extra
-        rows: list[Sequence[Any]] = []
-        append = rows.append
-        for index, item in enumerate(batch):
-            if isinstance(item, Mapping):
-                if strict and not known.issuperset(item):
-                    extra = ", ".join(repr(k) for k in item if k not in known)
-                    raise ValueError(
-                        f"item {self.rows + index} has key(s) {extra} that are not columns of "
-                        f"{self.params.table!r} ({', '.join(columns)}); pass the columns "
-                        "param to choose the columns and ignore other keys"
-                    )
-                get = item.get
-                append([get(c) for c in columns])
-            elif isinstance(item, Sequence) and not isinstance(item, str | bytes | bytearray):
-                if len(item) != width:
-                    raise ValueError(
-                        f"item {self.rows + index} has {len(item)} values, expected {width} "
-                        f"({', '.join(columns)})"
-                    )
-                append(item)
-            else:
-                raise TypeError(
-                    f"item {self.rows + index} is a {type_name(item)}; postgres needs dicts "
-                    "or sequences of column values"
-                )
-        return rows
+        assert self.columns is not None
+        return column_rows(
+            batch,
+            self.columns,
+            table=self.params.table,
+            first_index=self.rows,
+            strict=not self._ignore_extra,
+            sink="postgres",
+        )
 
     # -- writing ---------------------------------------------------------------------------
 

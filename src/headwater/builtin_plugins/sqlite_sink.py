@@ -18,6 +18,7 @@ from headwater.core.context import StreamContext
 from headwater.core.policy import SandboxError
 
 from ._sandbox import IN_MEMORY_DB, check_db_path_param, make_parents, param_of, policy_in
+from ._values import column_rows
 from ._values import fspath as _fspath
 from ._values import type_name as _type_name
 
@@ -218,37 +219,15 @@ class SqliteSink:
 
     def _to_rows(self, batch: list[Any]) -> list[Sequence[Any]]:
         """Turn items into value sequences in column order; errors name the item."""
-        columns = self.columns
-        assert columns is not None
-        width = len(columns)
-        known = frozenset(columns)
-        strict = not self._ignore_extra
-        rows: list[Sequence[Any]] = []
-        append = rows.append
-        for index, item in enumerate(batch):
-            if isinstance(item, Mapping):
-                if strict and not known.issuperset(item):
-                    extra = ", ".join(repr(k) for k in item if k not in known)
-                    raise ValueError(
-                        f"item {self.rows + index} has key(s) {extra} that are not columns of "
-                        f"{self.params.table!r} ({', '.join(columns)}); pass the columns "
-                        "param to choose the columns and ignore other keys"
-                    )
-                get = item.get
-                append([get(c) for c in columns])
-            elif isinstance(item, Sequence) and not isinstance(item, str | bytes | bytearray):
-                if len(item) != width:
-                    raise ValueError(
-                        f"item {self.rows + index} has {len(item)} values, expected {width} "
-                        f"({', '.join(columns)})"
-                    )
-                append(item)
-            else:
-                raise TypeError(
-                    f"item {self.rows + index} is a {_type_name(item)}; sqlite needs dicts "
-                    "or sequences of column values"
-                )
-        return rows
+        assert self.columns is not None
+        return column_rows(
+            batch,
+            self.columns,
+            table=self.params.table,
+            first_index=self.rows,
+            strict=not self._ignore_extra,
+            sink="sqlite",
+        )
 
     def write(self, batch: list[Any]) -> None:
         """Insert the batch in one transaction (runs in a worker thread)."""
