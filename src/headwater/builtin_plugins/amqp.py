@@ -25,6 +25,9 @@ without it; a component reports the missing package when used. Runs on asyncio
 Both ride out a broker outage: they reconnect with backoff for up to
 ``outage_deadline`` seconds (:mod:`headwater.core.reconnect`; aio-pika's own robust
 reconnection is not used, so there is one policy), then the run fails saying so.
+
+The sink is defined in :mod:`headwater.builtin_plugins.amqp_sink`; both are registered
+here (and importable from here).
 """
 
 from __future__ import annotations
@@ -40,55 +43,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 import headwater
 from headwater.core.context import StreamContext
-from headwater.core.reconnect import DEFAULT_OUTAGE_DEADLINE, Link, retry
+from headwater.core.reconnect import DEFAULT_OUTAGE_DEADLINE, Link
 
 from ._addresses import check_url, check_url_param
+from ._amqp import DEFAULT_URL, Codec, aio_pika, close_quietly, transient
 from ._broker_source import Acknowledger, read_broker
-from ._brokers import require, stage_logger, track
+from ._brokers import stage_logger
 from ._connectors import connector
+from .amqp_sink import AmqpSink, AmqpSinkParams
 
 __all__ = ["AmqpSink", "AmqpSinkParams", "AmqpSourceParams", "amqp_source"]
-
-DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
-Codec = Literal["json", "text", "bytes"]
-
-
-def _aio_pika(component: str) -> Any:
-    return require("aio_pika", "amqp", component)
-
-
-def transient(exc: BaseException) -> bool:
-    """True for errors of an unreachable, restarting or closing broker (not refused
-    credentials or a queue declared with other arguments)."""
-    errors = _aio_pika("amqp").exceptions
-    if isinstance(exc, errors.ProbableAuthenticationError | errors.AuthenticationError):
-        return False
-    if isinstance(exc, OSError | TimeoutError | asyncio.TimeoutError):
-        return True
-    kinds = (
-        errors.AMQPConnectionError,
-        errors.ConnectionClosed,
-        errors.ChannelInvalidStateError,
-    )
-    if isinstance(exc, kinds):
-        return True
-    # a channel closed by a broker shutting down (not one closed for our own mistake)
-    return isinstance(exc, errors.ChannelClosed) and "PRECONDITION" not in str(exc)
-
-
-async def _close_quietly(conn: Any, channel: Any = None) -> None:
-    """Close ``channel`` then ``conn``. The channel first: closing only the connection
-    leaves the channel's close callback running as a task of its own, which the event
-    loop may outlive."""
-    with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-        for closable in (channel, conn):
-            if closable is None:
-                continue
-            try:
-                await closable.close()
-            except Exception:  # a broken connection: nothing left to release
-                continue
-
 
 # ---------------------------------------------------------------------------------------
 # source
@@ -247,11 +211,11 @@ class _Consumer:
         return f"consuming queue {p.queue!r} (prefetch {p.prefetch})"
 
     async def _connect(self) -> None:
-        aio_pika = _aio_pika("amqp")
+        pika = aio_pika("amqp")
         p = self.params
         old, old_channel, self.conn, self.channel = self.conn, self.channel, None, None
-        await _close_quietly(old, old_channel)
-        conn = await aio_pika.connect(p.url, timeout=10)
+        await close_quietly(old, old_channel)
+        conn = await pika.connect(p.url, timeout=10)
         try:
             channel = await conn.channel(publisher_confirms=False)
             await channel.set_qos(prefetch_count=p.prefetch)
@@ -274,7 +238,7 @@ class _Consumer:
             inbox = self.inbox
             await queue.consume(self._receiver(inbox), no_ack=False)
         except BaseException:
-            await _close_quietly(conn)
+            await close_quietly(conn)
             raise
         self.conn, self.channel = conn, channel
 
@@ -298,14 +262,14 @@ class _Consumer:
 
     async def fetch(self, count: int, held: Acknowledger[str]) -> list[tuple[str, Any]]:
         if self.channel is None or self.channel.is_closed:
-            raise _aio_pika("amqp").exceptions.ChannelInvalidStateError("channel closed")
+            raise aio_pika("amqp").exceptions.ChannelInvalidStateError("channel closed")
         inbox = self.inbox
         taken: list[Any] = []
         if inbox.empty():
             with anyio.move_on_after(self.params.fetch_timeout):
                 taken.append(await inbox.get())
             if not taken and (self.channel.is_closed or self.conn.is_closed):
-                raise _aio_pika("amqp").exceptions.ChannelInvalidStateError("channel closed")
+                raise aio_pika("amqp").exceptions.ChannelInvalidStateError("channel closed")
         while len(taken) < count and not inbox.empty():
             taken.append(inbox.get_nowait())
         gen = self.generation
@@ -396,7 +360,7 @@ class _Consumer:
         self.closed = True
         self.msgs.clear()
         conn, channel, self.conn, self.channel = self.conn, self.channel, None, None
-        await _close_quietly(conn, channel)
+        await close_quietly(conn, channel)
 
 
 def _plain(value: Any) -> bool:
@@ -419,162 +383,11 @@ async def amqp_source(params: AmqpSourceParams, ctx: StreamContext) -> AsyncIter
     "CHANNEL.TAG"}``; on each commit every message delivered up to ``N`` is acknowledged
     (one ``basic.ack`` with ``multiple``).
     """
-    _aio_pika("amqp")
+    aio_pika("amqp")
     check_url(ctx.policy, params.url, param=f"{ctx.stage}.params.url")
     async with aclosing(read_broker(_Consumer(params, ctx), params, ctx)) as batches:
         async for batch in batches:
             yield batch
-
-
-# ---------------------------------------------------------------------------------------
-# sink
-# ---------------------------------------------------------------------------------------
-
-
-class AmqpSinkParams(BaseModel):
-    """Params of the ``amqp`` sink."""
-
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-
-    url: str = Field(
-        DEFAULT_URL,
-        description="Broker URL, amqp://USER:PASSWORD@HOST:PORT/VHOST (amqps:// for TLS).",
-    )
-    exchange: str = Field("", description="Exchange to publish to ('' : the default exchange).")
-    routing_key: str = Field(
-        description="Routing key of every message (with the default exchange: the queue)."
-    )
-    declare_queue: str | None = Field(
-        None,
-        description="Declare this durable queue (quorum) before publishing, so that messages "
-        "sent to the default exchange have somewhere to go.",
-    )
-    encode: Codec = Field(
-        "json", description="How an item becomes a body: json, text (str()) or bytes."
-    )
-    persistent: bool = Field(
-        True, description="Mark messages persistent (delivery mode 2): stored on disk."
-    )
-    mandatory: bool = Field(
-        True,
-        description="Fail the batch when the broker cannot route a message to any queue "
-        "(instead of dropping it).",
-    )
-    timeout: float = Field(30.0, gt=0, description="Seconds to wait for a batch's confirms.")
-    outage_deadline: float = Field(
-        DEFAULT_OUTAGE_DEADLINE,
-        gt=0,
-        description="Seconds the broker may stay unreachable (reconnecting with backoff) "
-        "before the run fails.",
-    )
-
-    _url_allowed = field_validator("url")(check_url_param)
-
-
-def _body(item: Any, mode: Codec) -> bytes:
-    if mode == "json":
-        from pydantic_core import to_json
-
-        return to_json(item, inf_nan_mode="null")
-    if mode == "bytes":
-        if isinstance(item, str):
-            return item.encode()
-        if not isinstance(item, bytes | bytearray):
-            raise TypeError(f"amqp with encode: bytes needs bytes or str, got {item!r}")
-        return bytes(item)
-    return str(item).encode()
-
-
-@headwater.sink("amqp", params=AmqpSinkParams)
-class AmqpSink:
-    """Publish every item to an AMQP exchange; ``write`` returns once the broker
-    confirmed every message of the batch (publisher confirms).
-
-    Publishes of a batch are pipelined, then their confirms awaited together. A
-    message the broker cannot route fails the batch (``mandatory``). A batch interrupted
-    by an outage is published again in full once the broker is back (at-least-once).
-    The output is ``{"exchange", "routing_key", "published"}``.
-    """
-
-    def __init__(self, params: AmqpSinkParams, ctx: StreamContext) -> None:
-        self.params = params
-        self.ctx = ctx
-        self.published = 0
-        self._conn: Any = None
-        self._exchange: Any = None
-        self._channel: Any = None
-        self.log = stage_logger("headwater.amqp", ctx)
-        self.link = Link("amqp sink", params.url, deadline=params.outage_deadline, log=self.log)
-        self._untrack: Callable[[], None] = lambda: None
-
-    async def open(self) -> None:
-        """Connect, waiting through an outage (and declare the queue if asked)."""
-        _aio_pika("amqp sink")
-        check_url(self.ctx.policy, self.params.url, param=f"{self.ctx.stage}.params.url")
-        self._untrack = track(self.ctx, self.link, "sink")
-        await retry(self.link, self._connect, transient=transient)
-
-    async def _connect(self) -> None:
-        aio_pika = _aio_pika("amqp sink")
-        old, self._conn = self._conn, None
-        await _close_quietly(old, self._channel)
-        conn = await aio_pika.connect(self.params.url, timeout=10)
-        try:
-            channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
-            self._channel = channel
-            if self.params.declare_queue:
-                await channel.declare_queue(
-                    self.params.declare_queue,
-                    durable=True,
-                    arguments={"x-queue-type": "quorum"},
-                )
-            if self.params.exchange:
-                self._exchange = await channel.get_exchange(self.params.exchange, ensure=True)
-            else:
-                self._exchange = channel.default_exchange
-        except BaseException:
-            await _close_quietly(conn)
-            raise
-        self._conn = conn
-
-    async def _reconnect(self) -> None:
-        if self._conn is None or self._conn.is_closed or self._channel.is_closed:
-            await self._connect()
-
-    async def write(self, batch: list[Any]) -> None:
-        """Publish the batch and wait for its confirms (again after an outage)."""
-        if not batch:
-            return
-        aio_pika = _aio_pika("amqp sink")
-        p = self.params
-        mode = (
-            aio_pika.DeliveryMode.PERSISTENT
-            if p.persistent
-            else aio_pika.DeliveryMode.NOT_PERSISTENT
-        )
-        content_type = "application/json" if p.encode == "json" else None
-        messages = [
-            aio_pika.Message(_body(item, p.encode), delivery_mode=mode, content_type=content_type)
-            for item in batch
-        ]
-
-        async def publish() -> None:
-            exchange = self._exchange
-            with anyio.fail_after(p.timeout):
-                await asyncio.gather(
-                    *(exchange.publish(m, p.routing_key, mandatory=p.mandatory) for m in messages)
-                )
-
-        await retry(self.link, publish, transient=transient, reconnect=self._reconnect)
-        self.published += len(batch)
-
-    async def close(self, error: BaseException | None) -> dict[str, Any]:
-        """Disconnect; returns ``{"exchange", "routing_key", "published"}``."""
-        self._untrack()
-        conn, self._conn = self._conn, None
-        await _close_quietly(conn, self._channel)
-        p = self.params
-        return {"exchange": p.exchange, "routing_key": p.routing_key, "published": self.published}
 
 
 connector(
@@ -586,15 +399,6 @@ connector(
     backpressure="the prefetch window: at most `prefetch` unacknowledged messages",
     resume="the queue keeps every unacknowledged message; over `max_deliver`, to the "
     "dead-letter exchange",
-)
-connector(
-    AmqpSink,
-    extra="amqp",
-    guarantee="at-least-once: a batch cut by an outage is published again",
-    ack="`write` returns once the broker confirmed every message (publisher confirms)",
-    ordering="in order, one channel",
-    backpressure="each batch waits for its confirms",
-    resume="none of its own: the pipeline's checkpoint decides what is sent again",
 )
 
 

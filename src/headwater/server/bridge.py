@@ -52,22 +52,22 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
 import anyio
 from anyio.abc import TaskGroup
-from pydantic import BaseModel, ConfigDict, Field
 
 from headwater.core.reconnect import Link
 from headwater.core.redis_conn import redis_client, redis_transient
 from headwater.core.streaming import Frame, StreamError, StreamingManager, encode_json
 
+from .bridge_config import METRICS_GROUP, OWNER_LOST, BridgeConfig, Mirror, as_text
+
 if TYPE_CHECKING:
     from headwater.core.metrics import MetricsRegistry
 
-__all__ = ["METRICS_GROUP", "BridgeConfig", "StreamBridge"]
+__all__ = ["METRICS_GROUP", "OWNER_LOST", "BridgeConfig", "StreamBridge"]
 
 log = logging.getLogger("headwater.bridge")
 
@@ -75,68 +75,6 @@ _QUEUE_LIMIT: Final = 100_000
 """Events waiting to be written to Redis before the oldest are dropped (Redis is down)."""
 _WRITE_BATCH: Final = 1000
 """Most events per pipelined round trip."""
-OWNER_LOST: Final = "owner_lost"
-METRICS_GROUP: Final = "brokers"
-"""Where the bridge's connection appears in the engine's metrics snapshot, beside the
-broker connections of the runs (role ``bridge``)."""
-"""``code`` of the ``stream_error`` a mirror sends when its owner stopped heart-beating."""
-
-
-class BridgeConfig(BaseModel):
-    """The ``bridge`` section of the server configuration."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    redis: str = Field(
-        min_length=1, description="Redis URL shared by the nodes, e.g. redis://127.0.0.1:6379."
-    )
-    prefix: str = Field("headwater:", description="Prefix of every key the bridge uses.")
-    node: str | None = Field(
-        None, min_length=1, description="This node's id (default: random, new at each start)."
-    )
-    streams: list[str] = Field(
-        default_factory=lambda: ["*"],
-        description="Patterns (fnmatch) of this node's streams to share with the others.",
-    )
-    maxlen: int | None = Field(
-        None,
-        ge=1,
-        description="Entries kept per stream in Redis (about). Default: the node's replay "
-        "buffer size (streaming.replay_max_chunks), so a late node can replay as much.",
-    )
-    ttl: float = Field(
-        3600.0, gt=0, description="Seconds a closed stream's key is kept before it expires."
-    )
-    block_ms: int = Field(
-        1000, ge=10, le=60_000, description="Longest wait of one XREAD for new events."
-    )
-    heartbeat_interval: float = Field(
-        2.0, gt=0, le=3600, description="Seconds between two heartbeats of this node."
-    )
-    missed_heartbeats: int = Field(
-        5,
-        ge=1,
-        le=1000,
-        description="Heartbeats an owner may miss before its mirrored streams are closed "
-        "with stream_error code owner_lost (and its keys expire).",
-    )
-
-
-@dataclass(slots=True)
-class _Mirror:
-    """A remote stream this node mirrors."""
-
-    stream_id: str
-    key: str
-    node: str
-    metadata: dict[str, Any]
-    cursor: bytes = b"0-0"
-    epoch: str | None = None
-    """Epoch of the local copy (None until it exists)."""
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class StreamBridge:
@@ -173,7 +111,7 @@ class StreamBridge:
         self._queue: deque[tuple[str, dict[str, Any]]] = deque()
         self._wake = anyio.Event()
         self._write_lock = anyio.Lock()
-        self._mirrors: dict[str, _Mirror] = {}
+        self._mirrors: dict[str, Mirror] = {}
         self._shared: dict[str, str] = {}
         """This node's shared open streams: id -> their ``open`` hash entry (JSON)."""
         self._beats: dict[str, tuple[bytes | None, float]] = {}
@@ -243,7 +181,7 @@ class StreamBridge:
         newest = await client.xrevrange(self._announce_key, count=1)
         self._announce_cursor = newest[0][0] if newest else b"0-0"
         entries = {
-            _text(k): json.loads(v) for k, v in (await client.hgetall(self._open_key)).items()
+            as_text(k): json.loads(v) for k, v in (await client.hgetall(self._open_key)).items()
         }
         owners = sorted({str(info.get("node", "")) for info in entries.values()} - {self.node})
         alive = (
@@ -528,7 +466,7 @@ class StreamBridge:
         if node == self.node or stream_id in self._mirrors:
             return
         metadata = info.get("metadata")
-        self._mirrors[stream_id] = _Mirror(
+        self._mirrors[stream_id] = Mirror(
             stream_id,
             self._key(stream_id),
             node,
@@ -549,7 +487,7 @@ class StreamBridge:
         reply = await self._client.xread(keys, count=1000, block=self.config.block_ms)
         self.link.succeeded()
         for key, entries in reply or []:
-            name = _text(key)
+            name = as_text(key)
             if name == self._announce_key:
                 for entry_id, fields in entries:
                     self._announce_cursor = entry_id
@@ -562,25 +500,25 @@ class StreamBridge:
                 if self._mirrors.get(found.stream_id) is not found:
                     break  # closed (or dropped) by an earlier entry
                 found.cursor = entry_id
-                await self._relay(found, {_text(k): v for k, v in fields.items()})
+                await self._relay(found, {as_text(k): v for k, v in fields.items()})
 
     async def _announcement(self, fields: Mapping[bytes, bytes]) -> None:
-        op = _text(fields.get(b"op", b""))
-        stream_id = _text(fields.get(b"stream", b""))
-        node = _text(fields.get(b"node", b""))
+        op = as_text(fields.get(b"op", b""))
+        stream_id = as_text(fields.get(b"stream", b""))
+        node = as_text(fields.get(b"node", b""))
         if op == "open" and node != self.node:
             raw = await self._client.hget(self._open_key, stream_id)
             info = json.loads(raw) if raw else {"node": node}
             self._beats.setdefault(node, (None, time.monotonic()))
             self._follow(stream_id, info)
 
-    async def _relay(self, mirror: _Mirror, fields: dict[str, Any]) -> None:
-        kind = _text(fields.get("t", b""))
+    async def _relay(self, mirror: Mirror, fields: dict[str, Any]) -> None:
+        kind = as_text(fields.get("t", b""))
         manager = self.manager
         stream_id = mirror.stream_id
         try:
             if kind in ("open", "chunk"):
-                epoch = _text(fields["e"])
+                epoch = as_text(fields["e"])
                 if kind == "open":
                     mirror.metadata = json.loads(fields.get("m") or b"{}")
                 await self._ensure_local(mirror, epoch)
@@ -595,7 +533,7 @@ class StreamBridge:
                     if "x" in fields:
                         await manager.broadcast_frame(stream_id, fields["x"])
                     summary = json.loads(fields["m"]) if "m" in fields else None
-                    await manager.close_stream(stream_id, _text(fields["r"]), summary=summary)
+                    await manager.close_stream(stream_id, as_text(fields["r"]), summary=summary)
         except StreamError as exc:
             if exc.code in ("stream_closed", "unknown_stream", "stream_exists"):
                 # closed locally (shutdown), or this node has its own: stop mirroring it
@@ -603,7 +541,7 @@ class StreamBridge:
                 return
             log.warning("bridge: relaying %s of stream %r failed: %s", kind, stream_id, exc)
 
-    async def _ensure_local(self, mirror: _Mirror, epoch: str) -> None:
+    async def _ensure_local(self, mirror: Mirror, epoch: str) -> None:
         """Create the local copy (or replace one of an older epoch)."""
         manager = self.manager
         stream_id = mirror.stream_id
