@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["column_rows", "fspath", "type_name"]
+__all__ = ["column_rows", "encode_payload", "fspath", "type_name"]
 
 
 def fspath(value: Any) -> Any:
@@ -65,3 +65,20 @@ def column_rows(
                 "column values"
             )
     return rows
+
+
+def encode_payload(item: Any, mode: str, component: str) -> bytes:
+    """The message body of ``item`` for the broker sinks: ``json`` (NaN and infinities
+    as null), ``bytes`` (bytes, or text as UTF-8) or anything else as ``str(item)``.
+    ``component`` names the sink in errors."""
+    if mode == "json":
+        from pydantic_core import to_json
+
+        return to_json(item, inf_nan_mode="null")
+    if mode == "bytes":
+        if isinstance(item, str):
+            return item.encode()
+        if not isinstance(item, bytes | bytearray):
+            raise TypeError(f"{component} with encode: bytes needs bytes or str, got {item!r}")
+        return bytes(item)
+    return str(item).encode()

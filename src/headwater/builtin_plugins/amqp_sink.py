@@ -18,6 +18,7 @@ from ._addresses import check_url, check_url_param
 from ._amqp import DEFAULT_URL, Codec, aio_pika, close_quietly, transient
 from ._brokers import stage_logger, track
 from ._connectors import connector
+from ._values import encode_payload
 
 __all__ = ["AmqpSink", "AmqpSinkParams"]
 
@@ -60,20 +61,6 @@ class AmqpSinkParams(BaseModel):
     )
 
     _url_allowed = field_validator("url")(check_url_param)
-
-
-def _body(item: Any, mode: Codec) -> bytes:
-    if mode == "json":
-        from pydantic_core import to_json
-
-        return to_json(item, inf_nan_mode="null")
-    if mode == "bytes":
-        if isinstance(item, str):
-            return item.encode()
-        if not isinstance(item, bytes | bytearray):
-            raise TypeError(f"amqp with encode: bytes needs bytes or str, got {item!r}")
-        return bytes(item)
-    return str(item).encode()
 
 
 @headwater.sink("amqp", params=AmqpSinkParams)
@@ -141,7 +128,11 @@ class AmqpSink:
         mode = pika.DeliveryMode.PERSISTENT if p.persistent else pika.DeliveryMode.NOT_PERSISTENT
         content_type = "application/json" if p.encode == "json" else None
         messages = [
-            pika.Message(_body(item, p.encode), delivery_mode=mode, content_type=content_type)
+            pika.Message(
+                encode_payload(item, p.encode, "amqp"),
+                delivery_mode=mode,
+                content_type=content_type,
+            )
             for item in batch
         ]
 

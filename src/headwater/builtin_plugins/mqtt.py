@@ -46,6 +46,7 @@ from ._broker_source import Acknowledger, read_broker
 from ._brokers import given_consumer, stage_logger, track
 from ._connectors import connector
 from ._mqtt import Inbox, MqttConnection, paho, transient
+from ._values import encode_payload
 
 __all__ = ["MqttSink", "MqttSinkParams", "MqttSourceParams", "mqtt_source"]
 
@@ -349,20 +350,6 @@ class MqttSinkParams(_Common):
     )
 
 
-def _payload(item: Any, mode: Codec) -> bytes:
-    if mode == "json":
-        from pydantic_core import to_json
-
-        return to_json(item, inf_nan_mode="null")
-    if mode == "bytes":
-        if isinstance(item, str):
-            return item.encode()
-        if not isinstance(item, bytes | bytearray):
-            raise TypeError(f"mqtt with encode: bytes needs bytes or str, got {item!r}")
-        return bytes(item)
-    return str(item).encode()
-
-
 @headwater.sink("mqtt", params=MqttSinkParams)
 class MqttSink:
     """Publish every item to an MQTT topic; with QoS 1, ``write`` returns once the broker
@@ -420,7 +407,7 @@ class MqttSink:
         conn = self.conn
         assert conn is not None
         p = self.params
-        payloads = [_payload(item, p.encode) for item in batch]
+        payloads = [encode_payload(item, p.encode, "mqtt") for item in batch]
         await retry(self.link, self._connected, transient=transient, reconnect=self._wait)
         publish = conn.client.publish
         infos = [publish(p.topic, data, qos=p.qos, retain=p.retain) for data in payloads]

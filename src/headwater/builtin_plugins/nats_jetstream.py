@@ -43,6 +43,7 @@ from headwater.core.reconnect import DEFAULT_OUTAGE_DEADLINE, Link, retry
 
 from ._broker_source import Acknowledger, read_broker
 from ._brokers import require, stage_logger, track
+from ._values import encode_payload
 
 __all__ = [
     "NatsSinkParams",
@@ -498,20 +499,6 @@ class NatsSinkParams(BaseModel):
     )
 
 
-def _payload(item: Any, mode: Decode) -> bytes:
-    if mode == "json":
-        from pydantic_core import to_json
-
-        return to_json(item, inf_nan_mode="null")
-    if mode == "bytes":
-        if isinstance(item, str):
-            return item.encode()
-        if not isinstance(item, bytes | bytearray):
-            raise TypeError(f"nats.jetstream with encode: bytes needs bytes or str, got {item!r}")
-        return bytes(item)
-    return str(item).encode()
-
-
 @headwater.sink("nats.jetstream", params=NatsSinkParams)
 class NatsStreamSink:
     """Publish every item to JetStream; ``write`` returns once every PubAck arrived.
@@ -560,7 +547,7 @@ class NatsStreamSink:
         if not batch:
             return
         params = self.params
-        payloads = [_payload(item, params.encode) for item in batch]
+        payloads = [encode_payload(item, params.encode, "nats.jetstream") for item in batch]
 
         async def publish() -> None:
             js = self._js
