@@ -5,23 +5,21 @@
   retrying (both from :mod:`headwater.core.redis_conn`, shared with the stream bridge).
 * :class:`ConsumerLease`: a default consumer name (``HOST-SLOT``) leased in Redis with
   ``SET NX`` and a TTL, so that two live workers never share a name, and a worker
-  restarted on the same host takes its predecessor's name (and so its pending entries).
+  restarted on the same host takes its predecessor's name (and so its pending entries);
+  the slot is chosen as for every broker (:mod:`._slots`).
 * :data:`DELETE_IDLE_CONSUMERS`: deletes, atomically, the consumers of a group that hold
   nothing and have been idle long enough.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
-import socket
 import time
 from typing import Any, Final
 
 from headwater.core.redis_conn import redis_client, redis_transient
 
 from ._brokers import require
+from ._slots import Holder, claim_slot
 
 __all__ = [
     "DELETE_IDLE_CONSUMERS",
@@ -75,61 +73,47 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-MAX_SLOTS: Final = 1024
-"""Most default consumer names per host and group (``HOST-0`` .. ``HOST-1023``)."""
 
+class _RedisSlots:
+    """:class:`~._slots.SlotStore` of a :class:`ConsumerLease` (the version compared is
+    the value read)."""
 
-def _process_start(pid: int) -> str | None:
-    """When process ``pid`` started (clock ticks since boot), if the system says."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()
-    return fields[19] if len(fields) > 19 else None
+    def __init__(self, lease: ConsumerLease, client: Any) -> None:
+        self.lease = lease
+        self.client = client
 
+    async def create(self, name: str) -> bool:
+        lease = self.lease
+        return bool(await self.client.set(lease.key(name), lease.value, nx=True, px=lease.ttl_ms))
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
+    async def read(self, name: str) -> tuple[bytes | str, bytes | str] | None:
+        held = await self.client.get(self.lease.key(name))
+        return None if held is None else (held, held)
+
+    async def take(self, name: str, version: bytes | str) -> bool:
+        lease = self.lease
+        key = lease.key(name)
+        return bool(await self.client.eval(_TAKE_OVER, 1, key, version, lease.value, lease.ttl_ms))
 
 
 class ConsumerLease:
     """The default consumer name of a worker: ``HOST-SLOT``, leased in Redis.
 
-    The lowest free slot is taken with ``SET key VALUE NX PX ttl`` (the key is
-    ``PREFIX STREAM:GROUP:NAME``), and refreshed while the worker runs. A lease whose
-    holder was a process of this host that no longer runs (its pid is gone, or belongs
-    to a process started at another time, as in a restarted container) is taken over:
-    a worker restarted on the same host gets its predecessor's name, and so reads the
-    entries its predecessor left pending first. Leases of other hosts are only taken once
-    expired.
+    The slot is chosen by :func:`~._slots.claim_slot` (the lowest free one; a lease of a
+    process of this host that no longer runs is taken over, so a worker restarted on the
+    same host gets its predecessor's name, and so reads the entries its predecessor left
+    pending first). A lease is the key ``PREFIX STREAM:GROUP:NAME``, set with
+    ``SET NX PX ttl`` and refreshed while the worker runs.
     """
 
     def __init__(
         self, stream: str, group: str, *, prefix: str = "headwater:lease:", ttl: float = 30.0
     ) -> None:
-        self.host = socket.gethostname()
-        self.pid = os.getpid()
-        self.start = _process_start(self.pid)
+        self.holder = Holder()
+        self.host = self.holder.host
+        self.value = self.holder.value
         self.ttl_ms = max(1000, int(ttl * 1000))
         self._prefix = f"{prefix}{stream}:{group}:"
-        self.value = json.dumps(
-            {
-                "host": self.host,
-                "pid": self.pid,
-                "start": self.start,
-                "token": secrets.token_hex(8),
-            }
-        )
         self.name: str | None = None
         self.refresh_due = 0.0
 
@@ -137,50 +121,9 @@ class ConsumerLease:
         """The lease key of consumer ``name``."""
         return f"{self._prefix}{name}"
 
-    def _stale(self, raw: bytes | str) -> bool:
-        """True when the holder was a process of this host that is gone."""
-        try:
-            held = json.loads(raw)
-            pid = int(held["pid"])
-        except (ValueError, TypeError, KeyError):
-            return False
-        if held.get("host") != self.host:
-            return False
-        start = held.get("start")
-        if pid == self.pid:
-            # this process (another source of it), or an earlier life with the same pid
-            # (a restarted container): only a different start time tells them apart
-            return start is not None and self.start is not None and start != self.start
-        if not _alive(pid):
-            return True
-        return start is not None and _process_start(pid) not in (None, start)
-
     async def acquire(self, client: Any) -> str:
         """Lease a name (the one held before, if any, else the lowest free slot)."""
-        names = [self.name] if self.name else []
-        names += [f"{self.host}-{slot}" for slot in range(MAX_SLOTS)]
-        for name in names:
-            key = self.key(name)
-            if await client.set(key, self.value, nx=True, px=self.ttl_ms):
-                return self._got(name)
-            held = await client.get(key)
-            if held is None:
-                if await client.set(key, self.value, nx=True, px=self.ttl_ms):
-                    return self._got(name)
-                continue
-            if held in (self.value, self.value.encode()):
-                await client.pexpire(key, self.ttl_ms)
-                return self._got(name)
-            if self._stale(held) and await client.eval(
-                _TAKE_OVER, 1, key, held, self.value, self.ttl_ms
-            ):
-                return self._got(name)
-        raise RuntimeError(
-            f"no free consumer name: {MAX_SLOTS} workers of this host hold one already "
-            "(set `consumer` or headwater worker --consumer)"
-        )
-
-    def _got(self, name: str) -> str:
+        name = await claim_slot(self.holder, _RedisSlots(self, client), self.name)
         self.name = name
         self.refresh_due = time.monotonic() + self.ttl_ms / 3000
         return name
