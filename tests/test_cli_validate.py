@@ -38,8 +38,7 @@ async def probe(params, ctx):
     yield params.port
 
 
-probe.check = probe_check
-probe = headwater.action("demo.probe", params=ProbeParams)(probe)
+probe = headwater.action("demo.probe", params=ProbeParams, check=probe_check)(probe)
 
 
 @headwater.hookimpl
@@ -113,13 +112,16 @@ def test_check_connections_checks_what_offers_a_check(
     pipeline = write(tmp_path, "p.yaml", text)
     proc = hw("validate", pipeline, "--check-connections", cwd=tmp_path, env=probe_plugin)
     assert proc.returncode == 0, proc.stderr
-    assert f"sources.p      ok: reached 127.0.0.1:{listening}" in proc.stdout
-    assert "sinks.collect  not checked: sink 'collect' offers no check" in proc.stdout
+    assert f"sources.p (demo.probe)  OK: reached 127.0.0.1:{listening}" in proc.stdout
+    assert "sinks.collect           no check: sink 'collect' declares no connection check" in (
+        proc.stdout
+    )
+    assert "connections: 1 OK, 1 no check" in proc.stdout
 
     pipeline = write(tmp_path, "q.yaml", text.replace(str(listening), str(closed_port())))
     proc = hw("validate", pipeline, "--check-connections", cwd=tmp_path, env=probe_plugin)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "sources.p      failed: ConnectionRefusedError" in proc.stdout
+    assert "sources.p (demo.probe)  FAILED: ConnectionRefusedError" in proc.stdout
     assert "Traceback" not in proc.stderr
 
 

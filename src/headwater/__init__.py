@@ -42,6 +42,7 @@ if TYPE_CHECKING:
         sink,
         transformer,
     )
+    from .core.connection_checks import CheckFailed, CheckSkipped
     from .core.context import StreamContext
     from .core.engine import Engine
     from .core.errors import (
@@ -102,6 +103,8 @@ _LAZY: dict[str, str] = {
     "CheckpointError": "core.checkpoints",
     "CheckpointStore": "core.checkpoints",
     "CallableRef": "core.types",
+    "CheckFailed": "core.connection_checks",
+    "CheckSkipped": "core.connection_checks",
     "Expr": "core.expr",
     "ExprError": "core.expr",
     "ExprLimitError": "core.expr",
@@ -178,6 +181,8 @@ __all__ = [
     "CallableRef",
     "CancelToken",
     "Capability",
+    "CheckFailed",
+    "CheckSkipped",
     "Checkpoint",
     "CheckpointError",
     "CheckpointStore",

@@ -3,11 +3,11 @@
 ``--print`` shows the pipeline as a run would use it: after ``--set`` overrides and
 ``${VAR}`` substitution, with every default filled in, the params of each component as
 its params model holds them; substituted values are masked (they are the command's
-secrets). ``--check-connections`` opens and closes each source and sink without moving
-data, for the components that offer a check: a ``check`` attribute of the declared
-object (a function's attribute, or a sink class's static or class method), called as
-``check(params, ctx)`` (or ``check(ctx)`` without a params model), sync or async,
-returning None or a short description of what it reached and raising when it cannot.
+secrets). ``--check-connections`` opens and closes the connection of each source, sink,
+step and checkpoint store without moving data, for the components that declare a check
+(``check=`` in their decorator; see :mod:`headwater.core.connection_checks`): one line
+each, OK, FAILED (with what is wrong), skipped (nothing to reach) or no check; exit
+status 1 when one failed.
 """
 
 from __future__ import annotations
@@ -31,11 +31,7 @@ from ._common import (
 )
 
 if TYPE_CHECKING:
-    from ..core.engine import Engine
     from ..core.pipeline import PipelineSpec, ResolvedPipeline, ResolvedStage
-
-CHECK_TIMEOUT = 15.0
-"""Seconds one component's check may take before it counts as failed."""
 
 
 def _add_validate_command(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -47,8 +43,9 @@ def _add_validate_command(commands: Any, common: argparse.ArgumentParser) -> Non
         description="Validate a pipeline YAML file against the pipeline schema and the "
         "installed components; print OK or every problem with its path. --print shows the "
         "pipeline resolved (overrides, substitution, defaults; secrets masked); "
-        "--check-connections opens and closes each source and sink that offers a check, "
-        "without moving data (exit 1 if one fails).",
+        "--check-connections opens and closes the connection of each source, sink, step "
+        "and checkpoint store that declares a check, without moving data (exit 1 if one "
+        "fails).",
     )
     validate.add_argument("file", metavar="FILE", help="pipeline YAML file")
     _add_overrides(validate)
@@ -63,8 +60,15 @@ def _add_validate_command(commands: Any, common: argparse.ArgumentParser) -> Non
     validate.add_argument(
         "--check-connections",
         action="store_true",
-        help="open and close each source and sink that offers a check (others are "
-        "reported as not checked)",
+        help="open and close the connection of each source, sink, step and checkpoint "
+        "store that declares a check, without moving data (the others: 'no check')",
+    )
+    validate.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=None,
+        metavar="SECONDS",
+        help="with --check-connections: seconds each check may take (default: 10)",
     )
     validate.set_defaults(func=_cmd_validate)
 
@@ -86,6 +90,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.json and not args.print_resolved:
         raise CLIError("--json goes with --print")
+    if args.timeout is not None and not args.check_connections:
+        raise CLIError("--timeout goes with --check-connections")
     spec = _load_spec(args)
     resolved, _ = _prepare(args, spec)
     secrets = _secrets(args)
@@ -162,54 +168,45 @@ def resolved_document(resolved: ResolvedPipeline) -> dict[str, Any]:
 # --check-connections
 # ---------------------------------------------------------------------------------------
 
+_LABELS = {"ok": "OK", "failed": "FAILED", "skipped": "skipped", "no check": "no check"}
+
 
 def _check_connections(
     args: argparse.Namespace, spec: PipelineSpec, resolved: ResolvedPipeline
 ) -> int:
-    """Call each source's and sink's check; print one line each; exit 1 if one failed."""
+    """Run each stage's connection check; print one line each and a summary; exit 1 if
+    one failed."""
     import anyio
 
+    from ..core.connection_checks import DEFAULT_TIMEOUT, check_pipeline
+
+    timeout = args.timeout if args.timeout is not None else DEFAULT_TIMEOUT
     engine = _engine(args, spec.plugins.disable)
-    stages: list[ResolvedStage] = [*resolved.sources.values(), *resolved.sinks]
-    if resolved.dead_letter is not None:
-        stages.append(resolved.dead_letter)
-    results = anyio.run(_run_checks, engine, spec.name, stages)
+    outcomes = anyio.run(lambda: check_pipeline(engine, resolved, per_check=timeout))
     secrets = _secrets(args)
-    width = max(len(stage.stage) for stage in stages)
-    failed = 0
-    for stage, (outcome, detail) in zip(stages, results, strict=True):
-        failed += outcome == "failed"
-        text = f"  {stage.stage:<{width}}  {outcome}" + (f": {detail}" if detail else "")
+    names = [_shown_stage(o.stage, o.component) for o in outcomes]
+    width = max((len(n) for n in names), default=0)
+    counts: dict[str, int] = {}
+    for name, o in zip(names, outcomes, strict=True):
+        label = _LABELS[o.outcome]
+        counts[label] = counts.get(label, 0) + 1
+        text = f"  {name:<{width}}  {label}" + (f": {o.detail}" if o.detail else "")
         print(secrets.mask(text))
-    return EXIT_FAILED if failed else EXIT_OK
+    summary = ", ".join(f"{counts[label]} {label}" for label in _LABELS.values() if label in counts)
+    print(f"connections: {summary or 'nothing to check'}")
+    return EXIT_FAILED if counts.get("FAILED") else EXIT_OK
 
 
-async def _run_checks(
-    engine: Engine, pipeline: str, stages: list[ResolvedStage]
-) -> list[tuple[str, str]]:
-    import anyio
+def _shown_stage(stage: str, component: str) -> str:
+    """``sources.events (redis.stream)``; a stage named after its component as it is."""
+    return stage if stage.endswith(f".{component}") else f"{stage} ({component})"
 
-    from ..core.context import RunIdentity, StreamContext
-    from ..core.invoke import maybe_await_in_thread, params_and_ctx, positional_arity
 
-    identity = RunIdentity(pipeline, "check")
-    results: list[tuple[str, str]] = []
-    for stage in stages:
-        check = getattr(stage.component.obj, "check", None)
-        if not callable(check):
-            results.append(
-                ("not checked", f"{stage.component.kind} {stage.component.name!r} offers no check")
-            )
-            continue
-        ctx = StreamContext(identity, stage.stage, stage.component.plugin, services=engine.services)
-        lead = params_and_ctx(stage.params, ctx)
-        try:
-            with anyio.fail_after(CHECK_TIMEOUT):
-                said = await maybe_await_in_thread(check, *lead[: positional_arity(check)])
-        except TimeoutError:
-            results.append(("failed", f"no answer within {CHECK_TIMEOUT:g}s"))
-        except Exception as exc:
-            results.append(("failed", f"{type(exc).__name__}: {exc}"))
-        else:
-            results.append(("ok", str(said) if said else ""))
-    return results
+def _timeout(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not 0 < seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"a timeout is between 0 and 3600 seconds, got {value}")
+    return seconds

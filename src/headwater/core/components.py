@@ -24,6 +24,7 @@ __all__ = [
     "ComponentKind",
     "Delivery",
     "FunctionShape",
+    "LazyComponent",
     "TransformerKind",
     "action",
     "checkpoint_store",
@@ -92,6 +93,45 @@ FunctionShape = Literal["async_gen", "sync_gen", "coroutine", "function", "class
 ITEMWISE_KINDS: frozenset[str] = frozenset({"map", "filter", "flat_map", "batch"})
 
 
+@dataclass(frozen=True, slots=True)
+class LazyComponent:
+    """A component registered by name and imported when a pipeline first uses it.
+
+    ``register(LazyComponent("weather.fetch", "acme_weather.fetch:fetch"))`` in a
+    collection hook puts the name in the registry without importing ``acme_weather.fetch``:
+    ``headwater run`` of a pipeline that does not name the component never pays for that
+    import. ``target`` is ``"module:attribute"``; the attribute must be the component the
+    decorator returned, of the hook's kind and with this name (checked when it is loaded).
+    """
+
+    name: str
+    target: str
+
+    def load(self) -> Component:
+        """Import :attr:`target` and return the component it names.
+
+        Raises ``ImportError``, ``AttributeError`` or ``TypeError`` (naming the target)
+        when the module is missing, the attribute is absent or is not a component of
+        this name.
+        """
+        import importlib
+
+        module_name, sep, attribute = self.target.partition(":")
+        if not sep or not module_name or not attribute:
+            raise ValueError(f"target {self.target!r} is not 'module:attribute'")
+        found: object = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            found = getattr(found, part)
+        if not isinstance(found, Component):
+            raise TypeError(
+                f"{self.target} is {type(found).__name__}, not a component; decorate it "
+                "with @headwater.action, @headwater.transformer, ..."
+            )
+        if found.name != self.name:
+            raise TypeError(f"{self.target} is the component {found.name!r}, not {self.name!r}")
+        return found
+
+
 def _shape_of(obj: object) -> FunctionShape:
     if inspect.isclass(obj):
         return "class"
@@ -138,6 +178,11 @@ class Component:
     """Params ``headwater plugins --check`` runs the component with (None: it is not run)."""
     sample_input: list[Any] | None = None
     """Items ``headwater plugins --check`` feeds a transformer or a sink."""
+    check: Callable[..., Any] | None = None
+    """Connection check (``headwater validate --check-connections``): called as
+    ``check(params, ctx)`` (``check(ctx)`` without a params model), sync or async; it
+    reaches the service the component talks to without moving data, returns None or a
+    short description of what it reached, and raises when it cannot reach it."""
     plugin: str | None = None
     distribution: str | None = None
     version: str | None = None
@@ -192,6 +237,8 @@ class Component:
             data["sample_params"] = self.sample_params
         if self.sample_input is not None:
             data["sample_input"] = self.sample_input
+        if self.check is not None:
+            data["connection_check"] = True
         if "connector" in self.extra:
             # a connector's delivery facts: guarantee, acknowledgement point, ordering...
             data["connector"] = dict(self.extra["connector"])
@@ -213,6 +260,11 @@ def _check_params(params: object) -> None:
         raise TypeError(f"params must be a pydantic BaseModel subclass, got {params!r}")
 
 
+def _check_check(name: str, check: object) -> None:
+    if check is not None and not callable(check):
+        raise TypeError(f"the check of {name!r} must be a function, got {check!r}")
+
+
 def _caps(values: Any) -> frozenset[Capability]:
     return frozenset(Capability(v) for v in values)
 
@@ -227,6 +279,7 @@ def action(
     batched: bool = False,
     fallback: str | None = None,
     sample_params: dict[str, Any] | None = None,
+    check: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Component]:
     """Declare a stream action (a source).
 
@@ -243,9 +296,13 @@ def action(
 
     ``sample_params`` are params ``headwater plugins --check`` may run the action with (a
     bounded run without side effects); without them the check skips running it.
+
+    ``check`` is the action's connection check (see :attr:`Component.check`), run by
+    ``headwater validate --check-connections``.
     """
     _check_name(name)
     _check_params(params)
+    _check_check(name, check)
     if fallback is not None:
         _check_name(fallback)
         if fallback == name:
@@ -270,6 +327,7 @@ def action(
             batched=batched,
             fallback=fallback,
             sample_params=sample_params,
+            check=check,
         )
 
     return decorate
@@ -286,6 +344,7 @@ def transformer(
     factory: bool = False,
     sample_params: dict[str, Any] | None = None,
     sample_input: list[Any] | None = None,
+    check: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Component]:
     """Declare a transformer.
 
@@ -302,9 +361,12 @@ def transformer(
 
     ``sample_params`` and ``sample_input`` let ``headwater plugins --check`` run the
     transformer on those items; without ``sample_input`` the check skips running it.
+    ``check`` is the connection check of a transformer that talks to a service (see
+    :attr:`Component.check`).
     """
     _check_name(name)
     _check_params(params)
+    _check_check(name, check)
 
     def decorate(fn: Callable[..., Any]) -> Component:
         shape = _shape_of(fn)
@@ -328,6 +390,7 @@ def transformer(
             factory=factory or kind == "batch",
             sample_params=sample_params,
             sample_input=list(sample_input) if sample_input is not None else None,
+            check=check,
         )
 
     return decorate
@@ -342,6 +405,7 @@ def sink(
     capabilities: tuple[str, ...] | list[str] = (),
     sample_params: dict[str, Any] | None = None,
     sample_input: list[Any] | None = None,
+    check: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Component]:
     """Declare a sink.
 
@@ -354,10 +418,12 @@ def sink(
 
     ``sample_params`` and ``sample_input`` let ``headwater plugins --check`` write those
     items with those params; leave them out for a sink with side effects (a database, a
-    broker): the check then skips running it unless given params.
+    broker): the check then skips running it unless given params. ``check`` is the
+    sink's connection check (see :attr:`Component.check`).
     """
     _check_name(name)
     _check_params(params)
+    _check_check(name, check)
 
     def decorate(obj: Callable[..., Any]) -> Component:
         caps = set(_caps(capabilities))
@@ -374,6 +440,7 @@ def sink(
             delivery=delivery,
             sample_params=sample_params,
             sample_input=list(sample_input) if sample_input is not None else None,
+            check=check,
         )
 
     return decorate
@@ -407,11 +474,14 @@ def checkpoint_store(
     *,
     params: type[BaseModel] | None = None,
     description: str | None = None,
+    check: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Component]:
     """Declare a checkpoint store: a class instantiated as ``cls(params)`` (or ``cls()``)
-    whose instances implement :class:`~headwater.core.checkpoints.CheckpointStore`."""
+    whose instances implement :class:`~headwater.core.checkpoints.CheckpointStore`.
+    ``check`` is its connection check (see :attr:`Component.check`)."""
     _check_name(name)
     _check_params(params)
+    _check_check(name, check)
 
     def decorate(obj: Callable[..., Any]) -> Component:
         if not inspect.isclass(obj):
@@ -423,6 +493,7 @@ def checkpoint_store(
             shape="class",
             params=params,
             description=description if description is not None else _first_doc_paragraph(obj),
+            check=check,
         )
 
     return decorate
