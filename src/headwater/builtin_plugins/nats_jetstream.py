@@ -12,7 +12,9 @@ imports without it; a component reports the missing package when used.
   ``max_deliver`` times (a poison message that keeps failing the pipeline) is published
   to the ``dead_letter`` subject, with headers saying where it came from, and terminated.
   A drain request (``headwater worker`` on SIGTERM) makes it stop fetching and return:
-  what it delivered is committed and acknowledged before the run ends.
+  what it delivered is committed and acknowledged before the run ends. A worker given no
+  name (``HEADWATER_CONSUMER``) leases ``HOST-SLOT`` in a KV bucket
+  (:class:`~._nats_slots.SlotLease`); the name appears in its logs.
 * ``nats.jetstream`` (sink) publishes each item to JetStream and waits for every
   ``PubAck`` of the batch (the messages are stored when ``write`` returns).
 
@@ -42,7 +44,8 @@ from headwater.core.context import StreamContext
 from headwater.core.reconnect import DEFAULT_OUTAGE_DEADLINE, Link, retry
 
 from ._broker_source import Acknowledger, read_broker
-from ._brokers import require, stage_logger, track
+from ._brokers import given_consumer, require, stage_logger, track
+from ._nats_slots import BUCKET, DEFAULT_TTL, SlotLease
 from ._values import encode_payload
 
 __all__ = [
@@ -202,6 +205,20 @@ class NatsSourceParams(BaseModel):
         description="Seconds the server may stay unreachable (reconnecting with backoff) "
         "before the run fails.",
     )
+    lease_bucket: str = Field(
+        BUCKET,
+        pattern=r"^[a-zA-Z0-9_-]+$",
+        description="KV bucket where a worker given no name (HEADWATER_CONSUMER, headwater "
+        "worker --consumer) leases HOSTNAME-SLOT, the lowest slot no live worker of this "
+        "host holds (created if missing).",
+    )
+    lease_ttl: float = Field(
+        DEFAULT_TTL,
+        ge=1,
+        description="Seconds a worker-name lease lives without a refresh (a killed worker's "
+        "name is free after this long), when this source creates lease_bucket; an existing "
+        "bucket keeps its own TTL.",
+    )
 
 
 def _decode_msg(msg: Any, seq: int, deliveries: int, params: NatsSourceParams) -> Any:
@@ -346,6 +363,18 @@ class _PullConsumer:
         self.decode = _decoder(params)
         self.closed = False
         self._connecting = anyio.Lock()
+        self.worker = given_consumer(None) or ""
+        self.lease = (
+            None
+            if self.worker
+            else SlotLease(
+                self,
+                params.stream,
+                params.durable,
+                bucket=params.lease_bucket,
+                ttl=params.lease_ttl,
+            )
+        )
 
     def transient(self, exc: BaseException) -> bool:
         return transient(exc)
@@ -353,13 +382,16 @@ class _PullConsumer:
     async def open(self) -> str:
         await self._connect()
         params = self.params
+        if self.lease is not None:
+            self.worker = await self.lease.claim()
         self.log.info(
-            "nats.jetstream: bound to durable consumer %s of stream %s at %s",
+            "nats.jetstream: worker %s bound to durable consumer %s of stream %s at %s",
+            self.worker,
             params.durable,
             params.stream,
             self.link.address,
         )
-        return f"durable consumer {params.durable!r} of stream {params.stream!r}"
+        return f"worker {self.worker!r}: durable consumer {params.durable!r} of {params.stream!r}"
 
     async def _connect(self) -> None:
         params = self.params
@@ -433,6 +465,8 @@ class _PullConsumer:
 
     async def close(self) -> None:
         self.closed = True
+        if self.lease is not None:
+            await self.lease.release()
         nc, self.nc = self.nc, None
         self.msgs.clear()
         if nc is not None:
