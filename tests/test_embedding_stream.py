@@ -488,7 +488,7 @@ async def test_iter_sync_inside_an_event_loop_is_refused() -> None:
 
 
 def test_the_embedding_benchmark_runs(tmp_path: Path) -> None:
-    """``python -m benchmarks embedding`` runs and counts the same items three ways (the
+    """``python -m benchmarks embedding`` runs and counts the same items four ways (the
     harness aborts on a mismatch); nothing here is about speed."""
     import json
     import subprocess
@@ -507,4 +507,5 @@ def test_the_embedding_benchmark_runs(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "stream vs null_sink" in proc.stdout
     data = json.loads(out.read_text())
-    assert set(data["embedding"]) == {"null_sink", "stream", "stream_batches"}
+    assert set(data["embedding"]) == {"null_sink", "stream", "stream_batches", "async_for_floor"}
+    assert "if engine.stream added nothing else" in proc.stdout

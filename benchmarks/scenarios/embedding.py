@@ -4,17 +4,24 @@ The pipeline is ``range -> map(x*2) -> filter(x % 3 != 0)`` (the ``throughput`` 
 with the same functions by import path). ``null_sink`` ends it in the ``null`` sink and
 runs it with ``engine.run``; ``stream`` declares no sink and counts the items in an
 ``async for`` over ``engine.stream``, so every item crosses into the consumer's code;
-``stream_batches`` takes them a batch at a time with ``next_batch()``. All three count
-the items that left the steps, checked against the closed form in every round. The
-engine (plugins loaded, policy allowing ``benchmarks.fns``) is built once; each round
-includes the event loop and the pipeline's validation.
+``stream_batches`` takes them a batch at a time with ``next_batch()``.
+``async_for_floor`` is no headwater at all: a bare async generator over the same output
+items, in batches of the same size, counted by the same loop as ``stream``. It is what
+one ``async for`` step costs on this interpreter, so ``null_sink / (null_sink +
+async_for_floor)`` is the highest ratio a per-item ``async for`` can reach here, however
+little ``engine.stream`` adds; the notes print that ceiling and what ``stream`` costs
+beyond it. All four count the items that left the steps, checked against the closed
+form in every round. The engine (plugins loaded, policy allowing ``benchmarks.fns``) is
+built once; each round includes the event loop and the pipeline's validation.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from typing import Any
 
+from ..fns import double, not_div3
 from ..harness import (
     Column,
     Implementation,
@@ -32,7 +39,8 @@ from .throughput import per_item_derive
 TITLE = "engine.stream: items/s through range -> map -> filter into the consumer vs a null sink"
 DESCRIPTION = (
     "One process; the throughput steps ending in the null sink (engine.run) next to the "
-    "same steps iterated with engine.stream (per item and per batch). "
+    "same steps iterated with engine.stream (per item and per batch), and a bare async "
+    "generator over the same items (the interpreter's cost of one async for step). "
     "Target: stream >= 0.8x null_sink. Metrics: ns_per_item, items_per_s."
 )
 
@@ -41,13 +49,15 @@ QUICK_N = 200_000
 WARMUP_N = 20_000
 TARGET = 0.8
 """``stream`` keeps at least this share of ``null_sink``'s throughput."""
+CHUNK = 4096
+"""Values per batch of the ``range`` source (its default), and of ``async_for_floor``."""
 
 
 def model(n: int, *, sink: bool) -> dict[str, Any]:
     """The pipeline, with the ``null`` sink or with none (iterated)."""
     data: dict[str, Any] = {
         "name": "bench-embedding",
-        "sources": {"numbers": {"action": "range", "params": {"stop": n}}},
+        "sources": {"numbers": {"action": "range", "params": {"stop": n, "chunk": CHUNK}}},
         "steps": [
             {"transformer": "map", "params": {"fn": "benchmarks.fns:double"}},
             {"transformer": "filter", "params": {"fn": "benchmarks.fns:not_div3"}},
@@ -111,6 +121,36 @@ def make_stream_batches(engine: Any) -> Callable[[int], int]:
     return lambda n: anyio.run(main, n)
 
 
+def output_batches(n: int) -> list[list[int]]:
+    """The items leaving the steps, batch by batch as the pipeline hands them over."""
+    return [
+        [y for y in map(double, range(start, min(start + CHUNK, n))) if not_div3(y)]
+        for start in range(0, n, CHUNK)
+    ]
+
+
+def make_async_for_floor(*sizes: int) -> Callable[[int], int]:
+    """``async_for_floor``: ``async for`` over a bare async generator yielding the
+    pipeline's output items, counting. The items of each of ``sizes`` are computed
+    here, outside the timing."""
+    import anyio
+
+    made = {n: output_batches(n) for n in sizes}
+
+    async def items(batches: list[list[int]]) -> Any:
+        for batch in batches:
+            for item in batch:
+                yield item
+
+    async def main(batches: list[list[int]]) -> int:
+        count = 0
+        async for _ in items(batches):
+            count += 1
+        return count
+
+    return lambda n: anyio.run(main, made[n])
+
+
 def _impl(name: str, fn: Callable[[int], int], n: int, description: str) -> Implementation:
     return Implementation(
         name,
@@ -121,7 +161,7 @@ def _impl(name: str, fn: Callable[[int], int], n: int, description: str) -> Impl
 
 
 def run(settings: Settings, progress: Progress) -> ScenarioReport:
-    """Measure the three; the target is the ratio of ``stream`` to ``null_sink``."""
+    """Measure the four; the target is the ratio of ``stream`` to ``null_sink``."""
     n = settings.pick_n(FULL_N, QUICK_N)
     rounds = settings.pick_rounds(full=7, quick=2)
     warmup = settings.pick_warmup(1)
@@ -130,6 +170,12 @@ def run(settings: Settings, progress: Progress) -> ScenarioReport:
         _impl("null_sink", make_null_sink(engine), n, "engine.run into the null sink"),
         _impl("stream", make_stream(engine), n, "async for over engine.stream"),
         _impl("stream_batches", make_stream_batches(engine), n, "engine.stream, next_batch()"),
+        _impl(
+            "async_for_floor",
+            make_async_for_floor(n, min(n, WARMUP_N)),
+            n,
+            "a bare async generator over the same items: one async for step, no headwater",
+        ),
     ]
     measured = measure(
         impls,
@@ -164,4 +210,31 @@ def run(settings: Settings, progress: Progress) -> ScenarioReport:
         "every item of 'stream' crosses one 'async for' step into the consumer's code; "
         "'stream_batches' shows the runtime's own cost of handing items over"
     )
+    report.notes.extend(floor_notes(measured.samples, n))
     return report
+
+
+def floor_notes(samples: dict[str, list[dict[str, float]]], n: int) -> list[str]:
+    """The ceiling a per-item ``async for`` can reach here, and what ``stream`` costs
+    beyond ``null_sink`` plus that step; per-round figures, median (ns per item that
+    reaches the consumer)."""
+    rows = [samples.get(name, []) for name in ("null_sink", "stream", "async_for_floor")]
+    rounds = list(zip(*rows, strict=False))
+    if not rounds:
+        return []
+    out = expected_count(n) or 1
+    base = [null["ns_per_item"] for null, _, _ in rounds]
+    floor = [f["ns_per_item"] for _, _, f in rounds]
+    extra = [s["ns_per_item"] - null["ns_per_item"] for null, s, _ in rounds]
+    ceiling = statistics.median(b / (b + f) for b, f in zip(base, floor, strict=True))
+    per_out = n / out
+    step = statistics.median(floor) * per_out
+    beyond = statistics.median(e - f for e, f in zip(extra, floor, strict=True)) * per_out
+    return [
+        f"one async for step plus the loop's count costs {step:.0f} ns per item on this "
+        f"interpreter (async_for_floor): if engine.stream added nothing else, 'stream' "
+        f"would reach null_sink / (null_sink + async_for_floor) = {ceiling:.2f}x",
+        f"stream costs {statistics.median(extra) * per_out:.0f} ns per item reaching the "
+        f"consumer over null_sink, {beyond:.0f} ns of it beyond that async for step "
+        f"({out:,} of the {n:,} items reach it)",
+    ]
