@@ -2,7 +2,8 @@
 
 :func:`headwater.core.jobs.run_jobs` runs them; :class:`_JobsView` renders them: a live
 table of every job's state and progress on a terminal, one line per start and end
-otherwise, then a summary table and a verdict.
+otherwise, then a summary table and a verdict. With ``--history``, each job's run is
+recorded in the run history (``.headwater/runs.db``), with the job's name.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from ..core.plugins import PluginManager
-    from ..core.scheduler import ScheduledRun, ScheduledState, Scheduler
+    from ..core.scheduler import RunCreator, ScheduledRun, ScheduledState, Scheduler
     from ..core.secrets import Secrets
 
 _STATE_STYLE: dict[str, str] = {
@@ -69,14 +70,35 @@ def _cmd_run_jobs(args: argparse.Namespace) -> int:
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
             await tg.start(_stop_on_signals, stop, err, received)
-            code = await _run_jobs(
-                args.file, progress=live, console=err, plugins=manager, stop=stop, secrets=secrets
-            )
+            async with _recording(bool(args.history)) as create_run:
+                code = await _run_jobs(
+                    args.file,
+                    progress=live,
+                    console=err,
+                    plugins=manager,
+                    stop=stop,
+                    secrets=secrets,
+                    create_run=create_run,
+                )
             tg.cancel_scope.cancel()
         return code
 
     code = int(anyio.run(_with_exporters, exporters, err, main, backend=args.backend))
     return 128 + received[0] if received else code
+
+
+@asynccontextmanager
+async def _recording(enabled: bool) -> AsyncIterator[RunCreator | None]:
+    """With ``--history``: what creates the jobs' runs so that they are recorded (the
+    run history is imported only then)."""
+    if not enabled:
+        yield None
+        return
+    from ..core.engine import default_engine
+    from ..server.history.local import LocalRecorder
+
+    async with LocalRecorder(default_engine(), origin="jobs") as recorder:
+        yield recorder.create_job_run
 
 
 async def _stop_on_signals(
@@ -105,6 +127,7 @@ async def _run_jobs(
     plugins: PluginManager | None = None,
     stop: anyio.Event | None = None,
     secrets: Secrets | None = None,
+    create_run: RunCreator | None = None,
 ) -> int:
     """Run a jobs file with :func:`~headwater.core.jobs.run_jobs`, showing the jobs on
     ``console`` (masked with ``secrets``); return the exit code: 0 if every job
@@ -113,12 +136,20 @@ async def _run_jobs(
     ``progress=True`` shows a live table of every job's state and progress while they
     run; otherwise one line per start and end. A summary table follows (not when the
     calling task is cancelled). An invalid file raises
-    :class:`~headwater.core.jobs.JobsFileError` before anything starts.
+    :class:`~headwater.core.jobs.JobsFileError` before anything starts. ``create_run``
+    creates the jobs' runs (``--history`` records them so).
     """
     from ..core.jobs import run_jobs
 
     view = _JobsView(console, live=progress, secrets=secrets)
-    code = await run_jobs(path, plugins=plugins, stop=stop, watch=view.watch, secrets=secrets)
+    code = await run_jobs(
+        path,
+        plugins=plugins,
+        stop=stop,
+        watch=view.watch,
+        secrets=secrets,
+        create_run=create_run,
+    )
     view.summary()
     return code
 

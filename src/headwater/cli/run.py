@@ -60,7 +60,12 @@ def _add_run_command(commands: Any, common: argparse.ArgumentParser) -> None:
         "tail and the dashboard follow. The URLs of the dashboard's page of the run, of the\n"
         "stream and of its events are printed first. The command exits when the run ends\n"
         "(clients are told first); --keep-serving keeps the server, its dashboard and the\n"
-        "replay of the run until Ctrl-C. The exit status is the run's outcome either way.",
+        "replay of the run until Ctrl-C. The exit status is the run's outcome either way.\n"
+        "\n"
+        "With --history (the default with --serve), the run is recorded in the run history,\n"
+        ".headwater/runs.db in the working directory: headwater serve started in the same\n"
+        "folder lists it (/api/runs), shows its page and replays its stream. For a jobs\n"
+        "file, each job's run is recorded, with the job's name.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -112,6 +117,14 @@ def _add_run_command(commands: Any, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --serve: keep serving (dashboard, replay of the stream) after the run "
         "ended, until Ctrl-C",
+    )
+    run.add_argument(
+        "--history",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="record the run in .headwater/runs.db (the run history of headwater serve); "
+        "the default with --serve. --no-history: record nothing (with --serve: keep the run "
+        "in memory while serving)",
     )
     run.add_argument(
         "--resume",
@@ -189,6 +202,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     live = sys.stderr.isatty() if args.progress is None else bool(args.progress)
     secrets = _secrets(args)
     every = args.progress_every if args.progress is None else 0.0
+    runner: Any = _execute
+    if args.history:  # lazily: a run without it imports nothing of the run history
+        from .history import _recorded_runner
+
+        resolved, runner = _recorded_runner(args, spec)
     view = _RunView(err, resolved, live=live, secrets=secrets, every=every)
     result: RunResult
     signum: int | None
@@ -197,7 +215,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             _with_exporters,
             exporters,
             err,
-            _execute,
+            runner,
             spec,
             manager,
             view,

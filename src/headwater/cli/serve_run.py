@@ -4,7 +4,10 @@ The pipeline becomes the only named pipeline of a server on 127.0.0.1 (the serve
 ``headwater serve``, with its dashboard, ``/metrics`` and ``/api/*``), and is started
 there as a client's ``run`` would start it: its output goes to the stream
 ``PIPELINE-RUNID`` (or ``--stream``), its page is ``/runs/RUNID``, and the run history
-(kept in memory) lets a client that comes late replay it. The terminal shows the run as
+lets a client that comes late replay it. The history is the one of ``headwater serve``,
+``.headwater/runs.db`` in the working directory, so that a server started later in the
+same folder lists the run and replays it; with ``--no-history`` it is kept in memory
+while the server runs, and nothing is written. The terminal shows the run as
 ``headwater run`` does: a local subscriber of the stream renders its progress and
 errors. The command exits when the run ends, after the server has told its clients;
 ``--keep-serving`` keeps the server (dashboard, replay) until Ctrl-C.
@@ -69,12 +72,14 @@ def _cmd_run_serve(args: argparse.Namespace, spec: PipelineSpec) -> int:
 
     engine = _engine(args, spec.plugins.disable)
     data = spec.model_dump(mode="python", exclude_unset=True, exclude={"tests"})
+    # the history of `headwater serve` in this folder (default), or memory: --no-history
+    history = {"store": "memory"} if args.history is False else {}
     config = ServerConfig.model_validate(
         {
             "host": "127.0.0.1",
             "port": args.port if args.port is not None else 0,
             "pipelines": {spec.name: {"pipeline": data, "description": spec.description}},
-            "history": {"store": "memory"},
+            "history": history,
         }
     )
     _, err = _consoles()
@@ -85,6 +90,13 @@ def _cmd_run_serve(args: argparse.Namespace, spec: PipelineSpec) -> int:
             f"cannot listen on 127.0.0.1:{config.port}: {exc.strerror or exc}", EXIT_FAILED
         ) from None
     return code
+
+
+def _history_path(config: Any) -> str:
+    """Where the run history is written (the ``sqlite`` store's file)."""
+    from ..server.history import DEFAULT_PATH
+
+    return str(config.history.params.get("path", DEFAULT_PATH))
 
 
 class _LocalSubscriber:
@@ -168,15 +180,19 @@ async def _serve_run(
                 run.stream, "cli", local, since=0, slow_consumer="block"
             )
 
-        run = await server.start_run(
-            spec.name, {}, stream=args.stream, before_start=subscribe_local
-        )
+        async def before_start(run: Any) -> None:
+            server.history.annotate(run.run_id, origin="run --serve")
+            await subscribe_local(run)
+
+        run = await server.start_run(spec.name, {}, stream=args.stream, before_start=before_start)
         base = server.http_url
         say(f"serving on {base} (WebSocket {server.url})", "bold")
         say(f"  dashboard  {base}/runs/{run.run_id}")
         say(f"  stream     {run.stream}")
         say(f"  follow     headwater tail {server.url} {run.stream} --since 0")
         say(f"  events     {base}/api/streams/{run.stream}/events?since=0")
+        if server.history.enabled and args.history is not False:
+            say(f"  history    {_history_path(config)} (headwater serve here lists the run)")
         view.start(run.handle)
 
         def first(name: str, signum: int) -> None:

@@ -46,6 +46,7 @@ from .errors import InvalidFileError, ValidationIssue, issues_from_pydantic
 from .plugins import PluginManager
 from .scheduler import (
     DEFAULT_AGING,
+    RunCreator,
     RunRejected,
     RunRequest,
     ScheduledRun,
@@ -209,9 +210,14 @@ def _requests(jobs: JobsFile, base_dir: Path, secrets: Secrets | None = None) ->
     return requests
 
 
-def scheduler_for(jobs: JobsFile, *, plugins: PluginManager | None = None) -> Scheduler:
-    """A :class:`Scheduler` with the jobs file's concurrency, resources and aging."""
-    return Scheduler(jobs.concurrency, jobs.resources, aging=jobs.aging, plugins=plugins)
+def scheduler_for(
+    jobs: JobsFile, *, plugins: PluginManager | None = None, create_run: RunCreator | None = None
+) -> Scheduler:
+    """A :class:`Scheduler` with the jobs file's concurrency, resources and aging
+    (``create_run``: see :class:`Scheduler`)."""
+    return Scheduler(
+        jobs.concurrency, jobs.resources, aging=jobs.aging, plugins=plugins, create_run=create_run
+    )
 
 
 def submit_jobs(
@@ -275,6 +281,7 @@ async def run_jobs(
     stop: anyio.Event | None = None,
     watch: JobsWatch | None = None,
     secrets: Secrets | None = None,
+    create_run: RunCreator | None = None,
 ) -> int:
     """Run a jobs file; return the exit code: 0 if every job succeeded, else 1.
 
@@ -287,11 +294,13 @@ async def run_jobs(
 
     Setting ``stop`` (e.g. from a signal handler) cancels every unfinished job, which
     then ends ``cancelled``. Cancelling the calling task also cancels every job. The
-    values substituted in the files are added to ``secrets``.
+    values substituted in the files are added to ``secrets``. ``create_run`` creates the
+    run of each job that starts (``headwater run JOBS.yaml --history`` records them so;
+    see :class:`Scheduler`).
     """
     path = Path(path)
     jobs = load_jobs(path, secrets=secrets)
-    scheduler = scheduler_for(jobs, plugins=plugins)
+    scheduler = scheduler_for(jobs, plugins=plugins, create_run=create_run)
     watching = nullcontext() if watch is None else watch(scheduler)
     submit_jobs(scheduler, jobs, base_dir=path.parent, source=str(path), secrets=secrets)
     async with watching, scheduler, anyio.create_task_group() as tg:

@@ -19,7 +19,14 @@ from ..errors import HeadwaterError, PipelineCancelled
 from ..plugins import PluginManager
 from ..runtime import RunHandle
 from .core import SchedulerCore
-from .model import DEFAULT_AGING, ChangeObserver, ScheduledRun, ScheduledState, SchedulerError
+from .model import (
+    DEFAULT_AGING,
+    ChangeObserver,
+    RunCreator,
+    ScheduledRun,
+    ScheduledState,
+    SchedulerError,
+)
 from .pipelines import resolve_run
 
 if TYPE_CHECKING:
@@ -53,6 +60,9 @@ class Scheduler(SchedulerCore):
         on_change: An observer called as ``on_change(run, old_state, new_state)`` on
             every state change (more with :meth:`add_observer`). Observers run
             synchronously inside scheduling decisions: keep them quick.
+        create_run: Creates the handle of each run that starts (see
+            :data:`~headwater.core.scheduler.RunCreator`; default: the engine's
+            ``create_run``). ``headwater run JOBS.yaml --history`` records the jobs so.
     """
 
     def __init__(
@@ -64,6 +74,7 @@ class Scheduler(SchedulerCore):
         engine: Engine | None = None,
         plugins: PluginManager | None = None,
         on_change: ChangeObserver | None = None,
+        create_run: RunCreator | None = None,
     ) -> None:
         from ..api import engine_for
 
@@ -72,6 +83,7 @@ class Scheduler(SchedulerCore):
         super().__init__(
             concurrency, resources, aging=aging, plugins=self.engine.plugins, on_change=on_change
         )
+        self._create_run = create_run
         self._tg: TaskGroup | None = None
         self._entered = False
         self._idle: anyio.Event | None = None
@@ -167,7 +179,10 @@ class Scheduler(SchedulerCore):
         handle: RunHandle | None = None
         try:
             resolved, pm = resolve_run(run, self._runs, self.plugins)
-            handle = self.engine.create_run(resolved, pm)
+            if self._create_run is not None:
+                handle = await self._create_run(run, resolved, pm)
+            else:
+                handle = self.engine.create_run(resolved, pm)
             run._handle = handle
             run._run_id = handle.run_id
             async with anyio.create_task_group() as tg:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -29,6 +29,7 @@ __all__ = [
     "STATES",
     "ChangeObserver",
     "QueueEntry",
+    "RunCreator",
     "RunEvent",
     "RunRejected",
     "RunRequest",
@@ -109,6 +110,13 @@ ChangeObserver: TypeAlias = Callable[
     ["ScheduledRun", "ScheduledState | None", ScheduledState], None
 ]
 """Called as ``observer(run, old_state, new_state)`` on every state change."""
+
+
+RunCreator: TypeAlias = Callable[["ScheduledRun", "ResolvedPipeline", Any], "Awaitable[RunHandle]"]
+"""Called as ``await create_run(run, resolved, plugins)`` when a scheduled run starts,
+instead of ``engine.create_run(resolved, plugins)``: it returns the handle of a run that
+has not started (the scheduler starts it). What records runs gives each one a publisher
+and a sink of its own that way."""
 
 
 @dataclass(slots=True)

@@ -12,8 +12,12 @@ deque append.
 
 The store is chosen by name (``history.store``): ``sqlite`` and ``memory`` are built in,
 plugins add others with ``register_run_stores``. At start the store marks the runs a
-previous process left ``running`` as ``interrupted`` and applies the retention, which it
-applies again after each finished run.
+process that is gone left ``running`` as ``interrupted`` and applies the retention, which
+it applies again after each finished run.
+
+A history needs a *host* (:class:`HistoryHost`): the server, or, for runs of a process
+that serves nothing (``headwater run --history``, jobs files), a
+:class:`~headwater.server.history.local.LocalRecorder`.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ import logging
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
 
@@ -35,17 +39,26 @@ from headwater.core.streaming import Frame, wire
 
 from ..auth import principal_name
 from .config import HistoryConfig
-from .records import MemoryRunStore, Retention, RunPage, RunQuery, RunRecord, RunStore
+from .records import (
+    MemoryRunStore,
+    Retention,
+    RunPage,
+    RunQuery,
+    RunRecord,
+    RunStore,
+    process_identity,
+)
 from .sqlite import SQLiteRunStore
 
 if TYPE_CHECKING:
+    from headwater.core.engine import Engine
     from headwater.core.pipeline import ResolvedPipeline
+    from headwater.core.plugins import PluginManager
     from headwater.core.runtime import RunResult
 
-    from ..base import BaseServer
     from ..runs import RunInfo
 
-__all__ = ["BUILTIN_STORES", "RunHistory"]
+__all__ = ["BUILTIN_STORES", "HistoryHost", "RunHistory"]
 
 log = logging.getLogger("headwater.server.history")
 
@@ -72,12 +85,38 @@ class _Live:
     handled: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
 
 
-class RunHistory:
-    """The run history of one server (``server.history``)."""
+class HistoryHost(Protocol):
+    """What a :class:`RunHistory` needs of what hosts it: a server, or a
+    :class:`~headwater.server.history.local.LocalRecorder`."""
 
-    def __init__(self, server: BaseServer) -> None:
+    @property
+    def config(self) -> Any:
+        """A configuration whose ``history`` is a :class:`HistoryConfig` (or absent)."""
+
+    @property
+    def engine(self) -> Engine:
+        """The engine of the runs (its secrets are masked in what is recorded)."""
+
+    @property
+    def plugins(self) -> PluginManager:
+        """The plugins that may contribute run stores."""
+
+    @property
+    def runs(self) -> Iterable[RunInfo]:
+        """The runs going on."""
+
+
+class RunHistory:
+    """The run history of one server (``server.history``) or of a
+    :class:`~headwater.server.history.local.LocalRecorder`."""
+
+    def __init__(self, server: HistoryHost, config: HistoryConfig | None = None) -> None:
         self.server = server
-        self.config: HistoryConfig = getattr(server.config, "history", None) or HistoryConfig()
+        self.config: HistoryConfig = (
+            config or getattr(server.config, "history", None) or HistoryConfig()
+        )
+        self.process = process_identity()
+        """What the records of the runs going on say of the process recording them."""
         self.store: RunStore | None = None
         self.failures: list[LoadFailure] = []
         """Run stores of plugins refused (a duplicate name) or plugins that raised."""
@@ -182,9 +221,16 @@ class RunHistory:
     # -- runs ---------------------------------------------------------------------------
 
     async def started(
-        self, run: RunInfo, params: Mapping[str, Any], resolved: ResolvedPipeline
+        self,
+        run: RunInfo,
+        params: Mapping[str, Any],
+        resolved: ResolvedPipeline,
+        *,
+        job: str | None = None,
+        origin: str = "client",
     ) -> None:
-        """Record a run that starts (state ``running``)."""
+        """Record a run that starts (state ``running``); ``job`` names the job of a jobs
+        file, ``origin`` what started it (see :attr:`RunRecord.origin`)."""
         if self.store is None:
             return
         secrets = self.server.engine.services.secrets
@@ -198,11 +244,23 @@ class RunHistory:
             params=secrets.mask_data(dict(params)),
             graph=secrets.mask_data(pipeline_graph(resolved)),
             epoch=self._epochs.pop(run.stream, None),
+            job=job,
+            origin=origin,
+            process=self.process,
         )
         live = _Live(record)
         self._live[run.run_id] = live
         self._by_stream[run.stream] = live
         await self._write(record, None)
+
+    def annotate(self, run_id: str, *, origin: str | None = None, job: str | None = None) -> None:
+        """Set what started a run going on (recorded with its end)."""
+        live = self._live.get(run_id)
+        if live is not None:
+            if origin is not None:
+                live.record.origin = origin
+            if job is not None:
+                live.record.job = job
 
     async def finished(self, run: RunInfo, result: RunResult | None) -> None:
         """Record how a run ended, with the last chunks of its stream."""

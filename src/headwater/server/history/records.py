@@ -17,6 +17,8 @@ built-in ones are ``sqlite`` (:mod:`headwater.server.history.sqlite`) and ``memo
 from __future__ import annotations
 
 import json
+import os
+import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,6 +33,8 @@ __all__ = [
     "RunQuery",
     "RunRecord",
     "RunStore",
+    "process_alive",
+    "process_identity",
 ]
 
 LIVE_STATES: Final = frozenset({"pending", "running"})
@@ -69,6 +73,13 @@ class RunRecord:
     handled: list[dict[str, Any]] = field(default_factory=list)
     """Handled errors: ``[{"stage", "error", "count", "message"}]`` (the last message)."""
     cancel_reason: str | None = None
+    job: str | None = None
+    """The job's name when the run is a job of a jobs file (``headwater run JOBS.yaml``)."""
+    origin: str | None = None
+    """What started the run: ``client`` (a client of ``headwater serve``), ``run``
+    (``headwater run --history``), ``run --serve`` or ``jobs`` (a jobs file)."""
+    process: str | None = None
+    """``HOST:PID:START`` of the process recording the run (see :func:`process_alive`)."""
     epoch: str | None = None
     """The epoch of the run's stream (``subscribed``), for replays."""
     last_seq: int = 0
@@ -109,6 +120,8 @@ class RunRecord:
             "error_stage": fatal.get("stage"),
             "error_message": fatal.get("message"),
             "handled_total": self.handled_total,
+            "job": self.job,
+            "origin": self.origin,
         }
 
     def measure(self, chunk_bytes: int) -> int:
@@ -116,6 +129,51 @@ class RunRecord:
         self.size = 0
         self.size = len(json.dumps(asdict(self), default=str)) + chunk_bytes
         return self.size
+
+
+def _start_ticks(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot, Linux), or "" if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return fields[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def process_identity() -> str:
+    """``HOST:PID:START`` of this process: what a record's :attr:`RunRecord.process`
+    holds while the run goes on (START tells a reused PID from the process)."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid)}"
+
+
+def process_alive(identity: str | None) -> bool:
+    """Is the process that recorded a live run still running?
+
+    Several processes record into one store (``headwater serve``, ``headwater run
+    --history`` and ``--serve`` in the same folder): a store marks ``interrupted`` only
+    the runs of processes that are gone. False without an identity (a record of an older
+    version); True for a process of another host (it cannot be checked from here).
+    """
+    if not identity:
+        return False
+    parts = identity.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False
+    host, pid_text, start = parts
+    if host != socket.gethostname():
+        return True
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    except OSError:
+        return False
+    return not start or _start_ticks(pid) in ("", start)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,8 +237,8 @@ class RunStore(Protocol):
         ...
 
     def interrupt(self, now: float) -> int:
-        """Mark runs still ``running`` or ``pending`` as ``interrupted`` (called at start:
-        the process that ran them is gone); returns how many."""
+        """Mark runs still ``running`` or ``pending`` whose process is gone
+        (:func:`process_alive`) as ``interrupted`` (called at start); returns how many."""
         ...
 
     def close(self) -> None:
@@ -268,9 +326,9 @@ class MemoryRunStore:
             return len(drop)
 
     def interrupt(self, now: float) -> int:
-        """Mark live runs ``interrupted``."""
+        """Mark live runs of processes that are gone ``interrupted``."""
         with self._lock:
-            live = [r for r in self._runs.values() if r.live]
+            live = [r for r in self._runs.values() if r.live and not process_alive(r.process)]
             for r in live:
                 r.state = "interrupted"
                 r.ended_at = now

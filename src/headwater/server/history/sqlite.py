@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from .records import MAX_PAGE, Retention, RunPage, RunQuery, RunRecord
+from .records import MAX_PAGE, Retention, RunPage, RunQuery, RunRecord, process_alive
 
 __all__ = ["DEFAULT_PATH", "SQLiteRunStore"]
 
@@ -187,8 +187,8 @@ class SQLiteRunStore:
         return len(ids)
 
     def interrupt(self, now: float) -> int:
-        """Mark runs left ``running`` or ``pending`` (by a process that died) as
-        ``interrupted``."""
+        """Mark runs left ``running`` or ``pending`` by a process that is gone (killed) as
+        ``interrupted``; the runs of processes still running are left alone."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT record FROM runs WHERE state IN ('running', 'pending')"
@@ -196,6 +196,8 @@ class SQLiteRunStore:
         count = 0
         for (text,) in rows:
             record = _record(text)
+            if process_alive(record.process):
+                continue
             record.state = "interrupted"
             record.ended_at = now
             self.save(record)
