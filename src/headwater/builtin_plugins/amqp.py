@@ -49,6 +49,7 @@ from ._addresses import check_url, check_url_param
 from ._amqp import DEFAULT_URL, Codec, aio_pika, close_quietly, transient
 from ._broker_source import Acknowledger, read_broker
 from ._brokers import stage_logger
+from ._checks.queues import check_amqp_source
 from ._connectors import connector
 from .amqp_sink import AmqpSink, AmqpSinkParams
 
@@ -374,6 +375,7 @@ def _plain(value: Any) -> bool:
     output="the bodies of the queue's messages (see decode and envelope)",
     capabilities=("streaming", "resumable"),
     batched=True,
+    check=check_amqp_source,
 )
 async def amqp_source(params: AmqpSourceParams, ctx: StreamContext) -> AsyncIterator[list[Any]]:
     """Consume an AMQP queue with a prefetch window; acknowledge after every sink committed.

@@ -17,6 +17,7 @@ from headwater.core.reconnect import DEFAULT_OUTAGE_DEADLINE, Link, retry
 from ._addresses import check_url, check_url_param
 from ._amqp import DEFAULT_URL, Codec, aio_pika, close_quietly, transient
 from ._brokers import stage_logger, track
+from ._checks.queues import check_amqp_sink
 from ._connectors import connector
 from ._values import encode_payload
 
@@ -63,7 +64,7 @@ class AmqpSinkParams(BaseModel):
     _url_allowed = field_validator("url")(check_url_param)
 
 
-@headwater.sink("amqp", params=AmqpSinkParams)
+@headwater.sink("amqp", params=AmqpSinkParams, check=check_amqp_sink)
 class AmqpSink:
     """Publish every item to an AMQP exchange; ``write`` returns once the broker
     confirmed every message of the batch (publisher confirms).

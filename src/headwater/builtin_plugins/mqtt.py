@@ -44,6 +44,7 @@ from headwater.core.reconnect import DEFAULT_OUTAGE_DEADLINE, Link, retry
 from ._addresses import check_url, check_url_param
 from ._broker_source import Acknowledger, read_broker
 from ._brokers import given_consumer, stage_logger, track
+from ._checks.queues import check_mqtt
 from ._connectors import connector
 from ._mqtt import Inbox, MqttConnection, paho, transient
 from ._values import encode_payload
@@ -308,6 +309,7 @@ class _Subscriber:
     output="the payloads of the messages on the topics (see decode and envelope)",
     capabilities=("streaming", "resumable"),
     batched=True,
+    check=check_mqtt,
 )
 async def mqtt_source(params: MqttSourceParams, ctx: StreamContext) -> AsyncIterator[list[Any]]:
     """Subscribe to MQTT topics in a persistent session; PUBACK after every sink committed.
@@ -350,7 +352,7 @@ class MqttSinkParams(_Common):
     )
 
 
-@headwater.sink("mqtt", params=MqttSinkParams)
+@headwater.sink("mqtt", params=MqttSinkParams, check=check_mqtt)
 class MqttSink:
     """Publish every item to an MQTT topic; with QoS 1, ``write`` returns once the broker
     acknowledged every message of the batch.

@@ -45,6 +45,7 @@ from headwater.core.reconnect import DEFAULT_OUTAGE_DEADLINE, Link, retry
 
 from ._broker_source import Acknowledger, read_broker
 from ._brokers import given_consumer, require, stage_logger, track
+from ._checks.brokers import check_nats_sink, check_nats_source
 from ._nats_slots import BUCKET, DEFAULT_TTL, SlotLease
 from ._values import encode_payload
 
@@ -487,6 +488,7 @@ async def _close_quietly(nc: Any) -> None:
     output="the messages of a JetStream stream via a durable pull consumer (see decode)",
     capabilities=("streaming", "resumable"),
     batched=True,
+    check=check_nats_source,
 )
 async def nats_jetstream_source(
     params: NatsSourceParams, ctx: StreamContext
@@ -533,7 +535,7 @@ class NatsSinkParams(BaseModel):
     )
 
 
-@headwater.sink("nats.jetstream", params=NatsSinkParams)
+@headwater.sink("nats.jetstream", params=NatsSinkParams, check=check_nats_sink)
 class NatsStreamSink:
     """Publish every item to JetStream; ``write`` returns once every PubAck arrived.
 

@@ -36,6 +36,7 @@ from headwater.core.reconnect import DEFAULT_OUTAGE_DEADLINE, Link, retry
 from . import _postgres as pg
 from ._addresses import check_dsn, check_dsn_param
 from ._brokers import stage_logger, track
+from ._checks.databases import check_postgres_source
 from ._connectors import connector
 from .postgres_sink import DSN_HELP, PostgresSink, PostgresSinkParams
 from .postgres_store import PostgresCheckpointStore, PostgresStoreParams
@@ -273,6 +274,7 @@ def _start_cursor(params: PostgresQueryParams, ctx: StreamContext) -> list[str] 
     output="one dict per row (column -> value), in cursor order",
     capabilities=("streaming", "resumable"),
     batched=True,
+    check=check_postgres_source,
 )
 async def postgres_query_source(
     params: PostgresQueryParams, ctx: StreamContext

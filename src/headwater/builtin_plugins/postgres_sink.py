@@ -31,6 +31,7 @@ from headwater.core.reconnect import (
 from . import _postgres as pg
 from ._addresses import check_dsn, check_dsn_param
 from ._brokers import stage_logger, track
+from ._checks.databases import check_postgres_sink
 from ._connectors import connector
 from ._values import column_rows, type_name
 
@@ -158,7 +159,12 @@ class PostgresSinkParams(BaseModel):
         return self
 
 
-@headwater.sink("postgres", params=PostgresSinkParams, delivery="transactional")
+@headwater.sink(
+    "postgres",
+    params=PostgresSinkParams,
+    delivery="transactional",
+    check=check_postgres_sink,
+)
 class PostgresSink:
     """Write items as rows of a PostgreSQL table with COPY (or upserts), one transaction
     per checkpoint.

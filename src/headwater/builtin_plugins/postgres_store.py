@@ -17,6 +17,7 @@ from headwater.core.reconnect import DEFAULT_OUTAGE_DEADLINE, BrokerUnavailable,
 
 from . import _postgres as pg
 from ._addresses import check_dsn_param
+from ._checks.databases import check_postgres_store
 from .postgres_sink import DSN_HELP
 
 __all__ = ["PostgresCheckpointStore", "PostgresStoreParams"]
@@ -46,7 +47,7 @@ class PostgresStoreParams(BaseModel):
     _dsn_allowed = field_validator("dsn")(check_dsn_param)
 
 
-@headwater.checkpoint_store("postgres", params=PostgresStoreParams)
+@headwater.checkpoint_store("postgres", params=PostgresStoreParams, check=check_postgres_store)
 class PostgresCheckpointStore:
     """Checkpoints in a PostgreSQL table, one row per pipeline (JSON text).
 

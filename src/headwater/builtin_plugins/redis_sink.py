@@ -28,6 +28,7 @@ from headwater.core.reconnect import (
 
 from . import _redis
 from ._brokers import require, stage_logger, track
+from ._checks.brokers import check_redis_sink, check_redis_store
 
 __all__ = ["RedisCheckpointStore", "RedisSinkParams", "RedisStoreParams", "RedisStreamSink"]
 
@@ -88,7 +89,7 @@ def _encode_item(item: Any, params: RedisSinkParams) -> dict[str | bytes, Any]:
     return {params.field: str(item)}
 
 
-@headwater.sink("redis.stream", params=RedisSinkParams)
+@headwater.sink("redis.stream", params=RedisSinkParams, check=check_redis_sink)
 class RedisStreamSink:
     """Append every item to a Redis stream with XADD (one pipelined round trip per batch).
 
@@ -159,7 +160,7 @@ class RedisStoreParams(BaseModel):
     )
 
 
-@headwater.checkpoint_store("redis", params=RedisStoreParams)
+@headwater.checkpoint_store("redis", params=RedisStoreParams, check=check_redis_store)
 class RedisCheckpointStore:
     """Checkpoints in Redis, one JSON string per pipeline (``PREFIX + pipeline``).
 

@@ -47,6 +47,7 @@ from headwater.core.reconnect import DEFAULT_OUTAGE_DEADLINE, Link
 from . import _redis
 from ._broker_source import Acknowledger, read_broker
 from ._brokers import given_consumer, stage_logger
+from ._checks.brokers import check_redis_source
 from .redis_sink import (
     RedisCheckpointStore,
     RedisSinkParams,
@@ -486,6 +487,7 @@ class _ConsumerGroup:
     output="the entries of a Redis stream read with a consumer group (see decode)",
     capabilities=("streaming", "resumable"),
     batched=True,
+    check=check_redis_source,
 )
 async def redis_stream_source(
     params: RedisSourceParams, ctx: StreamContext

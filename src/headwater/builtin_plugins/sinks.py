@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 import headwater
 from headwater.core.context import StreamContext
 
+from ._checks.files import check_jsonl
 from ._sandbox import check_output_path_param, make_parents, param_of, policy_in
 from ._values import fspath as _fspath
 from ._values import type_name as _type_name
@@ -187,7 +188,7 @@ class JsonlParams(BaseModel):
     _path_allowed = field_validator("path")(check_output_path_param)
 
 
-@headwater.sink("jsonl", params=JsonlParams)
+@headwater.sink("jsonl", params=JsonlParams, check=check_jsonl)
 class JsonlSink:
     """Write each item as one compact JSON object per line (JSON Lines), in UTF-8.
 

@@ -17,6 +17,7 @@ import headwater
 from headwater.core.context import StreamContext
 from headwater.core.policy import SandboxError
 
+from ._checks.databases import check_sqlite_sink
 from ._sandbox import IN_MEMORY_DB, check_db_path_param, make_parents, param_of, policy_in
 from ._values import column_rows
 from ._values import fspath as _fspath
@@ -111,7 +112,7 @@ class SqliteParams(BaseModel):
         return self
 
 
-@headwater.sink("sqlite", params=SqliteParams, delivery="transactional")
+@headwater.sink("sqlite", params=SqliteParams, delivery="transactional", check=check_sqlite_sink)
 class SqliteSink:
     """Insert items as rows of an SQLite table, one transaction per batch.
 

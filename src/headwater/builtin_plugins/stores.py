@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 import headwater
 from headwater.core.checkpoints import DEFAULT_PATH, Checkpoint, SQLiteCheckpointStore
 
+from ._checks.databases import check_sqlite_store
 from ._sandbox import check_path_param
 
 
@@ -29,7 +30,7 @@ class SQLiteStoreParams(BaseModel):
     _path_allowed = field_validator("path")(check_path_param)
 
 
-@headwater.checkpoint_store("sqlite", params=SQLiteStoreParams)
+@headwater.checkpoint_store("sqlite", params=SQLiteStoreParams, check=check_sqlite_store)
 class SQLiteStore(SQLiteCheckpointStore):
     """Checkpoints in an SQLite file (WAL mode), ``.headwater/checkpoints.db`` by default."""
 

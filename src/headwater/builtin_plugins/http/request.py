@@ -31,6 +31,7 @@ from headwater.core.context import StreamContext
 from headwater.core.optional import require
 from headwater.core.reconnect import Backoff
 
+from .._checks.web import check_http_head
 from ..transformers.fields import field_getter
 from ._hosts import check_url_param, guard_requests
 from ._retry import RETRY_ON, CircuitBreaker, HttpStatusError, RetryPolicy, send_with_retries
@@ -198,6 +199,7 @@ class _Caller:
     kind="stream",
     params=RequestParams,
     output="each item with the API's answer in `into` (or `fields`, or merged), in order",
+    check=check_http_head,
 )
 async def http_request(
     items: AsyncIterator[Any], params: RequestParams, ctx: StreamContext

@@ -22,6 +22,7 @@ from headwater.core.context import StreamContext
 from headwater.core.optional import require
 from headwater.core.reconnect import Backoff
 
+from .._checks.web import check_http_head
 from ._hosts import check_url_param, guard_requests
 from ._retry import RETRY_ON, HttpStatusError, RetryPolicy, send_with_retries
 
@@ -71,7 +72,7 @@ def encode(items: list[Any], fmt: str) -> bytes:
     return b"".join(to_json(item, inf_nan_mode="null") + b"\n" for item in items)
 
 
-@headwater.sink("http", params=HttpSinkParams)
+@headwater.sink("http", params=HttpSinkParams, check=check_http_head)
 class HttpSink:
     """POST each batch (JSON array or NDJSON) with an idempotency key; retry 429/5xx.
 

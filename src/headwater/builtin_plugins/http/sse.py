@@ -29,6 +29,7 @@ from headwater.core.optional import require
 from headwater.core.reconnect import DEFAULT_OUTAGE_DEADLINE, Backoff, Link
 
 from .._brokers import stage_logger
+from .._checks.web import check_http_head
 from ._hosts import check_url_param, guard_requests
 from ._retry import HttpStatusError
 
@@ -97,6 +98,7 @@ def _item(sse: Any, params: SseParams) -> Any:
     params=SseParams,
     output="the data of each event (JSON-decoded), or {id, event, data} with envelope",
     capabilities=("streaming", "resumable"),
+    check=check_http_head,
 )
 async def sse_source(params: SseParams, ctx: StreamContext) -> AsyncIterator[Any]:
     """Follow a Server-Sent Events endpoint; resume with ``Last-Event-ID``.

@@ -43,6 +43,7 @@ from headwater.core.net import is_loopback
 from headwater.core.optional import require
 
 from .._brokers import Ledger, delivered_upto, stage_logger
+from .._checks.web import check_webhook
 from ._bodies import BodyError, BodyFormat, parse_body
 from ._inbox import Inbox, Ticket
 
@@ -282,6 +283,7 @@ class WebhookServer:
     output="the JSON values POSTed to it: an array's elements, or one item per NDJSON line",
     capabilities=("streaming", "resumable"),
     batched=True,
+    check=check_webhook,
 )
 async def webhook_source(params: WebhookParams, ctx: StreamContext) -> AsyncIterator[list[Any]]:
     """Listen on ``host:port`` and turn each POSTed JSON or NDJSON body into items.
