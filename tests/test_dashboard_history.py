@@ -209,6 +209,58 @@ def test_a_runs_page_after_a_restart_shows_params_stages_fatal_error_and_chunks(
         board.shot("11-run-succeeded-after-restart")
 
 
+def test_run_again_starts_a_new_run_with_the_same_params(
+    browser: Any, server: ServeProcess, artifacts: Path
+) -> None:
+    first, _ = run_to_end(server, "slow", stop=12, rate=200)
+    with opened(browser, server, artifacts, f"/runs/{first}") as board:
+        page = board.page
+        page.wait_for_selector("#rp-state[data-state=succeeded]")
+        page.wait_for_selector("#rp-again:enabled")
+        with page.expect_navigation(url=re.compile(r"/runs/(?!" + first + r")[0-9a-f]+$")):
+            page.click("#rp-again")
+        page.wait_for_selector("#conn[data-state=open]")
+        page.wait_for_selector("#rp-state[data-state=succeeded]")
+        again = page.url.rsplit("/", 1)[1]
+        params = page.eval_on_selector_all(
+            "#rp-params tbody tr", "rs => rs.map(r => r.innerText.replace(/\\s+/g, ' ').trim())"
+        )
+        assert params == ["stop 12", "rate 200"]
+        board.shot("18-run-again")
+    record = get_json(server, f"/api/runs/{again}")
+    assert again != first
+    assert record["pipeline"] == "slow"
+    assert record["params"] == {"stop": 12, "rate": 200}
+    assert record["stages"]["sources.n"]["items_out"] == 12
+    runs = get_json(server, "/api/runs?pipeline=slow")["runs"]
+    assert [r["run_id"] for r in runs] == [again, first]
+
+
+def test_the_chart_range_changes_the_window_and_resolution(
+    browser: Any, server: ServeProcess, artifacts: Path
+) -> None:
+    with opened(browser, server, artifacts) as board:
+        page = board.page
+        page.wait_for_function(
+            "() => document.querySelector('#throughput-chart').getAttribute('aria-label')"
+            ".includes('over the last 1 min:')"
+        )
+        for value, step, span, shown in (("15m", 10, 900, "15 min"), ("1h", 60, 3600, "1 h")):
+            with page.expect_response(
+                lambda r, v=value: "/api/dashboard/history" in r.url and f"range={v}" in r.url
+            ) as answer:
+                page.select_option("#chart-range", value)
+            data = answer.value.json()
+            assert (data["range"], data["step"], data["span"]) == (value, step, span)
+            page.wait_for_function(
+                "shown => ['#throughput-chart', '#latency-chart', '#queue-chart'].every("
+                "id => document.querySelector(id).getAttribute('aria-label')"
+                ".includes(`over the last ${shown}:`))",
+                arg=shown,
+            )
+        board.shot("19-chart-range-1h")
+
+
 def test_the_graph_shows_counters_moving_during_a_run(
     browser: Any, server: ServeProcess, artifacts: Path
 ) -> None:
