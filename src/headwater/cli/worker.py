@@ -1,7 +1,8 @@
 """``headwater worker``: one member of a consumer group (Redis Streams, JetStream).
 
 Draining goes through the run's handle; the consumer name reaches the broker sources
-through ``HEADWATER_CONSUMER``; readiness is read from the broker connections the
+through ``HEADWATER_CONSUMER`` (without one, each source leases ``HOSTNAME-SLOT`` in its
+broker: :mod:`headwater.builtin_plugins._slots`); readiness is read from the broker connections the
 sources and sinks show in the engine's metrics (``brokers``); an event-loop lag
 monitor reports blocking code (:class:`~headwater.core.loop_lag.LagMonitor`).
 """
@@ -63,8 +64,8 @@ def _add_worker_command(commands: Any, common: argparse.ArgumentParser) -> None:
         "--consumer",
         metavar="NAME",
         help="this member's name in the group (sets HEADWATER_CONSUMER; default: "
-        "HEADWATER_CONSUMER, else HOSTNAME-SLOT leased in the broker: the lowest slot no "
-        "live worker of this host holds)",
+        "HEADWATER_CONSUMER, else HOSTNAME-SLOT leased in the broker, a Redis key or a "
+        "JetStream KV entry with a TTL: the lowest slot no live worker of this host holds)",
     )
     worker.add_argument(
         "--drain-timeout",
@@ -251,7 +252,7 @@ async def _work(
             state["handle"] = handle
             if isinstance(view, _LoggedView):
                 view.run_id = handle.run_id
-            consumer = os.environ.get("HEADWATER_CONSUMER") or "default consumer name"
+            consumer = os.environ.get("HEADWATER_CONSUMER") or "HOSTNAME-SLOT (leased)"
             view.line(f"worker {consumer}: pipeline {spec.name!r} (run {handle.run_id})", "bold")
 
             async def on_signals() -> None:
