@@ -63,7 +63,7 @@ def _child(path: str, mode: str, slow: float) -> dict[str, Any]:
     import anyio
 
     import headwater
-    from headwater.builtin_plugins import files
+    from headwater.builtin_plugins.files import view as files
 
     class ByteCount:
         """Counts the bytes (characters: the file is ASCII NULs) of every item."""

@@ -21,11 +21,11 @@ from typing import Any
 import uvicorn
 
 import headwater
-from headwater.builtin_plugins import http as builtin_http
-from headwater.builtin_plugins import sinks as builtin_sinks
-from headwater.builtin_plugins import sources as builtin_sources
-from headwater.builtin_plugins import stores as builtin_stores
-from headwater.builtin_plugins import transformers as builtin_transformers
+from headwater.builtin_plugins.catalogue import http as builtin_http
+from headwater.builtin_plugins.catalogue import sinks as builtin_sinks
+from headwater.builtin_plugins.catalogue import sources as builtin_sources
+from headwater.builtin_plugins.catalogue import stores as builtin_stores
+from headwater.builtin_plugins.catalogue import transformers as builtin_transformers
 
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]

@@ -41,8 +41,8 @@ REQUIRED = os.environ.get("HEADWATER_REQUIRE_SERVICES", "").strip().lower() in {
 }
 
 BROKER_PLUGINS = {
-    "headwater.redis": "headwater.builtin_plugins.redis_streams",
-    "headwater.nats": "headwater.builtin_plugins.nats_jetstream",
+    "headwater.redis": "headwater.builtin_plugins.catalogue:redis",
+    "headwater.nats": "headwater.builtin_plugins.catalogue:nats",
 }
 """Entry point name -> module of the broker plugins."""
 

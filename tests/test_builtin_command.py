@@ -14,6 +14,7 @@ import anyio
 import pytest
 
 import headwater
+from headwater.builtin_plugins import catalogue
 from headwater.builtin_plugins import command as command_module
 from headwater.core.context import RunIdentity, StreamContext
 from headwater.core.services import EngineServices
@@ -31,7 +32,7 @@ def plugins() -> headwater.PluginManager:
     """The built-ins, with ``headwater.command`` registered by hand until its entry point."""
     manager = builtin_plugin_manager()
     if "headwater.command" not in manager.plugins:
-        assert manager.register(command_module, "headwater.command"), manager.failures
+        assert manager.register(catalogue.command, "headwater.command"), manager.failures
     return manager
 
 

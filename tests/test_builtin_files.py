@@ -21,8 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import headwater
-from headwater.builtin_plugins import files
 from headwater.builtin_plugins._textio import ByteLineSplitter
+from headwater.builtin_plugins.files import view as files
 from headwater.testing import builtin_plugin_manager
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,10 +18,10 @@ import pytest
 from pydantic import ValidationError
 
 import headwater
-from headwater.builtin_plugins import command as builtin_command
-from headwater.builtin_plugins import sinks as builtin_sinks
-from headwater.builtin_plugins import sources as builtin_sources
-from headwater.builtin_plugins import transformers as builtin_transformers
+from headwater.builtin_plugins.catalogue import command as builtin_command
+from headwater.builtin_plugins.catalogue import sinks as builtin_sinks
+from headwater.builtin_plugins.catalogue import sources as builtin_sources
+from headwater.builtin_plugins.catalogue import transformers as builtin_transformers
 from headwater.builtin_plugins.transformers.itemwise import CallableParams
 from headwater.core.callables import DEFAULT_BUILTINS, DEFAULT_MODULES, NEVER, resolve_callable
 from headwater.core.types import import_callable

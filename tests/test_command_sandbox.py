@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import headwater
-from headwater.builtin_plugins import command as command_module
+from headwater.builtin_plugins.catalogue import command as command_module
 from headwater.builtin_plugins.command_policy import PROTECTED_ENV, deny_matches
 
 pytestmark = pytest.mark.skipif(
@@ -32,7 +32,7 @@ FAKE = '#!/bin/sh\necho "fake $(basename "$0") ran as $0"\ntouch "{marker}"\n'
 @pytest.fixture(scope="module")
 def plugins() -> headwater.PluginManager:
     pm = headwater.PluginManager(load_entry_points=False, strict=True)
-    from headwater.builtin_plugins import sinks, sources
+    from headwater.builtin_plugins.catalogue import sinks, sources
 
     for name, module in (
         ("headwater.sources", sources),

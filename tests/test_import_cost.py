@@ -111,11 +111,41 @@ def test_creating_a_plugin_manager_does_no_discovery() -> None:
     assert not [m for m in modules if m.split(".")[0] in {"pydantic", "anyio", "yaml"}]
 
 
-def test_loading_plugins_imports_the_builtins() -> None:
-    """The counterpart of the test above: discovery does happen on ``load()``."""
-    modules, _ = imported_after("import headwater; headwater.PluginManager().load()")
-    assert "headwater.builtin_plugins.sources" in modules
+def test_loading_plugins_registers_the_builtins_by_name_only() -> None:
+    """The counterpart of the test above: discovery does happen on ``load()``, but the
+    built-in components' modules are imported only when a component is used."""
+    modules, _ = imported_after(
+        """
+        import headwater
+
+        pm = headwater.PluginManager().load()
+        assert "range" in pm.registry.names("action")
+        assert "http.request" in pm.registry.names("transformer")
+        """
+    )
     assert "importlib.metadata" in modules
+    assert "headwater.builtin_plugins.catalogue" in modules
+    components = {
+        m for m in modules if m.startswith("headwater.builtin_plugins.") and not m.endswith("auth")
+    }
+    assert components == {"headwater.builtin_plugins.catalogue"}
+
+
+def test_using_a_builtin_imports_its_module_and_no_other() -> None:
+    modules, _ = imported_after(
+        """
+        import headwater
+
+        pm = headwater.PluginManager().load()
+        assert pm.get("action", "range").name == "range"
+        assert pm.get("transformer", "map").name == "map"
+        """
+    )
+    assert "headwater.builtin_plugins.sources" in modules
+    assert "headwater.builtin_plugins.transformers.itemwise" in modules
+    for unused in ("http", "files", "redis_streams", "postgres", "amqp", "mqtt", "sinks"):
+        assert not [m for m in modules if m.startswith(f"headwater.builtin_plugins.{unused}")]
+    assert "headwater.builtin_plugins.transformers.batching" not in modules
 
 
 def test_pytest_plugin_is_cheap_to_load() -> None:

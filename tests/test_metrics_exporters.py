@@ -18,10 +18,11 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 import headwater
+from headwater.builtin_plugins import catalogue
 from headwater.builtin_plugins import exporters as builtin_exporters
-from headwater.builtin_plugins import sinks as builtin_sinks
-from headwater.builtin_plugins import sources as builtin_sources
-from headwater.builtin_plugins import transformers as builtin_transformers
+from headwater.builtin_plugins.catalogue import sinks as builtin_sinks
+from headwater.builtin_plugins.catalogue import sources as builtin_sources
+from headwater.builtin_plugins.catalogue import transformers as builtin_transformers
 from headwater.builtin_plugins.exporters import (
     METRICS,
     JsonlExporter,
@@ -297,7 +298,7 @@ def private_manager(*, with_exporters: bool, disable: tuple[str, ...] = ()) -> A
         ("headwater.sinks", builtin_sinks),
     ]
     if with_exporters or disable:
-        modules.append((builtin_exporters.PLUGIN_NAME, builtin_exporters))
+        modules.append((builtin_exporters.PLUGIN_NAME, catalogue.exporters))
     for name, module in modules:
         pm.register(module, name, distribution="headwater", version="0.1.0")
     assert pm.register(ThirdPartyPlugin(), "third-party")

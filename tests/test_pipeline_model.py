@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, Field
 
 import headwater
-from headwater.builtin_plugins import sinks as builtin_sinks
+from headwater.builtin_plugins import catalogue
 from headwater.builtin_plugins import sources as builtin_sources
-from headwater.builtin_plugins import transformers as builtin_transformers
+from headwater.builtin_plugins.catalogue import sinks as builtin_sinks
+from headwater.builtin_plugins.catalogue import transformers as builtin_transformers
 from headwater.core.api import prepare
 from headwater.core.pipeline import ResolvedPipeline, format_loc, resolve
 from headwater.hookspecs import Register
@@ -89,7 +90,7 @@ class DemoPlugin:
 @pytest.fixture(scope="module")
 def pm() -> headwater.PluginManager:
     manager = headwater.PluginManager(load_entry_points=False, strict=True)
-    manager.register(builtin_sources, "headwater.sources", distribution="headwater")
+    manager.register(catalogue.sources, "headwater.sources", distribution="headwater")
     manager.register(builtin_transformers, "headwater.transformers", distribution="headwater")
     manager.register(builtin_sinks, "headwater.sinks", distribution="headwater")
     manager.register(DemoPlugin(), "demo", distribution="hw-demo", version="1.0")

@@ -25,9 +25,10 @@ from pydantic import BaseModel, ConfigDict
 
 import headwater
 from headwater import hookspecs
+from headwater.builtin_plugins import catalogue
 from headwater.builtin_plugins import sinks as builtin_sinks
-from headwater.builtin_plugins import sources as builtin_sources
-from headwater.builtin_plugins import transformers as builtin_transformers
+from headwater.builtin_plugins.catalogue import sources as builtin_sources
+from headwater.builtin_plugins.catalogue import transformers as builtin_transformers
 from headwater.core import engine as engine_module
 from headwater.core import plugins as plugins_module
 from headwater.core.api import prepare
@@ -199,7 +200,7 @@ def builtins_pm(pm: headwater.PluginManager) -> headwater.PluginManager:
     for name, module in (
         ("headwater.sources", builtin_sources),
         ("headwater.transformers", builtin_transformers),
-        ("headwater.sinks", builtin_sinks),
+        ("headwater.sinks", catalogue.sinks),
     ):
         assert pm.register(module, name, distribution="headwater", version="0.1.0")
     return pm
@@ -658,7 +659,7 @@ def test_non_strict_failures_are_logged(
 def test_entry_point_that_fails_to_import_is_recorded_and_skipped() -> None:
     eps = [
         EntryPoint("broken", "hw_module_that_does_not_exist", "headwater"),
-        EntryPoint("sinks", "headwater.builtin_plugins.sinks", "headwater"),
+        EntryPoint("sinks", "headwater.builtin_plugins.catalogue:sinks", "headwater"),
     ]
     pm = headwater.PluginManager(entry_points=eps).load()
     failure = only_failure(pm)
@@ -671,8 +672,8 @@ def test_entry_point_that_fails_to_import_is_recorded_and_skipped() -> None:
 
 def test_two_entry_points_with_the_same_name() -> None:
     eps = [
-        EntryPoint("sinks", "headwater.builtin_plugins.sinks", "headwater"),
-        EntryPoint("sinks", "headwater.builtin_plugins.sources", "headwater"),
+        EntryPoint("sinks", "headwater.builtin_plugins.catalogue:sinks", "headwater"),
+        EntryPoint("sinks", "headwater.builtin_plugins.catalogue:sources", "headwater"),
     ]
     pm = headwater.PluginManager(entry_points=eps).load()
     assert only_failure(pm).stage == "duplicate"
@@ -686,19 +687,21 @@ def test_builtins_are_discovered_through_the_entry_point_group() -> None:
         if ep.dist is not None and ep.dist.name == "headwater"
     }
     assert {
-        "headwater.sources": "headwater.builtin_plugins.sources",
-        "headwater.transformers": "headwater.builtin_plugins.transformers",
-        "headwater.sinks": "headwater.builtin_plugins.sinks",
-        "headwater.stores": "headwater.builtin_plugins.stores",
+        "headwater.sources": "headwater.builtin_plugins.catalogue:sources",
+        "headwater.transformers": "headwater.builtin_plugins.catalogue:transformers",
+        "headwater.sinks": "headwater.builtin_plugins.catalogue:sinks",
+        "headwater.stores": "headwater.builtin_plugins.catalogue:stores",
     }.items() <= declared.items()
-    assert all(module.startswith("headwater.builtin_plugins.") for module in declared.values())
+    assert all(value.startswith("headwater.builtin_plugins.") for value in declared.values())
 
     pm = headwater.PluginManager().load()
-    for name, module in declared.items():
+    for name, value in declared.items():
         info = pm.plugins[name]
         assert info.distribution == "headwater"
         assert info.version == headwater.__version__
-        assert info.module == module
+        assert info.module is not None
+        assert info.module.startswith("headwater.builtin_plugins.")
+        assert info.module == value.partition(":")[0] or ":" in value
         assert not info.disabled
     components = {c for name in declared for c in pm.plugins[name].components}
     assert {
@@ -1236,7 +1239,7 @@ def test_register_checkpoint_stores_contributes_a_store(
     for name, module in (
         ("headwater.sources", builtin_sources),
         ("headwater.transformers", builtin_transformers),
-        ("headwater.sinks", builtin_sinks),
+        ("headwater.sinks", catalogue.sinks),
     ):
         assert pm.register(module, name)
     assert pm.register(StorePlugin, "memstore", distribution="hw-mem", version="1.0")

@@ -19,7 +19,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 import headwater
-from headwater.builtin_plugins import files as builtin_files
+from headwater.builtin_plugins.catalogue import files as builtin_files
 from headwater.server import Server
 from headwater.server.config import ServerConfigError, load_server_config, parse_server_config
 from test_server_cli import Lines

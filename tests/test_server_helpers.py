@@ -26,9 +26,9 @@ from pydantic import BaseModel, ConfigDict
 
 import headwater
 from headwater.builtin_plugins import auth as builtin_auth
-from headwater.builtin_plugins import sinks as builtin_sinks
-from headwater.builtin_plugins import sources as builtin_sources
-from headwater.builtin_plugins import transformers as builtin_transformers
+from headwater.builtin_plugins.catalogue import sinks as builtin_sinks
+from headwater.builtin_plugins.catalogue import sources as builtin_sources
+from headwater.builtin_plugins.catalogue import transformers as builtin_transformers
 from headwater.client import Client, connect
 from headwater.hookspecs import Register
 from headwater.server import AsgiApp, Server, ServerConfig

@@ -321,7 +321,7 @@ class AddressPlugin:
 async def test_the_messages_of_a_runs_events_are_masked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from headwater.builtin_plugins import sinks as builtin_sinks
+    from headwater.builtin_plugins.catalogue import sinks as builtin_sinks
 
     monkeypatch.setenv("HW_TEST_HOST", "db-7c1e.internal")
     path = tmp_path / "p.yaml"

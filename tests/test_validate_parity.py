@@ -17,9 +17,9 @@ import pytest
 from pydantic import BaseModel
 
 import headwater
-from headwater.builtin_plugins import sinks as builtin_sinks
-from headwater.builtin_plugins import sources as builtin_sources
-from headwater.builtin_plugins import stores as builtin_stores
+from headwater.builtin_plugins.catalogue import sinks as builtin_sinks
+from headwater.builtin_plugins.catalogue import sources as builtin_sources
+from headwater.builtin_plugins.catalogue import stores as builtin_stores
 from headwater.types import Register
 
 

@@ -48,7 +48,6 @@ __all__ = [
     "CommandFailed",
     "CommandParams",
     "command",
-    "register_actions",
 ]
 
 _READ_SIZE = 64 * 1024
@@ -346,9 +345,3 @@ async def command(params: CommandParams, ctx: StreamContext) -> AsyncIterator[li
                     # including children still running after the program itself exited
                     await _stop_group(process, params.kill_grace)
                 await process.aclose()
-
-
-@headwater.hookimpl
-def register_actions(register: Any) -> None:
-    """Register the ``command`` action."""
-    register(command)

@@ -64,7 +64,6 @@ __all__ = [
     "collect_samples",
     "exposition",
     "prometheus_registry",
-    "register_metrics_exporters",
 ]
 
 log = logging.getLogger("headwater.exporters")
@@ -399,11 +398,3 @@ def build_exporters(
     info = manager.plugins.get(PLUGIN_NAME)
     fallback = {} if info is not None and info.disabled else _builtin_components()
     return _build_exporters(entries, manager, snapshot_fn, fallback=fallback)
-
-
-@headwater.hookimpl
-def register_metrics_exporters(register: Any) -> None:
-    """Register the built-in exporters."""
-    register(PrometheusExporter)
-    register(JsonlExporter)
-    register(OpenTelemetryExporter)

@@ -23,7 +23,6 @@ from ._checks.files import check_jsonl
 from ._sandbox import check_output_path_param, make_parents, param_of, policy_in
 from ._values import fspath as _fspath
 from ._values import type_name as _type_name
-from .sqlite_sink import SqliteSink
 
 if TYPE_CHECKING:
     pass
@@ -382,14 +381,3 @@ async def _create_stream(manager: Any, stream: str, metadata: dict[str, Any]) ->
     """Create ``stream`` unless somebody else created it meanwhile."""
     if not manager.has_stream(stream):
         await manager.create_stream(stream, metadata=metadata)
-
-
-@headwater.hookimpl
-def register_sinks(register: Any) -> None:
-    """Register the built-in sinks."""
-    register(CollectSink)
-    register(NullSink)
-    register(StdoutSink)
-    register(JsonlSink)
-    register(SqliteSink)
-    register(WebsocketSink)

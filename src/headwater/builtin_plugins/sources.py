@@ -450,12 +450,3 @@ async def stdin_source(params: StdinParams, ctx: StreamContext) -> AsyncIterator
         stop.set()
         with contextlib.suppress(queue.Full):
             chunks.put_nowait(_EOF)
-
-
-@headwater.hookimpl
-def register_actions(register: Any) -> None:
-    """Register the built-in sources."""
-    register(range_source)
-    register(iterable_source)
-    register(file_lines_source)
-    register(stdin_source)

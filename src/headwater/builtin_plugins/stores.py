@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 import headwater
@@ -68,10 +66,3 @@ class MemoryStore:
 
     def close(self) -> None:
         """Nothing to release."""
-
-
-@headwater.hookimpl
-def register_checkpoint_stores(register: Any) -> None:
-    """Register the built-in checkpoint stores."""
-    register(SQLiteStore)
-    register(MemoryStore)

@@ -89,7 +89,7 @@ class Engine:
 
     ``plugins=None`` discovers the ``headwater`` entry points (built-ins included); a
     sequence of modules or plugin objects replaces discovery (built-ins are then only
-    there if listed, e.g. ``headwater.builtin_plugins.sources``). ``disable`` names
+    there if listed, e.g. ``headwater.builtin_plugins.catalogue.sources``). ``disable`` names
     plugins or distributions to skip (added to ``HEADWATER_DISABLE_PLUGINS``);
     ``strict`` makes a plugin that fails to load an error instead of a reported skip;
     ``metrics=False`` switches the runtime's latency instruments off (default: the

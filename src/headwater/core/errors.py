@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ComponentNotFound",
+    "ComponentUnavailable",
     "HeadwaterError",
     "InvalidFileError",
     "PipelineCancelled",
@@ -168,6 +169,20 @@ class ComponentNotFound(HeadwaterError, LookupError):
         self.suggestions = suggestions
         hint = f"; did you mean {' or '.join(repr(s) for s in suggestions)}?" if suggestions else ""
         super().__init__(f"no {kind} {name!r}{hint}")
+
+
+class ComponentUnavailable(ComponentNotFound):
+    """A component is registered, but its module could not be imported (a lazily
+    registered component of a broken or incompletely installed plugin)."""
+
+    def __init__(self, kind: str, name: str, plugin: str | None, error: str) -> None:
+        self.plugin = plugin
+        self.error = error
+        self.kind = kind
+        self.name = name
+        self.suggestions: list[str] = []
+        owner = f" of plugin {plugin!r}" if plugin else ""
+        Exception.__init__(self, f"{kind} {name!r}{owner} could not be loaded: {error}")
 
 
 class PluginLoadError(HeadwaterError):

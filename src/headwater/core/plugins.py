@@ -23,7 +23,7 @@ import pluggy
 
 from .. import hookspecs
 from ..markers import PROJECT_NAME
-from .components import Component, ComponentKind
+from .components import Component, ComponentKind, LazyComponent
 from .errors import PluginLoadError
 from .registry import Registry
 
@@ -142,7 +142,7 @@ class PluginManager:
         self._explicit_eps = entry_points
         self._load_eps = load_entry_points
         self._loaded = False
-        self.registry = Registry()
+        self.registry = Registry(on_unavailable=self._component_unavailable)
         self.plugins: dict[str, PluginInfo] = {}
         self.failures: list[LoadFailure] = []
 
@@ -255,7 +255,7 @@ class PluginManager:
             self._fail(LoadFailure(name, distribution, version, "unknown-hook", err), None)
             return False
 
-        staged: list[Component] = []
+        staged: list[Component | tuple[ComponentKind, LazyComponent]] = []
         for hook_name, kind in _COLLECTION_HOOKS.items():
             caller = getattr(self._pm.hook, hook_name)
             for impl in caller.get_hookimpls():
@@ -269,14 +269,17 @@ class PluginManager:
                     self._fail(problem[0], problem[1])
                     return False
 
-        for component in staged:
-            self.registry.add(component)
+        contributed: list[str] = []
+        for entry in staged:
+            if isinstance(entry, Component):
+                self.registry.add(entry)
+                contributed.append(f"{entry.kind}:{entry.name}")
+            else:
+                kind, lazy = entry
+                self.registry.add_lazy(kind, lazy, name, distribution, version)
+                contributed.append(f"{kind}:{lazy.name}")
         self.plugins[name] = PluginInfo(
-            name,
-            distribution,
-            version,
-            _module_name(plugin),
-            components=[f"{c.kind}:{c.name}" for c in staged],
+            name, distribution, version, _module_name(plugin), components=contributed
         )
         return True
 
@@ -289,8 +292,7 @@ class PluginManager:
             return False
         for entry in info.components:
             kind, _, component = entry.partition(":")
-            found = self.registry.find(component)
-            if any(c.kind == kind and c.plugin == name for c in found):
+            if self.registry.owner_of(ComponentKind(kind), component) == name:
                 self.registry.remove(kind, component)
         return True
 
@@ -302,32 +304,41 @@ class PluginManager:
         plugin: str,
         dist: str | None,
         version: str | None,
-        staged: list[Component],
+        staged: list[Component | tuple[ComponentKind, LazyComponent]],
     ) -> tuple[LoadFailure, BaseException | None] | None:
         problems: list[str] = []
+        staged_names = {
+            (e.kind, e.name) if isinstance(e, Component) else (e[0], e[1].name) for e in staged
+        }
 
-        def register(component: Component) -> None:
-            if not isinstance(component, Component):
+        def register(component: Component | LazyComponent) -> None:
+            if isinstance(component, LazyComponent):
+                entry_name = component.name
+            elif isinstance(component, Component):
+                if component.kind is not kind:
+                    problems.append(
+                        f"{hook_name} registered {component.kind} {component.name!r}; "
+                        f"register it from the matching hook instead"
+                    )
+                    return
+                entry_name = component.name
+            else:
                 problems.append(
                     f"{hook_name} registered {component!r}, which is not a component; "
                     f"decorate it with @headwater.{kind.value}"
                 )
                 return
-            if component.kind is not kind:
-                problems.append(
-                    f"{hook_name} registered {component.kind} {component.name!r}; "
-                    f"register it from the matching hook instead"
-                )
-                return
-            owner = self.registry.owner_of(kind, component.name)
-            if owner is None and any(c.kind is kind and c.name == component.name for c in staged):
+            owner = self.registry.owner_of(kind, entry_name)
+            if owner is None and (kind, entry_name) in staged_names:
                 owner = plugin
             if owner is not None:
-                problems.append(
-                    f"{kind} {component.name!r} is already registered by plugin {owner!r}"
-                )
+                problems.append(f"{kind} {entry_name!r} is already registered by plugin {owner!r}")
                 return
-            staged.append(component.with_origin(plugin, dist, version))
+            staged_names.add((kind, entry_name))
+            if isinstance(component, LazyComponent):
+                staged.append((kind, component))
+            else:
+                staged.append(component.with_origin(plugin, dist, version))
 
         try:
             returned = function(register=register)
@@ -359,6 +370,15 @@ class PluginManager:
     ) -> LoadFailure:
         tb = "".join(traceback.format_exception(exc))
         return LoadFailure(plugin, dist, version, stage, f"{prefix}{type(exc).__name__}: {exc}", tb)
+
+    def _component_unavailable(self, plugin: str, error: str, details: str) -> None:
+        """A lazily registered component failed to import: recorded like a plugin that
+        failed to load (stage ``import``), never raised from here."""
+        info = self.plugins.get(plugin)
+        dist, version = (info.distribution, info.version) if info else (None, None)
+        failure = LoadFailure(plugin, dist, version, "import", error, details)
+        self.failures.append(failure)
+        log.warning("%s", failure)
 
     def _fail(self, failure: LoadFailure, exc: BaseException | None) -> None:
         self.failures.append(failure)

@@ -22,8 +22,9 @@ Fields of dict items are named by a *path*: a key, or a dotted path such as ``us
 reaching into nested mappings (an integer part indexes a list: ``tags.0``). A key that
 itself contains dots is matched first.
 
-This package is the ``headwater.transformers`` plugin; the steps live in one module per
-family:
+The ``headwater.transformers`` plugin registers these steps by name
+(:mod:`headwater.builtin_plugins.catalogue`); they live in one module per family, each
+imported when a pipeline first uses one of its steps:
 
 - :mod:`.itemwise`: ``map``, ``filter``, ``select``, ``flatten``;
 - :mod:`.parsing`: ``json.decode``, ``json.encode``, ``regex``;
@@ -39,44 +40,8 @@ with :mod:`.fields` (field paths) and :mod:`.snapshots` (state as JSON values) s
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
-
-import headwater
-
-from .aggregation import AggregateOp as AggregateOp
-from .aggregation import AggregateParams, ReduceParams, aggregate_transformer, reduce_transformer
-from .batching import BatchParams, WindowParams, batch_transformer, window_transformer
-from .fields import FieldPath as FieldPath
-from .fields import MissingField, field_getter
-from .itemwise import (
-    CallableParams,
-    FlattenParams,
-    SelectParams,
-    filter_transformer,
-    flatten_transformer,
-    map_transformer,
-    select_transformer,
-)
-from .keyed import StatefulMapParams, stateful_map_transformer
-from .parsing import (
-    JsonEncodeParams,
-    RegexParams,
-    json_decode_transformer,
-    json_encode_transformer,
-    regex_transformer,
-)
-from .snapshots import _decode_state as _decode_state
-from .snapshots import _encode_state as _encode_state
-from .streamwise import (
-    DedupeParams,
-    SkipParams,
-    TakeParams,
-    ThrottleParams,
-    dedupe_transformer,
-    skip_transformer,
-    take_transformer,
-    throttle_transformer,
-)
 
 __all__ = [
     "AggregateParams",
@@ -95,31 +60,73 @@ __all__ = [
     "ThrottleParams",
     "WindowParams",
     "field_getter",
-    "register_transformers",
 ]
 
-_ALL = (
-    map_transformer,
-    filter_transformer,
-    select_transformer,
-    json_decode_transformer,
-    json_encode_transformer,
-    regex_transformer,
-    batch_transformer,
-    window_transformer,
-    reduce_transformer,
-    aggregate_transformer,
-    take_transformer,
-    skip_transformer,
-    dedupe_transformer,
-    throttle_transformer,
-    flatten_transformer,
-    stateful_map_transformer,
-)
+_MODULE_OF: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "AggregateOp",
+            "AggregateParams",
+            "ReduceParams",
+            "aggregate_transformer",
+            "reduce_transformer",
+        ),
+        "aggregation",
+    ),
+    **dict.fromkeys(
+        ("BatchParams", "WindowParams", "batch_transformer", "window_transformer"), "batching"
+    ),
+    **dict.fromkeys(("FieldPath", "MissingField", "field_getter"), "fields"),
+    **dict.fromkeys(
+        (
+            "CallableParams",
+            "FlattenParams",
+            "SelectParams",
+            "filter_transformer",
+            "flatten_transformer",
+            "map_transformer",
+            "select_transformer",
+        ),
+        "itemwise",
+    ),
+    **dict.fromkeys(("StatefulMapParams", "stateful_map_transformer"), "keyed"),
+    **dict.fromkeys(
+        (
+            "JsonEncodeParams",
+            "RegexParams",
+            "json_decode_transformer",
+            "json_encode_transformer",
+            "regex_transformer",
+        ),
+        "parsing",
+    ),
+    **dict.fromkeys(("_decode_state", "_encode_state"), "snapshots"),
+    **dict.fromkeys(
+        (
+            "DedupeParams",
+            "SkipParams",
+            "TakeParams",
+            "ThrottleParams",
+            "dedupe_transformer",
+            "skip_transformer",
+            "take_transformer",
+            "throttle_transformer",
+        ),
+        "streamwise",
+    ),
+}
+"""Name -> the family module defining it: the package re-exports on first access, so
+that using one step never imports the others."""
 
 
-@headwater.hookimpl
-def register_transformers(register: Any) -> None:
-    """Register the built-in transformers."""
-    for component in _ALL:
-        register(component)
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_MODULE_OF})
