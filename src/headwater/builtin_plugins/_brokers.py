@@ -6,7 +6,8 @@ Their read loop itself is :func:`._broker_source.read_broker`; here are its part
   sink, by delivery number: the source reports that number as its checkpoint position,
   and the commit callback releases (acknowledges upstream) everything up to it.
 * **Consumer names** given by the operator (``--consumer``, ``HEADWATER_CONSUMER``);
-  without one, a broker leases a ``HOST-SLOT`` name of its own.
+  without one, a source leases a ``HOST-SLOT`` name in its broker (the slot is chosen
+  by :mod:`._slots`: Redis ``SET NX`` with a TTL, a JetStream KV entry).
 * **Links**: every connection to a broker is a :class:`~headwater.core.reconnect.Link`
   (reconnection through outages), whose figures join the engine's metrics under
   ``brokers`` (:func:`track`), and whose messages carry the run and stage
