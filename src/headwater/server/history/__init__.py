@@ -9,7 +9,9 @@
 * :class:`HistoryConfig` is the ``history`` section of the server configuration
   (which store, and the retention by count, bytes and age);
 * :mod:`headwater.server.history.api` answers ``GET /api/runs`` and
-  ``GET /api/runs/{id}``.
+  ``GET /api/runs/{id}``;
+* :class:`headwater.server.history.local.LocalRecorder` records the runs of a process
+  that serves nothing (``headwater run --history``, jobs files) into the same stores.
 """
 
 from __future__ import annotations
