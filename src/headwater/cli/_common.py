@@ -214,6 +214,14 @@ def _forced_terminal(args: argparse.Namespace) -> bool | None:
     return True if getattr(args, "progress", None) else None
 
 
+def _plain_stderr(args: argparse.Namespace) -> bool:
+    """True when stderr is no terminal and nothing forces one: rich would print plain
+    text there anyway, so a command may write lines itself without importing rich."""
+    if _forced_terminal(args) or sys.stderr.isatty():
+        return False
+    return not any(os.environ.get(name) for name in ("FORCE_COLOR", "TTY_COMPATIBLE"))
+
+
 # ---------------------------------------------------------------------------------------
 # Plugins and pipeline files
 # ---------------------------------------------------------------------------------------

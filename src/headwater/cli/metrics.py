@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._common import EXIT_FAILED, CLIError, _port
+from ._common import EXIT_FAILED, CLIError, _consoles, _port
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -69,13 +69,19 @@ def _metrics_exporters(args: argparse.Namespace, manager: PluginManager) -> list
 
 
 async def _with_exporters(
-    exporters: list[Any], console: Console, fn: Callable[..., Any], *args: Any
+    exporters: list[Any], console: Console | None, fn: Callable[..., Any], *args: Any
 ) -> Any:
     """Await ``fn(*args)`` with the metrics exporters running (stopped at the end, which
-    writes the final figures)."""
+    writes the final figures). ``console`` None: stderr's rich console, made when an
+    exporter has a URL to announce."""
+    if not exporters:
+        return await fn(*args)
     from rich.text import Text
 
     from ..core.metrics import running_exporters
+
+    if console is None:
+        console = _consoles()[1]
 
     entered = False
     try:

@@ -23,6 +23,7 @@ from ._common import (
     _forced_terminal,
     _load_spec,
     _on_signals,
+    _plain_stderr,
     _port,
     _prepare,
     _print_json,
@@ -34,6 +35,7 @@ from .runview import _json_summary, _print_summary, _RunView
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
+    from rich.console import Console
 
     from ..core.pipeline import PipelineSpec
     from ..core.plugins import PluginManager
@@ -197,9 +199,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"pipeline {spec.name!r} in {args.file} has no checkpoint section, so it cannot "
             "resume; add one (e.g. checkpoint: {every_items: 10000}) to make runs resumable"
         )
-    _, err = _consoles(force_terminal=_forced_terminal(args))
     exporters = _metrics_exporters(args, manager)
     live = sys.stderr.isatty() if args.progress is None else bool(args.progress)
+    # Off a terminal the run view writes plain lines and rich waits for the summary: the
+    # first chunk of a piped run does not pay for importing it.
+    err = None if not live and _plain_stderr(args) else _stderr_console(args)
     secrets = _secrets(args)
     every = args.progress_every if args.progress is None else 0.0
     runner: Any = _execute
@@ -228,6 +232,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .checkpoints import _raise_checkpoint_error
 
     _raise_checkpoint_error(result)
+    err = err if err is not None else _stderr_console(args)
     _print_summary(err, result, resolved, verbose=_verbosity(args) > 0, secrets=secrets)
     if args.json:
         _json_summary(result, resolved, secrets)
@@ -236,6 +241,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if signum is not None:
         return 128 + signum
     return EXIT_FAILED
+
+
+def _stderr_console(args: argparse.Namespace) -> Console:
+    """stderr's rich console, live output forced on by ``--progress``."""
+    return _consoles(force_terminal=_forced_terminal(args))[1]
 
 
 async def _execute(

@@ -108,7 +108,7 @@ class _RunView:
 
     def __init__(
         self,
-        console: Console,
+        console: Console | None,
         resolved: ResolvedPipeline,
         *,
         live: bool,
@@ -116,6 +116,11 @@ class _RunView:
         every: float = 0.0,
     ) -> None:
         self.console = console
+        """None: stderr is not a terminal and lines are written to it as plain text,
+        without importing rich (the first chunk of a piped ``headwater run`` does not
+        wait for it). Live bars need a console."""
+        if live and console is None:
+            raise ValueError("live progress needs a console")
         self.secrets = secrets
         """Masked in every line and message shown."""
         self.resolved = resolved
@@ -141,6 +146,10 @@ class _RunView:
 
     def line(self, text: str, style: str | None = None) -> None:
         """Print one line above the live display (or plainly)."""
+        if self.console is None:
+            sys.stderr.write(self._masked(text) + "\n")
+            sys.stderr.flush()
+            return
         from rich.text import Text
 
         self.console.print(Text(self._masked(text), style=style or ""), soft_wrap=True)
@@ -163,7 +172,7 @@ class _RunView:
             "bold",
         )
         self._started = self._printed_at = time.monotonic()
-        if self.live:
+        if self.live and self.console is not None:
             self._progress = _make_progress(self.console)
             self._run_task = self._progress.add_task(spec.name, total=None, message="")
             self._echo = _quiet_control_echo()
