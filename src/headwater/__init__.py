@@ -43,10 +43,11 @@ if TYPE_CHECKING:
         sink,
         transformer,
     )
-    from .core.connection_checks import CheckFailed, CheckSkipped
     from .core.context import StreamContext
     from .core.engine import Engine
     from .core.errors import (
+        CheckFailed,
+        CheckSkipped,
         ComponentNotFound,
         HeadwaterError,
         PipelineCancelled,
@@ -105,8 +106,8 @@ _LAZY: dict[str, str] = {
     "CheckpointError": "core.checkpoints",
     "CheckpointStore": "core.checkpoints",
     "CallableRef": "core.types",
-    "CheckFailed": "core.connection_checks",
-    "CheckSkipped": "core.connection_checks",
+    "CheckFailed": "core.errors",
+    "CheckSkipped": "core.errors",
     "Expr": "core.expr",
     "ExprError": "core.expr",
     "ExprLimitError": "core.expr",

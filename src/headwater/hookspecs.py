@@ -23,10 +23,9 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .markers import hookspec
-from .types import AuthRequest, Register, RouteRegister
 
 if TYPE_CHECKING:
-    from .types import PipelineSpec, StageError
+    from .types import AuthRequest, PipelineSpec, Register, RouteRegister, StageError
 
 # ---------------------------------------------------------------------------------------
 # Collection hooks: contribute components
@@ -327,3 +326,14 @@ def register_routes(register: RouteRegister) -> None:
 
     .. versionadded:: 0.2
     """
+
+
+def __getattr__(name: str) -> Any:
+    """``Register``, ``RouteRegister`` and ``AuthRequest`` (the hooks' argument types) are
+    importable from here too, without :mod:`headwater.types` being imported by every
+    plugin load."""
+    if name in {"AuthRequest", "Register", "RouteRegister"}:
+        from . import types
+
+        return getattr(types, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,15 +19,22 @@ both decisions.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import headwater
-from headwater.types import AuthRequest, TokenPrincipal, match_token
+
+if TYPE_CHECKING:
+    from headwater.types import AuthRequest, TokenPrincipal
+
+# headwater.types is imported in the hooks, which only servers call: loading the plugins
+# for a ``headwater run`` does not pay for it.
 
 
 @headwater.hookimpl
 def authenticate(token: str | None, request: AuthRequest) -> TokenPrincipal | bool | None:
     """A principal for a known token, ``False`` for an unknown one, else no opinion."""
+    from headwater.types import TokenPrincipal, match_token
+
     tokens = request.auth.tokens
     if not tokens or token is None:
         return None
@@ -40,6 +47,8 @@ def authenticate(token: str | None, request: AuthRequest) -> TokenPrincipal | bo
 @headwater.hookimpl
 def authorize(principal: Any, action: str, target: str) -> bool | None:
     """Whether a token principal's patterns allow the action; no opinion about others."""
+    from headwater.types import TokenPrincipal
+
     if isinstance(principal, TokenPrincipal):
         return principal.may(action, target)
     return None

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
 
-from .errors import HeadwaterError
+from .errors import CheckFailed, CheckSkipped, HeadwaterError
 from .optional import MissingDependency
 
 if TYPE_CHECKING:
@@ -46,15 +46,6 @@ DEFAULT_TIMEOUT: Final = 10.0
 """Seconds one component's check may take before it counts as failed."""
 
 Outcome = Literal["ok", "failed", "skipped", "no check"]
-
-
-class CheckFailed(HeadwaterError):
-    """A connection check could not reach its service; the message says where and why
-    (an address without credentials, and what is wrong), and is shown alone."""
-
-
-class CheckSkipped(Exception):
-    """Raised by a connection check that has nothing to reach; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)

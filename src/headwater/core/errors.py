@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
 
 __all__ = [
+    "CheckFailed",
+    "CheckSkipped",
     "ComponentNotFound",
     "ComponentUnavailable",
     "HeadwaterError",
@@ -251,3 +253,12 @@ class PipelineTimeout(HeadwaterError):
         self.which = which
         self.seconds = seconds
         super().__init__(f"pipeline {pipeline!r} exceeded its {which} timeout of {seconds:g}s")
+
+
+class CheckFailed(HeadwaterError):
+    """A connection check could not reach its service; the message says where and why
+    (an address without credentials, and what is wrong), and is shown alone."""
+
+
+class CheckSkipped(Exception):
+    """Raised by a connection check that has nothing to reach; the message says why."""

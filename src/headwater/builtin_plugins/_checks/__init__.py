@@ -2,72 +2,12 @@
 
 Each connector declares its check with ``check=`` in its decorator; the checks live here,
 one module per family (:mod:`.brokers`: Redis and NATS; :mod:`.queues`: AMQP and MQTT;
-:mod:`.databases`: PostgreSQL and SQLite; :mod:`.web`: HTTP; :mod:`.files`: file sinks),
+:mod:`.databases`: PostgreSQL and SQLite; :mod:`.web`: HTTP; :mod:`.files`: file sinks;
+:mod:`.network` is what they share),
 so that importing a connector stays cheap: a check imports its client library when it
 runs. Every check honours the sandbox as its component does when it connects, asks only
 read-only questions, and raises :class:`~headwater.core.connection_checks.CheckFailed`
 naming the address (without credentials) and what is wrong.
 """
 
-from __future__ import annotations
-
-import socket
-from collections.abc import Iterator
-
-from headwater.core.connection_checks import CheckFailed
-from headwater.core.reconnect import display_address
-
-__all__ = ["display_address", "reason", "tcp_problem", "unreachable"]
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    todo: list[BaseException] = [exc]
-    while todo:
-        current = todo.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-        if isinstance(current, BaseExceptionGroup):
-            todo.extend(current.exceptions)
-
-
-def reason(exc: BaseException) -> str:
-    """What went wrong reaching a server, in a few words: the root network error of
-    ``exc`` (refused, unknown host, timed out) when there is one, else its message."""
-    for e in _chain(exc):
-        if isinstance(e, ConnectionRefusedError):
-            return "connection refused (no server listens on that port)"
-        if isinstance(e, socket.gaierror):
-            return f"unknown host ({e.strerror or e})"
-        if isinstance(e, TimeoutError):
-            return "no answer (timed out)"
-    text = " ".join(str(exc).split())
-    if "refused" in text.lower() and "connect" in text.lower():
-        return "connection refused (no server listens on that port)"
-    for e in _chain(exc):
-        if isinstance(e, OSError) and e.strerror:
-            return e.strerror
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def unreachable(address: str, exc: BaseException) -> CheckFailed:
-    """The error of a check that could not talk to ``address`` (shown without
-    credentials: pass :func:`display_address` of a URL)."""
-    return CheckFailed(f"{address}: {reason(exc)}")
-
-
-async def tcp_problem(host: str, port: int) -> BaseException | None:
-    """Why a TCP connection to ``host``:``port`` fails (within 5 s), None if it opens:
-    tells a closed port or an unknown host apart for clients whose own errors do not."""
-    import anyio
-
-    try:
-        with anyio.fail_after(5):
-            stream = await anyio.connect_tcp(host, port)
-    except Exception as exc:
-        return exc
-    await stream.aclose()
-    return None
+# Nothing is imported here: a connector imports only the module of its own check.

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from headwater.core.connection_checks import CheckFailed
 from headwater.core.context import StreamContext
+from headwater.core.errors import CheckFailed
 
-from . import display_address, tcp_problem, unreachable
+from .network import display_address, tcp_problem, unreachable
 
 if TYPE_CHECKING:
     from ..nats_jetstream import NatsSinkParams, NatsSourceParams

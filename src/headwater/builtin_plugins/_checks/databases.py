@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from headwater.core.connection_checks import CheckFailed, CheckSkipped
 from headwater.core.context import StreamContext
+from headwater.core.errors import CheckFailed, CheckSkipped
 
-from . import unreachable
+from .network import unreachable
 
 if TYPE_CHECKING:
     from ..postgres import PostgresQueryParams

@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from headwater.core.connection_checks import CheckFailed
 from headwater.core.context import StreamContext
+from headwater.core.errors import CheckFailed
 
 if TYPE_CHECKING:
     from ..sinks import JsonlParams

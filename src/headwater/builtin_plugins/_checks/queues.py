@@ -14,10 +14,10 @@ import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from headwater.core.connection_checks import CheckFailed
 from headwater.core.context import StreamContext
+from headwater.core.errors import CheckFailed
 
-from . import display_address, tcp_problem, unreachable
+from .network import display_address, tcp_problem, unreachable
 
 if TYPE_CHECKING:
     from ..amqp import AmqpSourceParams

@@ -15,10 +15,10 @@ import errno
 import socket
 from typing import TYPE_CHECKING, Any
 
-from headwater.core.connection_checks import CheckFailed, CheckSkipped
 from headwater.core.context import StreamContext
+from headwater.core.errors import CheckFailed, CheckSkipped
 
-from . import unreachable
+from .network import unreachable
 
 if TYPE_CHECKING:
     from ..http.request import RequestParams
