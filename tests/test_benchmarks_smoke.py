@@ -105,7 +105,12 @@ def test_memory_and_first_item_tiny(tmp_path: Path) -> None:
     first = data["first-item"]
     runner = {"headwater_run", "headwater_run_sync"} & set(first)
     assert len(runner) == 1
-    assert {"import_headwater", "import_headwater_importtime", "python_pass"} <= set(first)
+    assert {
+        "import_headwater",
+        "import_headwater_importtime",
+        "dependencies_floor",
+        "python_pass",
+    } <= set(first)
     assert_metrics(first[runner.pop()], {"seconds", "exit_seconds"}, rounds=1)
     assert_metrics(first["import_headwater_importtime"], {"seconds"}, rounds=1)
     assert "targets:" in stdout
