@@ -26,8 +26,9 @@ Both ride out a broker outage: they reconnect with backoff for up to
 ``outage_deadline`` seconds (:mod:`headwater.core.reconnect`; aio-pika's own robust
 reconnection is not used, so there is one policy), then the run fails saying so.
 
-The sink is defined in :mod:`headwater.builtin_plugins.amqp_sink`; both are registered
-here (and importable from here).
+The sink is defined in :mod:`headwater.builtin_plugins.amqp_sink` (and importable from
+here); both are registered by name by the ``headwater.amqp`` plugin of
+:mod:`headwater.builtin_plugins.catalogue`.
 """
 
 from __future__ import annotations
@@ -402,15 +403,3 @@ connector(
     resume="the queue keeps every unacknowledged message; over `max_deliver`, to the "
     "dead-letter exchange",
 )
-
-
-@headwater.hookimpl
-def register_actions(register: Any) -> None:
-    """Register the AMQP source."""
-    register(amqp_source)
-
-
-@headwater.hookimpl
-def register_sinks(register: Any) -> None:
-    """Register the AMQP sink."""
-    register(AmqpSink)

@@ -459,15 +459,3 @@ connector(
     backpressure="each batch waits for its PUBACKs",
     resume="none of its own: the pipeline's checkpoint decides what is sent again",
 )
-
-
-@headwater.hookimpl
-def register_actions(register: Any) -> None:
-    """Register the MQTT source."""
-    register(mqtt_source)
-
-
-@headwater.hookimpl
-def register_sinks(register: Any) -> None:
-    """Register the MQTT sink."""
-    register(MqttSink)

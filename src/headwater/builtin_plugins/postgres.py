@@ -353,21 +353,3 @@ connector(
     resume="from the committed cursor (`--resume`); `follow` then waits for new rows, "
     "polling, woken by LISTEN/NOTIFY",
 )
-
-
-@headwater.hookimpl
-def register_actions(register: Any) -> None:
-    """Register the PostgreSQL source."""
-    register(postgres_query_source)
-
-
-@headwater.hookimpl
-def register_sinks(register: Any) -> None:
-    """Register the PostgreSQL sink."""
-    register(PostgresSink)
-
-
-@headwater.hookimpl
-def register_checkpoint_stores(register: Any) -> None:
-    """Register the PostgreSQL checkpoint store."""
-    register(PostgresCheckpointStore)
