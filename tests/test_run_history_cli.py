@@ -142,6 +142,9 @@ def test_run_serve_is_listed_and_replayed_by_a_later_serve_in_the_same_folder(
     assert (row["pipeline"], row["state"], row["items_in"]) == ("squares", "succeeded", 300)
     body = get_json(serve, f"/api/runs/{recorded.run_id}")
     assert body["live"] is False
+    # its params are --set paths of a file: the dashboard does not offer to run it again
+    assert body["can_run_again"] is False
+    assert body["run_again_blocked"].startswith("started from the command line (run --serve)")
     assert body["stages"]["sinks.null"]["items_out"] == 300
     assert body["chunks_kept"] == 200  # the default chunks_per_run
     assert body["last_seq"] == 300
@@ -259,6 +262,8 @@ def test_a_jobs_file_with_history_records_each_job_with_its_name(
         ("load", "loader"),
     ]
     body = get_json(serve, f"/api/runs/{by_job['load'].run_id}")
+    assert body["can_run_again"] is False
+    assert body["run_again_blocked"].startswith("started from job 'load' of a jobs file (jobs)")
     assert body["job"] == "load"
 
 

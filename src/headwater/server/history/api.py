@@ -130,11 +130,29 @@ async def api_run(server: BaseServer, request: HttpRequest) -> HttpResponse:
     body["live"] = record.live
     if record.live:
         body["queue_depth"] = _queue_depth(server, record.pipeline)
-    named = server.pipelines.get(record.pipeline)
-    body["can_run_again"] = named is not None and await server.allowed(
-        request.principal, "run", record.pipeline
-    )
+    why_not = await _why_not_run_again(server, request, record)
+    body["can_run_again"] = why_not is None
+    body["run_again_blocked"] = why_not
     return json_response(server.engine.services.secrets.mask_data(body))
+
+
+async def _why_not_run_again(
+    server: BaseServer, request: HttpRequest, record: RunRecord
+) -> str | None:
+    """Why this server cannot start ``record``'s pipeline again with its params (None: it
+    can). Only a client's run has the pipeline's own params: a run of the command line
+    recorded ``--set`` paths, against a file this server may not have."""
+    if record.origin not in (None, "client"):
+        started = f"job {record.job!r} of a jobs file" if record.job else "the command line"
+        return (
+            f"started from {started} ({record.origin}): its params are --set overrides of "
+            "a pipeline file; run it again with headwater run"
+        )
+    if server.pipelines.get(record.pipeline) is None:
+        return f"this server has no pipeline named {record.pipeline!r}"
+    if not await server.allowed(request.principal, "run", record.pipeline):
+        return f"this token may not run {record.pipeline!r}"
+    return None
 
 
 def _queue_depth(server: BaseServer, pipeline: str) -> dict[str, int]:

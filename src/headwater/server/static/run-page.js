@@ -56,6 +56,7 @@ export class RunPage {
       ["Items", formatCount(r.items_in)],
       ["Chunks kept", `${formatCount(r.chunks_kept)} of ${formatCount(r.last_seq)}`],
     ];
+    if (r.origin) facts.push(["Origin", r.job ? `${r.origin}, job ${r.job}` : r.origin]);
     if (r.cancel_reason) facts.push(["Cancelled", r.cancel_reason]);
     $("#rp-facts").replaceChildren(...facts.map(([k, v]) => el("div", {}, el("dt", {}, k), el("dd", {}, v))));
     $("#rp-events").href = rootUrl(`api/streams/${encodeURIComponent(r.stream)}/events?since=0`).href;
@@ -183,7 +184,10 @@ export class RunPage {
   updateButtons() {
     const r = this.record;
     const live = this.app.live;
-    $("#rp-again").disabled = !live || !r || !r.can_run_again;
+    const again = $("#rp-again");
+    again.disabled = !live || !r || !r.can_run_again;
+    again.title = r && r.run_again_blocked ? r.run_again_blocked : "";
+    $("#rp-again-why").textContent = live && r && r.run_again_blocked ? r.run_again_blocked : "";
     $("#rp-cancel").disabled = !live || !r || !(r.state === "running" || r.state === "pending");
   }
 
