@@ -49,25 +49,13 @@ async def _execute_recorded(
     force: bool = False,
 ) -> tuple[RunResult, int | None]:
     """As ``headwater.cli.run._execute``, the run being recorded."""
-    import anyio
-
     from ..core.engine import default_engine
     from ..server.history.local import LocalRecorder
-    from .run import _watch_signals
+    from .run import _show_run
 
-    received: list[int] = []
     recorder = LocalRecorder(default_engine(), origin="run")
     async with (
         recorder,
         recorder.run(resolved, plugins, params, resume=resume, force=force) as info,
     ):
-        async with anyio.create_task_group() as tg:
-            await tg.start(_watch_signals, info.handle, view, received)
-            view.start(info.handle)
-            tg.start_soon(view.refresh)
-            try:
-                await recorder.forward(info, view.on_event)
-            finally:
-                tg.cancel_scope.cancel()
-        result = await info.handle.wait()
-    return result, (received[0] if received else None)
+        return await _show_run(info.handle, view, lambda: recorder.forward(info, view.on_event))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._common import (
@@ -256,22 +256,35 @@ async def _execute(
     force: bool = False,
 ) -> tuple[RunResult, int | None]:
     """Run the pipeline, rendering its events; return its result and any signal number."""
-    import anyio
-
     from ..core.api import open_run
 
-    received: list[int] = []
     async with open_run(spec, plugins=manager, resume=resume, force=force) as handle:
-        async with anyio.create_task_group() as tg:
-            await tg.start(_watch_signals, handle, view, received)
-            view.start(handle)
-            tg.start_soon(view.refresh)
-            try:
-                async for event in handle.events():
-                    view.on_event(event)
-            finally:
-                tg.cancel_scope.cancel()
-        result = await handle.wait()
+
+        async def consume() -> None:
+            async for event in handle.events():
+                view.on_event(event)
+
+        return await _show_run(handle, view, consume)
+
+
+async def _show_run(
+    handle: RunHandle, view: _RunView, consume: Callable[[], Awaitable[None]]
+) -> tuple[RunResult, int | None]:
+    """Show a run on the terminal (signals handled, the view refreshed) while ``consume``
+    reads its events and hands them to ``view``; return its result and any signal
+    number."""
+    import anyio
+
+    received: list[int] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(_watch_signals, handle, view, received)
+        view.start(handle)
+        tg.start_soon(view.refresh)
+        try:
+            await consume()
+        finally:
+            tg.cancel_scope.cancel()
+    result = await handle.wait()
     return result, (received[0] if received else None)
 
 
