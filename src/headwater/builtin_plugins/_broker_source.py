@@ -23,9 +23,10 @@ it (at-least-once), so what differs between brokers is small and sits behind
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Hashable
+from collections.abc import AsyncGenerator, Callable, Hashable
 from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
@@ -35,10 +36,36 @@ from headwater.core.reconnect import BrokerUnavailable, Link, retry
 
 from ._brokers import Ledger, delivered_upto, track
 
-__all__ = ["Acknowledger", "Broker", "ReadLimits", "read_broker"]
+__all__ = ["Acknowledger", "Broker", "ReadLimits", "json_batch_decoder", "read_broker"]
 
 K = TypeVar("K", bound=Hashable)
 M = TypeVar("M")
+
+
+def json_batch_decoder() -> Callable[[list[bytes]], list[Any]]:
+    """A decoder of a batch of JSON payloads in UTF-8: the value of each, as ``json.loads``
+    gives it, in about half the time (it skips what ``json.loads`` does per call: the
+    encoding detection, the type checks, the whitespace scans).
+
+    It raises ``ValueError`` for a payload it would not decode exactly as ``json.loads``
+    does (not JSON, whitespace around the value, another encoding than UTF-8): the caller
+    then decodes that batch again one payload at a time, with ``json.loads`` and its
+    error message.
+    """
+    raw_decode = json.JSONDecoder().raw_decode
+
+    def decode(payloads: list[bytes]) -> list[Any]:
+        values: list[Any] = []
+        append = values.append
+        for payload in payloads:
+            text = payload.decode()
+            value, end = raw_decode(text)
+            if end != len(text):
+                raise ValueError("more than one JSON value")
+            append(value)
+        return values
+
+    return decode
 
 
 class ReadLimits(Protocol):

@@ -43,7 +43,7 @@ import headwater
 from headwater.core.context import StreamContext
 from headwater.core.reconnect import DEFAULT_OUTAGE_DEADLINE, Link, retry
 
-from ._broker_source import Acknowledger, read_broker
+from ._broker_source import Acknowledger, json_batch_decoder, read_broker
 from ._brokers import given_consumer, require, stage_logger, track
 from ._checks.brokers import check_nats_sink, check_nats_source
 from ._nats_slots import BUCKET, DEFAULT_TTL, SlotLease
@@ -309,7 +309,7 @@ async def _dead_letter(
 def _decoder(params: NatsSourceParams) -> Callable[[list[tuple[int, Any]]], list[Any]]:
     """The batch decoder of ``params`` (JSON payloads as one comprehension; a message it
     cannot handle is decoded again one by one, for the error message)."""
-    loads = json.loads
+    decode_json = json_batch_decoder()
 
     def slow(fetched: list[tuple[int, Any]]) -> list[Any]:
         return [_decode_msg(m, seq, int(m.metadata.num_delivered), params) for seq, m in fetched]
@@ -319,8 +319,8 @@ def _decoder(params: NatsSourceParams) -> Callable[[list[tuple[int, Any]]], list
 
     def decode(fetched: list[tuple[int, Any]]) -> list[Any]:
         try:
-            return [loads(m.data) for _, m in fetched]
-        except ValueError:
+            return decode_json([m.data for _, m in fetched])
+        except (AttributeError, TypeError, ValueError):
             return slow(fetched)
 
     return decode

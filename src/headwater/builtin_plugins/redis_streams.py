@@ -45,7 +45,7 @@ from headwater.core.context import StreamContext
 from headwater.core.reconnect import DEFAULT_OUTAGE_DEADLINE, Link
 
 from . import _redis
-from ._broker_source import Acknowledger, read_broker
+from ._broker_source import Acknowledger, json_batch_decoder, read_broker
 from ._brokers import given_consumer, stage_logger
 from ._checks.brokers import check_redis_source
 from .redis_sink import (
@@ -219,7 +219,7 @@ def _decoder(params: RedisSourceParams) -> Callable[[list[Entry]], list[Any]]:
     """The batch decoder of ``params``: the common modes as one comprehension each;
     any entry they cannot handle is decoded again one by one, for the error message."""
     key = params.field.encode()
-    loads = json.loads
+    decode_json = json_batch_decoder()
 
     def slow(entries: list[Entry]) -> list[Any]:
         return [_decode_entry(i, f, params) for i, f in entries]
@@ -230,7 +230,7 @@ def _decoder(params: RedisSourceParams) -> Callable[[list[Entry]], list[Any]]:
     if params.decode == "json":
 
         def fast(entries: list[Entry]) -> list[Any]:
-            return [loads(f[key]) for _, f in entries]
+            return decode_json([f[key] for _, f in entries])
     elif params.decode == "text":
 
         def fast(entries: list[Entry]) -> list[Any]:
@@ -243,7 +243,7 @@ def _decoder(params: RedisSourceParams) -> Callable[[list[Entry]], list[Any]]:
     def decode(entries: list[Entry]) -> list[Any]:
         try:
             return fast(entries)
-        except (KeyError, TypeError, ValueError, UnicodeDecodeError):
+        except (AttributeError, KeyError, TypeError, ValueError):
             return slow(entries)
 
     return decode
