@@ -603,15 +603,3 @@ class NatsStreamSink:
         if nc is not None:
             await _close_quietly(nc)
         return {"subject": self.params.subject, "published": self.published}
-
-
-@headwater.hookimpl
-def register_actions(register: Any) -> None:
-    """Register the JetStream source."""
-    register(nats_jetstream_source)
-
-
-@headwater.hookimpl
-def register_sinks(register: Any) -> None:
-    """Register the JetStream sink."""
-    register(NatsStreamSink)

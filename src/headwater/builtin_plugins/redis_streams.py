@@ -505,21 +505,3 @@ async def redis_stream_source(
     async with aclosing(read_broker(_ConsumerGroup(params, ctx), params, ctx)) as batches:
         async for batch in batches:
             yield batch
-
-
-@headwater.hookimpl
-def register_actions(register: Any) -> None:
-    """Register the Redis Streams source."""
-    register(redis_stream_source)
-
-
-@headwater.hookimpl
-def register_sinks(register: Any) -> None:
-    """Register the Redis Streams sink."""
-    register(RedisStreamSink)
-
-
-@headwater.hookimpl
-def register_checkpoint_stores(register: Any) -> None:
-    """Register the Redis checkpoint store."""
-    register(RedisCheckpointStore)
