@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -290,7 +291,10 @@ def test_a_lost_lease_is_leased_again_and_a_dead_holder_is_taken_over(
         capture_output=True,
         text=True,
     )
-    stale = json.dumps({"host": HOST, "pid": int(dead.stdout), "start": None, "token": "x"})
+    pidns = os.stat("/proc/self/ns/pid").st_ino
+    stale = json.dumps(
+        {"host": HOST, "pid": int(dead.stdout), "start": None, "pidns": pidns, "token": "x"}
+    )
     elsewhere = stale.replace(HOST, "elsewhere")
 
     async def scenario() -> list[str | None]:

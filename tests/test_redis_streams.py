@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from typing import Any
@@ -322,10 +323,17 @@ def test_default_names_are_leased_per_host_slot(redis_url: str, redis_client: An
             await first.release(client)
             third = ConsumerLease(stream, "g", prefix=prefix)
             c = await third.acquire(client)  # released: slot 0 again
-            # a holder of this host whose process is gone is taken over
-            stale = json.dumps({"host": host, "pid": dead_pid, "start": None, "token": "x"})
-            await client.set(third.key(f"{host}-2"), stale, px=60_000)
+            # a holder of this host and PID namespace whose process is gone is taken over;
+            # one of another PID namespace (a container with the same host name) or of
+            # another host is not: its pid cannot be checked from here
+            pidns = os.stat("/proc/self/ns/pid").st_ino
+            stale = json.dumps(
+                {"host": host, "pid": dead_pid, "start": None, "pidns": pidns, "token": "x"}
+            )
+            other_ns = stale.replace(f'"pidns": {pidns}', '"pidns": 1')
+            await client.set(third.key(f"{host}-2"), other_ns, px=60_000)
             await client.set(third.key(f"{host}-3"), stale.replace(host, "elsewhere"))
+            await client.set(third.key(f"{host}-4"), stale, px=60_000)
             d = await ConsumerLease(stream, "g", prefix=prefix).acquire(client)
             return a, b, c, d
         finally:
@@ -333,7 +341,7 @@ def test_default_names_are_leased_per_host_slot(redis_url: str, redis_client: An
 
     a, b, c, d = anyio.run(scenario)
     assert (a, b, c) == (f"{host}-0", f"{host}-1", f"{host}-0")
-    assert d == f"{host}-2"
+    assert d == f"{host}-4"
     assert 0 < redis_client.pttl(f"{prefix}{stream}:g:{host}-1") <= 30_000
 
 

@@ -59,17 +59,33 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _pid_namespace() -> int | None:
+    """The inode of this process's PID namespace (Linux), None where there is none."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
 class Holder:
     """Who holds a lease: this host and process, as the JSON text stored in the lease
-    (``{"host", "pid", "start", "token"}``; the token tells two leases of one process
-    apart)."""
+    (``{"host", "pid", "start", "pidns", "token"}``; the token tells two leases of one
+    process apart). A lease is taken over at once only from a process of the same host
+    and PID namespace that is gone; any other holder keeps it until its TTL runs out."""
 
     def __init__(self) -> None:
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.start = _process_start(self.pid)
+        self.pidns = _pid_namespace()
         self.value = json.dumps(
-            {"host": self.host, "pid": self.pid, "start": self.start, "token": secrets.token_hex(8)}
+            {
+                "host": self.host,
+                "pid": self.pid,
+                "start": self.start,
+                "pidns": self.pidns,
+                "token": secrets.token_hex(8),
+            }
         )
 
     def names(self, preferred: str | None) -> list[str]:
@@ -89,6 +105,10 @@ class Holder:
         except (ValueError, TypeError, KeyError):
             return False
         if held.get("host") != self.host:
+            return False
+        if self.pidns is None or held.get("pidns") != self.pidns:
+            # a process of another PID namespace (a container sharing this host name):
+            # its pid means nothing here, so only the lease's TTL can tell it is gone
             return False
         start = held.get("start")
         if pid == self.pid:
