@@ -3,6 +3,7 @@ plugin author gets when a lazily registered component is broken."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -115,7 +116,7 @@ def _manager(*components: Any) -> headwater.PluginManager:
         (
             "range",
             "headwater.builtin_plugins.sources:range_source",
-            "is the action 'range', registered as a sink",
+            "is the action 'range', registered from register_sinks",
         ),
         ("mine", "not-a-target", "is not 'module:attribute'"),
     ],
@@ -140,7 +141,8 @@ def test_a_broken_lazy_component_is_a_clear_validation_problem(
     # reported once as a failure of the plugin, with the traceback kept for --verbose
     failures = [f for f in pm.failures if f.plugin == "broken"]
     assert len(failures) == 1
-    assert failures[0].stage == "import"
+    imported = "ModuleNotFoundError" in message or message == "AttributeError"
+    assert failures[0].stage == ("import" if imported else "register")
     with pytest.raises(ComponentUnavailable):
         pm.registry.get("sink", name)
     assert len([f for f in pm.failures if f.plugin == "broken"]) == 1
@@ -169,3 +171,106 @@ def test_unregistering_a_plugin_removes_its_lazy_components() -> None:
     pm.get("sink", "null")
     assert pm.unregister("headwater.sinks")
     assert pm.registry.names("sink") == []
+
+
+def test_strict_mode_refuses_a_broken_lazy_component_when_plugins_load() -> None:
+    pm = headwater.PluginManager(entry_points=[], load_entry_points=False, strict=True)
+    assert pm.register(_Plugin(LazyComponent("mine", "no_such_module_anywhere:thing")), "bad")
+    with pytest.raises(headwater.PluginLoadError, match=r"sink 'mine'.*ModuleNotFoundError"):
+        pm.load()
+
+
+def test_threads_asking_for_one_lazy_component_get_one_object() -> None:
+    import threading
+
+    pm = headwater.PluginManager(entry_points=[], load_entry_points=False)
+    pm.register(catalogue.sinks, "headwater.sinks")
+    pm.register(_Plugin(LazyComponent("broken", "no_such_module_anywhere:thing")), "bad")
+    start = threading.Barrier(6)
+    found: list[object] = []
+    errors: list[BaseException] = []
+
+    def ask() -> None:
+        start.wait()
+        found.append(pm.registry.get("sink", "jsonl"))
+        try:
+            pm.registry.get("sink", "broken")
+        except ComponentUnavailable as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(found) == 6
+    assert len({id(c) for c in found}) == 1
+    assert len(errors) == 6
+    assert len([f for f in pm.failures if f.plugin == "bad"]) == 1
+
+
+BROKEN_PLUGIN = """
+import headwater
+
+@headwater.action("acme.ok", output="one item")
+def ok(ctx):
+    return 1
+
+@headwater.hookimpl
+def register_actions(register):
+    register(headwater.LazyComponent("acme.ok", "acme_bad:ok"))
+    register(headwater.LazyComponent("acme.missing", "acme_gone:thing"))
+"""
+
+
+@pytest.fixture
+def broken_site(tmp_path: Path) -> dict[str, str]:
+    """An installed distribution ``acme-bad`` whose plugin registers a working and a
+    broken lazy component; the environment that sees it."""
+    import os
+
+    site = tmp_path / "site"
+    info = site / "acme_bad-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-bad\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[headwater]\nacme = acme_bad\n")
+    (site / "acme_bad.py").write_text(BROKEN_PLUGIN)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
+    env.pop("HEADWATER_STRICT_PLUGINS", None)
+    env["COLUMNS"] = "240"  # rich tables: one line per row
+    return env
+
+
+def _headwater(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "headwater", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_cli_reports_a_broken_lazy_component(broken_site: dict[str, str]) -> None:
+    check = _headwater(broken_site, "plugins", "--check", "acme")
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert "plugin acme" in check.stdout
+    assert "action 'acme.missing': ModuleNotFoundError" in check.stdout
+    assert "failed 1" in check.stdout
+
+    listing = _headwater(broken_site, "plugins")
+    assert listing.returncode == 0, listing.stderr
+    assert "1 failed to load" in listing.stdout  # the header counts it
+    assert "could not be loaded (see LOAD ERRORS)" in listing.stdout
+
+    described = _headwater(broken_site, "describe", "acme.missing")
+    assert described.returncode == 2
+    assert "action 'acme.missing' of plugin 'acme' could not be loaded" in described.stderr
+    assert "did you mean" not in described.stderr
+
+    strict = _headwater(broken_site, "--strict-plugins", "describe", "acme.ok")
+    assert strict.returncode == 2
+    assert "failed to load (import): action 'acme.missing'" in strict.stderr
+    assert "Traceback" not in strict.stderr

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..conformance import CheckResult
     from ..core.components import Component
-    from ..core.plugins import PluginManager
+    from ..core.plugins import LoadFailure, PluginManager
 
 RUN_TIMEOUT = 20.0
 """Seconds a sample run may take before it fails."""
@@ -68,6 +68,21 @@ def select_components(manager: PluginManager, plugin: str | None) -> list[Compon
         raise CheckUsageError(f"no plugin or distribution named {plugin!r}; installed: {known}")
     refs = {ref for p in chosen for ref in p.components}
     return [c for c in registry if f"{c.kind}:{c.name}" in refs]
+
+
+def load_failures(manager: PluginManager, plugin: str | None) -> list[LoadFailure]:
+    """The load failures of ``plugin`` (a plugin or distribution name), or all of them:
+    after :func:`select_components`, those include its components that could not be
+    imported, which a conformance check must not pass over."""
+    if plugin is None:
+        return list(manager.failures)
+    wanted = plugin.strip().lower().replace("_", "-")
+    return [
+        f
+        for f in manager.failures
+        if f.plugin.lower().replace("_", "-") == wanted
+        or (f.distribution or "").lower().replace("_", "-") == wanted
+    ]
 
 
 def parse_params(text: str | None, components: Sequence[Component]) -> dict[str, dict[str, Any]]:

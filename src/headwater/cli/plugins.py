@@ -156,7 +156,13 @@ def _check_plugins(args: argparse.Namespace, manager: PluginManager) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    from .plugin_check import CheckUsageError, check_components, parse_params, summary
+    from .plugin_check import (
+        CheckUsageError,
+        check_components,
+        load_failures,
+        parse_params,
+        summary,
+    )
 
     try:
         components = select_components_or_all(manager, args.check or None)
@@ -165,9 +171,18 @@ def _check_plugins(args: argparse.Namespace, manager: PluginManager) -> int:
         raise CLIError(str(exc)) from None
     reports = check_components(manager, components, params)
     counts = summary(reports)
+    broken = load_failures(manager, args.check or None)
+    counts["failed"] += len(broken)
     if args.json:
         results = [r.to_dict() for report in reports for r in report.results]
-        _print_json({"results": results, "summary": counts, "failed": counts["failed"]})
+        _print_json(
+            {
+                "results": results,
+                "load_failures": [f.to_dict() for f in broken],
+                "summary": counts,
+                "failed": counts["failed"],
+            }
+        )
         return EXIT_FAILED if counts["failed"] else EXIT_OK
     out = _consoles()[0]
     if _verbosity(args) > 0:  # every check of every component
@@ -201,6 +216,10 @@ def _check_plugins(args: argparse.Namespace, manager: PluginManager) -> int:
                 Text(report.verdict, style=styles[report.verdict]),
                 Text("; ".join(notes)),
             )
+    for failure in broken:  # a component of a checked plugin that cannot even be loaded
+        where = [f"plugin {failure.plugin}"] + (["load"] if _verbosity(args) > 0 else [])
+        detail = Text(f"failed to load ({failure.stage}): {failure.error}", style="red")
+        table.add_row(*where, Text("failed", style="bold red"), detail)
     out.print(table)
     line = ", ".join(f"{verdict} {n}" for verdict, n in counts.items())
     out.print(Text(line, style="bold"), soft_wrap=True)
@@ -226,11 +245,12 @@ def _print_plugins(out: Console, manager: PluginManager, *, verbose: bool) -> No
     from rich.table import Table
     from rich.text import Text
 
+    components = list(manager.registry)  # imports the lazily registered ones: failures first
     plugins = sorted(manager.plugins.values(), key=lambda p: p.name)
     loaded = [p for p in plugins if not p.disabled]
     disabled = [p for p in plugins if p.disabled]
     failures = manager.failures
-    n_comp = len(manager.registry)
+    n_comp = len(components)
     out.print(
         Text(
             f"{len(loaded)} plugin{'s' if len(loaded) != 1 else ''} loaded "
@@ -240,7 +260,7 @@ def _print_plugins(out: Console, manager: PluginManager, *, verbose: bool) -> No
         )
     )
 
-    max_name = max((len(c.name) for c in manager.registry), default=0)
+    max_name = max((len(c.name) for c in components), default=0)
 
     def origin(dist: str | None, version: str | None) -> str:
         return f"{dist} {version or ''}".rstrip() if dist else "(not from a distribution)"
@@ -263,7 +283,7 @@ def _print_plugins(out: Console, manager: PluginManager, *, verbose: bool) -> No
             try:
                 description = Text(_plain_text(manager.registry.get(kind, name).description))
             except LookupError:
-                description = Text()
+                description = Text("could not be loaded (see LOAD ERRORS)", style="red")
             description.truncate(room, overflow="ellipsis")
             table.add_row(kind, Text(name), description)
         if not refs:
@@ -305,6 +325,12 @@ def _cmd_describe(args: argparse.Namespace) -> int:
         found = [c for c in found if str(c.kind) == args.kind]
     if not found:
         kinds = [args.kind] if args.kind else list(KINDS)
+        for kind in kinds:
+            if args.name in registry.names(kind):  # registered, but it cannot be loaded
+                try:
+                    registry.get(kind, args.name)
+                except LookupError as exc:
+                    raise CLIError(str(exc)) from None
         names = [n for k in kinds for n in registry.names(k)]
         message = f"no {args.kind or 'component'} named {args.name!r}"
         elsewhere = [str(c.kind) for c in registry.find(args.name)]

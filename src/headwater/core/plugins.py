@@ -184,6 +184,11 @@ class PluginManager:
             origins = _origins(eps)
             for ep in sorted(eps, key=lambda ep: _entry_point_order(ep, origins)):
                 self._load_entry_point(ep, *_origin_of(ep, origins))
+        if self._strict:
+            # strict mode refuses a broken plugin when plugins load, not when a pipeline
+            # first names one of its components: every component is imported now
+            for _ in self.registry:
+                pass
         return self
 
     @property
@@ -394,14 +399,12 @@ class PluginManager:
         tb = "".join(traceback.format_exception(exc))
         return LoadFailure(plugin, dist, version, stage, f"{prefix}{type(exc).__name__}: {exc}", tb)
 
-    def _component_unavailable(self, plugin: str, error: str, details: str) -> None:
-        """A lazily registered component failed to import: recorded like a plugin that
-        failed to load (stage ``import``), never raised from here."""
+    def _component_unavailable(self, plugin: str, stage: str, error: str, details: str) -> None:
+        """A lazily registered component failed to load: recorded like a plugin that
+        failed to load (raised as :class:`PluginLoadError` in strict mode)."""
         info = self.plugins.get(plugin)
         dist, version = (info.distribution, info.version) if info else (None, None)
-        failure = LoadFailure(plugin, dist, version, "import", error, details)
-        self.failures.append(failure)
-        log.warning("%s", failure)
+        self._fail(LoadFailure(plugin, dist, version, stage, error, details), None)
 
     def _fail(self, failure: LoadFailure, exc: BaseException | None) -> None:
         self.failures.append(failure)

@@ -8,6 +8,7 @@ its module is imported the first time the component itself is needed.
 from __future__ import annotations
 
 import difflib
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,8 +18,10 @@ from .errors import ComponentNotFound, ComponentUnavailable
 
 __all__ = ["Registry", "UnavailableHandler"]
 
-UnavailableHandler = Callable[[str, str, str], None]
-"""Told ``(plugin, error, traceback)`` when a lazily registered component fails to load."""
+UnavailableHandler = Callable[[str, str, str, str], None]
+"""Told ``(plugin, stage, error, traceback)`` when a lazily registered component fails to
+load: stage ``import`` when its module could not be imported, ``register`` when the
+target is not the component it was registered as."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,9 @@ class Registry:
             k: {} for k in ComponentKind
         }
         self._broken: dict[tuple[ComponentKind, str], str] = {}
+        self._loading = threading.Lock()
+        """Held while a lazy component is imported: threads asking for it at once (a
+        server's worker threads) get one component object and one report of a failure."""
         self.on_unavailable = on_unavailable
 
     def add(self, component: Component) -> None:
@@ -99,6 +105,13 @@ class Registry:
 
     def _load(self, pending: _Pending) -> Component:
         """Import a lazily registered component and put it in its place."""
+        with self._loading:
+            current = self._by_kind[pending.kind].get(pending.lazy.name)
+            if isinstance(current, Component):  # loaded by another thread meanwhile
+                return current
+            return self._load_locked(pending)
+
+    def _load_locked(self, pending: _Pending) -> Component:
         key = (pending.kind, pending.lazy.name)
         error = self._broken.get(key)
         if error is None:
@@ -107,7 +120,7 @@ class Registry:
                 if component.kind is not pending.kind:
                     raise TypeError(
                         f"{pending.lazy.target} is the {component.kind} "
-                        f"{component.name!r}, registered as a {pending.kind}"
+                        f"{component.name!r}, registered from {pending.kind.hook}"
                     )
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
@@ -115,7 +128,8 @@ class Registry:
                 if self.on_unavailable is not None:
                     details = "".join(traceback.format_exception(exc))
                     what = f"{pending.kind} {pending.lazy.name!r}"
-                    self.on_unavailable(pending.plugin or "?", f"{what}: {error}", details)
+                    stage = "register" if isinstance(exc, TypeError | ValueError) else "import"
+                    self.on_unavailable(pending.plugin or "?", stage, f"{what}: {error}", details)
             else:
                 loaded = (
                     component
