@@ -12,6 +12,7 @@ show that no data moved. Services come from the fixtures of :mod:`services` and
 from __future__ import annotations
 
 import http.server
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -401,3 +402,18 @@ def test_a_check_that_hangs_fails_at_the_timeout(tmp_path: Path) -> None:
         code, lines, output = validate(tmp_path, text, "--timeout", "0.5")
     assert code == 1, output
     assert lines["sinks.redis.stream"] == "FAILED: no answer within 0.5s (--timeout)"
+
+
+def test_a_check_stuck_in_a_blocking_call_does_not_hold_the_process(tmp_path: Path) -> None:
+    """An SQLite 'database' that is a FIFO blocks ``sqlite3.connect`` for good: the check
+    fails at the timeout and the command exits (bounded by ``hw``'s own timeout, which
+    fails the test instead of hanging it)."""
+    os.mkfifo(tmp_path / "q.fifo")
+    text = """\
+    name: fifo
+    sources: {n: {action: range, params: {stop: 1}}}
+    sinks: [{sink: sqlite, params: {path: q.fifo, table: t}}]
+    """
+    code, lines, output = validate(tmp_path, text, "--timeout", "0.5")
+    assert code == 1, output
+    assert lines["sinks.sqlite"] == "FAILED: no answer within 0.5s (--timeout)"

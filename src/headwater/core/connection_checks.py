@@ -19,6 +19,8 @@ whose host each item fills in).
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -142,7 +144,36 @@ async def _call(check: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     args = args[: positional_arity(check)]
     if inspect.iscoroutinefunction(check):
         return await check(*args)
-    result = await anyio.to_thread.run_sync(lambda: check(*args), abandon_on_cancel=True)
+    result = await _in_daemon_thread(lambda: check(*args))
     if inspect.isawaitable(result):
         return await result
     return result
+
+
+async def _in_daemon_thread(fn: Callable[[], Any]) -> Any:
+    """``fn()`` in a daemon thread of its own. A check stuck in a blocking call (a socket
+    that never answers, a FIFO opened as a database) is abandoned at the timeout and
+    never holds the process at exit, as a worker thread of the loop's pool would."""
+    from anyio.from_thread import run_sync
+    from anyio.lowlevel import current_token
+
+    done = anyio.Event()
+    token = current_token()
+    outcome: list[Any] = []
+
+    def target() -> None:
+        try:
+            outcome.append((True, fn()))
+        except BaseException as exc:  # handed over to the awaiting task, whatever it is
+            outcome.append((False, exc))
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            run_sync(done.set, token=token)
+
+    threading.Thread(target=target, name="headwater-connection-check", daemon=True).start()
+    await done.wait()
+    ok, value = outcome[0]
+    if ok:
+        return value
+    if not isinstance(value, Exception):  # SystemExit, KeyboardInterrupt from a check
+        raise RuntimeError(f"the check raised {type(value).__name__}: {value}") from value
+    raise value
