@@ -165,6 +165,10 @@ async def check_mqtt(params: MqttSourceParams | MqttSinkParams, ctx: StreamConte
         inbox=Inbox(1),
         component="mqtt",
     )
+    # a closed port or an unknown host is told at once; the client would retry for seconds
+    problem = await tcp_problem(conn.host, conn.port)
+    if problem is not None:
+        raise unreachable(url, problem)
     try:
         conn.start()
         with anyio.move_on_after(8):
@@ -172,9 +176,6 @@ async def check_mqtt(params: MqttSourceParams | MqttSinkParams, ctx: StreamConte
         if conn.refused is not None:
             raise CheckFailed(f"{url}: {conn.refused}".replace("mqtt: ", "")) from None
         if not conn.connected:
-            problem = await tcp_problem(conn.host, conn.port)
-            if problem is not None:
-                raise unreachable(url, problem)
             raise CheckFailed(f"{url}: no answer to CONNECT ({conn.last_error})")
     finally:
         await conn.close()
