@@ -48,7 +48,7 @@ def json_batch_decoder() -> Callable[[list[bytes]], list[Any]]:
     encoding detection, the type checks, the whitespace scans).
 
     It raises ``ValueError`` for a payload it would not decode exactly as ``json.loads``
-    does (not JSON, whitespace around the value, another encoding than UTF-8): the caller
+    does (not JSON, whitespace before the value, another encoding than UTF-8): the caller
     then decodes that batch again one payload at a time, with ``json.loads`` and its
     error message.
     """
@@ -60,7 +60,8 @@ def json_batch_decoder() -> Callable[[list[bytes]], list[Any]]:
         for payload in payloads:
             text = payload.decode()
             value, end = raw_decode(text)
-            if end != len(text):
+            # trailing JSON whitespace (a producer's newline) is what json.loads skips too
+            if end != len(text) and text[end:].strip(" \t\n\r"):
                 raise ValueError("more than one JSON value")
             append(value)
         return values
