@@ -417,3 +417,27 @@ def test_a_check_stuck_in_a_blocking_call_does_not_hold_the_process(tmp_path: Pa
     code, lines, output = validate(tmp_path, text, "--timeout", "0.5")
     assert code == 1, output
     assert lines["sinks.sqlite"] == "FAILED: no answer within 0.5s (--timeout)"
+
+
+def _exiting_check(ctx: object) -> None:
+    raise SystemExit(3)
+
+
+async def _exiting_async_check(ctx: object) -> None:
+    raise SystemExit(4)
+
+
+@pytest.mark.parametrize(("check", "code"), [(_exiting_check, 3), (_exiting_async_check, 4)])
+def test_a_check_calling_sys_exit_is_a_failed_check(check: Any, code: int) -> None:
+    import headwater
+    from headwater.core.connection_checks import check_stage
+    from headwater.core.pipeline import ResolvedStage
+
+    @headwater.sink("demo.exits", check=check)
+    class Exits:
+        def write(self, batch: list[Any]) -> None:
+            pass
+
+    stage = ResolvedStage("sinks.demo.exits", Exits, None)
+    outcome = anyio.run(check_stage, stage, object(), 5.0)
+    assert (outcome.outcome, outcome.detail) == ("failed", f"the check raised SystemExit({code})")

@@ -131,6 +131,8 @@ async def check_stage(stage: ResolvedStage, ctx: Any, seconds: float) -> CheckOu
         return outcome("failed", f"no answer within {seconds:g}s (--timeout)")
     except Exception as exc:
         return outcome("failed", describe_failure(exc))
+    except SystemExit as exc:  # a plugin's check calling sys.exit() ends no command
+        return outcome("failed", f"the check raised SystemExit({exc.code!r})")
     return outcome("ok", " ".join(str(said).split()) if said else "")
 
 
@@ -174,6 +176,4 @@ async def _in_daemon_thread(fn: Callable[[], Any]) -> Any:
     ok, value = outcome[0]
     if ok:
         return value
-    if not isinstance(value, Exception):  # SystemExit, KeyboardInterrupt from a check
-        raise RuntimeError(f"the check raised {type(value).__name__}: {value}") from value
     raise value
