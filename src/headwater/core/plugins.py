@@ -14,9 +14,7 @@ import logging
 import os
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -25,6 +23,13 @@ from .. import hookspecs
 from ..markers import PROJECT_NAME
 from .components import Component, ComponentKind, LazyComponent
 from .errors import PluginLoadError
+from .plugin_records import (
+    LoadFailure,
+    PluginInfo,
+    discovered,
+    module_name,
+    plugin_api_mismatch,
+)
 from .registry import Registry
 
 if TYPE_CHECKING:
@@ -50,97 +55,12 @@ log = logging.getLogger("headwater.plugins")
 _COLLECTION_HOOKS: dict[str, ComponentKind] = {kind.hook: kind for kind in ComponentKind}
 
 
-@dataclass(frozen=True, slots=True)
-class LoadFailure:
-    """A plugin that could not be loaded, and why."""
-
-    plugin: str
-    distribution: str | None
-    version: str | None
-    stage: str
-    """``import``, ``register``, ``unknown-hook``, ``hook``, ``duplicate``, ``routes``
-    (raised in ``register_routes``, or a route clashing with another; reported by the
-    server) or ``run-stores`` (raised in ``register_run_stores``, or a store name that is
-    taken)."""
-    error: str
-    traceback: str = ""
-
-    def __str__(self) -> str:
-        dist = f" from {self.distribution}" if self.distribution else ""
-        if self.distribution and self.version:
-            dist += f" {self.version}"
-        return f"plugin {self.plugin!r}{dist} failed to load ({self.stage}): {self.error}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return {
-            "plugin": self.plugin,
-            "distribution": self.distribution,
-            "version": self.version,
-            "stage": self.stage,
-            "error": self.error,
-        }
-
-
-@dataclass(slots=True)
-class PluginInfo:
-    """A loaded (or disabled) plugin and the components it contributed."""
-
-    name: str
-    distribution: str | None
-    version: str | None
-    module: str | None
-    components: list[str] = field(default_factory=list)
-    disabled: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return {
-            "name": self.name,
-            "distribution": self.distribution,
-            "version": self.version,
-            "module": self.module,
-            "components": list(self.components),
-            "disabled": self.disabled,
-        }
-
-
 def _env_list(name: str) -> list[str]:
     return [part.strip() for part in os.environ.get(name, "").split(",") if part.strip()]
 
 
 def _strict_default() -> bool:
     return os.environ.get(STRICT_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-_Origin = tuple[str | None, str | None]
-"""A distribution's name and version (None, None for an entry point without one)."""
-
-
-def _origins(eps: Iterable[EntryPoint]) -> dict[int, _Origin]:
-    """Name and version of each distinct distribution of ``eps``, by ``id(ep.dist)``.
-
-    Each ``dist.name`` or ``dist.version`` parses the distribution's whole METADATA file
-    (long description included); the built-ins alone are 14 entry points of one
-    distribution, so this reads each file once instead of three times per entry point.
-    """
-    found: dict[int, _Origin] = {}
-    for ep in eps:
-        dist = ep.dist
-        if dist is not None and id(dist) not in found:
-            metadata = dist.metadata
-            found[id(dist)] = (metadata["Name"], metadata["Version"])
-    return found
-
-
-def _origin_of(ep: EntryPoint, origins: dict[int, _Origin]) -> _Origin:
-    return (None, None) if ep.dist is None else origins[id(ep.dist)]
-
-
-def _entry_point_order(ep: EntryPoint, origins: dict[int, _Origin]) -> tuple[int, str, str]:
-    dist = _origin_of(ep, origins)[0] or ""
-    # Built-ins first so that a third-party duplicate is the one reported and skipped.
-    return (0 if dist == PROJECT_NAME else 1, dist.lower(), ep.name)
 
 
 class PluginManager:
@@ -181,9 +101,8 @@ class PluginManager:
             eps = self._explicit_eps
             if eps is None:
                 eps = entry_points(group=ENTRY_POINT_GROUP)
-            origins = _origins(eps)
-            for ep in sorted(eps, key=lambda ep: _entry_point_order(ep, origins)):
-                self._load_entry_point(ep, *_origin_of(ep, origins))
+            for ep, dist, version in discovered(eps):
+                self._load_entry_point(ep, dist, version)
         if self._strict:
             # strict mode refuses a broken plugin when plugins load, not when a pipeline
             # first names one of its components: every component is imported now
@@ -248,7 +167,7 @@ class PluginManager:
         name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
         if name in self._disabled or (distribution is not None and distribution in self._disabled):
             self.plugins[name] = PluginInfo(
-                name, distribution, version, _module_name(plugin), disabled=True
+                name, distribution, version, module_name(plugin), disabled=True
             )
             return False
         mismatch = plugin_api_mismatch(plugin)
@@ -307,7 +226,7 @@ class PluginManager:
                 self.registry.add_lazy(kind, lazy, name, distribution, version)
                 contributed.append(f"{kind}:{lazy.name}")
         self.plugins[name] = PluginInfo(
-            name, distribution, version, _module_name(plugin), components=contributed
+            name, distribution, version, module_name(plugin), components=contributed
         )
         return True
 
@@ -571,46 +490,6 @@ class PluginManager:
                     await result
             except Exception:
                 log.exception("plugin %r raised in %s; ignored", impl.plugin_name, hook_name)
-
-
-PLUGIN_API_ATTRIBUTE = "HEADWATER_PLUGIN_API"
-"""The module attribute where a plugin declares the plugin-API range it targets."""
-
-
-def plugin_api_mismatch(plugin: object) -> str | None:
-    """Why ``plugin`` cannot load on this headwater's plugin API, or None.
-
-    A plugin declares the range of plugin-API versions it was written for as a PEP 440
-    specifier, ``HEADWATER_PLUGIN_API = ">=1,<2"``, on its module (or object); a plugin
-    that declares nothing is assumed to fit. An unparsable specifier is an error too.
-    """
-    declared = getattr(plugin, PLUGIN_API_ATTRIBUTE, None)
-    if declared is None:
-        return None
-    from packaging.specifiers import InvalidSpecifier, SpecifierSet
-
-    from .. import PLUGIN_API, __version__
-
-    try:
-        wanted = SpecifierSet(str(declared))
-    except InvalidSpecifier:
-        return (
-            f"{PLUGIN_API_ATTRIBUTE} = {declared!r} is not a plugin API version range "
-            "(write a PEP 440 specifier such as '>=1,<2')"
-        )
-    if wanted.contains(PLUGIN_API, prereleases=True):
-        return None
-    return (
-        f"targets headwater plugin API {wanted} but headwater {__version__} provides "
-        f"plugin API {PLUGIN_API}: install a version of the plugin made for it, or a "
-        "headwater that provides that API"
-    )
-
-
-def _module_name(plugin: object) -> str | None:
-    if isinstance(plugin, ModuleType):
-        return plugin.__name__
-    return getattr(plugin, "__module__", None)
 
 
 def get_plugin_manager() -> PluginManager:
