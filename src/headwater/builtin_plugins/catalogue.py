@@ -167,7 +167,7 @@ nats = BuiltinPlugin(
     "nats",
     "nats_jetstream",
     (_ACTION, "nats.jetstream", "nats_jetstream:nats_jetstream_source"),
-    (_SINK, "nats.jetstream", "nats_jetstream:NatsStreamSink"),
+    (_SINK, "nats.jetstream", "nats_sink:NatsStreamSink"),
 )
 postgres = BuiltinPlugin(
     "postgres",

@@ -16,7 +16,8 @@ imports without it; a component reports the missing package when used.
   name (``HEADWATER_CONSUMER``) leases ``HOST-SLOT`` in a KV bucket
   (:class:`~._nats_slots.SlotLease`); the name appears in its logs.
 * ``nats.jetstream`` (sink) publishes each item to JetStream and waits for every
-  ``PubAck`` of the batch (the messages are stored when ``write`` returns).
+  ``PubAck`` of the batch (the messages are stored when ``write`` returns); it is
+  defined in :mod:`.nats_sink`, with the connection helpers of this module.
 
 Both ride out an outage of the server: the connection is replaced with backoff for up
 to ``outage_deadline`` seconds (:mod:`headwater.core.reconnect`; the client library's
@@ -29,7 +30,6 @@ connection); what a lost fetch had handed out is redelivered by the server after
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -41,20 +41,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import headwater
 from headwater.core.context import StreamContext
-from headwater.core.reconnect import DEFAULT_OUTAGE_DEADLINE, Link, retry
+from headwater.core.reconnect import DEFAULT_OUTAGE_DEADLINE, Link
 
 from ._broker_source import Acknowledger, json_batch_decoder, read_broker
-from ._brokers import given_consumer, require, stage_logger, track
-from ._checks.brokers import check_nats_sink, check_nats_source
+from ._brokers import given_consumer, require, stage_logger
+from ._checks.brokers import check_nats_source
 from ._nats_slots import BUCKET, DEFAULT_TTL, SlotLease
-from ._values import encode_payload
 
-__all__ = [
-    "NatsSinkParams",
-    "NatsSourceParams",
-    "NatsStreamSink",
-    "nats_jetstream_source",
-]
+__all__ = ["DEFAULT_URL", "NatsSourceParams", "nats_jetstream_source"]
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 DLQ_HEADERS = ("Headwater-Subject", "Headwater-Stream", "Headwater-Seq", "Headwater-Deliveries")
@@ -503,103 +497,3 @@ async def nats_jetstream_source(
     async with aclosing(read_broker(_PullConsumer(params, ctx), params, ctx)) as batches:
         async for batch in batches:
             yield batch
-
-
-# ---------------------------------------------------------------------------------------
-# sink
-# ---------------------------------------------------------------------------------------
-
-
-class NatsSinkParams(BaseModel):
-    """Params of the ``nats.jetstream`` sink."""
-
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-
-    url: str = Field(DEFAULT_URL, description="NATS server URL, e.g. nats://127.0.0.1:4222.")
-    subject: str = Field(min_length=1, description="Subject to publish to.")
-    stream: str | None = Field(
-        None, description="Expected stream (the publish fails if another stream captures it)."
-    )
-    create_stream: bool = Field(
-        False, description="Create `stream` capturing `subject` if it does not exist."
-    )
-    encode: Decode = Field(
-        "json", description="How an item becomes a payload: json, text (str()) or bytes."
-    )
-    timeout: float = Field(30.0, gt=0, description="Seconds to wait for a batch's PubAcks.")
-    outage_deadline: float = Field(
-        DEFAULT_OUTAGE_DEADLINE,
-        gt=0,
-        description="Seconds the server may stay unreachable (reconnecting with backoff) "
-        "before the run fails.",
-    )
-
-
-@headwater.sink("nats.jetstream", params=NatsSinkParams, check=check_nats_sink)
-class NatsStreamSink:
-    """Publish every item to JetStream; ``write`` returns once every PubAck arrived.
-
-    Publishes of a batch are pipelined (``publish_async``), then awaited together. A
-    batch interrupted by an outage is published again in full once the server is back
-    (at-least-once). The output is ``{"subject", "published"}``.
-    """
-
-    def __init__(self, params: NatsSinkParams, ctx: StreamContext) -> None:
-        self.params = params
-        self.ctx = ctx
-        self.published = 0
-        self._nc: Any = None
-        self._js: Any = None
-        self.log = stage_logger("headwater.nats", ctx)
-        self.link = Link(
-            "nats.jetstream sink", params.url, deadline=params.outage_deadline, log=self.log
-        )
-        self._untrack: Callable[[], None] = lambda: None
-
-    async def open(self) -> None:
-        """Connect, waiting through an outage (and create the stream if asked)."""
-        if self.params.create_stream and self.params.stream is None:
-            raise ValueError("nats.jetstream: create_stream needs `stream`")
-        self._untrack = track(self.ctx, self.link, "sink")
-        await retry(self.link, self._connect, transient=transient)
-
-    async def _connect(self) -> None:
-        old, self._nc = self._nc, None
-        if old is not None:
-            with anyio.move_on_after(2):
-                await _close_quietly(old)
-        nc = await _connect(self.params.url, "nats.jetstream sink", self.log)
-        self._nc, self._js = nc, nc.jetstream()
-        if self.params.create_stream:
-            assert self.params.stream is not None
-            await _ensure_stream(self._js, self.params.stream, [self.params.subject])
-
-    async def _reconnect(self) -> None:
-        if self._nc is None or not self._nc.is_connected:
-            await self._connect()
-
-    async def write(self, batch: list[Any]) -> None:
-        """Publish the batch and wait for its acknowledgements (again after an outage)."""
-        if not batch:
-            return
-        params = self.params
-        payloads = [encode_payload(item, params.encode, "nats.jetstream") for item in batch]
-
-        async def publish() -> None:
-            js = self._js
-            futures = [
-                await js.publish_async(params.subject, data, stream=params.stream)
-                for data in payloads
-            ]
-            await asyncio.wait_for(asyncio.gather(*futures), params.timeout)
-
-        await retry(self.link, publish, transient=transient, reconnect=self._reconnect)
-        self.published += len(batch)
-
-    async def close(self, error: BaseException | None) -> dict[str, Any]:
-        """Disconnect; returns ``{"subject", "published"}``."""
-        self._untrack()
-        nc, self._nc = self._nc, None
-        if nc is not None:
-            await _close_quietly(nc)
-        return {"subject": self.params.subject, "published": self.published}

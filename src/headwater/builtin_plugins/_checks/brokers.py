@@ -17,7 +17,8 @@ from headwater.core.errors import CheckFailed
 from .network import display_address, tcp_problem, unreachable
 
 if TYPE_CHECKING:
-    from ..nats_jetstream import NatsSinkParams, NatsSourceParams
+    from ..nats_jetstream import NatsSourceParams
+    from ..nats_sink import NatsSinkParams
     from ..redis_sink import RedisSinkParams, RedisStoreParams
     from ..redis_streams import RedisSourceParams
 
